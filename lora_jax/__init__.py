@@ -1,0 +1,1 @@
+"""lora_jax: research on the rank of LoRA updates, in JAX/Flax."""

@@ -1,0 +1,275 @@
+"""LoRA for Flax linen: the `LoRADense` layer, its configuration, and pure weight helpers.
+
+A `LoRADense` is a drop-in `nn.Dense`: it keeps the `kernel` (in, out) and `bias` (out,)
+parameter paths, so a pretrained checkpoint loads unchanged, and adds a low-rank update
+
+    y = x @ kernel + bias + scale * dropout(x) @ lora_a @ lora_b
+
+with `lora_a` of shape (in, r) and `lora_b` of shape (r, out). In weight terms the update is
+dW = scale * lora_a @ lora_b, in the kernel's (in, out) layout; the paper writes it
+dW = B A with A (r, in) and B (out, r), so our `lora_a` is the paper's A transposed.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> layer = LoRADense(features=4, rank=2, alpha=8.0)
+    >>> params = layer.init(jax.random.key(0), jnp.ones((1, 3)))["params"]
+    >>> sorted(params)
+    ['bias', 'kernel', 'lora_a', 'lora_b']
+    >>> merged = merge(params, alpha=8.0)  # a plain nn.Dense accepts these
+    >>> sorted(merged)
+    ['bias', 'kernel']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# The scalings of dW = scale * A @ B that rank studies compare (they confound rank otherwise).
+SCALINGS = {
+    "alpha_over_r": lambda alpha, r: alpha / r,  # Hu et al. 2021
+    "alpha_over_sqrt_r": lambda alpha, r: alpha / math.sqrt(r),  # rsLoRA, Kalajdzievski 2023
+    "none": lambda alpha, r: 1.0,  # flax.nnx.LoRA
+}
+# Initialisations of lora_a (lora_b always starts at zero, so dW = 0 at step 0).
+A_INITS = ("gaussian", "kaiming_uniform")
+# Matrix names that models accept as LoRA targets.
+TARGET_NAMES = ("q", "k", "v", "o", "ffn_in", "ffn_out", "ffn_gate")
+# Short forms used in sweeps: `targets=q,qv,qkvo`.
+_SHORT_TARGETS = {c: c for c in "qkvo"}
+
+
+def _error(value: Any, what: str, allowed: Iterable[Any], fix: str = "") -> ValueError:
+    allowed = ", ".join(map(str, allowed))
+    return ValueError(f"{what}={value!r} is not valid; allowed: {allowed}.{' ' + fix if fix else ''}")
+
+
+def lora_scale(rank: int, alpha: float, scaling: str = "alpha_over_r") -> float:
+    """The factor multiplying A @ B. Raises for an unknown `scaling` name."""
+    if scaling not in SCALINGS:
+        raise _error(scaling, "scaling", SCALINGS, "Pick one with e.g. `scaling=alpha_over_r`.")
+    return float(SCALINGS[scaling](alpha, rank)) if rank > 0 else 0.0
+
+
+def check_rank(rank: Any, in_features: int | None = None, out_features: int | None = None) -> int:
+    """Validate a LoRA rank: an integer in [0, min(in, out)]."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise _error(rank, "rank", ["a non-negative integer (0 = no LoRA)"], "Use e.g. `rank=8`.")
+    if in_features is not None and out_features is not None and rank > min(in_features, out_features):
+        raise ValueError(
+            f"rank={rank} is larger than min(in, out)={min(in_features, out_features)} for a "
+            f"({in_features} x {out_features}) weight; allowed: 0..{min(in_features, out_features)}."
+        )
+    return rank
+
+
+def parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
+    """Turn `"qv"`, `"q,v"`, `["q", "ffn_in"]` or `"all"` into a sorted tuple of target names.
+
+    Unknown names raise an error listing the valid ones.
+    """
+    if isinstance(targets, str):
+        if targets == "all":
+            return TARGET_NAMES
+        if targets in ("", "none"):
+            return ()
+        parts = targets.split(",") if "," in targets else [targets]
+        names: list[str] = []
+        for part in parts:
+            part = part.strip()
+            if part in TARGET_NAMES:
+                names.append(part)
+            elif part and all(c in _SHORT_TARGETS for c in part):
+                names.extend(_SHORT_TARGETS[c] for c in part)
+            else:
+                raise _error(part, "targets", (*TARGET_NAMES, "or letters of qkvo, e.g. qv"))
+    else:
+        names = [n for t in targets for n in parse_targets(t)]
+    order = {n: i for i, n in enumerate(TARGET_NAMES)}
+    return tuple(sorted(set(names), key=order.__getitem__))
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """Where LoRA goes in a model and how it is parameterised.
+
+    Attributes:
+        rank: default rank r for every target (0 = no adapters: the head-only baseline).
+        alpha: the numerator of the scaling.
+        scaling: one of `SCALINGS`.
+        a_init: initialisation of `lora_a`, one of `A_INITS`.
+        dropout: dropout rate on the LoRA input path.
+        targets: matrix names (see `TARGET_NAMES`; `"qv"` style short forms accepted).
+        layers: layer indices that get adapters (None = every layer).
+        rank_pattern: per-target rank overriding `rank`, e.g. {"q": 8, "v": 2}.
+    """
+
+    rank: int = 0
+    alpha: float = 8.0
+    scaling: str = "alpha_over_r"
+    a_init: str = "gaussian"
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q", "v")
+    layers: tuple[int, ...] | None = None
+    rank_pattern: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", parse_targets(self.targets))
+        object.__setattr__(self, "rank_pattern", dict(self.rank_pattern or {}))
+        check_rank(self.rank)
+        lora_scale(1, self.alpha, self.scaling)
+        if self.a_init not in A_INITS:
+            raise _error(self.a_init, "a_init", A_INITS, "Use e.g. `lora.a_init=gaussian`.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise _error(self.dropout, "dropout", ["a rate in [0, 1)"])
+        for name, r in self.rank_pattern.items():
+            if name not in self.targets:
+                raise _error(name, "rank_pattern key", self.targets, "Keys must be among `targets`.")
+            check_rank(r)
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+
+    def rank_for(self, target: str, layer: int) -> int:
+        """The rank of the adapter on `target` in `layer` (0 if it gets none)."""
+        if target not in self.targets or (self.layers is not None and layer not in self.layers):
+            return 0
+        return self.rank_pattern.get(target, self.rank)
+
+    def check_layers(self, num_layers: int) -> None:
+        """Raise if a requested layer index does not exist in a model with `num_layers`."""
+        bad = [i for i in self.layers or () if not 0 <= i < num_layers]
+        if bad:
+            raise _error(bad, "layers", [f"indices in 0..{num_layers - 1}"])
+
+    def dense(self, target: str, layer: int, features: int, **kwargs: Any) -> LoRADense:
+        """A `LoRADense` for `target` in `layer`, carrying this config's rank and scaling."""
+        return LoRADense(
+            features=features,
+            rank=self.rank_for(target, layer),
+            alpha=self.alpha,
+            scaling=self.scaling,
+            a_init=self.a_init,
+            dropout=self.dropout,
+            name=target,
+            **kwargs,
+        )
+
+
+def _a_initializer(init: str) -> nn.initializers.Initializer:
+    if init == "gaussian":
+        # N(0, 1/in): the paper says "random Gaussian"; we pick the fan-in variance.
+        return nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+    if init == "kaiming_uniform":
+        # loralib: kaiming_uniform_(a=sqrt(5)) on A (r, in), i.e. U(-1/sqrt(in), 1/sqrt(in)).
+        return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+    raise _error(init, "a_init", A_INITS)
+
+
+class LoRADense(nn.Module):
+    """`nn.Dense` with an optional low-rank update (see the module docstring).
+
+    Attributes:
+        features: output width.
+        rank: LoRA rank r; 0 gives exactly `nn.Dense` (no LoRA params).
+        alpha, scaling: the scale of A @ B is `SCALINGS[scaling](alpha, rank)`.
+        a_init: initialisation of `lora_a` ("gaussian" or "kaiming_uniform"); `lora_b` starts at 0.
+        dropout: dropout rate applied to the input of the LoRA path only.
+    """
+
+    features: int
+    use_bias: bool = True
+    rank: int = 0
+    alpha: float = 8.0
+    scaling: str = "alpha_over_r"
+    a_init: str = "gaussian"
+    dropout: float = 0.0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        in_features = x.shape[-1]
+        check_rank(self.rank, in_features, self.features)
+        kernel = self.param("kernel", self.kernel_init, (in_features, self.features), self.param_dtype)
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jnp.dot(x, kernel, precision=self.precision)
+        if bias is not None:
+            y = y + bias
+        if self.rank == 0:
+            return y
+        scale = lora_scale(self.rank, self.alpha, self.scaling)
+        lora_a = self.param("lora_a", _a_initializer(self.a_init), (in_features, self.rank), self.param_dtype)
+        lora_b = self.param("lora_b", nn.initializers.zeros_init(), (self.rank, self.features), self.param_dtype)
+        h = nn.Dropout(self.dropout)(x, deterministic=deterministic) if self.dropout else x
+        h, lora_a, lora_b = nn.dtypes.promote_dtype(h, lora_a, lora_b, dtype=self.dtype)
+        return y + scale * jnp.dot(jnp.dot(h, lora_a, precision=self.precision), lora_b, precision=self.precision)
+
+
+# ---- pure helpers on parameter trees ---------------------------------------------------------
+
+
+def delta_w(
+    lora_a: jax.Array, lora_b: jax.Array, alpha: float, scaling: str = "alpha_over_r"
+) -> jax.Array:
+    """The update dW = scale * lora_a @ lora_b, in the kernel's (in, out) layout."""
+    return lora_scale(lora_a.shape[-1], alpha, scaling) * (lora_a @ lora_b)
+
+
+def _is_adapted(node: Any) -> bool:
+    return isinstance(node, Mapping) and "lora_a" in node and "lora_b" in node and "kernel" in node
+
+
+def merge(params: Mapping[str, Any], alpha: float, scaling: str = "alpha_over_r") -> dict:
+    """Fold every adapter into its kernel: kernel + dW, and drop `lora_a`/`lora_b`.
+
+    The result has exactly the tree a model without LoRA (plain `nn.Dense`) expects, so
+    inference costs nothing extra.
+    """
+    if _is_adapted(params):
+        rest = {k: v for k, v in params.items() if k not in ("lora_a", "lora_b")}
+        dw = delta_w(params["lora_a"], params["lora_b"], alpha, scaling)
+        return {**rest, "kernel": params["kernel"] + dw.astype(params["kernel"].dtype)}
+    if isinstance(params, Mapping):
+        return {k: merge(v, alpha, scaling) for k, v in params.items()}
+    return params
+
+
+def adapters(params: Mapping[str, Any]) -> dict:
+    """Only the `lora_a`/`lora_b` leaves of `params`, at their original paths."""
+    out = {}
+    for k, v in params.items():
+        if k in ("lora_a", "lora_b"):
+            out[k] = v
+        elif isinstance(v, Mapping) and (sub := adapters(v)):
+            out[k] = sub
+    return out
+
+
+def unmerge(
+    merged: Mapping[str, Any],
+    adapter_params: Mapping[str, Any],
+    alpha: float,
+    scaling: str = "alpha_over_r",
+) -> dict:
+    """Undo `merge`: kernel - dW, with the adapters put back. `adapter_params` is `adapters(p)`."""
+    if "lora_a" in adapter_params:
+        dw = delta_w(adapter_params["lora_a"], adapter_params["lora_b"], alpha, scaling)
+        return {**merged, "kernel": merged["kernel"] - dw.astype(merged["kernel"].dtype), **adapter_params}
+    out = dict(merged)
+    for k, sub in adapter_params.items():
+        out[k] = unmerge(merged[k], sub, alpha, scaling)
+    return out
