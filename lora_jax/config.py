@@ -1,0 +1,107 @@
+"""Typed configuration schemas, registered in Hydra's ConfigStore.
+
+`conf/config.yaml` lists `schema` first in its defaults, so a wrong type (`rank=abc`) or an
+unknown key (`trainer.stepz=3`) fails when Hydra composes the config, before any work. The
+axes people sweep are short top-level keys (`rank`, `alpha`, `targets`, `seed`, `scaling`)
+that the groups interpolate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, SI, DictConfig, OmegaConf
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm"  # a registered model name or a Hugging Face-format folder
+    pooling: str | None = None  # None = the checkpoint's own (mean for MiniLM, cls for BERT)
+    head_dropout: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    task: str = "mr"
+    max_len: int = 64
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    pad: str = "bucket"  # max_len | longest | bucket (round up to a multiple of 16)
+    eval_split: str = "validation"
+    eval_limit: int | None = None  # evaluate on the first N examples only
+    worker_count: int = 0
+
+
+@dataclass
+class LoRASection:
+    rank: int = SI("${rank}")
+    alpha: float = SI("${alpha}")
+    scaling: str = SI("${scaling}")
+    targets: str = SI("${targets}")
+    a_init: str = "gaussian"
+    dropout: float = 0.0
+    layers: list[int] | None = None
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    full_finetune: bool = False  # every weight trainable (the paper's FT baseline)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06  # linear warmup, then linear decay to 0 (as the paper)
+    b1: float = 0.9
+    b2: float = 0.999
+    clip_norm: float | None = 1.0
+    lr_multipliers: dict[str, float] = field(default_factory=dict)  # e.g. {lora_b: 16} (LoRA+)
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 200
+    eval_every: int = 100
+    log_every: int = 10
+    checkpoint_every: int = 100
+    spectrum_every: int = 50  # rank summaries of every adapter to the logger (0 = off)
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # wandb | none
+    project: str = "lora_jax"
+    entity: str | None = None
+    mode: str | None = None  # None = $WANDB_MODE if set, else offline
+    group: str | None = None  # None = the sweep folder's name
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    rank: int = 8
+    alpha: float = 8.0
+    targets: str = "qv"
+    seed: int = 0
+    scaling: str = "alpha_over_r"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoRASection = field(default_factory=LoRASection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    workdir: str = MISSING
+
+
+def register_configs() -> None:
+    """Register the root schema as `schema`; the group files merge into its typed fields."""
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+def to_dict(cfg: DictConfig | Config) -> dict[str, Any]:
+    """A plain, resolved dict (for JSON files and W&B)."""
+    if isinstance(cfg, Config):
+        cfg = OmegaConf.structured(cfg)
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]

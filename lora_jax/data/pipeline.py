@@ -1,0 +1,251 @@
+"""Grain input pipeline: random-access source -> tokenized, padded numpy batches.
+
+``make_loader`` builds a ``grain.DataLoader`` from a source (``load_split``), a
+``tokenizers.Tokenizer`` and a ``TaskSpec``. The operations are Grain transforms:
+
+1. ``Tokenize`` (``grain.transforms.Map``): text field(s) -> ``input_ids`` and
+   ``token_type_ids`` (segment ids, 1 on the second sentence of a pair), truncated to
+   ``max_len`` with the tokenizer's own special tokens (longest-first for pairs).
+2. ``grain.transforms.Batch`` with a ``Collate`` batch_fn that pads to the batch's
+   target length: ``"max_len"`` (always ``max_len``: one shape, one compile),
+   ``"bucket"`` (the longest sequence rounded up to a multiple of ``pad_multiple``,
+   at most ``max_len``: a handful of shapes), or ``"longest"`` (exact longest: many
+   shapes, a JAX recompile for each).
+
+Batches are dicts of numpy arrays: ``input_ids``, ``attention_mask``, ``token_type_ids``
+(int32, (B, L)) and ``labels`` (int32 (B,) for classification, float32 for regression).
+
+The loader is deterministic (same seed -> same batches) and checkpointable::
+
+    it = iter(loader)
+    batch = next(it)
+    state = it.get_state()  # bytes; store with the model checkpoint
+    it2 = iter(loader)
+    it2.set_state(state)    # continues with exactly the batch after `batch`
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import grain
+import numpy as np
+import tokenizers
+
+from lora_jax.data.tasks import TaskSpec, get_task
+
+PadMode = Literal["max_len", "bucket", "longest"]
+_PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<|padding|>", "[pad]")
+
+
+def pad_id_of(tokenizer: tokenizers.Tokenizer, pad_id: int | None = None) -> int:
+    """The padding id: ``pad_id`` if given, else the tokenizer's pad token.
+
+    Raises:
+        ValueError: the tokenizer has no known pad token and none was passed.
+    """
+    if pad_id is not None:
+        return int(pad_id)
+    padding = tokenizer.padding
+    if (
+        padding
+        and padding.get("pad_token")
+        and tokenizer.token_to_id(padding["pad_token"]) == padding.get("pad_id")
+    ):
+        return int(padding["pad_id"])
+    for token in _PAD_TOKENS:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return int(token_id)
+    raise ValueError(
+        f"Tokenizer has none of the pad tokens {_PAD_TOKENS}; pass pad_id=... "
+        "(for decoder-only models the EOS id is a common choice)."
+    )
+
+
+def bucket_length(length: int, max_len: int, multiple: int) -> int:
+    """``length`` rounded up to a multiple of ``multiple``, capped at ``max_len``."""
+    return min(max_len, max(multiple, math.ceil(length / multiple) * multiple))
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):  # 0-d object/bytes array
+        return _as_text(value.item())
+    return str(value)
+
+
+class Tokenize(grain.transforms.Map):
+    """Text field(s) of one example -> variable-length ids, segment ids and label."""
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, task: TaskSpec, max_len: int):
+        # Own copy: truncation on, padding off, whatever tokenizer.json says.
+        self._tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=max_len, strategy="longest_first")
+        self._text_keys = task.text_keys
+        self._label_key = task.label_key
+        self._label_dtype = np.float32 if task.is_regression else np.int32
+
+    def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+        texts = [_as_text(element[k]) for k in self._text_keys]
+        enc = self._tokenizer.encode(*texts)
+        return {
+            "input_ids": np.asarray(enc.ids, dtype=np.int32),
+            "token_type_ids": np.asarray(enc.type_ids, dtype=np.int32),
+            "labels": np.asarray(element[self._label_key], dtype=self._label_dtype),
+        }
+
+
+class Collate:
+    """Batch function: stacks labels and pads ids to the batch's target length."""
+
+    def __init__(self, pad_id: int, max_len: int, pad: PadMode, pad_multiple: int = 16):
+        if pad not in ("max_len", "bucket", "longest"):
+            raise ValueError(f"pad must be 'max_len', 'bucket' or 'longest', got {pad!r}")
+        self.pad_id, self.max_len, self.pad, self.pad_multiple = pad_id, max_len, pad, pad_multiple
+
+    def target_length(self, longest: int) -> int:
+        if self.pad == "max_len":
+            return self.max_len
+        if self.pad == "bucket":
+            return bucket_length(longest, self.max_len, self.pad_multiple)
+        return max(longest, 1)
+
+    def __call__(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        length = self.target_length(max(len(e["input_ids"]) for e in examples))
+        n = len(examples)
+        input_ids = np.full((n, length), self.pad_id, dtype=np.int32)
+        token_type_ids = np.zeros((n, length), dtype=np.int32)
+        attention_mask = np.zeros((n, length), dtype=np.int32)
+        for i, e in enumerate(examples):
+            k = len(e["input_ids"])
+            input_ids[i, :k] = e["input_ids"]
+            token_type_ids[i, :k] = e["token_type_ids"]
+            attention_mask[i, :k] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "labels": np.stack([e["labels"] for e in examples]),
+        }
+
+
+def _shard_options(
+    shard_index: int | None, shard_count: int | None, drop_remainder: bool
+) -> grain.sharding.ShardOptions:
+    if shard_index is None or shard_count is None:
+        import jax
+
+        shard_index = jax.process_index() if shard_index is None else shard_index
+        shard_count = jax.process_count() if shard_count is None else shard_count
+    return grain.sharding.ShardOptions(
+        shard_index=shard_index, shard_count=shard_count, drop_remainder=drop_remainder
+    )
+
+
+def _ensure_absl_flags_parsed() -> None:
+    # Grain's worker processes read absl flags; outside an absl app they are unparsed
+    # and the first batch raises UnparsedFlagAccessError. Defaults are what we want.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_loader(
+    source: Any,
+    tokenizer: tokenizers.Tokenizer,
+    task: str | TaskSpec,
+    *,
+    batch_size: int,
+    max_len: int,
+    seed: int | None = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = 1,
+    drop_remainder: bool = True,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    worker_count: int = 0,
+    pad: PadMode = "bucket",
+    pad_multiple: int = 16,
+    pad_id: int | None = None,
+) -> grain.DataLoader:
+    """Builds the Grain DataLoader for one split.
+
+    Args:
+        source: random-access source (``load_split(task, split)``; any sequence of dicts).
+        tokenizer: a ``tokenizers.Tokenizer`` (e.g. from a checkpoint's tokenizer.json).
+        task: task name or spec (text fields, label field, regression or not).
+        batch_size: per-process batch size.
+        max_len: maximum sequence length, special tokens included.
+        seed: shuffle seed (non-negative 32-bit int); same seed -> same batches.
+        shuffle: shuffle globally (reshuffled every epoch). Use False for evaluation.
+        num_epochs: passes over the data; None repeats forever.
+        drop_remainder: drop the last partial batch. Use True for training, False for
+            evaluation (the last batch is then smaller: one more shape to compile).
+            With several shards Grain reads ``len(source) // shard_count`` records per
+            shard, so evaluate exactly on one shard (``shard_count=1``).
+        shard_index / shard_count: this process's shard; default
+            ``jax.process_index()`` / ``jax.process_count()``.
+        worker_count: Grain worker processes (0 = in-process).
+        pad: ``"bucket"`` (default), ``"max_len"`` or ``"longest"``; see the module doc.
+        pad_multiple: bucket size for ``pad="bucket"``.
+        pad_id: padding id; default from the tokenizer (``[PAD]``, ``<pad>``, ...).
+
+    Returns:
+        A ``grain.DataLoader``; ``iter(loader)`` is a checkpointable DataLoaderIterator.
+    """
+    task = get_task(task)
+    if batch_size < 1 or max_len < 2:
+        raise ValueError(f"need batch_size >= 1 and max_len >= 2, got {batch_size}, {max_len}")
+    if shuffle and seed is None:
+        raise ValueError("shuffle=True needs an integer seed")
+    if worker_count > 0:
+        _ensure_absl_flags_parsed()
+    shard_options = _shard_options(shard_index, shard_count, drop_remainder)
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source),
+        shard_options=shard_options,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        seed=seed,
+    )
+    operations = [
+        Tokenize(tokenizer, task, max_len),
+        grain.transforms.Batch(
+            batch_size=batch_size,
+            drop_remainder=drop_remainder,
+            batch_fn=Collate(pad_id_of(tokenizer, pad_id), max_len, pad, pad_multiple),
+        ),
+    ]
+    return grain.DataLoader(
+        data_source=source,
+        sampler=sampler,
+        operations=operations,
+        worker_count=worker_count,
+        shard_options=shard_options,
+    )
+
+
+def steps_per_epoch(
+    num_records: int,
+    batch_size: int,
+    *,
+    shard_count: int = 1,
+    drop_remainder: bool = True,
+) -> int:
+    """Batches one shard yields per epoch from ``make_loader(..., num_epochs=1)``.
+
+    ``num_records`` is ``len(source)``. Grain's DataLoader reads
+    ``num_records // shard_count`` records on every shard (with several shards up to
+    ``shard_count - 1`` records per epoch are skipped, whatever ``drop_remainder``);
+    ``drop_remainder`` then decides whether the last partial batch is kept.
+    """
+    per_shard = num_records // shard_count
+    if drop_remainder:
+        return per_shard // batch_size
+    return math.ceil(per_shard / batch_size)

@@ -1,0 +1,208 @@
+"""Task specs: which TFDS dataset, which fields, which metrics.
+
+A task is a frozen ``TaskSpec``; ``TASKS`` maps names to specs and ``get_task`` looks
+one up. ``load_split`` returns a random-access source (``tfds.data_source``) whose
+elements are dicts of numpy values / bytes, ready for ``lora_jax.data.make_loader``.
+
+Example:
+    >>> task = get_task("mr")
+    >>> task.num_labels, task.main_metric
+    (2, 'accuracy')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """What a training run needs to know about a data set.
+
+    Attributes:
+        name: registry name, e.g. ``"mr"`` or ``"glue_mnli"``.
+        tfds_name: TFDS builder name, e.g. ``"mr_polarity"`` or ``"glue"``.
+        tfds_config: TFDS config name, e.g. ``"binary"`` or ``"mnli"``.
+        text_keys: one field (single sentence) or two (sentence pair).
+        label_key: the target field.
+        num_labels: number of classes; 1 means regression (float targets).
+        metrics: metric names computed by ``compute_metrics``.
+        main_metric: the metric used for model selection.
+        train_split / validation_split / test_split: TFDS split names.
+        extra_eval_splits: further labelled eval splits (MNLI mismatched).
+        test_has_labels: False for GLUE, whose test labels are hidden (-1).
+        needs_network: True when preparing the data needs internet access.
+    """
+
+    name: str
+    tfds_name: str
+    tfds_config: str
+    text_keys: tuple[str, ...]
+    label_key: str
+    num_labels: int
+    metrics: tuple[str, ...]
+    main_metric: str
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str = "test"
+    extra_eval_splits: tuple[str, ...] = ()
+    test_has_labels: bool = True
+    needs_network: bool = False
+
+    def __post_init__(self):
+        if len(self.text_keys) not in (1, 2):
+            raise ValueError(f"text_keys must hold 1 or 2 fields, got {self.text_keys}")
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1 (1 = regression), got {self.num_labels}")
+        if self.main_metric not in self.metrics:
+            raise ValueError(f"main_metric {self.main_metric!r} not in metrics {self.metrics}")
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    @property
+    def tfds_full_name(self) -> str:
+        return f"{self.tfds_name}/{self.tfds_config}"
+
+    @property
+    def splits(self) -> dict[str, str]:
+        """Role -> TFDS split name (``train``, ``validation``, ``test`` + extras)."""
+        out = {
+            "train": self.train_split,
+            "validation": self.validation_split,
+            "test": self.test_split,
+        }
+        out.update({s: s for s in self.extra_eval_splits})
+        return out
+
+
+def _glue(
+    config: str,
+    text_keys: tuple[str, ...],
+    num_labels: int,
+    metrics: tuple[str, ...],
+    main: str,
+    **kw: Any,
+) -> TaskSpec:
+    return TaskSpec(
+        name=f"glue_{config}",
+        tfds_name="glue",
+        tfds_config=config,
+        text_keys=text_keys,
+        label_key="label",
+        num_labels=num_labels,
+        metrics=metrics,
+        main_metric=main,
+        test_has_labels=False,
+        needs_network=True,
+        **kw,
+    )
+
+
+_ALL: Sequence[TaskSpec] = (
+    TaskSpec(
+        name="mr",
+        tfds_name="mr_polarity",
+        tfds_config="binary",
+        text_keys=("sentence",),
+        label_key="label",
+        num_labels=2,
+        metrics=("accuracy",),
+        main_metric="accuracy",
+    ),
+    TaskSpec(
+        name="mr_rating",
+        tfds_name="mr_polarity",
+        tfds_config="rating",
+        text_keys=("sentence",),
+        label_key="rating",
+        num_labels=1,
+        metrics=("pearson", "spearman"),
+        main_metric="pearson",
+    ),
+    _glue(
+        "mnli",
+        ("premise", "hypothesis"),
+        3,
+        ("accuracy",),
+        "accuracy",
+        validation_split="validation_matched",
+        test_split="test_matched",
+        extra_eval_splits=("validation_mismatched",),
+    ),
+    _glue("sst2", ("sentence",), 2, ("accuracy",), "accuracy"),
+    _glue("mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), "accuracy"),
+    _glue("cola", ("sentence",), 2, ("matthews", "accuracy"), "matthews"),
+    _glue("qnli", ("question", "sentence"), 2, ("accuracy",), "accuracy"),
+    _glue("qqp", ("question1", "question2"), 2, ("accuracy", "f1"), "accuracy"),
+    _glue("rte", ("sentence1", "sentence2"), 2, ("accuracy",), "accuracy"),
+    _glue("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearman"), "pearson"),
+)
+
+TASKS: dict[str, TaskSpec] = {t.name: t for t in _ALL}
+DEFAULT_TASK = "mr"
+
+
+def get_task(name: str | TaskSpec) -> TaskSpec:
+    """Looks up a task by name (a TaskSpec passes through).
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    if isinstance(name, TaskSpec):
+        return name
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown task {name!r}. Valid tasks: {', '.join(sorted(TASKS))}."
+        ) from None
+
+
+def load_split(
+    task: str | TaskSpec,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+) -> Any:
+    """Returns the random-access source (``tfds.data_source``) of one split.
+
+    Args:
+        task: a task name or spec.
+        split: a role (``train``, ``validation``, ``test``, or an extra eval split such
+            as ``validation_mismatched``) or any TFDS split name/slice (``train[:10%]``).
+        data_dir: TFDS data dir; default ``lora_jax.assets.data_dir()``.
+
+    MR is prepared on first use from the cached source file (offline). GLUE must be
+    prepared once with ``lora_jax.data.glue.prepare_glue`` (needs a network).
+
+    Raises:
+        FileNotFoundError: the data is not there; the message names the command.
+    """
+    from lora_jax import assets
+    from lora_jax.data import glue
+
+    task = get_task(task)
+    tfds_split = task.splits.get(split, split)
+    if task.tfds_name == "mr_polarity":
+        if data_dir is None:
+            assets.ensure_mr(fetch=False)
+            data_dir = assets.data_dir()
+        return _mr_source(task.tfds_config, tfds_split, data_dir)
+    # GLUE and any other array_record TFDS dataset.
+    return glue.load_tfds_source(task.tfds_full_name, tfds_split, data_dir=data_dir)
+
+
+def _mr_source(config: str, split: str, data_dir: str | os.PathLike) -> Any:
+    from lora_jax import assets
+    from lora_jax.data.mr import MrPolarity
+
+    builder = MrPolarity(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"mr_polarity/{config} is not prepared in {data_dir}. Run {assets.FETCH_COMMAND}."
+        )
+    return builder.as_data_source(split=split)

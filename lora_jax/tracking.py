@@ -1,0 +1,124 @@
+"""Run tracking: a local `history.jsonl` always, and W&B (offline unless the user says online).
+
+Nothing here waits on a network: unless `WANDB_MODE` or `logger.mode` says otherwise, W&B
+runs offline and its files land in `<run_dir>/wandb/`. `wandb sync` uploads them later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray) or hasattr(value, "item"):
+        return np.asarray(value).item() if np.ndim(value) == 0 else np.asarray(value).tolist()
+    return value
+
+
+def wandb_mode(configured: str | None) -> str:
+    """The W&B mode to use: the configured one, else `$WANDB_MODE`, else offline."""
+    mode = configured or os.environ.get("WANDB_MODE") or "offline"
+    if mode not in WANDB_MODES:
+        raise ValueError(f"logger.mode={mode!r} is not valid; allowed: {', '.join(WANDB_MODES)}.")
+    return mode
+
+
+class Tracker:
+    """Log scalars to `<run_dir>/history.jsonl` and, when enabled, to a W&B run.
+
+    Args:
+        run_dir: the run folder (W&B files go to `run_dir/wandb`).
+        backend: "wandb" or "none".
+        config: the resolved run config, logged as W&B config.
+        name, group, project, entity, mode, tags: W&B run settings.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        backend: str = "wandb",
+        *,
+        config: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        group: str | None = None,
+        project: str = "lora_jax",
+        entity: str | None = None,
+        mode: str | None = None,
+        tags: list[str] | None = None,
+        job_type: str = "train",
+    ) -> None:
+        if backend not in ("wandb", "none"):
+            raise ValueError(f"logger.backend={backend!r} is not valid; allowed: wandb, none.")
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._history = open(self.run_dir / "history.jsonl", "a")  # noqa: SIM115 (closed in finish)
+        self.wandb_run = None
+        if backend == "wandb":
+            import wandb
+
+            id_file = self.run_dir / "wandb_id.txt"
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+            id_file.write_text(run_id)
+            self.wandb_run = wandb.init(
+                project=project,
+                entity=entity,
+                group=group,
+                name=name,
+                tags=tags or None,
+                job_type=job_type,
+                config=dict(config or {}),
+                dir=str(self.run_dir),
+                id=run_id,
+                resume="allow",
+                mode=wandb_mode(mode),
+                reinit="create_new",
+                settings=wandb.Settings(silent=True, console="off"),
+            )
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        row = {k: _plain(v) for k, v in metrics.items()}
+        self._history.write(json.dumps({"step": step, **row}) + "\n")
+        self._history.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(row, step=step)
+
+    def log_images(self, images: Mapping[str, str | Path]) -> None:
+        """Log PNG files as W&B images (ignored without W&B)."""
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({k: wandb.Image(str(v)) for k, v in images.items()})
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """Log a W&B table (ignored without W&B)."""
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log(
+                {name: wandb.Table(columns=columns, data=[[_plain(v) for v in r] for r in rows])}
+            )
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update({k: _plain(v) for k, v in values.items()})
+
+    def finish(self) -> None:
+        self._history.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()

@@ -1,0 +1,197 @@
+"""The main job through its real entry points, on the tiny model and the real MR data.
+
+Each test runs `python -m experiments.*` in a subprocess, exactly as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["model=tiny_bert", "debug=fast"]
+
+
+def _run(
+    module: str, *args: str, cwd: Path, check: bool = True, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{module} {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="module")
+def fast_sweep(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("sweep")
+    sweep_dir = cwd / "sw"
+    proc = _run("experiments.sweep", "rank=1,4", *FAST, f"hydra.sweep.dir={sweep_dir}", cwd=cwd)
+    return sweep_dir, proc
+
+
+def test_sweep_writes_runs_summary_and_report(fast_sweep):
+    sweep_dir, proc = fast_sweep
+    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.md").absolute())
+    summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    assert sorted(e["metrics"]["rank"] for e in summary) == [1, 4]
+    for entry in summary:
+        run_dir = Path(entry["run_dir"])
+        m = entry["metrics"]
+        assert m["status"] == "complete" and m["steps"] == 20
+        assert 0.0 <= m["final"]["accuracy"] <= 1.0
+        assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+        assert (
+            json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["r"] == m["rank"]
+        )
+        assert (run_dir / "checkpoints").is_dir()
+        assert (run_dir / "config.yaml").exists()
+        assert f"rank={m['rank']}" in entry["overrides"]
+    report = (sweep_dir / "report.md").read_text()
+    assert (
+        "| model=tiny_bert,rank=1 | 1 | q,v |" in report
+        and "| model=tiny_bert,rank=4 | 4 | q,v |" in report
+    )
+    analysis = json.loads((sweep_dir / "analysis.json").read_text())
+    (pair,) = analysis["rank_pairs"]
+    assert pair["ranks"] == [1, 4]
+    assert sorted(pair["phi"]) == ["layer_0/q", "layer_0/v", "layer_1/q", "layer_1/v"]
+    assert all(len(grid) == 1 and len(grid[0]) == 4 for grid in pair["phi"].values())
+    assert Path(pair["figure"]).exists()
+    assert "## Rank analysis" in report and "r=1 vs r=4" in report
+
+
+def test_wandb_offline_run_reads_back(fast_sweep):
+    sweep_dir, _ = fast_sweep
+    run_dir = sweep_dir / "model=tiny_bert,rank=4"
+    wandb_files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert wandb_files, "no offline W&B run was written"
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "wandb"),
+            "leet",
+            "inspect",
+            "--summary",
+            "--json",
+            str(wandb_files[-1]),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    logged = json.loads(out.stdout)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert logged["state"] == "finished"
+    assert logged["config"]["rank"] == 4 and logged["config"]["targets"] == "qv"
+    assert logged["summary"]["final/accuracy"] == pytest.approx(metrics["final"]["accuracy"])
+    assert logged["summary"]["trainable_params"] == metrics["trainable_params"]
+    for key in ("train/loss", "train/lr", "train/grad_norm", "eval/accuracy"):
+        assert key in logged["summary"], key
+
+
+def test_rerun_skips_finished_runs(fast_sweep):
+    sweep_dir, _ = fast_sweep
+    before = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")}
+    proc = _run(
+        "experiments.sweep", "rank=1,4", *FAST, f"hydra.sweep.dir={sweep_dir}", cwd=sweep_dir.parent
+    )
+    assert proc.stdout.count("is complete; skipping") == 2
+    assert before == {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")}
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    common = [
+        "model=tiny_bert",
+        "debug=fast",
+        "trainer.steps=60",
+        "trainer.checkpoint_every=20",
+        "trainer.eval_every=60",
+        "logger=none",
+        "rank=2",
+    ]
+    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
+    _run("experiments.train", *common, f"hydra.run.dir={ref_dir}", cwd=tmp_path)
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "experiments.train", *common, f"hydra.run.dir={killed_dir}"]
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while (
+        not (killed_dir / "checkpoints" / "20").exists()
+        and time.time() < deadline
+        and proc.poll() is None
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "metrics.json").exists(), "the run finished before it could be killed"
+    resumed = _run("experiments.train", *common, f"hydra.run.dir={killed_dir}", cwd=tmp_path)
+    assert "resuming" in resumed.stdout
+    ref = json.loads((ref_dir / "metrics.json").read_text())
+    got = json.loads((killed_dir / "metrics.json").read_text())
+    assert got["final"] == pytest.approx(ref["final"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("rank=-1", "rank=-1"),
+        ("rank=1,999", "rank=999 is larger than"),
+        ("targets=qz", "targets='qz'"),
+        ("model.name=gpt5", "gpt5"),
+        ("data.task=imdb", "imdb"),
+        ("rank=abc", "rank"),
+        ("trainer.stepz=3", "stepz"),
+    ],
+)
+def test_bad_overrides_fail_before_training(tmp_path, override, message):
+    proc = _run(
+        "experiments.sweep",
+        override,
+        *FAST,
+        f"hydra.sweep.dir={tmp_path / 's'}",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert not list(tmp_path.glob("s/*/checkpoints")), "training started before the error"
+
+
+def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
+    run_dir = tmp_path / "nan"
+    proc = _run(
+        "experiments.train",
+        "model=tiny_bert",
+        "debug=fast",
+        "logger=none",
+        "trainer.checkpoint_every=1",
+        "optim.lr=1e30",
+        "optim.clip_norm=null",
+        "optim.warmup_ratio=0.5",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "NonFiniteLossError" in proc.stderr and "the last good checkpoint is step" in proc.stderr
+    assert not (run_dir / "metrics.json").exists()
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps, "no checkpoint kept"
