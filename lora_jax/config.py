@@ -80,6 +80,17 @@ class LoggerConfig:
 
 
 @dataclass
+class PlantedConfig:
+    """The ground-truth task (`data=planted`): a teacher with a rank-k update planted."""
+
+    k: int = 2
+    targets: str = "qv"
+    layers: list[int] | None = None  # None = every layer
+    strength: float = 0.5  # top planted singular value / the kernel's largest
+    seed: int = 1234
+
+
+@dataclass
 class Config:
     rank: int = 8
     alpha: float = 8.0
@@ -92,6 +103,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    planted: PlantedConfig = field(default_factory=PlantedConfig)
     workdir: str = MISSING
 
 

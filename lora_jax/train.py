@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,16 @@ import optax
 from omegaconf import DictConfig, OmegaConf
 
 from lora_jax import data as data_lib
-from lora_jax import models
+from lora_jax import models, planted
 from lora_jax.adapter_io import export_adapter
 from lora_jax.analysis.adapters import adapter_spectra
 from lora_jax.checkpoint import Checkpointer
 from lora_jax.config import to_dict
 from lora_jax.lora import LoRAConfig, adapters
-from lora_jax.partition import count_params, label_params, make_optimizer, split
+from lora_jax.objectives import Objective, classification, evaluate
+from lora_jax.partition import combine, count_params, label_params, make_optimizer, split
 from lora_jax.reporting import print_summary, progress_bar
-from lora_jax.steps import classification_loss, make_eval_step, make_train_step, tree_bytes
+from lora_jax.steps import make_eval_step, make_train_step, tree_bytes
 from lora_jax.tracking import Tracker
 
 
@@ -95,20 +97,59 @@ def _optimizer(cfg: DictConfig, labels: dict) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(o.clip_norm), tx) if o.clip_norm else tx
 
 
-def evaluate(eval_step, trainable, frozen, batches, task) -> dict[str, float]:
-    """Task metrics on every batch of `batches` (padding rows are dropped by their mask)."""
-    preds, labels = [], []
-    for batch in batches:
-        out = np.asarray(eval_step(trainable, frozen, batch))
-        keep = np.asarray(batch.get("example_mask", np.ones(len(out), bool)), bool)
-        preds.append(out[keep])
-        labels.append(np.asarray(batch["labels"])[keep])
-    return data_lib.compute_metrics(task, np.concatenate(preds), np.concatenate(labels))
-
-
 def model_rng(seed: int) -> jax.Array:
     """The key that initialises a run's LoRA, head (and a random tiny base model)."""
     return jax.random.fold_in(jax.random.key(seed), 0)
+
+
+@dataclass
+class _Data:
+    train_iter: Any  # a checkpointable Grain DataLoaderIterator
+    eval_batches: Callable[[], Any]  # a fresh pass over the eval split
+
+
+def _data(cfg: DictConfig, task: Any, tokenizer: Any) -> _Data:
+    d = cfg.data
+    common = dict(
+        tokenizer=tokenizer, task=task, max_len=d.max_len, pad=d.pad, worker_count=d.worker_count
+    )
+    train = data_lib.make_loader(
+        data_lib.load_split(task, "train"),
+        batch_size=d.batch_size,
+        seed=cfg.seed,
+        shuffle=True,
+        num_epochs=None,
+        drop_remainder=True,
+        **common,
+    )
+    split_name = task.splits.get(d.eval_split, d.eval_split)
+    source = data_lib.load_split(
+        task, f"{split_name}[:{d.eval_limit}]" if d.eval_limit else split_name
+    )
+
+    def eval_batches():
+        return data_lib.make_loader(
+            source,
+            batch_size=d.eval_batch_size,
+            seed=0,
+            shuffle=False,
+            num_epochs=1,
+            drop_remainder=False,
+            **common,
+        )
+
+    return _Data(iter(train), eval_batches)
+
+
+def _objective(cfg: DictConfig, p: Plan, pre: Any, parts: Any, data: _Data) -> Objective:
+    if p.task.name != "planted":
+        return classification(pre.module, p.task)
+    c = cfg.planted
+    teacher, factors = planted.plant(parts.frozen, c.k, c.targets, c.layers, c.strength, c.seed)
+    planted.save_factors(cfg.workdir, factors)
+    return planted.objective(
+        pre.config, p.lora, teacher, models.BertEncoder, combine(*parts), data.eval_batches()
+    )
 
 
 def run(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
@@ -123,7 +164,6 @@ def run(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     start = time.perf_counter()
 
-    key = jax.random.key(cfg.seed)
     pre = models.load_pretrained(
         cfg.model.name,
         p.lora,
@@ -132,153 +172,42 @@ def run(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
         head_dropout=cfg.model.head_dropout,
         rng=model_rng(cfg.seed),
     )
-    labels = label_params(pre.params, trainable=pre.head_rules, full_finetune=p.full_finetune)
+    # The planted task trains adapters only: its loss never reaches the head.
+    head_rules = () if p.task.name == "planted" else pre.head_rules
+    labels = label_params(pre.params, trainable=head_rules, full_finetune=p.full_finetune)
     parts = split(pre.params, labels)
     tx = _optimizer(cfg, split(labels, labels).trainable)
     opt_state = tx.init(parts.trainable)
-
-    d = cfg.data
-    loader_kw = dict(
-        tokenizer=pre.tokenizer,
-        task=p.task,
-        max_len=d.max_len,
-        pad=d.pad,
-        worker_count=d.worker_count,
-    )
-    train_iter = iter(
-        data_lib.make_loader(
-            data_lib.load_split(p.task, "train"),
-            batch_size=d.batch_size,
-            seed=cfg.seed,
-            shuffle=True,
-            num_epochs=None,
-            drop_remainder=True,
-            **loader_kw,
-        )
-    )
-    eval_split = p.task.splits.get(d.eval_split, d.eval_split)
-    eval_source = data_lib.load_split(
-        p.task, f"{eval_split}[:{d.eval_limit}]" if d.eval_limit else eval_split
-    )
-
-    def eval_batches():
-        return data_lib.make_loader(
-            eval_source,
-            batch_size=d.eval_batch_size,
-            seed=0,
-            shuffle=False,
-            num_epochs=1,
-            drop_remainder=False,
-            **loader_kw,
-        )
-
-    def loss_fn(params, batch, rng):
-        logits = pre.module.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["token_type_ids"],
-            deterministic=False,
-            rngs={"dropout": rng},
-        )
-        return classification_loss(logits, batch["labels"]), {}
-
-    def predict_fn(params, batch):
-        logits = pre.module.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["token_type_ids"],
-            deterministic=True,
-        )
-        return logits[..., 0] if p.task.num_labels == 1 else logits
-
-    train_step = make_train_step(loss_fn, tx)
-    eval_step = make_eval_step(predict_fn)
+    data = _data(cfg, p.task, pre.tokenizer)
+    objective = _objective(cfg, p, pre, parts, data)
     sizes = {
         "trainable_params": count_params(parts.trainable),
         "total_params": count_params(parts.trainable) + count_params(parts.frozen),
         "lora_params": count_params(adapters(parts.trainable)),
         "optimizer_state_bytes": tree_bytes(opt_state),
     }
-
-    t = cfg.trainer
-    group = cfg.logger.get("group") or workdir.parent.name
     tracker = Tracker(
         workdir,
         cfg.logger.backend,
         config={**to_dict(cfg), **sizes},
         name=workdir.name,
-        group=group,
+        group=cfg.logger.get("group") or workdir.parent.name,
         project=cfg.logger.get("project", "lora_jax"),
         entity=cfg.logger.get("entity"),
         mode=cfg.logger.get("mode"),
         tags=list(cfg.logger.get("tags") or []),
     )
-    main = p.task.main_metric
-    with Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints) as ckpt, tracker:
-        trainable, step, best, metrics = parts.trainable, 0, {main: -math.inf, "step": 0}, None
-        restored = ckpt.restore({"trainable": trainable, "opt_state": opt_state}, train_iter)
-        if restored is not None:
-            (state, meta) = restored
-            trainable, opt_state, step, best = (
-                state["trainable"],
-                state["opt_state"],
-                meta["step"],
-                meta["best"],
-            )
-            print(f"[lora_jax] resuming {workdir.name} from step {step}")
-        bar = progress_bar(t.steps, initial=step, enabled=t.progress, desc=workdir.name)
-        window_start, window_tokens = time.perf_counter(), 0
-        while step < t.steps:
-            batch = next(train_iter)
-            rng = jax.random.fold_in(jax.random.fold_in(key, 1), step)
-            trainable, opt_state, out = train_step(trainable, parts.frozen, opt_state, batch, rng)
-            step += 1
-            loss = float(out["loss"])
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss={loss} at step {step} in {workdir}; the last good checkpoint is step "
-                    f"{ckpt.latest_step}. Lower optim.lr or set optim.clip_norm."
-                )
-            window_tokens += int(np.sum(batch["attention_mask"]))
-            if step % t.log_every == 0 or step == t.steps:
-                elapsed = time.perf_counter() - window_start
-                row = {
-                    "train/loss": loss,
-                    "train/grad_norm": float(out["grad_norm"]),
-                    "train/lr": float(
-                        lr_schedule(cfg.optim.lr, t.steps, cfg.optim.warmup_ratio)(step - 1)
-                    ),
-                    "train/tokens_per_s": window_tokens / max(elapsed, 1e-9),
-                }
-                tracker.log(row, step)
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['train/tokens_per_s']:.0f}")
-                window_start, window_tokens = time.perf_counter(), 0
-            if t.spectrum_every and step % t.spectrum_every == 0 and p.lora.rank > 0:
-                tracker.log(
-                    adapter_spectra(trainable, alpha=p.lora.alpha, scaling=p.lora.scaling), step
-                )
-            if step % t.eval_every == 0 or step == t.steps:
-                metrics = evaluate(eval_step, trainable, parts.frozen, eval_batches(), p.task)
-                tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
-                if metrics[main] > best[main]:
-                    best = {**metrics, "step": step}
-                bar.set_postfix(loss=f"{loss:.4f}", **{main: f"{metrics[main]:.4f}"})
-            if step % t.checkpoint_every == 0 or step == t.steps:
-                state = {"trainable": trainable, "opt_state": opt_state}
-                ckpt.save(step, state, train_iter, meta={"step": step, "best": best})
-            bar.update(1)
-        bar.close()
-        # A run resumed at its last step has not evaluated in this process.
-        final = metrics or evaluate(eval_step, trainable, parts.frozen, eval_batches(), p.task)
+    with Checkpointer(workdir / "checkpoints", keep=cfg.trainer.keep_checkpoints) as ckpt, tracker:
+        trainable, final, best, steps = _train(
+            cfg, p, objective, tx, parts, opt_state, data, ckpt, tracker
+        )
         export_adapter(workdir / "adapter", trainable, p.lora, pre)
         result = {
             "status": "complete",
             "final": final,
             "best": best,
             **sizes,
-            "steps": step,
+            "steps": steps,
             "wall_time_s": time.perf_counter() - start,
             "rank": p.lora.rank,
             "targets": list(p.lora.targets),
@@ -288,7 +217,7 @@ def run(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
             "full_finetune": p.full_finetune,
             "model": cfg.model.name,
             "task": p.task.name,
-            "main_metric": main,
+            "main_metric": p.task.main_metric,
         }
         tracker.summary(
             {f"final/{k}": v for k, v in final.items()}
@@ -298,3 +227,67 @@ def run(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     metrics_file.write_text(json.dumps(result, indent=2))
     print_summary(result)
     return result
+
+
+def _train(cfg, p, objective, tx, parts, opt_state, data, ckpt, tracker):
+    """The step loop: resume, train, log, evaluate, checkpoint. Returns (trainable, final, best, step)."""
+    t, main = cfg.trainer, p.task.main_metric
+    train_step = make_train_step(objective.loss_fn, tx)
+    eval_step = make_eval_step(objective.predict_fn)
+    schedule = lr_schedule(cfg.optim.lr, t.steps, cfg.optim.warmup_ratio)
+    step_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+    trainable, step, best, metrics = parts.trainable, 0, {main: -math.inf, "step": 0}, None
+    restored = ckpt.restore({"trainable": trainable, "opt_state": opt_state}, data.train_iter)
+    if restored is not None:
+        state, meta = restored
+        trainable, opt_state, step, best = (
+            state["trainable"],
+            state["opt_state"],
+            meta["step"],
+            meta["best"],
+        )
+        print(f"[lora_jax] resuming {tracker.run_dir.name} from step {step}")
+    bar = progress_bar(t.steps, initial=step, enabled=t.progress, desc=tracker.run_dir.name)
+    window_start, window_tokens = time.perf_counter(), 0
+    while step < t.steps:
+        batch = objective.prepare(next(data.train_iter))
+        trainable, opt_state, out = train_step(
+            trainable, parts.frozen, opt_state, batch, jax.random.fold_in(step_key, step)
+        )
+        step += 1
+        loss = float(out["loss"])
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss={loss} at step {step} in {tracker.run_dir}; the last good checkpoint is step "
+                f"{ckpt.latest_step}. Lower optim.lr or set optim.clip_norm."
+            )
+        window_tokens += int(np.sum(batch["attention_mask"]))
+        if step % t.log_every == 0 or step == t.steps:
+            tok_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+            row = {
+                "train/loss": loss,
+                "train/grad_norm": float(out["grad_norm"]),
+                "train/lr": float(schedule(step - 1)),
+                "train/tokens_per_s": tok_s,
+            }
+            tracker.log(row, step)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:.0f}")
+            window_start, window_tokens = time.perf_counter(), 0
+        if t.spectrum_every and step % t.spectrum_every == 0 and p.lora.rank > 0:
+            tracker.log(
+                adapter_spectra(trainable, alpha=p.lora.alpha, scaling=p.lora.scaling), step
+            )
+        if step % t.eval_every == 0 or step == t.steps:
+            metrics = evaluate(eval_step, objective, data.eval_batches(), trainable, parts.frozen)
+            tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+            if metrics[main] > best[main]:
+                best = {**metrics, "step": step}
+            bar.set_postfix(loss=f"{loss:.4f}", **{main: f"{metrics[main]:.4f}"})
+        if step % t.checkpoint_every == 0 or step == t.steps:
+            state = {"trainable": trainable, "opt_state": opt_state}
+            ckpt.save(step, state, data.train_iter, meta={"step": step, "best": best})
+        bar.update(1)
+    bar.close()
+    # A run resumed at its last step has not evaluated in this process.
+    final = metrics or evaluate(eval_step, objective, data.eval_batches(), trainable, parts.frozen)
+    return trainable, final, best, step

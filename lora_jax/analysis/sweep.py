@@ -13,6 +13,7 @@ under `figures/`, and returns the Markdown section of `report.md` that states th
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -26,15 +27,28 @@ import numpy as np
 from lora_jax.adapter_io import load_adapter
 from lora_jax.analysis.adapters import find_leaves
 from lora_jax.analysis.projection import dw_vs_w
-from lora_jax.analysis.similarity import expected_random_phi, phi_grid_a, random_baseline
-from lora_jax.analysis.spectrum import spectrum, summarize_spectrum
+from lora_jax.analysis.similarity import (
+    expected_random_phi,
+    phi_grid_a,
+    random_baseline,
+    subspace_similarity,
+)
+from lora_jax.analysis.spectrum import dw_svd, spectrum, summarize_spectrum
 from lora_jax.lora import LoRAConfig, lora_scale
+from lora_jax.planted import load_factors
 
 Key = tuple[int, str]  # (layer, target)
 
 
 def _name(key: Key) -> str:
     return f"layer_{key[0]}/{key[1]}"
+
+
+def _slug(run_name: str) -> str:
+    """A file-name-safe, bounded form of a run folder name (Hydra's override string)."""
+    if len(run_name) <= 48:
+        return run_name
+    return f"{run_name[:32]}_{hashlib.sha1(run_name.encode()).hexdigest()[:8]}"
 
 
 def _json_grid(grid: Any) -> list:
@@ -156,7 +170,7 @@ def analyze_sweep(sweep_dir: str | Path, entries: list[dict[str, Any]]) -> str:
         grids = _phi_pair(lo, hi)
         png = plots.phi_figure(
             grids,
-            fig_dir / f"phi_rank_{lo['name']}_vs_{hi['name']}.png",
+            fig_dir / f"phi_rank_{_slug(lo['name'])}_vs_r{r_hi}.png",
             xlabel=f"j (r={r_hi})",
             ylabel=f"i (r={r_lo})",
             suptitle=f"phi(A r={r_lo}, A r={r_hi}, i, j)",
@@ -185,7 +199,7 @@ def analyze_sweep(sweep_dir: str | Path, entries: list[dict[str, Any]]) -> str:
         baseline = np.asarray(random_baseline(jax.random.key(0), n, r1, r2))
         png = plots.phi_figure(
             {**grids, "random Gaussian": baseline},
-            fig_dir / f"phi_seed_{a['name']}_vs_{b['name']}.png",
+            fig_dir / f"phi_seed_{_slug(a['name'])}_vs_s{b['metrics']['seed']}.png",
             suptitle=f"phi across seeds {a['metrics']['seed']} and {b['metrics']['seed']} (r={r1})",
         )
         mean_phi = {k: float(np.nanmean(g)) for k, g in grids.items()}
@@ -204,12 +218,90 @@ def analyze_sweep(sweep_dir: str | Path, entries: list[dict[str, Any]]) -> str:
             f"{np.mean(list(mean_phi.values())):.2f} vs {float(expected_random_phi(n, r1, r2).mean()):.3f} "
             f"for random subspaces ([figure]({Path(png).relative_to(sweep_dir)}))."
         )
+    planted_rows = _planted_recovery(runs)
+    if planted_rows:
+        result["planted"] = planted_rows
+        report += ["", _planted_section(planted_rows)]
     report += ["", _table7(runs), "", _spectra_section(runs, fig_dir, sweep_dir)]
     # NaN/inf (undefined directions, dW orthogonal to W) become null: strict JSON.
     (sweep_dir / "analysis.json").write_text(
         json.dumps(_finite_or_none(result), indent=1, allow_nan=False)
     )
     return "\n".join(report)
+
+
+def planted_recovery(
+    adapters: dict[Key, tuple], factors: dict[Key, dict], alpha: float, scaling: str
+) -> dict:
+    """How well each learned dW recovers the planted one (see `lora_jax.planted`).
+
+    For k planted directions and a learned dW of rank r: phi(min(r, k), k) between dW's top
+    input (output) singular directions and the planted U (V): 1 = the planted subspace found.
+    """
+    out = {}
+    for key, f in factors.items():
+        if key not in adapters:
+            continue
+        a, b = adapters[key]
+        u, s, v = dw_svd(a, b, lora_scale(a.shape[1], alpha, scaling))
+        k, i = f["u"].shape[1], min(a.shape[1], f["u"].shape[1])
+        summary = summarize_spectrum(s, (a.shape[0], b.shape[1]))
+        out[_name(key)] = {
+            "k": k,
+            "phi_input": float(subspace_similarity(u, f["u"])[i - 1, k - 1]),
+            "phi_output": float(subspace_similarity(v, f["v"])[i - 1, k - 1]),
+            "effective_rank": float(summary["effective_rank"]),
+            "energy_rank_90": int(summary["energy_rank_90"]),
+            "energy_rank_99": int(summary["energy_rank_99"]),
+        }
+    return out
+
+
+def _planted_recovery(runs: dict) -> list[dict]:
+    rows = []
+    for name, run in runs.items():
+        factors = load_factors(run["run_dir"])
+        if factors is None:
+            continue
+        cfg = json.loads((Path(run["run_dir"]) / "adapter" / "adapter_config.json").read_text())[
+            "lora_jax"
+        ]
+        per = planted_recovery(run["adapters"], factors, cfg["alpha"], cfg["scaling"])
+        m = run["metrics"]
+        rows.append(
+            {
+                "run": name,
+                "run_dir": run["run_dir"],
+                "rank": m["rank"],
+                "k": next(iter(per.values()))["k"],
+                "final": m["final"],
+                "adapters": per,
+                **{
+                    f"mean_{q}": float(np.mean([x[q] for x in per.values()]))
+                    for q in ("phi_input", "phi_output", "effective_rank", "energy_rank_90")
+                },
+            }
+        )
+    return sorted(rows, key=lambda r: r["rank"])
+
+
+def _planted_section(rows: list[dict]) -> str:
+    lines = [
+        "### Planted-rank recovery (ground truth)",
+        "",
+        f"The teacher has a rank-{rows[0]['k']} update planted; a correct pipeline stops improving at r >= k, "
+        "learns a dW of effective rank about k, and finds the planted directions (phi near 1).",
+        "",
+        "| run | r | gap closed | val mse | phi input (min(r,k), k) | phi output | effective rank | rank for 90% energy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['run']} | {r['rank']} | {r['final']['gap_closed']:.4f} | {r['final']['mse']:.3g} | "
+        f"{r['mean_phi_input']:.3f} | {r['mean_phi_output']:.3f} | {r['mean_effective_rank']:.2f} | "
+        f"{r['mean_energy_rank_90']:.1f} |"
+        for r in rows
+    ]
+    return "\n".join(lines)
 
 
 def _finite_or_none(x: Any) -> Any:
@@ -251,7 +343,7 @@ def _spectra_section(runs: dict, fig_dir: Path, sweep_dir: Path) -> str:
     for name, run in runs.items():
         spectra = {a: m["singular_values"] for a, m in run["measurements"].items()}
         png = plots.spectrum_plot(
-            spectra, path=fig_dir / f"spectrum_{name}.png", title=f"dW spectra, {name}"
+            spectra, path=fig_dir / f"spectrum_{_slug(name)}.png", title=f"dW spectra, {name}"
         )
         lines += [
             f"| {name} | {a} | {m['rank']} | {m['stable_rank']:.2f} | {m['effective_rank']:.2f} | "

@@ -124,6 +124,18 @@ _ALL: Sequence[TaskSpec] = (
         metrics=("pearson", "spearman"),
         main_metric="pearson",
     ),
+    # Ground truth (lora_jax.planted): match a teacher with a planted rank-k update on the MR
+    # sentences; the labels are unused.
+    TaskSpec(
+        name="planted",
+        tfds_name="mr_polarity",
+        tfds_config="binary",
+        text_keys=("sentence",),
+        label_key="label",
+        num_labels=2,
+        metrics=("gap_closed", "mse"),
+        main_metric="gap_closed",
+    ),
     _glue(
         "mnli",
         ("premise", "hypothesis"),
