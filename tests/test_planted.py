@@ -1,0 +1,80 @@
+"""The planted-rank ground truth: the pieces on exact answers, and recovery end to end."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from lora_jax import models, planted
+from lora_jax.analysis.adapters import find_adapters
+from lora_jax.analysis.sweep import planted_recovery
+from lora_jax.lora import LoRAConfig, lora_scale
+from lora_jax.partition import combine, label_params, split
+
+
+def _factors_by_key(factors: dict) -> dict:
+    out: dict = {}
+    for key, value in factors.items():
+        layer, target, part = key.split("/")
+        out.setdefault((int(layer.removeprefix("layer_")), target), {})[part] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    lora = LoRAConfig(rank=2, targets="v")
+    pre = models.load_pretrained("tiny_bert", lora, num_labels=2, rng=jax.random.key(0))
+    parts = split(pre.params, label_params(pre.params))
+    teacher, factors = planted.plant(parts.frozen, 2, "v", None, 0.5, seed=1)
+    return lora, pre, parts, teacher, factors
+
+
+def test_plant_adds_a_rank_k_update_with_the_documented_spectrum(tiny):
+    _, _, parts, teacher, factors = tiny
+    flat_t, flat_f = traverse_util.flatten_dict(teacher), traverse_util.flatten_dict(parts.frozen)
+    changed = sorted("/".join(p) for p in flat_f if not np.array_equal(flat_t[p], flat_f[p]))
+    assert changed == ["encoder/layer_0/attention/v/kernel", "encoder/layer_1/attention/v/kernel"]
+    for layer in (0, 1):
+        path = ("encoder", f"layer_{layer}", "attention", "v", "kernel")
+        dw = np.asarray(flat_t[path]) - np.asarray(flat_f[path])
+        s = np.linalg.svd(dw, compute_uv=False)
+        top_w = np.linalg.norm(np.asarray(flat_f[path]), 2)
+        np.testing.assert_allclose(s[:2], [0.5 * top_w, 0.25 * top_w], rtol=1e-4)
+        assert s[2] < 1e-5 * s[0]
+        np.testing.assert_allclose(factors[f"layer_{layer}/v/s"], s[:2], rtol=1e-4)
+
+
+def test_exact_adapters_reproduce_the_teacher_and_score_full_recovery(tiny):
+    lora, pre, parts, teacher, factors = tiny
+    by_key = _factors_by_key(factors)
+    scale = lora_scale(2, lora.alpha, lora.scaling)
+    flat = traverse_util.flatten_dict(parts.trainable)
+    for (layer, target), f in by_key.items():
+        node = ("encoder", f"layer_{layer}", "attention", target)
+        flat[(*node, "lora_a")] = jnp.asarray(f["u"] * f["s"] / scale)
+        flat[(*node, "lora_b")] = jnp.asarray(f["v"].T)
+    exact = traverse_util.unflatten_dict(flat)
+    ids = jax.random.randint(jax.random.key(2), (4, 12), 0, 100)
+    batch = {"input_ids": ids, "attention_mask": jnp.ones_like(ids), "token_type_ids": jnp.zeros_like(ids),
+             "labels": jnp.zeros(4, jnp.int32)}
+    obj = planted.objective(pre.config, lora, teacher, models.BertEncoder, combine(*parts), [batch])
+    b = obj.prepare(batch)
+    base_mse = float(obj.predict_fn(combine(*parts), b).mean())
+    assert base_mse > 1e-4
+    assert float(obj.predict_fn(combine(exact, parts.frozen), b).mean()) < 1e-7 * base_mse
+    assert obj.metrics(np.asarray(obj.predict_fn(combine(exact, parts.frozen), b)), None)["gap_closed"] > 0.999
+    rec = planted_recovery(find_adapters(exact), by_key, lora.alpha, lora.scaling)
+    for r in rec.values():
+        assert r["phi_input"] == pytest.approx(1.0, abs=1e-5) and r["phi_output"] == pytest.approx(1.0, abs=1e-5)
+        assert r["energy_rank_99"] == 2
+
+
+def test_plant_rejects_targets_that_match_nothing(tiny):
+    _, _, parts, _, _ = tiny
+    with pytest.raises(ValueError, match="matched no kernel"):
+        planted.plant(parts.frozen, 2, "v", [7], 0.5, seed=1)
+    with pytest.raises(ValueError, match="planted.k=64 is larger"):
+        planted.plant(parts.frozen, 64, "v", None, 0.5, seed=1)
