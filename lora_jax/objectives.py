@@ -2,7 +2,7 @@
 
 `classification` covers every labelled task (cross-entropy, or MSE for regression, scored
 with the task's metrics). `lora_jax.planted.objective` is the ground-truth task whose
-answer (the planted rank) is known.
+answer (the planted rank) is known; `lora_jax.lm.objective` the causal-LM one (generation).
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ class Objective(NamedTuple):
         predict_fn: (params, batch) -> per-example outputs (B, ...); jitted for eval.
         metrics: (predictions, labels) -> dict of floats, over a whole split.
         prepare: host-side batch transform applied before both steps (e.g. teacher targets).
+        final: optional params -> dict of metrics measured once, at the end of a run (e.g.
+            BLEU of decoded text); merged into the run's final metrics.
     """
 
     loss_fn: Callable
     predict_fn: Callable
     metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]]
     prepare: Callable[[dict], dict] = lambda batch: batch
+    final: Callable[[Any], dict[str, float]] | None = None
 
 
 def _logits(

@@ -59,6 +59,10 @@ def read_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return entries
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"  # None: not measured at that step (e.g. BLEU)
+
+
 def _results_table(entries: list[dict[str, Any]]) -> str:
     head = "| run | rank | targets | seed | scaling | main metric | final | best (step) | trainable params |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
@@ -77,7 +81,7 @@ def _results_table(entries: list[dict[str, Any]]) -> str:
         rank = "full FT" if m["full_finetune"] else m["rank"]
         lines.append(
             f"| {e['name']} | {rank} | {','.join(m['targets']) if m['rank'] else '-'} | {m['seed']} | "
-            f"{m['scaling']} | {main} | {m['final'][main]:.4f} | {m['best'][main]:.4f} ({m['best']['step']}) | "
+            f"{m['scaling']} | {main} | {m['final'][main]:.4f} | {_num(m['best'][main])} ({m['best']['step']}) | "
             f"{m['trainable_params']:,} |"
         )
     return "\n".join(lines)

@@ -21,7 +21,7 @@ import optax
 from omegaconf import DictConfig, OmegaConf
 
 from lora_jax import data as data_lib
-from lora_jax import models, planted
+from lora_jax import lm, models, planted
 from lora_jax.adapter_io import export_adapter
 from lora_jax.analysis.adapters import adapter_spectra
 from lora_jax.checkpoint import Checkpointer
@@ -62,6 +62,12 @@ def plan(cfg: DictConfig) -> Plan:
     )
     models.check_lora(cfg.model.name, lora)
     task = data_lib.get_task(cfg.data.task)
+    if task.is_generation != models.is_decoder(cfg.model.name):
+        allowed = models.DECODER_MODELS if task.is_generation else models.MODELS
+        raise ValueError(
+            f"data.task={task.name!r} ({task.kind}) does not fit model={cfg.model.name!r}; "
+            f"allowed models: {', '.join(allowed)}."
+        )
     for key in ("steps", "eval_every", "log_every", "checkpoint_every"):
         if cfg.trainer[key] <= 0:
             raise ValueError(
@@ -108,10 +114,15 @@ class _Data:
     eval_batches: Callable[[], Any]  # a fresh pass over the eval split
 
 
-def _data(cfg: DictConfig, task: Any, tokenizer: Any) -> _Data:
+def _data(cfg: DictConfig, task: Any, tokenizer: Any, **extra: Any) -> _Data:
     d = cfg.data
     common = dict(
-        tokenizer=tokenizer, task=task, max_len=d.max_len, pad=d.pad, worker_count=d.worker_count
+        tokenizer=tokenizer,
+        task=task,
+        max_len=d.max_len,
+        pad=d.pad,
+        worker_count=d.worker_count,
+        **extra,
     )
     train = data_lib.make_loader(
         data_lib.load_split(task, "train"),
@@ -123,9 +134,9 @@ def _data(cfg: DictConfig, task: Any, tokenizer: Any) -> _Data:
         **common,
     )
     split_name = task.splits.get(d.eval_split, d.eval_split)
-    source = data_lib.load_split(
-        task, f"{split_name}[:{d.eval_limit}]" if d.eval_limit else split_name
-    )
+    source = data_lib.load_split(task, split_name)
+    if d.eval_limit and d.eval_limit < len(source):  # TFDS rejects slices past the end
+        source = data_lib.load_split(task, f"{split_name}[:{d.eval_limit}]")
 
     def eval_batches():
         return data_lib.make_loader(
@@ -142,6 +153,8 @@ def _data(cfg: DictConfig, task: Any, tokenizer: Any) -> _Data:
 
 
 def _objective(cfg: DictConfig, p: Plan, pre: Any, parts: Any, data: _Data) -> Objective:
+    if p.task.is_generation:
+        return lm.objective_from_config(cfg, p.task, pre)
     if p.task.name != "planted":
         return classification(pre.module, p.task)
     c = cfg.planted
@@ -164,7 +177,7 @@ def run(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     start = time.perf_counter()
 
-    pre = models.load_pretrained(
+    pre = models.load_model(
         cfg.model.name,
         p.lora,
         num_labels=p.task.num_labels,
@@ -178,7 +191,9 @@ def run(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     parts = split(pre.params, labels)
     tx = _optimizer(cfg, split(labels, labels).trainable)
     opt_state = tx.init(parts.trainable)
-    data = _data(cfg, p.task, pre.tokenizer)
+    data = _data(
+        cfg, p.task, pre.tokenizer, **(lm.loader_kwargs(cfg, pre) if p.task.is_generation else {})
+    )
     objective = _objective(cfg, p, pre, parts, data)
     sizes = {
         "trainable_params": count_params(parts.trainable),
@@ -201,6 +216,12 @@ def run(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
         trainable, final, best, steps = _train(
             cfg, p, objective, tx, parts, opt_state, data, ckpt, tracker
         )
+        if objective.final is not None:  # measured once, at the end (e.g. BLEU of decoded text)
+            once = objective.final(combine(trainable, parts.frozen))
+            tracker.log({f"eval/{k}": v for k, v in once.items()}, steps)
+            final = {**final, **once}
+            # The best step's own values are known only if it is the last step.
+            best = {**best, **(once if best["step"] == steps else dict.fromkeys(once))}
         export_adapter(workdir / "adapter", trainable, p.lora, pre)
         result = {
             "status": "complete",
@@ -231,12 +252,13 @@ def run(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
 
 def _train(cfg, p, objective, tx, parts, opt_state, data, ckpt, tracker):
     """The step loop: resume, train, log, evaluate, checkpoint. Returns (trainable, final, best, step)."""
-    t, main = cfg.trainer, p.task.main_metric
+    t, select = cfg.trainer, p.task.select_metric or p.task.main_metric
+    sign, main = (-1.0, select[1:]) if select.startswith("-") else (1.0, select)  # "-loss": lower
     train_step = make_train_step(objective.loss_fn, tx)
     eval_step = make_eval_step(objective.predict_fn)
     schedule = lr_schedule(cfg.optim.lr, t.steps, cfg.optim.warmup_ratio)
     step_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-    trainable, step, best, metrics = parts.trainable, 0, {main: -math.inf, "step": 0}, None
+    trainable, step, best, metrics = parts.trainable, 0, {main: -sign * math.inf, "step": 0}, None
     restored = ckpt.restore({"trainable": trainable, "opt_state": opt_state}, data.train_iter)
     if restored is not None:
         state, meta = restored
@@ -280,9 +302,9 @@ def _train(cfg, p, objective, tx, parts, opt_state, data, ckpt, tracker):
         if step % t.eval_every == 0 or step == t.steps:
             metrics = evaluate(eval_step, objective, data.eval_batches(), trainable, parts.frozen)
             tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
-            if metrics[main] > best[main]:
+            if sign * metrics[main] > sign * best[main]:
                 best = {**metrics, "step": step}
-            bar.set_postfix(loss=f"{loss:.4f}", **{main: f"{metrics[main]:.4f}"})
+            bar.set_postfix(loss=f"{loss:.4f}", **{f"eval_{main}": f"{metrics[main]:.4f}"})
         if step % t.checkpoint_every == 0 or step == t.steps:
             state = {"trainable": trainable, "opt_state": opt_state}
             ckpt.save(step, state, data.train_iter, meta={"step": step, "best": best})

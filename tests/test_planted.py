@@ -58,17 +58,26 @@ def test_exact_adapters_reproduce_the_teacher_and_score_full_recovery(tiny):
         flat[(*node, "lora_b")] = jnp.asarray(f["v"].T)
     exact = traverse_util.unflatten_dict(flat)
     ids = jax.random.randint(jax.random.key(2), (4, 12), 0, 100)
-    batch = {"input_ids": ids, "attention_mask": jnp.ones_like(ids), "token_type_ids": jnp.zeros_like(ids),
-             "labels": jnp.zeros(4, jnp.int32)}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": jnp.ones_like(ids),
+        "token_type_ids": jnp.zeros_like(ids),
+        "labels": jnp.zeros(4, jnp.int32),
+    }
     obj = planted.objective(pre.config, lora, teacher, models.BertEncoder, combine(*parts), [batch])
     b = obj.prepare(batch)
     base_mse = float(obj.predict_fn(combine(*parts), b).mean())
     assert base_mse > 1e-4
     assert float(obj.predict_fn(combine(exact, parts.frozen), b).mean()) < 1e-7 * base_mse
-    assert obj.metrics(np.asarray(obj.predict_fn(combine(exact, parts.frozen), b)), None)["gap_closed"] > 0.999
+    assert (
+        obj.metrics(np.asarray(obj.predict_fn(combine(exact, parts.frozen), b)), None)["gap_closed"]
+        > 0.999
+    )
     rec = planted_recovery(find_adapters(exact), by_key, lora.alpha, lora.scaling)
     for r in rec.values():
-        assert r["phi_input"] == pytest.approx(1.0, abs=1e-5) and r["phi_output"] == pytest.approx(1.0, abs=1e-5)
+        assert r["phi_input"] == pytest.approx(1.0, abs=1e-5) and r["phi_output"] == pytest.approx(
+            1.0, abs=1e-5
+        )
         assert r["energy_rank_99"] == 2
 
 
@@ -78,3 +87,58 @@ def test_plant_rejects_targets_that_match_nothing(tiny):
         planted.plant(parts.frozen, 2, "v", [7], 0.5, seed=1)
     with pytest.raises(ValueError, match="planted.k=64 is larger"):
         planted.plant(parts.frozen, 64, "v", None, 0.5, seed=1)
+
+
+def test_sweep_recovers_the_planted_rank(tmp_path):
+    """Ranks 1, 2, 4 against a planted rank 2 in Wffn_out, through the real sweep entry point.
+
+    Measured (tiny BERT, 400 steps): gap closed 0.914 / 0.995 / 0.997 for r = 1 / 2 / 4;
+    output-side phi 0.97 / 0.98 / 0.995; input-side phi 0.62 / 0.59 / 0.70. The input side is
+    only partly identifiable here: ffn_out's input is GELU of a rank-32 map into 64 dims, and
+    the tiny model's GELU is near-linear, so about half of the input directions never reach
+    the loss. The output side goes straight into the residual stream and is recovered.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sweep_dir = tmp_path / "planted"
+    args = [
+        "model=tiny_bert",
+        "data=planted",
+        "targets=ffn_out",
+        "planted.targets=ffn_out",
+        "planted.k=2",
+        "rank=1,2,4",
+        "trainer.steps=400",
+        "trainer.eval_every=400",
+        "trainer.spectrum_every=0",
+        "optim.lr=1e-2",
+        "logger=none",
+        "trainer.progress=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["rank"]: r for r in json.loads((sweep_dir / "analysis.json").read_text())["planted"]}
+    gap = {r: rows[r]["final"]["gap_closed"] for r in rows}
+    # The error stops improving once r >= k = 2 ...
+    assert gap[2] - gap[1] > 5 * abs(gap[4] - gap[2])
+    # ... the learned dW has rank about k, and it spans the planted directions.
+    assert rows[4]["mean_energy_rank_90"] <= 2.5
+    assert 1.5 <= rows[4]["mean_effective_rank"] <= 3.0
+    for r in (2, 4):
+        assert rows[r]["mean_phi_output"] > 0.95
+        assert rows[r]["mean_phi_input"] > 0.5
+    assert "Planted-rank recovery" in (sweep_dir / "report.md").read_text()

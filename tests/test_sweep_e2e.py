@@ -195,3 +195,24 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     assert not (run_dir / "metrics.json").exists()
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps, "no checkpoint kept"
+
+
+def test_slurm_launcher_writes_a_job_script(tmp_path):
+    # A stand-in `sbatch` keeps the script submitit writes and refuses it: the real launcher
+    # code runs up to the submission, no cluster needed.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/job.sh\necho no cluster >&2\nexit 1\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    args = ["experiments.sweep", "rank=1,4", *FAST, "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+            f"hydra.sweep.dir={tmp_path / 's'}"]
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    script = (tmp_path / "job.sh").read_text()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --array=0-1%2", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --time=240", "#SBATCH --cpus-per-task=8"):
+        assert line in script, line
+    assert "submitit.core._submit" in script

@@ -98,18 +98,25 @@ def phi_figure(
     xlabel: str = "j",
     ylabel: str = "i",
     suptitle: str = "",
+    ncols: int | None = None,
 ) -> str:
-    """Heatmaps side by side (e.g. {"Wq": g, "Wv": g, "random": baseline}), one colorbar each.
+    """Heatmaps in a grid of `ncols` columns (default: one row), one colorbar each.
+
+    E.g. {"Wq": g, "Wv": g, "random": baseline}, or one panel per layer and target.
 
     Returns:
         The saved PNG path.
     """
     if not grids:
         raise ValueError("grids is empty; allowed: a mapping title -> (r1, r2) phi grid.")
+    ncols = min(ncols or len(grids), len(grids))
+    nrows = -(-len(grids) // ncols)
     fig, axes = plt.subplots(
-        1, len(grids), figsize=(4.0 * len(grids), 3.2), squeeze=False, layout="constrained"
+        nrows, ncols, figsize=(4.0 * ncols, 3.2 * nrows), squeeze=False, layout="constrained"
     )
-    for ax, (title, grid) in zip(axes[0], grids.items(), strict=True):
+    for ax in axes.flat[len(grids) :]:
+        ax.set_axis_off()
+    for ax, (title, grid) in zip(axes.flat, grids.items(), strict=False):
         phi_heatmap(grid, ax=ax, title=title, xlabel=xlabel, ylabel=ylabel)
     if suptitle:
         fig.suptitle(suptitle)

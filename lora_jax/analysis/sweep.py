@@ -59,11 +59,12 @@ def _json_grid(grid: Any) -> list:
 
 
 def base_kernels(model: str, seed: int, keys: Iterable[Key]) -> dict[Key, np.ndarray]:
-    """The frozen pretrained kernels W (in, out) that the adapters at `keys` were added to."""
+    """The frozen pretrained kernels W (in, out) that the adapters at `keys` were added to
+    (encoder or decoder)."""
     from lora_jax import models
     from lora_jax.train import model_rng
 
-    pre = models.load_pretrained(
+    pre = models.load_model(
         model, LoRAConfig(rank=0), num_labels=2, rng=model_rng(seed), tokenizer=False
     )
     kernels = {k: v["kernel"] for k, v in find_leaves(pre.params, "kernel").items()}
@@ -101,14 +102,16 @@ def _differ_only_in(entries: list[dict], axis: str) -> list[tuple[dict, dict]]:
 
 
 def _phi_pair(lo: dict, hi: dict) -> dict[str, np.ndarray]:
-    return {
-        _name(k): np.asarray(phi_grid_a(lo["adapters"][k][0], hi["adapters"][k][0]))
-        for k in lo["adapters"]
-        if k in hi["adapters"]
-    }
+    """phi grids of the shared adapters, ordered target by target (a figure row each)."""
+    shared = sorted((k for k in lo["adapters"] if k in hi["adapters"]), key=lambda k: (k[1], k[0]))
+    return {_name(k): np.asarray(phi_grid_a(lo["adapters"][k][0], hi["adapters"][k][0])) for k in shared}
 
 
-def _top_direction_sentence(lo: dict, hi: dict, grids: dict[str, np.ndarray]) -> str:
+def _layers_per_row(grids: dict) -> int:
+    return len({name.split("/")[0] for name in grids})
+
+
+def _top_direction_sentence(grids: dict[str, np.ndarray]) -> str:
     by_target: dict[str, list[tuple[float, str]]] = {}
     for name, g in grids.items():
         by_target.setdefault(name.split("/")[1], []).append((float(g[0, 0]), name.split("/")[0]))
@@ -174,6 +177,7 @@ def analyze_sweep(sweep_dir: str | Path, entries: list[dict[str, Any]]) -> str:
             xlabel=f"j (r={r_hi})",
             ylabel=f"i (r={r_lo})",
             suptitle=f"phi(A r={r_lo}, A r={r_hi}, i, j)",
+            ncols=_layers_per_row(grids),
         )
         result["rank_pairs"].append(
             {
@@ -183,9 +187,10 @@ def analyze_sweep(sweep_dir: str | Path, entries: list[dict[str, Any]]) -> str:
                 "figure": png,
             }
         )
+        n = next(iter(lo["adapters"].values()))[0].shape[0]
         report.append(
-            f"- **r={r_lo} vs r={r_hi}**: top direction shared: "
-            f"{_top_direction_sentence(lo, hi, grids)} ([figure]({Path(png).relative_to(sweep_dir)}))."
+            f"- **r={r_lo} vs r={r_hi}**: top direction shared: {_top_direction_sentence(grids)}; "
+            f"random subspaces give {1 / n:.3f} ([figure]({Path(png).relative_to(sweep_dir)}))."
         )
     for a_e, b_e in _differ_only_in(list(by_name.values()), "seed"):
         a, b = runs[a_e["name"]], runs[b_e["name"]]
@@ -201,6 +206,7 @@ def analyze_sweep(sweep_dir: str | Path, entries: list[dict[str, Any]]) -> str:
             {**grids, "random Gaussian": baseline},
             fig_dir / f"phi_seed_{_slug(a['name'])}_vs_s{b['metrics']['seed']}.png",
             suptitle=f"phi across seeds {a['metrics']['seed']} and {b['metrics']['seed']} (r={r1})",
+            ncols=_layers_per_row(grids) + 1,
         )
         mean_phi = {k: float(np.nanmean(g)) for k, g in grids.items()}
         result["seed_pairs"].append(

@@ -41,6 +41,8 @@ def _builder(name: str, data_dir: str | os.PathLike | None):
     if name.split("/", 1)[0] == "glue":
         # TFDS 4.9.10 does not register the legacy glue builder until its module is imported.
         import tensorflow_datasets.text.glue
+    elif name.split("/", 1)[0] == "gem":  # likewise gem (gem/e2e_nlg: data=e2e_gem)
+        import tensorflow_datasets.text.gem
 
     return tfds.builder(name, data_dir=_resolve_data_dir(data_dir), file_format="array_record")
 
@@ -80,9 +82,14 @@ def load_tfds_source(name: str, split: str, data_dir: str | os.PathLike | None =
     builder = _builder(name, data_dir)
     if not builder.is_prepared():
         config = name.split("/", 1)[-1]
+        command = (
+            f"python -m lora_jax.data.glue {config}"
+            if name.startswith("glue/")
+            else f"python -c \"from lora_jax.data.glue import prepare_tfds; prepare_tfds('{name}')\""
+        )
         raise FileNotFoundError(
             f"TFDS dataset {name} is not prepared in {_resolve_data_dir(data_dir)}. "
-            f"Prepare it (needs a network) with `python -m lora_jax.data.glue {config}`."
+            f"Prepare it (needs a network) with `{command}`."
         )
     return builder.as_data_source(split=split)
 

@@ -15,6 +15,13 @@
 Batches are dicts of numpy arrays: ``input_ids``, ``attention_mask``, ``token_type_ids``
 (int32, (B, L)) and ``labels`` (int32 (B,) for classification, float32 for regression).
 
+Generation tasks (``task.kind == "generation"``, a causal LM) use ``CausalLMTokenize`` and
+``CausalLMCollate`` instead: ``prompt.format(**example) + example[label_key] + EOS`` as one
+sequence, RIGHT-padded (training only; ``lora_jax.lm`` left-pads prompts for decoding), with
+``input_ids``, ``attention_mask`` and ``loss_mask`` (int32 (B, L), 1 on the target tokens and
+EOS: the tokens whose prediction is scored) and ``labels`` (int32 (B,), the number of scored
+tokens per example).
+
 The loader is deterministic (same seed -> same batches) and checkpointable::
 
     it = iter(loader)
@@ -134,6 +141,72 @@ class Collate:
         }
 
 
+def format_prompt(template: str, element: dict[str, Any]) -> str:
+    """``template.format(**fields)`` with bytes/0-d array fields decoded to str."""
+    return template.format(**{k: _as_text(element[k]) for k in _fields(template)})
+
+
+def _fields(template: str) -> set[str]:
+    import string
+
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+class CausalLMTokenize(grain.transforms.Map):
+    """One example -> ``prompt + target + EOS`` ids and a loss mask on target + EOS.
+
+    Truncation keeps the prompt and shortens the target (never below one token: a prompt
+    that leaves no room is cut from its start). No special tokens are added besides EOS.
+    """
+
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        task: TaskSpec,
+        max_len: int,
+        prompt: str,
+        eos_id: int,
+    ):
+        self._tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        self._target_key, self._prompt = task.label_key, prompt
+        self._max_len, self._eos = max_len, int(eos_id)
+
+    def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+        enc = lambda text: self._tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+        prompt = enc(format_prompt(self._prompt, element))
+        target = [*enc(_as_text(element[self._target_key])), self._eos]
+        prompt = prompt[max(0, len(prompt) - (self._max_len - 1)) :]
+        target = target[: self._max_len - len(prompt)]
+        ids = np.asarray(prompt + target, dtype=np.int32)
+        loss_mask = np.zeros(len(ids), dtype=np.int32)
+        loss_mask[len(prompt) :] = 1
+        return {"input_ids": ids, "loss_mask": loss_mask}
+
+
+class CausalLMCollate(Collate):
+    """Batch function for ``CausalLMTokenize``: right-pads ids, attention and loss masks."""
+
+    def __call__(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        length = self.target_length(max(len(e["input_ids"]) for e in examples))
+        n = len(examples)
+        input_ids = np.full((n, length), self.pad_id, dtype=np.int32)
+        attention_mask = np.zeros((n, length), dtype=np.int32)
+        loss_mask = np.zeros((n, length), dtype=np.int32)
+        for i, e in enumerate(examples):
+            k = len(e["input_ids"])
+            input_ids[i, :k] = e["input_ids"]
+            attention_mask[i, :k] = 1
+            loss_mask[i, :k] = e["loss_mask"]
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "loss_mask": loss_mask,
+            "labels": loss_mask.sum(axis=1, dtype=np.int32),
+        }
+
+
 def _shard_options(
     shard_index: int | None, shard_count: int | None, drop_remainder: bool
 ) -> grain.sharding.ShardOptions:
@@ -173,6 +246,8 @@ def make_loader(
     pad: PadMode = "bucket",
     pad_multiple: int = 16,
     pad_id: int | None = None,
+    prompt: str | None = None,
+    eos_id: int | None = None,
 ) -> grain.DataLoader:
     """Builds the Grain DataLoader for one split.
 
@@ -195,6 +270,8 @@ def make_loader(
         pad: ``"bucket"`` (default), ``"max_len"`` or ``"longest"``; see the module doc.
         pad_multiple: bucket size for ``pad="bucket"``.
         pad_id: padding id; default from the tokenizer (``[PAD]``, ``<pad>``, ...).
+        prompt: generation tasks: the prompt template (default ``task.prompt``).
+        eos_id: generation tasks: the id appended after the target (required).
 
     Returns:
         A ``grain.DataLoader``; ``iter(loader)`` is a checkpointable DataLoaderIterator.
@@ -214,12 +291,18 @@ def make_loader(
         num_epochs=num_epochs,
         seed=seed,
     )
+    if task.is_generation:
+        if eos_id is None:
+            raise ValueError(f"task {task.name!r} is a generation task: pass eos_id=...")
+        tokenize = CausalLMTokenize(tokenizer, task, max_len, prompt or task.prompt, eos_id)
+        collate = CausalLMCollate(pad_id_of(tokenizer, pad_id), max_len, pad, pad_multiple)
+    else:
+        tokenize = Tokenize(tokenizer, task, max_len)
+        collate = Collate(pad_id_of(tokenizer, pad_id), max_len, pad, pad_multiple)
     operations = [
-        Tokenize(tokenizer, task, max_len),
+        tokenize,
         grain.transforms.Batch(
-            batch_size=batch_size,
-            drop_remainder=drop_remainder,
-            batch_fn=Collate(pad_id_of(tokenizer, pad_id), max_len, pad, pad_multiple),
+            batch_size=batch_size, drop_remainder=drop_remainder, batch_fn=collate
         ),
     ]
     return grain.DataLoader(

@@ -35,6 +35,12 @@ class TaskSpec:
         extra_eval_splits: further labelled eval splits (MNLI mismatched).
         test_has_labels: False for GLUE, whose test labels are hidden (-1).
         needs_network: True when preparing the data needs internet access.
+        kind: "classification" (labels; regression when num_labels == 1) or "generation"
+            (a causal LM writes ``label_key`` after ``prompt``; see ``lora_jax.lm``).
+        prompt: generation only: the prompt template, formatted with the example's fields.
+        select_metric: the per-eval metric that picks the best step (higher is better; a
+            leading "-" means lower is better); None = ``main_metric``. Generation tasks
+            score their main metric (BLEU) once, at the end of a run.
     """
 
     name: str
@@ -51,11 +57,16 @@ class TaskSpec:
     extra_eval_splits: tuple[str, ...] = ()
     test_has_labels: bool = True
     needs_network: bool = False
+    kind: str = "classification"
+    prompt: str = ""
+    select_metric: str | None = None
 
     def __post_init__(self):
         if len(self.text_keys) not in (1, 2):
             raise ValueError(f"text_keys must hold 1 or 2 fields, got {self.text_keys}")
-        if self.num_labels < 1:
+        if self.kind not in ("classification", "generation"):
+            raise ValueError(f"kind must be 'classification' or 'generation', got {self.kind!r}")
+        if self.num_labels < 1 and self.kind == "classification":
             raise ValueError(f"num_labels must be >= 1 (1 = regression), got {self.num_labels}")
         if self.main_metric not in self.metrics:
             raise ValueError(f"main_metric {self.main_metric!r} not in metrics {self.metrics}")
@@ -63,6 +74,10 @@ class TaskSpec:
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
+
+    @property
+    def is_generation(self) -> bool:
+        return self.kind == "generation"
 
     @property
     def tfds_full_name(self) -> str:
@@ -136,6 +151,35 @@ _ALL: Sequence[TaskSpec] = (
         metrics=("gap_closed", "mse"),
         main_metric="gap_closed",
     ),
+    # Table-to-text (lora_jax.lm): meaning representation -> reference sentence. `e2e` is the
+    # offline BIG-bench copy (`python -m lora_jax.assets e2e`), `e2e_gem` TFDS's gem/e2e_nlg.
+    TaskSpec(
+        name="e2e",
+        tfds_name="e2e_nlg_bigbench",
+        tfds_config="",
+        text_keys=("meaning_representation",),
+        label_key="target",
+        num_labels=0,
+        metrics=("bleu", "rouge_l", "loss", "perplexity", "token_accuracy"),
+        main_metric="bleu",
+        kind="generation",
+        prompt="{meaning_representation} ||| ",
+        select_metric="-loss",
+    ),
+    TaskSpec(
+        name="e2e_gem",
+        tfds_name="gem",
+        tfds_config="e2e_nlg",
+        text_keys=("meaning_representation",),
+        label_key="target",
+        num_labels=0,
+        metrics=("bleu", "rouge_l", "loss", "perplexity", "token_accuracy"),
+        main_metric="bleu",
+        needs_network=True,
+        kind="generation",
+        prompt="{meaning_representation} ||| ",
+        select_metric="-loss",
+    ),
     _glue(
         "mnli",
         ("premise", "hypothesis"),
@@ -188,7 +232,8 @@ def load_split(
             as ``validation_mismatched``) or any TFDS split name/slice (``train[:10%]``).
         data_dir: TFDS data dir; default ``lora_jax.assets.data_dir()``.
 
-    MR is prepared on first use from the cached source file (offline). GLUE must be
+    MR (and E2E, once its task file is fetched) is prepared on first use from the cached
+    source file (offline). GLUE must be
     prepared once with ``lora_jax.data.glue.prepare_glue`` (needs a network).
 
     Raises:
@@ -204,7 +249,17 @@ def load_split(
             assets.ensure_mr(fetch=False)
             data_dir = assets.data_dir()
         return _mr_source(task.tfds_config, tfds_split, data_dir)
-    # GLUE and any other array_record TFDS dataset.
+    if task.tfds_name == "e2e_nlg_bigbench":
+        if data_dir is None:
+            assets.ensure_e2e(fetch=False)
+            data_dir = assets.data_dir()
+        builder = assets.e2e_builder(data_dir)
+        if not builder.is_prepared():
+            raise FileNotFoundError(
+                f"e2e_nlg_bigbench is not prepared in {data_dir}. Run {assets.E2E_FETCH_COMMAND}."
+            )
+        return builder.as_data_source(split=tfds_split)
+    # GLUE, gem/e2e_nlg and any other array_record TFDS dataset.
     return glue.load_tfds_source(task.tfds_full_name, tfds_split, data_dir=data_dir)
 
 

