@@ -19,7 +19,9 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: `job` is r
 
 def job(cfg: DictConfig) -> float:
     """One run into `cfg.workdir`; returns its final main metric (for Hydra sweepers)."""
-    from lora_jax.train import run
+    from lora_jax.train import enable_compilation_cache, run
+
+    enable_compilation_cache()
 
     result = run(cfg, cfg.workdir)
     return result["final"][result["main_metric"]]

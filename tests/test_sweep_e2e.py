@@ -202,17 +202,57 @@ def test_slurm_launcher_writes_a_job_script(tmp_path):
     # code runs up to the submission, no cluster needed.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/job.sh\necho no cluster >&2\nexit 1\n')
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\ncp "$1" {tmp_path}/job.sh\necho no cluster >&2\nexit 1\n'
+    )
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it
     for tool in ("sbatch", "srun"):
         (bin_dir / tool).chmod(0o755)
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    args = ["experiments.sweep", "rank=1,4", *FAST, "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-            f"hydra.sweep.dir={tmp_path / 's'}"]
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    args = [
+        "experiments.sweep",
+        "rank=1,4",
+        *FAST,
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert proc.returncode != 0
     script = (tmp_path / "job.sh").read_text()
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --array=0-1%2", "#SBATCH --gpus-per-node=1",
-                 "#SBATCH --time=240", "#SBATCH --cpus-per-task=8"):
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --array=0-1%2",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --time=240",
+        "#SBATCH --cpus-per-task=8",
+    ):
         assert line in script, line
     assert "submitit.core._submit" in script
+
+
+def test_later_jobs_reuse_the_persistent_compilation_cache(tmp_path):
+    cache = tmp_path / "jax_cache"
+    args = ["model=tiny_bert", "debug=fast", "logger=none", "rank=2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LORA_JAX_COMPILE_CACHE": str(cache)}
+    entries = []
+    for job in ("first", "second"):  # the same program in two jobs (e.g. a rerun elsewhere)
+        subprocess.run(
+            [sys.executable, "-m", "experiments.train", *args, f"hydra.run.dir={tmp_path / job}"],
+            cwd=tmp_path,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        entries.append(sorted(p.name for p in cache.iterdir()))
+    assert any(name.startswith("jit_train_step") for name in entries[0])
+    assert entries[1] == entries[0], (
+        "the second job compiled again instead of loading from the cache"
+    )
