@@ -43,7 +43,7 @@ from lora_jax.models.llama import (
     KVCache,
     causal_attention,
     chunk_positions,
-    next_cache,
+    run_layers,
     write_cache,
 )
 
@@ -220,14 +220,13 @@ class GPT2Decoder(nn.Module):
         positions, kv_mask, index = chunk_positions(attention_mask, cache)
         x = self.wte(input_ids) + self.wpe(positions)
         x = self.drop(x, deterministic=deterministic)
-        keys, values = [], []
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, (k, v) = layer(x, kv_mask, index, kv, deterministic)
-            keys.append(k)
-            values.append(v)
-        new_cache = (
-            None if cache is None else next_cache(cache, keys, values, kv_mask, attention_mask)
+        x, new_cache = run_layers(
+            self.layers,
+            x,
+            cache,
+            kv_mask,
+            attention_mask,
+            lambda layer, x, kv: layer(x, kv_mask, index, kv, deterministic),
         )
         return self.ln_f(x), new_cache
 

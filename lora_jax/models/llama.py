@@ -253,6 +253,17 @@ def next_cache(
     )
 
 
+def run_layers(layers, x, cache, kv_mask, attention_mask, call):
+    """Run decoder `layers` over `x`, each as `call(layer, x, kv)` -> (x, (k, v)), where `kv` is
+    the layer's cached keys/values (None without a cache). Returns (x, the updated cache)."""
+    keys, values = [], []
+    for i, layer in enumerate(layers):
+        x, (k, v) = call(layer, x, None if cache is None else (cache.keys[i], cache.values[i]))
+        keys.append(k)
+        values.append(v)
+    return x, None if cache is None else next_cache(cache, keys, values, kv_mask, attention_mask)
+
+
 def causal_attention(
     q: jax.Array,
     k: jax.Array,
@@ -392,14 +403,13 @@ class LlamaDecoder(nn.Module):
     def __call__(self, input_ids, attention_mask, cache=None, deterministic=True):
         positions, kv_mask, index = chunk_positions(attention_mask, cache)
         x = self.embed_tokens(input_ids)
-        keys, values = [], []
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, (k, v) = layer(x, positions, kv_mask, index, kv, deterministic)
-            keys.append(k)
-            values.append(v)
-        new_cache = (
-            None if cache is None else next_cache(cache, keys, values, kv_mask, attention_mask)
+        x, new_cache = run_layers(
+            self.layers,
+            x,
+            cache,
+            kv_mask,
+            attention_mask,
+            lambda layer, x, kv: layer(x, positions, kv_mask, index, kv, deterministic),
         )
         return self.norm(x), new_cache
 
