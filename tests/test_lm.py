@@ -175,6 +175,13 @@ def test_causal_lm_batches_mask_prompt_and_pad_right():
     assert collate([first])["input_ids"].shape == (1, 16)
 
 
+def test_prompt_trailing_spaces_go_with_the_target():
+    from lora_jax.data.pipeline import format_prompt
+
+    assert format_prompt("{a} ||| ", {"a": b"x", "b": 1}) == ("x |||", " ")
+    assert format_prompt("<u>{a}</u>\n", {"a": "x"}) == ("<u>x</u>\n", "")
+
+
 def test_references_group_by_prompt():
     task = get_task("e2e")
     source = [
@@ -184,9 +191,9 @@ def test_references_group_by_prompt():
         {"meaning_representation": "c", "target": "w"},
     ]
     assert lm.references_by_prompt(source, task, "{meaning_representation} ||| ") == [
-        ("a ||| ", ["x", "z"]),
-        ("b ||| ", ["y"]),
-        ("c ||| ", ["w"]),
+        ("a |||", ["x", "z"]),
+        ("b |||", ["y"]),
+        ("c |||", ["w"]),
     ]
     assert len(lm.references_by_prompt(source, task, "{meaning_representation}", limit=2)) == 2
 

@@ -104,7 +104,9 @@ def _differ_only_in(entries: list[dict], axis: str) -> list[tuple[dict, dict]]:
 def _phi_pair(lo: dict, hi: dict) -> dict[str, np.ndarray]:
     """phi grids of the shared adapters, ordered target by target (a figure row each)."""
     shared = sorted((k for k in lo["adapters"] if k in hi["adapters"]), key=lambda k: (k[1], k[0]))
-    return {_name(k): np.asarray(phi_grid_a(lo["adapters"][k][0], hi["adapters"][k][0])) for k in shared}
+    return {
+        _name(k): np.asarray(phi_grid_a(lo["adapters"][k][0], hi["adapters"][k][0])) for k in shared
+    }
 
 
 def _layers_per_row(grids: dict) -> int:

@@ -17,7 +17,8 @@ Batches are dicts of numpy arrays: ``input_ids``, ``attention_mask``, ``token_ty
 
 Generation tasks (``task.kind == "generation"``, a causal LM) use ``CausalLMTokenize`` and
 ``CausalLMCollate`` instead: ``prompt.format(**example) + example[label_key] + EOS`` as one
-sequence, RIGHT-padded (training only; ``lora_jax.lm`` left-pads prompts for decoding), with
+sequence (the prompt's trailing spaces are tokenized with the target, see ``format_prompt``),
+RIGHT-padded (training only; ``lora_jax.lm`` left-pads prompts for decoding), with
 ``input_ids``, ``attention_mask`` and ``loss_mask`` (int32 (B, L), 1 on the target tokens and
 EOS: the tokens whose prediction is scored) and ``labels`` (int32 (B,), the number of scored
 tokens per example).
@@ -141,9 +142,14 @@ class Collate:
         }
 
 
-def format_prompt(template: str, element: dict[str, Any]) -> str:
-    """``template.format(**fields)`` with bytes/0-d array fields decoded to str."""
-    return template.format(**{k: _as_text(element[k]) for k in _fields(template)})
+def format_prompt(template: str, element: dict[str, Any]) -> tuple[str, str]:
+    """(prompt, carry): ``template.format(**fields)`` (bytes fields decoded), split so that its
+    trailing spaces are ``carry``, which goes before the target. A byte-level BPE attaches a
+    space to the word after it (" Blue"), so ``"MR ||| "`` trains and decodes as ``"MR |||"``
+    followed by ``" Blue ..."``, as in running text, instead of a lone-space token."""
+    text = template.format(**{k: _as_text(element[k]) for k in _fields(template)})
+    prompt = text.rstrip(" ")
+    return prompt, text[len(prompt) :]
 
 
 def _fields(template: str) -> set[str]:
@@ -175,8 +181,9 @@ class CausalLMTokenize(grain.transforms.Map):
 
     def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
         enc = lambda text: self._tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
-        prompt = enc(format_prompt(self._prompt, element))
-        target = [*enc(_as_text(element[self._target_key])), self._eos]
+        prompt, carry = format_prompt(self._prompt, element)
+        prompt = enc(prompt)
+        target = [*enc(carry + _as_text(element[self._target_key])), self._eos]
         prompt = prompt[max(0, len(prompt) - (self._max_len - 1)) :]
         target = target[: self._max_len - len(prompt)]
         ids = np.asarray(prompt + target, dtype=np.int32)
