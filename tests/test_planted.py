@@ -85,7 +85,7 @@ def test_plant_rejects_targets_that_match_nothing(tiny):
     _, _, parts, _, _ = tiny
     with pytest.raises(ValueError, match="matched no kernel"):
         planted.plant(parts.frozen, 2, "v", [7], 0.5, seed=1)
-    with pytest.raises(ValueError, match="planted.k=64 is larger"):
+    with pytest.raises(ValueError, match=r"planted\.k=64 is larger"):
         planted.plant(parts.frozen, 64, "v", None, 0.5, seed=1)
 
 
