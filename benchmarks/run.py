@@ -148,16 +148,20 @@ def bench_inference(steps: int) -> dict:
             node["lora_b"] = rng.normal(0, 0.01, node["lora_b"].shape).astype(np.float32)
     merged = merge(params, alpha=lora.alpha)
     b = _batch()
-    out = {}
-    for name, module, p in [
-        ("base", base.module, base.params),
-        ("lora_unmerged", adapted.module, params),
-        ("lora_merged", base.module, merged),
-    ]:
-        f = jax.jit(
-            lambda p, b, m=module: m.apply({"params": p}, b["input_ids"], b["attention_mask"])
-        )
-        out[name] = statistics.median(_timed(lambda f=f, p=p: f(p, b).block_until_ready(), steps))
+    fns = {}
+    for name, module, p in [("base", base.module, base.params), ("lora_unmerged", adapted.module, params),
+                            ("lora_merged", base.module, merged)]:
+        f = jax.jit(lambda p, b, m=module: m.apply({"params": p}, b["input_ids"], b["attention_mask"]))
+        f(p, b).block_until_ready()  # compile
+        fns[name] = (f, p)
+    # Interleaved rounds, so drift in machine load hits every variant alike.
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(steps):
+        for name, (f, p) in fns.items():
+            start = time.perf_counter()
+            f(p, b).block_until_ready()
+            times[name].append(time.perf_counter() - start)
+    out = {name: statistics.median(t) for name, t in times.items()}
     diff = float(
         np.abs(
             np.asarray(

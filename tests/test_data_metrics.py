@@ -15,7 +15,7 @@ from lora_jax.data import TASKS, TaskSpec, compute_metrics, get_task
 def test_registry_names():
     assert set(TASKS) == {
         "mr", "mr_rating", "glue_mnli", "glue_sst2", "glue_mrpc", "glue_cola",
-        "glue_qnli", "glue_qqp", "glue_rte", "glue_stsb", "planted",
+        "glue_qnli", "glue_qqp", "glue_rte", "glue_stsb", "planted", "e2e", "e2e_gem",
     }  # fmt: skip
     assert get_task("mr").num_labels == 2 and get_task("mr_rating").is_regression
     assert get_task("glue_mnli").splits["validation_mismatched"] == "validation_mismatched"
