@@ -149,9 +149,14 @@ def bench_inference(steps: int) -> dict:
     merged = merge(params, alpha=lora.alpha)
     b = _batch()
     fns = {}
-    for name, module, p in [("base", base.module, base.params), ("lora_unmerged", adapted.module, params),
-                            ("lora_merged", base.module, merged)]:
-        f = jax.jit(lambda p, b, m=module: m.apply({"params": p}, b["input_ids"], b["attention_mask"]))
+    for name, module, p in [
+        ("base", base.module, base.params),
+        ("lora_unmerged", adapted.module, params),
+        ("lora_merged", base.module, merged),
+    ]:
+        f = jax.jit(
+            lambda p, b, m=module: m.apply({"params": p}, b["input_ids"], b["attention_mask"])
+        )
         f(p, b).block_until_ready()  # compile
         fns[name] = (f, p)
     # Interleaved rounds, so drift in machine load hits every variant alike.
