@@ -256,3 +256,20 @@ def test_later_jobs_reuse_the_persistent_compilation_cache(tmp_path):
     assert entries[1] == entries[0], (
         "the second job compiled again instead of loading from the cache"
     )
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    sweep_dir = tmp_path / "jl"
+    proc = _run(
+        "experiments.sweep",
+        "rank=1,4",
+        *FAST,
+        "logger=none",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.md").absolute())
+    summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    assert sorted(e["metrics"]["rank"] for e in summary) == [1, 4]
