@@ -77,6 +77,16 @@ def test_sweep_writes_runs_summary_and_report(fast_sweep):
     assert "## Rank analysis" in report and "r=1 vs r=4" in report
 
 
+def test_analyze_reproduces_the_analysis_from_saved_adapters(fast_sweep):
+    sweep_dir, _ = fast_sweep
+    before = json.loads((sweep_dir / "analysis.json").read_text())
+    (sweep_dir / "analysis.json").unlink()
+    proc = _run("experiments.analyze", str(sweep_dir), cwd=sweep_dir.parent)
+    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.md").absolute())
+    assert json.loads((sweep_dir / "analysis.json").read_text()) == before
+    assert list((sweep_dir / "analysis_run").glob("wandb/offline-run-*/run-*.wandb"))
+
+
 def test_wandb_offline_run_reads_back(fast_sweep):
     sweep_dir, _ = fast_sweep
     run_dir = sweep_dir / "model=tiny_bert,rank=4"
