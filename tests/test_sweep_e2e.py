@@ -268,11 +268,13 @@ def test_later_jobs_reuse_the_persistent_compilation_cache(tmp_path):
     )
 
 
-def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+def test_joblib_launcher_and_seed_pairs(tmp_path):
+    """Two seeds in parallel processes (joblib); the analysis pairs them next to a random baseline."""
     sweep_dir = tmp_path / "jl"
     proc = _run(
         "experiments.sweep",
-        "rank=1,4",
+        "rank=2",
+        "seed=0,1",
         *FAST,
         "logger=none",
         "hydra/launcher=joblib",
@@ -282,4 +284,14 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     )
     assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.md").absolute())
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
-    assert sorted(e["metrics"]["rank"] for e in summary) == [1, 4]
+    assert sorted(e["metrics"]["seed"] for e in summary) == [0, 1]
+    analysis = json.loads((sweep_dir / "analysis.json").read_text())
+    assert analysis["rank_pairs"] == []
+    (pair,) = analysis["seed_pairs"]
+    assert pair["seeds"] == [0, 1]
+    assert len(pair["random_baseline"]) == 2 and len(pair["random_baseline"][0]) == 2
+    assert pair["expected_random_mean"] == pytest.approx(
+        (1 + 2 + 2 + 2) / 4 / 32
+    )  # max(i, j) / n, n = 32
+    assert Path(pair["figure"]).exists()
+    assert "seed 0 vs 1 (r=2)" in (sweep_dir / "report.md").read_text()
