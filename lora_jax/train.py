@@ -22,7 +22,7 @@ import optax
 from omegaconf import DictConfig, OmegaConf
 
 from lora_jax import data as data_lib
-from lora_jax import lm, models, planted
+from lora_jax import lm, models, parallel, planted
 from lora_jax.adapter_io import export_adapter
 from lora_jax.analysis.adapters import adapter_spectra
 from lora_jax.checkpoint import Checkpointer
@@ -248,6 +248,7 @@ def run(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
             "best": best,
             **sizes,
             "steps": steps,
+            "devices": jax.device_count(),
             "wall_time_s": time.perf_counter() - start,
             "rank": p.lora.rank,
             "targets": list(p.lora.targets),
@@ -288,6 +289,10 @@ def _train(cfg, p, objective, tx, parts, opt_state, data, ckpt, tracker):
             meta["best"],
         )
         print(f"[lora_jax] resuming {tracker.run_dir.name} from step {step}")
+    if jax.device_count() > 1:  # data parallel: state replicated, batches split (parallel.py)
+        trainable, opt_state, parts, train_step, eval_step = parallel.data_parallel(
+            trainable, opt_state, parts, train_step, eval_step
+        )
     bar = progress_bar(t.steps, initial=step, enabled=t.progress, desc=tracker.run_dir.name)
     window_start, window_tokens = time.perf_counter(), 0
     while step < t.steps:
