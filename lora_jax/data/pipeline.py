@@ -123,21 +123,29 @@ class Collate:
             return bucket_length(longest, self.max_len, self.pad_multiple)
         return max(longest, 1)
 
-    def __call__(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    def pad_rows(
+        self, examples: Sequence[dict[str, np.ndarray]], *fields: str
+    ) -> dict[str, np.ndarray]:
+        """Right-pad `input_ids` (with the pad id), an `attention_mask`, and `fields` (with 0)."""
         length = self.target_length(max(len(e["input_ids"]) for e in examples))
-        n = len(examples)
-        input_ids = np.full((n, length), self.pad_id, dtype=np.int32)
-        token_type_ids = np.zeros((n, length), dtype=np.int32)
-        attention_mask = np.zeros((n, length), dtype=np.int32)
+        out = {"input_ids": np.full((len(examples), length), self.pad_id, dtype=np.int32)}
+        out.update(
+            {
+                f: np.zeros((len(examples), length), dtype=np.int32)
+                for f in ("attention_mask", *fields)
+            }
+        )
         for i, e in enumerate(examples):
             k = len(e["input_ids"])
-            input_ids[i, :k] = e["input_ids"]
-            token_type_ids[i, :k] = e["token_type_ids"]
-            attention_mask[i, :k] = 1
+            out["input_ids"][i, :k] = e["input_ids"]
+            out["attention_mask"][i, :k] = 1
+            for f in fields:
+                out[f][i, :k] = e[f]
+        return out
+
+    def __call__(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "token_type_ids": token_type_ids,
+            **self.pad_rows(examples, "token_type_ids"),
             "labels": np.stack([e["labels"] for e in examples]),
         }
 
@@ -196,22 +204,8 @@ class CausalLMCollate(Collate):
     """Batch function for ``CausalLMTokenize``: right-pads ids, attention and loss masks."""
 
     def __call__(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        length = self.target_length(max(len(e["input_ids"]) for e in examples))
-        n = len(examples)
-        input_ids = np.full((n, length), self.pad_id, dtype=np.int32)
-        attention_mask = np.zeros((n, length), dtype=np.int32)
-        loss_mask = np.zeros((n, length), dtype=np.int32)
-        for i, e in enumerate(examples):
-            k = len(e["input_ids"])
-            input_ids[i, :k] = e["input_ids"]
-            attention_mask[i, :k] = 1
-            loss_mask[i, :k] = e["loss_mask"]
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "loss_mask": loss_mask,
-            "labels": loss_mask.sum(axis=1, dtype=np.int32),
-        }
+        batch = self.pad_rows(examples, "loss_mask")
+        return {**batch, "labels": batch["loss_mask"].sum(axis=1, dtype=np.int32)}
 
 
 def _shard_options(
