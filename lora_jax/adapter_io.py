@@ -30,7 +30,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from lora_jax.lora import LoRAConfig
+from lora_jax.lora import LORA_LEAVES, LoRAConfig, layer_index
 from lora_jax.weights import HF_TARGET_MODULES
 from lora_jax.weights_decoder import _GPT2_LAYER, _LLAMA_LAYER
 
@@ -51,7 +51,6 @@ _TARGET_OF_MODULE = {m: t for modules in _MODULES.values() for t, m in modules.i
 _PEFT_KEY = re.compile(
     r"(?:encoder\.layer|model\.layers|transformer\.h)\.(\d+)\.(.+)\.lora_([AB])\.weight$"
 )
-_LAYER = re.compile(r"layer_(\d+)")
 
 
 def family_of(pretrained: Any) -> str:
@@ -77,8 +76,8 @@ def export_adapter(out_dir: str | Path, trainable: dict, lora: LoRAConfig, pretr
     tensors, head = {}, {}
     for path, leaf in traverse_util.flatten_dict(trainable).items():
         array = np.asarray(leaf)
-        if path[-1] in ("lora_a", "lora_b"):
-            (layer,) = [m[1] for p in path if (m := _LAYER.fullmatch(p))]
+        if path[-1] in LORA_LEAVES:
+            layer = layer_index(path)
             side = "A" if path[-1] == "lora_a" else "B"
             key = f"{_PEFT_ROOT}{layers}.{layer}.{modules[path[-2]]}.lora_{side}.weight"
             tensors[key] = np.ascontiguousarray(array.T)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -39,6 +40,10 @@ SCALINGS = {
 }
 # Initialisations of lora_a (lora_b always starts at zero, so dW = 0 at step 0).
 A_INITS = ("gaussian", "kaiming_uniform")
+# The leaves a LoRADense adds to nn.Dense's kernel/bias.
+LORA_LEAVES = ("lora_a", "lora_b")
+# Every model puts layer i's modules under a `layer_<i>` scope.
+_LAYER_SCOPE = re.compile(r"layer_(\d+)")
 # Matrix names that models accept as LoRA targets.
 TARGET_NAMES = ("q", "k", "v", "o", "ffn_in", "ffn_out", "ffn_gate")
 # Short forms used in sweeps: `targets=q,qv,qkvo`.
@@ -167,6 +172,12 @@ class LoRAConfig:
             name=target,
             **kwargs,
         )
+
+
+def layer_index(path: Iterable[str]) -> int | None:
+    """The i of the `layer_<i>` element of a parameter path, or None outside the layers."""
+    found = [int(m[1]) for p in path if (m := _LAYER_SCOPE.fullmatch(p))]
+    return found[-1] if found else None
 
 
 def _a_initializer(init: str) -> nn.initializers.Initializer:

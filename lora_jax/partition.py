@@ -27,8 +27,9 @@ from typing import Any, NamedTuple
 import optax
 from flax import traverse_util
 
+from lora_jax.lora import LORA_LEAVES
+
 LABELS = ("lora", "trainable", "frozen")
-LORA_LEAVES = ("lora_a", "lora_b")
 
 
 class Partition(NamedTuple):

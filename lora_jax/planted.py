@@ -12,7 +12,6 @@ analysis can score the recovery.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,11 +21,10 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from lora_jax.lora import LoRAConfig, parse_targets
+from lora_jax.lora import LoRAConfig, layer_index, parse_targets
 from lora_jax.objectives import Objective
 
 PLANTED_FILE = "planted.safetensors"
-_LAYER = re.compile(r"layer_(\d+)")
 
 
 def _orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -51,7 +49,7 @@ def plant(
     flat = traverse_util.flatten_dict(frozen)
     factors: dict[str, np.ndarray] = {}
     for path, kernel in sorted(flat.items()):
-        layer = next((int(m[1]) for p in path if (m := _LAYER.fullmatch(p))), None)
+        layer = layer_index(path)
         if path[-1] != "kernel" or path[-2] not in names or layer is None:
             continue
         if layers is not None and layer not in layers:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
-from lora_jax.lora import LoRAConfig
+from lora_jax.lora import LORA_LEAVES, LoRAConfig
 from lora_jax.models import MODELS, get_spec, resolve_folder
 from lora_jax.models.bert import (
     HEAD_RULES,
@@ -39,7 +39,6 @@ from lora_jax.models.bert import (
 )
 
 log = logging.getLogger(__name__)
-LORA_LEAVES = ("lora_a", "lora_b")
 # Prefixes HF puts before the encoder's names (BertFor*/RobertaFor* checkpoints vs bare models).
 _ROOT_ANCHOR = "embeddings.word_embeddings.weight"
 

@@ -28,12 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lora_jax.lora import LoRAConfig
+from lora_jax.lora import LORA_LEAVES, LoRAConfig
 from lora_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from lora_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from lora_jax.weights import CheckpointError, load_hf_folder, load_tokenizer
 
-LORA_LEAVES = ("lora_a", "lora_b")
 _LEAF = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight"}
 
 # (name, transform) of the HF tensor behind one of our params.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,9 +10,7 @@ import jax
 from flax import traverse_util
 
 from lora_jax.analysis.spectrum import spectrum_summary
-from lora_jax.lora import lora_scale
-
-_LAYER = re.compile(r"layer_(\d+)")
+from lora_jax.lora import layer_index, lora_scale
 
 
 def find_leaves(params: Mapping[str, Any], *names: str) -> dict[tuple[int, str], dict[str, Any]]:
@@ -25,8 +22,8 @@ def find_leaves(params: Mapping[str, Any], *names: str) -> dict[tuple[int, str],
     found: dict[tuple[int, str], dict[str, Any]] = {}
     for path, leaf in traverse_util.flatten_dict(params).items():
         if path[-1] in names and len(path) > 1:
-            layers = [int(m[1]) for p in path if (m := _LAYER.fullmatch(p))]
-            found.setdefault((layers[-1] if layers else -1, path[-2]), {})[path[-1]] = leaf
+            layer = layer_index(path)
+            found.setdefault((-1 if layer is None else layer, path[-2]), {})[path[-1]] = leaf
     return dict(sorted(found.items()))
 
 
