@@ -295,3 +295,24 @@ def test_joblib_launcher_and_seed_pairs(tmp_path):
     )  # max(i, j) / n, n = 32
     assert Path(pair["figure"]).exists()
     assert "seed 0 vs 1 (r=2)" in (sweep_dir / "report.md").read_text()
+
+
+def test_analysis_of_runs_that_adapt_different_matrices(tmp_path):
+    """dW vs W needs each run's own base kernels (q in one run, v in the other)."""
+    sweep_dir = tmp_path / "targets"
+    short = ["trainer.steps=4", "trainer.eval_every=4", "trainer.checkpoint_every=4"]
+    _run(
+        "experiments.sweep",
+        "rank=1",
+        "targets=q,v",
+        *FAST,
+        *short,
+        "logger=none",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    analysis = json.loads((sweep_dir / "analysis.json").read_text())
+    adapted = [
+        sorted({key.split("/")[1] for key in run["adapters"]}) for run in analysis["runs"].values()
+    ]
+    assert sorted(adapted) == [["q"], ["v"]]

@@ -58,9 +58,9 @@ def _json_grid(grid: Any) -> list:
     ]
 
 
-def base_kernels(model: str, seed: int, keys: Iterable[Key]) -> dict[Key, np.ndarray]:
-    """The frozen pretrained kernels W (in, out) that the adapters at `keys` were added to
-    (encoder or decoder)."""
+def base_kernels(model: str, seed: int, keys: Iterable[Key] | None = None) -> dict[Key, np.ndarray]:
+    """The frozen pretrained kernels W (in, out) that the adapters at `keys` (default: every
+    layer's) were added to (encoder or decoder)."""
     from lora_jax import models
     from lora_jax.train import model_rng
 
@@ -68,7 +68,7 @@ def base_kernels(model: str, seed: int, keys: Iterable[Key]) -> dict[Key, np.nda
         model, LoRAConfig(rank=0), num_labels=2, rng=model_rng(seed), tokenizer=False
     )
     kernels = {k: v["kernel"] for k, v in find_leaves(pre.params, "kernel").items()}
-    return {k: np.asarray(kernels[k]) for k in keys}
+    return {k: np.asarray(kernels[k]) for k in (keys if keys is not None else kernels)}
 
 
 def run_measurements(
@@ -145,7 +145,8 @@ def analyze_sweep(sweep_dir: str | Path, entries: list[dict[str, Any]]) -> str:
         adapters, config = load_adapter(Path(e["run_dir"]) / "adapter")
         extra = config["lora_jax"]
         cache_key = (m["model"], m["seed"])
-        kernel_cache.setdefault(cache_key, base_kernels(m["model"], m["seed"], adapters))
+        if cache_key not in kernel_cache:  # every kernel: runs may adapt different targets
+            kernel_cache[cache_key] = base_kernels(m["model"], m["seed"])
         runs[e["name"]] = {
             **e,
             "adapters": adapters,
