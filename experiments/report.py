@@ -1,0 +1,44 @@
+"""Report a finished sweep beside the LoRA paper's numbers: local Markdown/HTML and W&B.
+
+    python -m experiments.report outputs/sweeps/<id>                  # tables from the runs' `paper:` config
+    python -m experiments.report outputs/sweeps/<id> --paper table6   # or name them
+    python -m experiments.report outputs/sweeps/<id> --out /tmp/rep --no-wandb
+
+Writes <sweep>/report/report.md (PNG links) and report.html (self-contained), builds the W&B
+Report of the sweep's group and saves it when W&B is online; prints the paths of report.md
+and report.html last.
+"""
+
+import argparse
+import sys
+
+from lora_jax import paper
+from lora_jax.report import ReportInputError, make_report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("sweep_dir", help="a folder made by experiments.sweep")
+    parser.add_argument(
+        "--paper",
+        nargs="+",
+        metavar="ITEM",
+        help=f"paper tables/figures to compare with (default: the runs' `paper` config); one of: {', '.join(paper.ITEMS)}",
+    )
+    parser.add_argument("--out", help="output folder (default: <sweep_dir>/report)")
+    parser.add_argument("--no-wandb", action="store_true", help="do not build the W&B Report")
+    args = parser.parse_args()
+    try:
+        result = make_report(args.sweep_dir, args.paper, args.out, use_wandb=not args.no_wandb)
+    except ReportInputError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(result.wandb_message)
+    print(result.markdown.absolute())
+    print(result.html.absolute())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Reports of a finished sweep beside the LoRA paper's numbers: local Markdown/HTML and W&B.
+
+    python -m experiments.report outputs/sweeps/<id> [--paper table6 ...] [--out DIR] [--no-wandb]
+
+One module per job:
+
+- `runs`: the finished runs of a sweep folder and the value of their main metric;
+- `cells`: runs grouped by every axis but the seed, summarised over seeds;
+- `setup`: our setup against the paper's (what compares: values or only trends);
+- `compare`, `analysis_tables`: the paper's tables and figures beside ours (`lora_jax.paper`);
+- `plots`: metric vs rank; `document`: the report as data, rendered as Markdown and HTML;
+- `wandb_report`: the same as a W&B Report (built offline, saved only online);
+- `build`: `make_report`, which ties them together.
+"""
+
+from lora_jax.report.build import ReportResult, make_report
+from lora_jax.report.cells import Cell, Stats, group_cells
+from lora_jax.report.runs import ReportInputError, Run, load_runs
+
+__all__ = [
+    "Cell",
+    "ReportInputError",
+    "ReportResult",
+    "Run",
+    "Stats",
+    "group_cells",
+    "load_runs",
+    "make_report",
+]

@@ -1,0 +1,237 @@
+"""The paper's Table 7 and Figures 3 and 4 beside the numbers of our rank analysis.
+
+They read `analysis.json` (written by `lora_jax.analysis.sweep.analyze_sweep` at the end of
+every sweep) and reuse the heatmaps it drew under `figures/`; nothing is recomputed here.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lora_jax import paper
+from lora_jax.report.cells import Cell
+from lora_jax.report.document import Block, Figure, Table
+from lora_jax.report.format import MISSING, fmt_values, paper_num
+from lora_jax.report.setup import lora_cells, setup_lines, variant_label
+
+W = paper.weight_label
+_TABLE7_ROWS = (
+    ("proj_dw", "||U^T W V^T||_F, U, V: top-r directions of dW"),
+    ("proj_w", "||U^T W V^T||_F, U, V: top-r directions of W"),
+    ("proj_random", "||U^T W V^T||_F, U, V: random"),
+    ("w_norm", "||W||_F"),
+    ("dw_norm", "||dW||_F"),
+    ("amplification", "amplification ||dW||_F / ||U^T W V^T||_F (dW directions)"),
+)
+
+
+def load_analysis(sweep_dir: Path) -> dict[str, Any] | None:
+    """The sweep's `analysis.json`, or None when the analysis has not run."""
+    path = Path(sweep_dir) / "analysis.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _missing(sweep_dir: Path) -> list[Block]:
+    return [
+        f"No `analysis.json` in this sweep folder: run `python -m experiments.analyze {sweep_dir}` "
+        "first (it needs the runs' `adapter/` folders)."
+    ]
+
+
+def _figure(sweep_dir: Path, recorded: str, caption: str) -> Figure | None:
+    """The PNG `analysis.json` recorded (its path may be relative to another working folder)."""
+    for path in (Path(sweep_dir) / "figures" / Path(recorded).name, Path(recorded)):
+        if path.exists():
+            return Figure(path, caption)
+    return None
+
+
+def _cell_of(cells: list[Cell], run_dir: str) -> Cell | None:
+    name = Path(run_dir).name
+    return next((c for c in cells if any(r.name == name for r in c.runs)), None)
+
+
+def _input_dims(run_dir: Path) -> dict[str, int]:
+    """{target: input dimension} from the exported adapter's safetensors header (no tensors read)."""
+    adapter = Path(run_dir) / "adapter"
+    try:
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        with open(adapter / "adapter_model.safetensors", "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    except (OSError, ValueError, struct.error):
+        return {}
+    modules, targets = (
+        config.get("target_modules", []),
+        config.get("lora_jax", {}).get("targets", []),
+    )
+    dims = {}
+    for module, target in zip(modules, targets, strict=False):
+        shapes = [v["shape"] for k, v in header.items() if f".{module}.lora_A" in k]
+        if shapes:
+            dims[target] = int(shapes[0][1])  # PEFT stores lora_A as (r, in)
+    return dims
+
+
+def table7(cells: list[Cell], sweep_dir: Path) -> list[Block]:
+    """Rows: the paper's Table 7 quantities; columns: the paper at r=4, 64, ours per target, rank."""
+    analysis = load_analysis(sweep_dir)
+    if analysis is None:
+        return [*setup_lines("table7", cells), *_missing(sweep_dir)]
+    label = variant_label(lora_cells(cells), ("rank", "targets"))
+    groups: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+    for run in analysis["runs"].values():
+        cell = _cell_of(cells, run["run_dir"])
+        for adapter, m in run["adapters"].items():
+            target = adapter.split("/")[1]
+            groups.setdefault((label(cell) if cell else "", target, int(run["rank"])), []).append(
+                m["dw_vs_w"]
+            )
+    # The paper's Table 7 is about Wq: put Wq first, then the other targets.
+    keys = sorted(groups, key=lambda k: (k[0], k[1] != "q", k[1], k[2]))
+    columns = ["quantity", "paper r=4", "paper r=64"] + [
+        f"ours {W((t,))} r={r} {name}".strip() for name, t, r in keys
+    ]
+    rows = []
+    for q, text in _TABLE7_ROWS:
+        row = [text]
+        for r in (4, 64):
+            v = paper.TABLE7[r][q]
+            approx = (r, q) in paper.TABLE7_APPROX
+            row.append(f"≈{v:g}" if approx else paper_num(v, 2))
+        for k in keys:
+            vals = [d[q] for d in groups[k] if d.get(q) is not None and np.isfinite(d[q])]
+            row.append(fmt_values(vals))
+        rows.append(row)
+    return [
+        *setup_lines("table7", cells),
+        "Ours: median [min–max] over the layers (and seeds) of each adapted matrix; the paper's "
+        "numbers are one matrix (layer 48 Wq of 96).",
+        Table(columns, rows, caption="dW vs W"),
+    ]
+
+
+def _phi11(grids: dict[str, list], target: str) -> list[float]:
+    vals = [g[0][0] for name, g in grids.items() if name.split("/")[1] == target]
+    return [float(v) for v in vals if v is not None]
+
+
+def _mean_phi(grids: dict[str, list], target: str) -> list[float]:
+    out = []
+    for name, g in grids.items():
+        if name.split("/")[1] == target:
+            a = np.array([[np.nan if v is None else v for v in row] for row in g], dtype=float)
+            out.append(float(np.nanmean(a)))
+    return out
+
+
+def _targets(grids: dict[str, list]) -> list[str]:
+    names = dict.fromkeys(name.split("/")[1] for name in grids)
+    return sorted(names, key=lambda t: (t != "q", t != "v", t))
+
+
+def fig3(cells: list[Cell], sweep_dir: Path) -> list[Block]:
+    """phi(1,1) between A of two ranks per target, against the paper's > 0.5 (r=8 vs r=64)."""
+    analysis = load_analysis(sweep_dir)
+    if analysis is None:
+        return [*setup_lines("fig3", cells), *_missing(sweep_dir)]
+    pairs = analysis.get("rank_pairs", [])
+    if not pairs:
+        return [
+            *setup_lines("fig3", cells),
+            "No pair of runs that differ only in rank: sweep `rank=` over two values or more.",
+        ]
+    label = variant_label(lora_cells(cells), ("rank",))
+    threshold = paper.FIG3_TOP_PHI_MIN
+    rows, figures = [], []
+    top = max(p["ranks"][1] for p in pairs)
+    for p in pairs:
+        lo, hi = p["ranks"]
+        cell = _cell_of(cells, p["runs"][0])
+        name = f"r={lo} vs r={hi}" + (f" ({label(cell)})" if cell and label(cell) else "")
+        dims = _input_dims(Path(sweep_dir) / Path(p["runs"][0]).name)
+        for t in _targets(p["phi"]):
+            vals = _phi11(p["phi"], t)
+            above = sum(v > threshold for v in vals)
+            random = f"{1 / dims[t]:.4f}" if t in dims else MISSING
+            rows.append([name, W((t,)), fmt_values(vals, "phi"), f"{above} of {len(vals)}", random])
+        if hi == top:
+            fig = _figure(sweep_dir, p["figure"], f"phi(A r={lo}, A r={hi}, i, j), {name}")
+            if fig:
+                figures.append(fig)
+    columns = [
+        "ranks",
+        "weights",
+        "phi(1,1): median [min–max] over layers",
+        f"layers with phi(1,1) > {threshold}",
+        "random subspaces: 1/n",
+    ]
+    return [
+        *setup_lines("fig3", cells),
+        f"**Paper** (r={paper.FIG3_RANKS[0]} vs r={paper.FIG3_RANKS[1]}): {paper.FIG3_CLAIM}.",
+        Table(columns, rows, caption="Top direction shared across ranks (Fig. 3)"),
+        *figures,
+    ]
+
+
+def fig4(cells: list[Cell], sweep_dir: Path) -> list[Block]:
+    """Mean phi between two seeds per target, beside a random Gaussian pair (Fig. 4)."""
+    analysis = load_analysis(sweep_dir)
+    if analysis is None:
+        return [*setup_lines("fig4", cells), *_missing(sweep_dir)]
+    pairs = analysis.get("seed_pairs", [])
+    if not pairs:
+        return [
+            *setup_lines("fig4", cells),
+            "No pair of runs that differ only in seed: sweep `seed=0,1`.",
+        ]
+    label = variant_label(lora_cells(cells), ("rank",))
+    rows, figures, verdicts = [], [], []
+    for p in pairs:
+        cell = _cell_of(cells, p["runs"][0])
+        name = f"seeds {p['seeds'][0]} vs {p['seeds'][1]}" + (
+            f" ({label(cell)})" if cell and label(cell) else ""
+        )
+        rank = cell.rank if cell else MISSING
+        means = {}
+        for t in _targets(p["phi"]):
+            means[t] = _mean_phi(p["phi"], t)
+            rows.append(
+                [
+                    name,
+                    str(rank),
+                    W((t,)),
+                    fmt_values(means[t], "phi"),
+                    fmt_values(_phi11(p["phi"], t), "phi"),
+                    f"{p['expected_random_mean']:.4f}",
+                ]
+            )
+        if "q" in means and "v" in means:
+            q, v = float(np.median(means["q"])), float(np.median(means["v"]))
+            agrees = "as in the paper" if q > v else "unlike the paper"
+            verdicts.append(f"{name}: median mean phi {q:.3f} for Wq vs {v:.3f} for Wv ({agrees}).")
+        fig = _figure(sweep_dir, p["figure"], f"phi across {name}, with a random Gaussian pair")
+        if fig:
+            figures.append(fig)
+    columns = [
+        "pair",
+        "r",
+        "weights",
+        "mean phi over the grid: median [min–max] over layers",
+        "phi(1,1) over layers",
+        "random: expected mean phi",
+    ]
+    return [
+        *setup_lines("fig4", cells),
+        f"**Paper** (r={paper.FIG4_RANK}): {paper.FIG4_CLAIM}.",
+        Table(columns, rows, caption="Directions shared across seeds (Fig. 4)"),
+        *(["**Ours, Wq vs Wv:** " + " ".join(verdicts)] if verdicts else []),
+        *figures,
+    ]
+
+
+BUILDERS = {"table7": table7, "fig3": fig3, "fig4": fig4}

@@ -1,0 +1,173 @@
+"""Assemble a sweep's report (cells, metric vs rank, the paper's tables) and write it.
+
+`make_report` checks its input first (folder, finished runs, paper item names), then writes
+`report.md` and a self-contained `report.html` under `<sweep>/report/` (or `out`), and builds
+the W&B Report (saved only when W&B is online).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lora_jax import paper
+from lora_jax.report import analysis_tables, compare, setup
+from lora_jax.report.cells import Cell, group_cells, varying_axes
+from lora_jax.report.document import Document, Figure, Section, Table, to_html, to_markdown
+from lora_jax.report.format import fmt_stats, num, scale, unit
+from lora_jax.report.plots import metric_vs_rank
+from lora_jax.report.runs import Run, check_paper_items, load_runs, paper_items
+
+BUILDERS = {**compare.BUILDERS, **analysis_tables.BUILDERS}
+# Settings worth a line in the setup paragraph when every run shares them.
+_SETUP_KEYS = (
+    "model",
+    "task",
+    "alpha",
+    "scaling",
+    "trainer.steps",
+    "optim.lr",
+    "data.batch_size",
+    "data.max_len",
+)
+
+
+@dataclass
+class ReportResult:
+    """What `make_report` wrote and built."""
+
+    markdown: Path
+    html: Path
+    paper: list[str]
+    wandb_report: Any = None  # a wandb_workspaces Report, or None
+    wandb_message: str = ""
+
+
+def _axis_value(cell: Cell, key: str) -> str:
+    v = cell.axes.get(key)
+    if key == "targets":
+        return paper.weight_label(cell.targets) or "-"
+    if key == "full_finetune":
+        return "yes" if v else "no"
+    return "-" if v is None else str(v)
+
+
+def cells_table(cells: list[Cell]) -> Table:
+    """Every cell: its varying axes, seeds, the main metric at the best and final steps."""
+    axes = varying_axes(cells) or ["model"]
+    rows = []
+    for c in cells:
+        m, s, best = c.main_metric, scale(c.main_metric), c.stats("best")
+        per_seed = ", ".join(
+            f"s{seed}: {num(v * s, m)}" for seed, v in zip(best.seeds, best.values, strict=True)
+        )
+        rows.append(
+            [
+                *(_axis_value(c, k) for k in axes),
+                unit(m),
+                fmt_stats(best, m),
+                fmt_stats(c.stats("final"), m),
+                per_seed,
+            ]
+        )
+    columns = [*axes, "metric", "best step: median [min–max] (n)", "final step", "per seed (best)"]
+    return Table(columns, rows)
+
+
+def _setup(cells: list[Cell], runs: list[Run], items: list[str], source: str) -> list[str]:
+    shared = {k: cells[0].axes.get(k) for k in _SETUP_KEYS if k not in varying_axes(cells)}
+    common = ", ".join(f"{k}={v}" for k, v in shared.items() if v is not None)
+    varying = ", ".join(varying_axes(cells)) or "none"
+    lines = [
+        f"{len(runs)} finished runs in {len(cells)} cells (runs that differ only in `seed` share a "
+        f"cell). Varying: {varying}. Shared: {common}.",
+    ]
+    lines.append(setup.ours_setup(cells))
+    if any(c.end_only for c in cells):
+        lines.append(
+            "The main metric was evaluated only once, at the end of training (BLEU of decoded "
+            "text is always), so its 'best step' value is the final one."
+        )
+    if items:
+        lines.append(f"Paper items ({source}): {', '.join(items)}.")
+    else:
+        lines.append(
+            "No paper table named (no `paper:` in the runs' config): pass `--paper table6` "
+            f"(allowed: {', '.join(paper.ITEMS)}) to put the paper's numbers beside ours."
+        )
+    return lines
+
+
+def build_document(
+    sweep_dir: Path, runs: list[Run], cells: list[Cell], items: list[str], out: Path, source: str
+) -> Document:
+    """The report's content; draws the metric-vs-rank PNG into `out`."""
+    plot = metric_vs_rank(cells, out / "metric_vs_rank.png")
+    sections = [
+        Section("Setup", _setup(cells, runs, items, source)),
+        Section(
+            "Results by cell",
+            [
+                cells_table(cells),
+                Figure(
+                    plot, "Main metric vs LoRA rank: median over seeds, seed range as error bars"
+                ),
+            ],
+        ),
+    ]
+    for key in items:
+        builder = BUILDERS[key]
+        blocks = builder(cells, sweep_dir) if key in analysis_tables.BUILDERS else builder(cells)
+        sections.append(Section(f"Beside the paper: {paper.ITEMS[key].title}", blocks))
+    return Document(f"lora_jax report: sweep `{sweep_dir.name}`", sections)
+
+
+def make_report(
+    sweep_dir: str | Path,
+    paper_override: list[str] | None = None,
+    out: str | Path | None = None,
+    use_wandb: bool = True,
+) -> ReportResult:
+    """Write `report.md` and `report.html` for a sweep folder and build its W&B Report.
+
+    Args:
+        sweep_dir: a folder made by `python -m experiments.sweep`.
+        paper_override: paper items to compare with (e.g. ["table6"]); default: the runs'
+            `paper` config.
+        out: the output folder; default `<sweep_dir>/report`.
+        use_wandb: build (and, online, save) the W&B Report.
+
+    Raises:
+        ReportInputError: missing folder, no finished run, or an unknown paper item.
+    """
+    sweep_dir = Path(sweep_dir)
+    if paper_override:  # bad names fail before anything is read
+        check_paper_items(
+            [n for a in paper_override for n in a.split(",") if n.strip()], "from --paper"
+        )
+    runs = load_runs(sweep_dir)
+    items = paper_items(runs, paper_override)
+    source = "from --paper" if paper_override else "from the runs' `paper` config"
+    out = Path(out) if out else sweep_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    cells = group_cells(runs)
+    doc = build_document(sweep_dir, runs, cells, items, out, source)
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(to_markdown(doc, base=out))
+    page.write_text(to_html(doc))
+    result = ReportResult(md, page, items)
+    if use_wandb:
+        from lora_jax.report import wandb_report as wb
+
+        target = wb.wandb_target(runs, sweep_dir)
+        metric_key = f"{setup.value_point(cells)}/{cells[0].main_metric}"
+        media, spectra = wb.media_keys(sweep_dir), wb.spectrum_keys(runs)
+        result.wandb_report, result.wandb_message = wb.publish_wandb_report(
+            target,
+            lambda entity: wb.build_wandb_report(doc, target, metric_key, media, spectra, entity),
+            sweep_dir,
+        )
+    else:
+        result.wandb_message = "W&B report skipped (--no-wandb)."
+    return result

@@ -1,0 +1,209 @@
+"""Group runs into cells (every axis but the seed) and summarise each over its seeds.
+
+A cell is one point of the experiment grid: model, task, rank, targets, alpha, scaling,
+full fine-tuning and every other config value that is not the seed or bookkeeping (paths,
+logging, progress bars, checkpoint cadence). The paper reports the median over seeds at the
+best epoch; a cell gives the median, min and max (and the per-seed values) of the main
+metric at the best step and at the final step.
+
+Example:
+    >>> cells = group_cells(load_runs("outputs/sweeps/default"))  # doctest: +SKIP
+    >>> cells[0].stats("best").median  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lora_jax.report.runs import Run
+
+# Config keys that are not experiment axes: the seed (aggregated over), paths, logging and
+# cadence settings that do not change what is learned, and keys that only repeat the
+# metrics.json fields used below.
+_IGNORED_KEYS = {
+    "seed",
+    "workdir",
+    "paper",
+    "rank",
+    "alpha",
+    "targets",
+    "scaling",
+    "model.name",
+    "data.task",
+    "lora.rank",
+    "lora.alpha",
+    "lora.scaling",
+    "lora.targets",
+    "lora.full_finetune",
+    "data.worker_count",
+    "data.eval_batch_size",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+    "trainer.spectrum_every",
+    "generate.batch_size",
+}
+# `hparams` is a lookup table that experiment files index; the values used land in their keys.
+_IGNORED_GROUPS = {"logger", "hydra", "hparams"}
+
+
+def _flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """`group.key` for the config groups' fields; dict and list values (`lora.rank_pattern`,
+    `optim.lr_multipliers`) stay one value, so a run without them still has the key."""
+
+    def leaf(v: Any) -> Any:
+        return json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v
+
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update({f"{k}.{kk}": leaf(vv) for kk, vv in v.items()})
+        else:
+            out[k] = leaf(v)
+    return out
+
+
+def run_axes(run: Run) -> dict[str, Any]:
+    """Every axis of `run` except the seed: metrics.json fields first, then other config keys."""
+    m = run.metrics
+    axes: dict[str, Any] = {
+        "model": m["model"],
+        "task": m["task"],
+        "full_finetune": bool(m["full_finetune"]),
+        "rank": run.rank,
+        "targets": ",".join(run.targets),
+        "alpha": float(m["alpha"]),
+        "scaling": m["scaling"],
+    }
+    for key, value in _flatten(run.config).items():
+        if key in _IGNORED_KEYS or key.split(".")[0] in _IGNORED_GROUPS:
+            continue
+        axes[key] = value
+    return axes
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of one value over the seeds of a cell (None values, not measured, are left out)."""
+
+    seeds: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def median(self) -> float | None:
+        return float(np.median(self.values)) if self.values else None
+
+    @property
+    def min(self) -> float | None:
+        return float(np.min(self.values)) if self.values else None
+
+    @property
+    def max(self) -> float | None:
+        return float(np.max(self.values)) if self.values else None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The runs that share every axis but the seed.
+
+    Attributes:
+        axes: the shared axis values (see `run_axes`).
+        runs: the runs, sorted by seed.
+    """
+
+    axes: dict[str, Any]
+    runs: tuple[Run, ...]
+
+    @property
+    def rank(self) -> int:
+        return self.axes["rank"]
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(t for t in self.axes["targets"].split(",") if t)
+
+    @property
+    def full_finetune(self) -> bool:
+        return self.axes["full_finetune"]
+
+    @property
+    def task(self) -> str:
+        return self.axes["task"]
+
+    @property
+    def model(self) -> str:
+        return self.axes["model"]
+
+    @property
+    def main_metric(self) -> str:
+        return self.runs[0].main_metric
+
+    @property
+    def end_only(self) -> bool:
+        """The main metric was measured only at the end in some run (best = final for it)."""
+        return any(r.end_only for r in self.runs)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(r.seed for r in self.runs)
+
+    def stats(self, at: str = "best", metric: str | None = None) -> Stats:
+        """`metric` (default: the main one) over the seeds, at the best or the final step."""
+        pairs = [(r.seed, r.value(at, metric)) for r in self.runs]
+        pairs = [(s, v) for s, v in pairs if v is not None and np.isfinite(v)]
+        return Stats(tuple(s for s, _ in pairs), tuple(v for _, v in pairs))
+
+
+def _sort_key(cell: Cell) -> tuple:
+    a = cell.axes
+    return (a["model"], a["task"], a["full_finetune"], a["targets"], a["rank"], str(sorted(a)))
+
+
+def group_cells(runs: list[Run]) -> list[Cell]:
+    """The cells of `runs` (every axis but the seed), sorted by model, task, targets, rank."""
+    all_axes = [run_axes(run) for run in runs]
+    # A config key that only some runs have was added by a later version of the code (older
+    # runs used its default then): not an axis, or old and new runs would never share a cell.
+    shared = set.intersection(*(set(a) for a in all_axes)) if all_axes else set()
+    groups: dict[str, tuple[dict[str, Any], list[Run]]] = {}
+    for run, axes in zip(runs, all_axes, strict=True):
+        axes = {k: v for k, v in axes.items() if k in shared}
+        key = json.dumps(axes, sort_keys=True, default=str)
+        groups.setdefault(key, (axes, []))[1].append(run)
+    cells = [
+        Cell(axes, tuple(sorted(rs, key=lambda r: (r.seed, r.name))))
+        for axes, rs in groups.values()
+    ]
+    return sorted(cells, key=_sort_key)
+
+
+def varying_axes(cells: list[Cell]) -> list[str]:
+    """The axes whose value differs between cells, in the order they first appear."""
+    keys = list(dict.fromkeys(k for c in cells for k in c.axes))
+    return [k for k in keys if len({json.dumps(c.axes.get(k), default=str) for c in cells}) > 1]
+
+
+def cell_label(cell: Cell, axes: list[str]) -> str:
+    """`k=v` for the given axes (e.g. the varying ones), targets in the paper's notation."""
+    from lora_jax.paper import weight_label
+
+    parts = []
+    for k in axes:
+        v = cell.axes.get(k)
+        if k == "targets":
+            parts.append(weight_label(cell.targets) or "no LoRA")
+        elif k == "full_finetune":
+            if v:
+                parts.append("full fine-tuning")
+        else:
+            parts.append(f"{k}={v}")
+    return ", ".join(parts)
