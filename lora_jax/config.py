@@ -46,6 +46,13 @@ class LoRASection:
     layers: list[int] | None = None
     rank_pattern: dict[str, int] = field(default_factory=dict)
     full_finetune: bool = False  # every weight trainable (the paper's FT baseline)
+    # A fixed parameter budget (Table 5): the parameters of rank `budget_rank` on
+    # `budget_targets`; each run's rank is then the largest that `targets` can have within it.
+    budget_rank: int | None = None
+    budget_targets: str = "q"
+    # Start the adapters from an exported one (a run's `adapter/` folder, or the run folder),
+    # e.g. MRPC from the MNLI adapter (Table 2). The task head starts fresh.
+    init_from: str | None = None
 
 
 @dataclass
@@ -53,6 +60,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06  # linear warmup, then linear decay to 0 (as the paper)
+    warmup_steps: int | None = None  # overrides warmup_ratio (the paper's E2E: 500)
     b1: float = 0.9
     b2: float = 0.999
     clip_norm: float | None = 1.0
@@ -63,6 +71,9 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     steps: int = 200
+    # Paper-style training: `epochs` passes over the train split (steps = epochs x batches per
+    # epoch, overriding `steps`), evaluated and checkpointed at the end of every epoch.
+    epochs: int | None = None
     eval_every: int = 100
     log_every: int = 10
     checkpoint_every: int = 100
@@ -111,6 +122,12 @@ class Config:
     targets: str = "qv"
     seed: int = 0
     scaling: str = "alpha_over_r"
+    # The paper's tables/figures a run reproduces (set by conf/experiment/*): the report puts
+    # their numbers beside ours, e.g. [table6] or [fig3, fig4, table7].
+    paper: list[str] = field(default_factory=list)
+    # Lookup tables that experiment files index, e.g. the paper's per-task hyperparameters:
+    # `optim.lr: ${hparams.${model.name}.${data.task}.lr}` (conf/experiment/table2_glue.yaml).
+    hparams: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoRASection = field(default_factory=LoRASection)

@@ -45,6 +45,7 @@ __all__ = [
     "load_model",
     "load_pretrained",
     "resolve_folder",
+    "target_shapes",
     "tiny_tokenizer",
 ]
 
@@ -166,9 +167,9 @@ def _local_config(name: str) -> BertConfig | None:
     )
 
 
-def check_lora(name: str, lora: LoRAConfig) -> None:
-    """Raise if `lora` asks for a target the model (encoder or decoder) lacks, a missing layer,
-    or a rank above a target's min(in, out). Reads only configs (no weights, no download)."""
+def target_shapes(name: str) -> tuple[dict[str, tuple[int, int]], int] | None:
+    """Per-target kernel shapes (in, out) and the layer count of a model (encoder or decoder),
+    or None if its config is not available offline (uncached hub model). Reads no weights."""
     if is_decoder(name):
         config = decoder_config(name)
         shapes = None if config is None else decoder_family_shapes(config)
@@ -176,14 +177,22 @@ def check_lora(name: str, lora: LoRAConfig) -> None:
         check_name(name)
         config = _local_config(name)
         shapes = None if config is None else lora_shapes(config)
-    if config is None:
+    return None if config is None else (shapes, config.num_layers)
+
+
+def check_lora(name: str, lora: LoRAConfig) -> None:
+    """Raise if `lora` asks for a target the model (encoder or decoder) lacks, a missing layer,
+    or a rank above a target's min(in, out). Reads only configs (no weights, no download)."""
+    known = target_shapes(name)
+    if known is None:
         return
+    shapes, num_layers = known
     missing = [t for t in lora.targets if t not in shapes]
     if missing and lora.rank:
         raise ValueError(
             f"targets={','.join(missing)} do not exist in model={name!r}; allowed: {', '.join(shapes)}."
         )
-    lora.check_layers(config.num_layers)
+    lora.check_layers(num_layers)
     for target in lora.targets:
         rank, (n_in, n_out) = lora.rank_pattern.get(target, lora.rank), shapes[target]
         if rank > min(n_in, n_out):

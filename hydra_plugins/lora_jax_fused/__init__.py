@@ -1,0 +1,5 @@
+"""The fused-sweep launcher for Hydra (`hydra/launcher=fused`); the training is `lora_jax.fused`.
+
+Hydra instantiates launcher plugins only from the `hydra_plugins` namespace package, so the
+launcher (`fused_launcher.FusedLauncher`) lives here.
+"""

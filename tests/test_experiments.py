@@ -1,0 +1,104 @@
+"""Every experiment file (conf/experiment/) composes, expands to the grid it promises, and
+passes the same validation a sweep runs before its first job (`train.plan`)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from lora_jax.config import register_configs
+from lora_jax.sweep import job_configs
+from lora_jax.train import plan
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+PAPER_ITEMS = {"table2", "table3", "table5", "table6", "table7", "table18", "fig3", "fig4"}
+register_configs()
+
+
+def _jobs(name: str, *overrides: str) -> list:
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("sweep", [f"experiment={name}", *overrides], return_hydra_config=True)
+        return list(job_configs(cfg))
+
+
+def _resolved(job) -> dict:
+    """The job's own config, resolved (Hydra's `${hydra:...}` needs a running job)."""
+    keys = [k for k in job if k not in ("hydra", "workdir")]
+    return OmegaConf.to_container(OmegaConf.masked_copy(job, keys), resolve=True)
+
+
+def test_there_is_a_cpu_and_a_full_scale_file_for_each_table() -> None:
+    cpu = {n.removesuffix("_cpu") for n in EXPERIMENTS if n.endswith("_cpu")}
+    assert cpu == {"table2", "table3", "table5", "table6", "table7", "table18", "fig3_fig4"}
+    for item in cpu:
+        assert any(n.startswith(item) and not n.endswith("_cpu") for n in EXPERIMENTS), item
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_validates(name: str) -> None:
+    text = (CONF / "experiment" / f"{name}.yaml").read_text()
+    assert text.startswith("# @package _global_\n")
+    header = text.split("\n\n")[0]  # the leading comment: its command and expected result
+    assert f"python -m experiments.sweep experiment={name}" in header
+    assert "Expect" in header
+
+    jobs = _jobs(name)
+    params = jobs[0].hydra.sweeper.params
+    assert len(jobs) == math.prod(len(str(v).split(",")) for v in params.values())
+    for job in jobs:
+        cfg = _resolved(job)
+        assert cfg["paper"] and set(cfg["paper"]) <= PAPER_ITEMS
+        if cfg["lora"]["init_from"]:  # MRPC/RTE/STS-B: stops before training without MNLI
+            with pytest.raises(FileNotFoundError, match="glue_mnli"):
+                plan(job)
+        else:
+            plan(job)
+
+
+def test_table2_takes_each_tasks_settings_from_table9() -> None:
+    cells = {}
+    for job in _jobs("table2_glue"):
+        cfg = _resolved(job)
+        cells[cfg["data"]["task"]] = (
+            cfg["data"]["batch_size"],
+            cfg["trainer"]["epochs"],
+            cfg["optim"]["lr"],
+            cfg["alpha"],
+            cfg["rank"],
+        )
+    # The paper's Table 9 (RoBERTa-base), as ../shared/FACTS.md quotes it.
+    assert cells["glue_mnli"] == (16, 30, 5e-4, 8, 8)
+    assert cells["glue_cola"] == (32, 80, 4e-4, 8, 8)
+    assert cells["glue_qnli"] == (32, 25, 4e-4, 8, 8)
+    large = {
+        _resolved(j)["data"]["task"]: _resolved(j)
+        for j in _jobs("table2_glue", "model=roberta_large")
+    }
+    assert large["glue_mnli"]["alpha"] == 16 and large["glue_mnli"]["data"]["batch_size"] == 4
+    assert _resolved(_jobs("table2_glue_scripts")[0])["alpha"] == 16
+
+
+def test_from_mnli_starts_from_the_same_seeds_mnli_run() -> None:
+    mnli = {
+        _resolved(j)["seed"]: f"{j.hydra.sweep.dir}/{j.hydra.job.override_dirname}"
+        for j in _jobs("table2_glue")
+        if _resolved(j)["data"]["task"] == "glue_mnli"
+    }
+    assert len(mnli) == 5
+    for job in _jobs("table2_glue_from_mnli"):
+        cfg = _resolved(job)
+        assert cfg["data"]["task"] in ("glue_mrpc", "glue_rte", "glue_stsb")
+        assert cfg["lora"]["init_from"] == mnli[cfg["seed"]]
+
+
+def test_table5_shares_one_budget() -> None:
+    ranks = {}
+    for job in _jobs("table5_cpu"):
+        ranks[_resolved(job)["targets"]] = plan(job).lora.rank
+    # The paper's Table 5: rank 8 on one type = rank 4 on two = rank 2 on four.
+    assert ranks == {"q": 8, "k": 8, "v": 8, "o": 8, "qk": 4, "qv": 4, "qkvo": 2}
