@@ -12,10 +12,7 @@ entries of size 0.5 (a few ulps), identical eval accuracies.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -23,6 +20,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from safetensors.numpy import load_file
+from test_sweep_e2e import _run
 
 from lora_jax import fused, train
 from lora_jax.adapter_io import HEAD_FILE, load_adapter
@@ -193,17 +191,8 @@ def test_hydra_fused_sweep_end_to_end(runs, tmp_path):
     as with the basic launcher, the numbers of the separate runs, one W&B run per member."""
     root, *_ = runs
     sweep_dir = tmp_path / "sw"
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
     args = [*FAST, "rank=1,4", "hydra/launcher=fused", f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    proc = _run("experiments.sweep", *args, cwd=tmp_path)
     assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.md").absolute())
     assert "fused: training 2 runs as one" in proc.stdout
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())

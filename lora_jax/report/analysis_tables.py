@@ -134,6 +134,10 @@ def _targets(grids: dict[str, list]) -> list[str]:
     return sorted(names, key=lambda t: (t != "q", t != "v", t))
 
 
+def _seed_of(sweep_dir: Path, run_dir: str) -> int:
+    return json.loads((Path(sweep_dir) / Path(run_dir).name / "metrics.json").read_text())["seed"]
+
+
 def fig3(cells: list[Cell], sweep_dir: Path) -> list[Block]:
     """phi(1,1) between A of two ranks per target, against the paper's > 0.5 (r=8 vs r=64)."""
     analysis = load_analysis(sweep_dir)
@@ -149,10 +153,12 @@ def fig3(cells: list[Cell], sweep_dir: Path) -> list[Block]:
     threshold = paper.FIG3_TOP_PHI_MIN
     rows, figures = [], []
     top = max(p["ranks"][1] for p in pairs)
-    for p in pairs:
+    seeds = [_seed_of(sweep_dir, p["runs"][0]) for p in pairs]
+    for p, seed in zip(pairs, seeds, strict=True):
         lo, hi = p["ranks"]
         cell = _cell_of(cells, p["runs"][0])
         name = f"r={lo} vs r={hi}" + (f" ({label(cell)})" if cell and label(cell) else "")
+        name += f", seed {seed}" if len(set(seeds)) > 1 else ""
         dims = _input_dims(Path(sweep_dir) / Path(p["runs"][0]).name)
         for t in _targets(p["phi"]):
             vals = _phi11(p["phi"], t)

@@ -78,6 +78,15 @@ def table6(cells: list[Cell]) -> list[Block]:
     return [*setup_lines("table6", cells), table, *_baselines(cells, at)]
 
 
+def _stats_row(label: str, by_set: dict, sets: list, at: str) -> list[str]:
+    """One "ours" row of Table 5: the cell of each target set (or MISSING), with its unit."""
+    main = next(iter(by_set.values())).main_metric
+    return [label.strip(), unit(main)] + [
+        fmt_stats(by_set[t].stats(at), by_set[t].main_metric) if t in by_set else MISSING
+        for t in sets
+    ]
+
+
 def table5(cells: list[Cell]) -> list[Block]:
     """Columns: weight-type sets; rows: the paper's budget rank, its numbers, ours per rank."""
     lora, at = lora_cells(cells), value_point(cells)
@@ -99,26 +108,13 @@ def table5(cells: list[Cell]) -> list[Block]:
                 [f"ours r {name}".strip(), ""]
                 + [str(by_set[t].rank) if t in by_set else MISSING for t in sets]
             )
-            rows.append(
-                [f"ours {name}".strip(), unit(group[0].main_metric)]
-                + [
-                    fmt_stats(by_set[t].stats(at), by_set[t].main_metric)
-                    if t in by_set
-                    else MISSING
-                    for t in sets
-                ]
-            )
+            rows.append(_stats_row(f"ours {name}", by_set, sets, at))
             continue
         for r in sorted({c.rank for c in group}):
-            by_set = {c.targets: c for c in group if c.rank == r}
             rows.append(
-                [f"ours r={r} {name}".strip(), unit(group[0].main_metric)]
-                + [
-                    fmt_stats(by_set[t].stats(at), by_set[t].main_metric)
-                    if t in by_set
-                    else MISSING
-                    for t in sets
-                ]
+                _stats_row(
+                    f"ours r={r} {name}", {c.targets: c for c in group if c.rank == r}, sets, at
+                )
             )
     table = Table(["", "metric", *(W(t) for t in sets)], rows, caption="Which weights to adapt")
     return [*setup_lines("table5", cells), table, *_baselines(cells, at)]
