@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -99,7 +100,9 @@ def bench_mode(mode: str, steps: int) -> dict:
         state["t"], state["o"], out = step(state["t"], parts.frozen, state["o"], batch, key)
         out["loss"].block_until_ready()
 
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times = _timed(one, steps)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (steps + 3)
     median = statistics.median(times)
     spectra_s = None
     if spec["rank"]:  # the live rank logging: one jitted call every trainer.spectrum_every steps
@@ -122,6 +125,8 @@ def bench_mode(mode: str, steps: int) -> dict:
         "flops_per_step": flops,
         "gflops_per_s": flops / median / 1e9,
         "optimizer_state_bytes": tree_bytes(opt_state),
+        # Pages touched for the first time per step: XLA:CPU maps fresh temp buffers each step.
+        "minor_page_faults_per_step": faults,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "spectra_s_median": spectra_s,
         # overhead at the default trainer.spectrum_every = 50
@@ -192,6 +197,12 @@ def main() -> None:
     parser.add_argument(
         "--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}"
     )
+    parser.add_argument(
+        "--glibc-tunables",
+        default=None,
+        help="GLIBC_TUNABLES for the timed processes, e.g. glibc.malloc.arena_max=1:"
+        "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295 (reuse freed memory)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one mode in this process
     args = parser.parse_args()
     if args.one:
@@ -207,12 +218,15 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--modes {sorted(unknown)} are not valid; allowed: {', '.join(MODES)}.")
 
+    env = {**os.environ, **({"GLIBC_TUNABLES": args.glibc_tunables} if args.glibc_tunables else {})}
+
     def child(mode: str) -> dict:
         proc = subprocess.run(
             [sys.executable, "-m", "benchmarks.run", "--one", mode, "--steps", str(args.steps)],
             capture_output=True,
             text=True,
             check=True,
+            env=env,
         )
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -231,6 +245,7 @@ def main() -> None:
         "batch": BATCH,
         "length": LENGTH,
         "matmul_peak_gflops": peak,
+        "glibc_tunables": env.get("GLIBC_TUNABLES"),
         "train_step": rows,
         "inference": child("inference"),
     }
