@@ -192,7 +192,7 @@ def analyze_sweep(sweep_dir: str | Path, entries: list[dict[str, Any]]) -> str:
         )
         n = next(iter(lo["adapters"].values()))[0].shape[0]
         report.append(
-            f"- **r={r_lo} vs r={r_hi}**: top direction shared: {_top_direction_sentence(grids)}; "
+            f"- **r={r_lo} vs r={r_hi}**: overlap of the top directions: {_top_direction_sentence(grids)}; "
             f"random subspaces give {1 / n:.3f} ([figure]({Path(png).relative_to(sweep_dir)}))."
         )
     for a_e, b_e in _differ_only_in(list(by_name.values()), "seed"):
