@@ -50,17 +50,15 @@ def solve_rank(shapes: Shapes, targets: str | Sequence[str], budget: int, num_la
     return rank
 
 
-def budget_rank(
-    known: tuple[Shapes, int] | None, targets: str, budget_rank: int, budget_targets: str
-) -> int:
-    """The rank of `targets` under the budget "rank `budget_rank` on `budget_targets`".
+def budget_rank(known: tuple[Shapes, int] | None, targets: str, rank: int, on: str) -> int:
+    """The rank of `targets` under the budget "rank `rank` on the targets `on`".
 
     `known` is (shapes, num_layers) from `models.target_shapes`, or None when the model's config
     is not available offline; then only d x d attention targets can be solved (their shape
     cancels out).
     """
     if known is None:
-        named = (*parse_targets(targets), *parse_targets(budget_targets))
+        named = (*parse_targets(targets), *parse_targets(on))
         outside = [t for t in named if t not in _SQUARE_TARGETS]
         if outside:
             raise ValueError(
@@ -71,7 +69,7 @@ def budget_rank(
         shapes, num_layers = dict.fromkeys(_SQUARE_TARGETS, (1, 1)), 1
     else:
         shapes, num_layers = known
-    budget = lora_param_count(shapes, budget_targets, budget_rank, num_layers)
+    budget = lora_param_count(shapes, on, rank, num_layers)
     return solve_rank(shapes, targets, budget, num_layers)
 
 

@@ -229,9 +229,8 @@ def _objective(cfg: DictConfig, p: Plan, pre: Any, parts: Any, data: _Data) -> O
 def completed(workdir: str | Path) -> dict[str, Any] | None:
     """The metrics of a finished run in `workdir` (its `metrics.json` says complete), else None."""
     metrics_file = Path(workdir) / "metrics.json"
-    if metrics_file.exists() and json.loads(metrics_file.read_text()).get("status") == "complete":
-        return json.loads(metrics_file.read_text())
-    return None
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    return metrics if metrics.get("status") == "complete" else None
 
 
 @dataclass

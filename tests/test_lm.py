@@ -10,9 +10,6 @@ would the real file.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -20,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_sweep_e2e import _run
 
 from lora_jax import lm
 from lora_jax.data import get_task, make_loader
@@ -287,20 +285,12 @@ def test_decoder_adapter_export_round_trips(tmp_path, model, key, loadable):
 
 # ---- the sweep entry point ------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def lm_sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("lm_sweep")
     write_synthetic_e2e(cwd / "cache")
     sweep_dir = cwd / "sw"
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PYTHONPATH": str(ROOT),
-        "LORA_JAX_CACHE": str(cwd / "cache"),
-    }
     args = [
         "model=tiny_llama",
         "data=e2e",
@@ -312,16 +302,7 @@ def lm_sweep(tmp_path_factory):
         "optim.label_smoothing=0.1",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"sweep failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    proc = _run("experiments.sweep", *args, cwd=cwd, env={"LORA_JAX_CACHE": str(cwd / "cache")})
     return sweep_dir, proc
 
 

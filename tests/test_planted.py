@@ -99,12 +99,9 @@ def test_sweep_recovers_the_planted_rank(tmp_path):
     the loss. The output side goes straight into the residual stream and is recovered.
     """
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    from test_sweep_e2e import _run
+
     sweep_dir = tmp_path / "planted"
     args = [
         "model=tiny_bert",
@@ -121,16 +118,7 @@ def test_sweep_recovers_the_planted_rank(tmp_path):
         "trainer.progress=false",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run("experiments.sweep", *args, cwd=tmp_path, timeout=900)
     rows = {r["rank"]: r for r in json.loads((sweep_dir / "analysis.json").read_text())["planted"]}
     gap = {r: rows[r]["final"]["gap_closed"] for r in rows}
     # The error stops improving once r >= k = 2 ...

@@ -20,9 +20,14 @@ FAST = ["model=tiny_bert", "debug=fast"]
 
 
 def _run(
-    module: str, *args: str, cwd: Path, check: bool = True, timeout: int = 600
+    module: str,
+    *args: str,
+    cwd: Path,
+    check: bool = True,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

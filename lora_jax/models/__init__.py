@@ -15,6 +15,7 @@ A registry name resolves to a Hugging Face-format folder (`config.json`, `model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -167,6 +168,7 @@ def _local_config(name: str) -> BertConfig | None:
     )
 
 
+@functools.cache  # plan() needs it twice per job (budget, checks); SmolLM2's GGUF takes ~2 s
 def target_shapes(name: str) -> tuple[dict[str, tuple[int, int]], int] | None:
     """Per-target kernel shapes (in, out) and the layer count of a model (encoder or decoder),
     or None if its config is not available offline (uncached hub model). Reads no weights."""
