@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
+from lora_jax.hf_names import ENCODER_LAYER
 from lora_jax.lora import LORA_LEAVES, LoRAConfig
 from lora_jax.models import MODELS, get_spec, resolve_folder
 from lora_jax.models.bert import (
@@ -121,18 +122,6 @@ def load_tokenizer(folder: str | Path):
 
 # ---- name map: our param paths <-> HF tensor names -------------------------------------------
 
-_LAYER_MAP = {
-    ("attention", "q"): "attention.self.query",
-    ("attention", "k"): "attention.self.key",
-    ("attention", "v"): "attention.self.value",
-    ("attention", "o"): "attention.output.dense",
-    ("attention", "layer_norm"): "attention.output.LayerNorm",
-    ("ffn", "ffn_in"): "intermediate.dense",
-    ("ffn", "ffn_out"): "output.dense",
-    ("ffn", "layer_norm"): "output.LayerNorm",
-}
-# HF module path (inside `encoder.layer.<i>.`) of each LoRA target.
-HF_TARGET_MODULES = {mods[1]: name for mods, name in _LAYER_MAP.items() if mods[1] != "layer_norm"}
 _LEAF_MAP = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight"}
 # Old checkpoints (TF-converted BERT) name LayerNorm params gamma/beta.
 _LEAF_ALIASES = {"LayerNorm.weight": "LayerNorm.gamma", "LayerNorm.bias": "LayerNorm.beta"}
@@ -152,8 +141,8 @@ def hf_name(path: tuple[str, ...]) -> tuple[str, bool]:
         return f"embeddings.{module}.{suffix}", transpose
     if mods[0] == "pooler":
         return f"pooler.dense.{suffix}", transpose
-    if (m := re.fullmatch(r"layer_(\d+)", mods[0])) and tuple(mods[1:]) in _LAYER_MAP:
-        return f"encoder.layer.{m[1]}.{_LAYER_MAP[tuple(mods[1:])]}.{suffix}", transpose
+    if (m := re.fullmatch(r"layer_(\d+)", mods[0])) and tuple(mods[1:]) in ENCODER_LAYER:
+        return f"encoder.layer.{m[1]}.{ENCODER_LAYER[tuple(mods[1:])]}.{suffix}", transpose
     raise KeyError(f"No HF name for param {'/'.join(path)}")
 
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lora_jax.hf_names import GPT2_LAYER, GPT2_QKV, LLAMA_LAYER
 from lora_jax.lora import LORA_LEAVES, LoRAConfig
 from lora_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from lora_jax.models.llama import LlamaConfig, LlamaForCausalLM
@@ -37,26 +38,6 @@ _LEAF = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "we
 
 # (name, transform) of the HF tensor behind one of our params.
 Source = tuple[str, Callable[[np.ndarray], np.ndarray], str]
-
-_LLAMA_LAYER = {
-    ("attention_norm",): "input_layernorm",
-    ("attention", "q"): "self_attn.q_proj",
-    ("attention", "k"): "self_attn.k_proj",
-    ("attention", "v"): "self_attn.v_proj",
-    ("attention", "o"): "self_attn.o_proj",
-    ("ffn_norm",): "post_attention_layernorm",
-    ("ffn", "ffn_gate"): "mlp.gate_proj",
-    ("ffn", "ffn_in"): "mlp.up_proj",
-    ("ffn", "ffn_out"): "mlp.down_proj",
-}
-_GPT2_LAYER = {
-    ("ln_1",): "ln_1",
-    ("attention", "o"): "attn.c_proj",
-    ("ln_2",): "ln_2",
-    ("ffn", "ffn_in"): "mlp.c_fc",
-    ("ffn", "ffn_out"): "mlp.c_proj",
-}
-_QKV = {"q": 0, "k": 1, "v": 2}
 
 
 def _same(a: np.ndarray) -> np.ndarray:
@@ -79,8 +60,8 @@ def llama_source(path: tuple[str, ...]) -> Source:
         mods = mods[1:]
         if mods in (["embed_tokens"], ["norm"]):
             return f"model.{mods[0]}.{suffix}", fn, how
-        if (m := re.fullmatch(r"layer_(\d+)", mods[0])) and tuple(mods[1:]) in _LLAMA_LAYER:
-            return f"model.layers.{m[1]}.{_LLAMA_LAYER[tuple(mods[1:])]}.{suffix}", fn, how
+        if (m := re.fullmatch(r"layer_(\d+)", mods[0])) and tuple(mods[1:]) in LLAMA_LAYER:
+            return f"model.layers.{m[1]}.{LLAMA_LAYER[tuple(mods[1:])]}.{suffix}", fn, how
     raise KeyError(f"No HF name for param {'/'.join(path)}")
 
 
@@ -96,10 +77,10 @@ def gpt2_source(path: tuple[str, ...]) -> Source:
         return f"{mods[0]}.{suffix}", _same, "as is"
     if m := re.fullmatch(r"layer_(\d+)", mods[0]):
         sub = tuple(mods[1:])
-        if sub in _GPT2_LAYER:
-            return f"h.{m[1]}.{_GPT2_LAYER[sub]}.{suffix}", _same, "as is"
-        if len(sub) == 2 and sub[0] == "attention" and sub[1] in _QKV:
-            j = _QKV[sub[1]]
+        if sub in GPT2_LAYER:
+            return f"h.{m[1]}.{GPT2_LAYER[sub]}.{suffix}", _same, "as is"
+        if len(sub) == 2 and sub[0] == "attention" and sub[1] in GPT2_QKV:
+            j = GPT2_QKV[sub[1]]
 
             def part(a: np.ndarray, j: int = j) -> np.ndarray:
                 n = a.shape[-1] // 3
