@@ -10,7 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from lora_jax.analysis import DW_VS_W_KEYS, dw_vs_w, random_projection_norm, w_dw_phi_grid
+from lora_jax.analysis import (
+    DW_VS_W_KEYS,
+    dw_vs_w,
+    kernel_svd,
+    random_projection_norm,
+    w_dw_phi_grid,
+)
 
 
 def _unit(n, i):
@@ -141,3 +147,21 @@ def test_bad_arguments_raise():
         dw_vs_w(k, a, b, 1.0, jax.random.key(0), r=3)
     with pytest.raises(ValueError, match="kernel"):
         dw_vs_w(k.T, a, b, 1.0, jax.random.key(0))
+
+
+def test_shared_kernel_svd_gives_the_same_bits():
+    # The sweep analysis decomposes each W once for all its adapters; nothing may change.
+    rng = np.random.default_rng(6)
+    k = rng.standard_normal((48, 32)).astype(np.float32)
+    w_svd = kernel_svd(k)
+    for r in (1, 3, 8):
+        a, b = rng.standard_normal((48, r)), rng.standard_normal((r, 32))
+        key = jax.random.key(r)
+        assert dw_vs_w(k, a, b, 0.5, key, w_svd=w_svd) == dw_vs_w(k, a, b, 0.5, key)
+        for side in ("input", "output"):
+            np.testing.assert_array_equal(
+                w_dw_phi_grid(k, a, b, 0.5, side=side, w_svd=w_svd),
+                w_dw_phi_grid(k, a, b, 0.5, side=side),
+            )
+    with pytest.raises(ValueError, match="w_svd"):
+        dw_vs_w(k, a, b, 0.5, key, w_svd=kernel_svd(k.T))

@@ -9,7 +9,9 @@ each module docstring says how its orientation maps onto the paper's. Plots live
 # dW against the frozen W (Table 7, Fig. 8).
 from lora_jax.analysis.projection import (
     DW_VS_W_KEYS,
+    KernelSVD,
     dw_vs_w,
+    kernel_svd,
     random_projection_norm,
     w_dw_phi_grid,
 )
@@ -37,10 +39,12 @@ from lora_jax.analysis.spectrum import (
 __all__ = [
     "DW_VS_W_KEYS",
     "SUMMARY_KEYS",
+    "KernelSVD",
     "dw_svd",
     "dw_vs_w",
     "expected_random_phi",
     "input_subspace",
+    "kernel_svd",
     "output_subspace",
     "phi_grid_a",
     "phi_grid_b",

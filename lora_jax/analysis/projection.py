@@ -22,6 +22,7 @@ pretrained kernel, not the merged one. r defaults to the adapter rank, as in Tab
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +30,14 @@ import jax.numpy as jnp
 from lora_jax.analysis.similarity import _rank_mask, subspace_similarity
 from lora_jax.analysis.spectrum import _float, dw_svd
 
-__all__ = ["DW_VS_W_KEYS", "dw_vs_w", "random_projection_norm", "w_dw_phi_grid"]
+__all__ = [
+    "DW_VS_W_KEYS",
+    "KernelSVD",
+    "dw_vs_w",
+    "kernel_svd",
+    "random_projection_norm",
+    "w_dw_phi_grid",
+]
 
 DW_VS_W_KEYS = (
     "w_norm",
@@ -60,15 +68,52 @@ def random_projection_norm(kernel: jax.Array, key: jax.Array, r: int) -> jax.Arr
     return jnp.linalg.norm(p.T @ kernel @ q)
 
 
+class KernelSVD(NamedTuple):
+    """Thin SVD of a kernel K (in, out) = p @ diag(s) @ qt, s descending (`kernel_svd`)."""
+
+    p: jax.Array  # (in, k) input-side singular vectors, k = min(in, out)
+    s: jax.Array  # (k,)
+    qt: jax.Array  # (k, out): rows are the output-side singular vectors
+
+
+@jax.jit
+def kernel_svd(kernel: jax.Array) -> KernelSVD:
+    """W's thin SVD, computed once and passed to `dw_vs_w` / `w_dw_phi_grid` as `w_svd`.
+
+    Every adapter of every run on the same frozen W needs the same decomposition; a full SVD
+    costs far more than the rest of `dw_vs_w`. The results are the same bits either way:
+    both paths run this function.
+
+    Example:
+        >>> w_svd = kernel_svd(kernel)
+        >>> dw_vs_w(kernel, a, b, scale, key, w_svd=w_svd)  # == dw_vs_w(kernel, a, b, scale, key)
+    """
+    return KernelSVD(*jnp.linalg.svd(_float(kernel), full_matrices=False))
+
+
+def _checked_svd(kernel: jax.Array, w_svd: KernelSVD | None) -> KernelSVD:
+    if w_svd is None:
+        return kernel_svd(kernel)
+    w_svd = KernelSVD(*w_svd)
+    k = min(kernel.shape)
+    if w_svd.p.shape != (kernel.shape[0], k) or w_svd.qt.shape != (k, kernel.shape[1]):
+        raise ValueError(
+            f"w_svd has p {w_svd.p.shape}, qt {w_svd.qt.shape}; for kernel {kernel.shape} "
+            f"allowed: p {(kernel.shape[0], k)}, qt {(k, kernel.shape[1])}, i.e. "
+            "kernel_svd(kernel) of this very kernel."
+        )
+    return w_svd
+
+
 @partial(jax.jit, static_argnames="r")
-def _dw_vs_w(kernel, lora_a, lora_b, scale, key, r):
+def _dw_vs_w(kernel, w_svd, lora_a, lora_b, scale, key, r):
     kernel = _float(kernel)
     n_in, n_out = kernel.shape
     u, s, v = dw_svd(lora_a, lora_b, scale)
     dw_rank = jnp.sum(_rank_mask(s, (n_in, n_out), None))
     defined = dw_rank >= r  # dW's top-r directions all exist; otherwise some are arbitrary
     u, v = u[:, :r].astype(kernel.dtype), v[:, :r].astype(kernel.dtype)
-    pw, sw, qwt = jnp.linalg.svd(kernel, full_matrices=False)
+    pw, sw, qwt = w_svd
     proj_dw = jnp.linalg.norm(u.T @ kernel @ v)
     dw_norm = jnp.sqrt(jnp.sum(jnp.square(s)))
     nan = jnp.asarray(jnp.nan, kernel.dtype)
@@ -94,6 +139,7 @@ def dw_vs_w(
     scale: float,
     key: jax.Array,
     r: int | None = None,
+    w_svd: KernelSVD | None = None,
 ) -> dict[str, float]:
     """Table 7 numbers for one adapted matrix, as Python floats.
 
@@ -102,6 +148,8 @@ def dw_vs_w(
         lora_a: (in, rank). lora_b: (rank, out). scale: the LoRA scaling (dW = scale * a @ b).
         key: PRNG key for the random directions.
         r: number of directions (default: the adapter rank, capped at min(in, out)).
+        w_svd: `kernel_svd(kernel)`, to share one SVD of W between the adapters and runs
+            that adapt it (same numbers as without it; default: computed here).
 
     Returns:
         dict of floats:
@@ -130,11 +178,10 @@ def dw_vs_w(
     r = k_max if r is None else int(r)
     if not 1 <= r <= k_max:
         raise ValueError(f"r={r} is not valid; allowed: 1..{k_max} (min(in, out, adapter rank)).")
-    out = _dw_vs_w(kernel, lora_a, lora_b, scale, key, r)
+    out = _dw_vs_w(kernel, _checked_svd(kernel, w_svd), lora_a, lora_b, scale, key, r)
     return {"r": float(r), **{k: float(out[k]) for k in DW_VS_W_KEYS}}
 
 
-@partial(jax.jit, static_argnames=("side", "num_w", "rtol"))
 def w_dw_phi_grid(
     kernel: jax.Array,
     lora_a: jax.Array,
@@ -143,6 +190,7 @@ def w_dw_phi_grid(
     side: str = "input",
     num_w: int | None = None,
     rtol: float | None = None,
+    w_svd: KernelSVD | None = None,
 ) -> jax.Array:
     """Fig. 8: phi(i, j) between W's top-i and dW's top-j singular directions.
 
@@ -152,6 +200,7 @@ def w_dw_phi_grid(
         num_w: how many of W's directions (rows); default min(in, out).
         rtol: relative tolerance for numerically zero singular values (default
             max(in, out) * eps).
+        w_svd: `kernel_svd(kernel)`, shared between calls on the same W (default: computed).
 
     Returns:
         (num_w, k) grid, rows i = 1..num_w over W, columns j = 1..k over dW
@@ -159,8 +208,15 @@ def w_dw_phi_grid(
     """
     if side not in ("input", "output"):
         raise ValueError(f"side={side!r} is not valid; allowed: 'input', 'output'.")
+    kernel = jnp.asarray(kernel)
+    w_svd = _checked_svd(kernel, w_svd)
+    return _w_dw_phi_grid(kernel, w_svd, lora_a, lora_b, scale, side, num_w, rtol)
+
+
+@partial(jax.jit, static_argnames=("side", "num_w", "rtol"))
+def _w_dw_phi_grid(kernel, w_svd, lora_a, lora_b, scale, side, num_w, rtol):
     kernel = _float(kernel)
-    pw, sw, qwt = jnp.linalg.svd(kernel, full_matrices=False)
+    pw, sw, qwt = w_svd
     u, s, v = dw_svd(lora_a, lora_b, scale)
     w_basis = pw if side == "input" else qwt.T
     dw_basis = u if side == "input" else v
