@@ -55,7 +55,10 @@ HUB_IDS = {
     "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
 # Per family: target -> module inside a layer; GPT-2's q/k/v in our non-PEFT layout.
-_MODULES = {**TARGET_MODULES, "gpt2": TARGET_MODULES["gpt2"] | {t: f"attn.c_attn_{t}" for t in "qkv"}}
+_MODULES = {
+    **TARGET_MODULES,
+    "gpt2": TARGET_MODULES["gpt2"] | {t: f"attn.c_attn_{t}" for t in "qkv"},
+}
 _TARGETS = {f: {m: (t,) for t, m in mods.items()} for f, mods in _MODULES.items()}
 _TARGETS["gpt2"][GPT2_FUSED_QKV] = ("q", "k", "v")  # PEFT on the fused c_attn: one A, B split
 # `<layers>.<i>.<module>.lora_<A|B>.weight`, with the layer lists of the *For* and bare classes.
@@ -63,7 +66,12 @@ _KEY = re.compile(
     r"(?:(?P<root>bert|roberta|transformer|model)\.)?(?P<layers>encoder\.layer|layers|h)"
     r"\.(?P<layer>\d+)\.(?P<module>.+)\.lora_(?P<side>[AB])\.weight"
 )
-_FAMILIES_OF_LAYERS = {"encoder.layer": ("bert", "roberta"), "layers": ("llama",), "h": ("gpt2",)}
+# Layer list -> (families, the prefixes its *For* classes put before it).
+_FAMILIES_OF_LAYERS = {
+    "encoder.layer": (("bert", "roberta"), (None, "bert", "roberta")),
+    "layers": (("llama",), (None, "model")),
+    "h": (("gpt2",), (None, "transformer")),
+}
 _KNOWN = (
     "bert/roberta `[bert.|roberta.]encoder.layer.<i>.<m>` with <m> in "
     + ", ".join(TARGET_MODULES["bert"].values())
@@ -134,7 +142,11 @@ def _task(family: str, pretrained: Any, head: dict[str, np.ndarray]) -> str:
 
 def _classifier(family: str, head: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Our head as HF's `classifier` tensors (PEFT `modules_to_save`), Linear weights (out, in)."""
-    names = {"out": "classifier"} if family == "bert" else {"dense": "classifier.dense", "out": "classifier.out_proj"}
+    names = (
+        {"out": "classifier"}
+        if family == "bert"
+        else {"dense": "classifier.dense", "out": "classifier.out_proj"}
+    )
     out = {}
     for path, array in head.items():
         _, layer, leaf = path.split("/")
@@ -162,7 +174,7 @@ def export_adapter(out_dir: str | Path, trainable: dict, lora: LoRAConfig, pretr
     save_file(tensors, out_dir / ADAPTER_FILE, metadata={"format": "pt"})
     if head:
         save_file(head, out_dir / HEAD_FILE)
-    ranks = {t: lora.rank_pattern.get(t, lora.rank) for t in lora.targets}
+    ranks = {t: lora.rank_pattern.get(t, lora.rank) for t in lora.targets if t in modules}
     # PEFT knows alpha/r and alpha/sqrt(r) (use_rslora); a scale of 1 ("none") is alpha = r.
     none = lora.scaling == "none"
     config = {
@@ -174,10 +186,12 @@ def export_adapter(out_dir: str | Path, trainable: dict, lora: LoRAConfig, pretr
         "use_rslora": lora.scaling == "alpha_over_sqrt_r",
         "lora_dropout": lora.dropout,
         # PEFT matches these as suffixes of module names.
-        "target_modules": sorted(modules[t] for t in lora.targets),
+        "target_modules": sorted(modules[t] for t in ranks),
         "layers_to_transform": list(lora.layers) if lora.layers is not None else None,
         "rank_pattern": {modules[t]: r for t, r in ranks.items() if r != lora.rank},
-        "alpha_pattern": {modules[t]: float(r) for t, r in ranks.items() if none and r != lora.rank},
+        "alpha_pattern": {
+            modules[t]: float(r) for t, r in ranks.items() if none and r != lora.rank
+        },
         "modules_to_save": ["classifier"] if task == "SEQ_CLS" else None,
         "bias": "none",
         "fan_in_fan_out": family == "gpt2",  # GPT-2's Conv1D weights are (in, out)
@@ -248,8 +262,9 @@ def _check_config(where: Path, config: dict) -> None:
 
 
 def _family(root: str | None, layers: str, module: str, config: dict, ours: dict | None) -> str:
-    families = [f for f in _FAMILIES_OF_LAYERS.get(layers, ()) if module in _TARGETS[f]]
-    if not families:
+    families, roots = _FAMILIES_OF_LAYERS[layers]
+    families = [f for f in families if module in _TARGETS[f]]
+    if not families or root not in roots:
         return ""
     if root in ("bert", "roberta"):
         return root
@@ -311,6 +326,7 @@ def read_adapter(folder: str | Path) -> Adapter:
         raise ValueError(
             f"{folder / ADAPTER_FILE} mixes modules of {sorted(families)}; allowed: one family."
         )
+    family = next(iter(families), str((ours or {}).get("family", "")))
     factors, scales = {}, {}
     for (layer, module), ab in sorted(parts.items()):
         if len(ab) < 2:
@@ -323,7 +339,7 @@ def read_adapter(folder: str | Path) -> Adapter:
         a, b = ab["A"].T, ab["B"].T  # ours: (in, r), (r, out)
         rank = a.shape[1]
         scale = _scale(folder, config, ours, module_of[(layer, module)], rank)
-        targets = _TARGETS[families.copy().pop()][module]
+        targets = _TARGETS[family][module]
         width = b.shape[1] // len(targets)  # a fused c_attn: q, k, v share A, each its B slice
         for j, target in enumerate(targets):
             factors[(layer, target)] = (a, np.ascontiguousarray(b[:, j * width : (j + 1) * width]))
@@ -333,7 +349,7 @@ def read_adapter(folder: str | Path) -> Adapter:
         folder=folder,
         factors={k: factors[k] for k in order},
         scales={k: scales[k] for k in order},
-        family=families.pop() if families else str((ours or {}).get("family", "")),
+        family=family,
         base=str(config.get("base_model_name_or_path") or ""),
         model=ours.get("model") if ours else None,
         config=config,
@@ -382,11 +398,3 @@ def init_adapters(trainable: dict, adapter_dir: str | Path, lora: LoRAConfig | N
                 new = new if ratio == 1.0 else new * ratio
             flat[path] = np.asarray(new, dtype=leaf.dtype)
     return traverse_util.unflatten_dict(flat)
-
-
-def load_adapter(
-    adapter_dir: str | Path,
-) -> tuple[dict[tuple[int, str], tuple[np.ndarray, np.ndarray]], dict]:
-    """Deprecated: `read_adapter`'s (factors, config); kept until lora_jax.analysis moves."""
-    adapter = read_adapter(adapter_dir)
-    return adapter.factors, adapter.config

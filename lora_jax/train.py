@@ -264,7 +264,7 @@ def prepare_run(cfg: DictConfig, p: Plan, workdir: Path) -> RunSetup:
     labels = label_params(pre.params, trainable=head_rules, full_finetune=p.full_finetune)
     parts = split(pre.params, labels)
     if p.init_from is not None:
-        parts = parts._replace(trainable=init_adapters(parts.trainable, p.init_from))
+        parts = parts._replace(trainable=init_adapters(parts.trainable, p.init_from, p.lora))
     data = _data(
         cfg, p.task, pre.tokenizer, **(lm.loader_kwargs(cfg, pre) if p.task.is_generation else {})
     )

@@ -23,7 +23,7 @@ from safetensors.numpy import load_file
 from test_sweep_e2e import _run
 
 from lora_jax import fused, train
-from lora_jax.adapter_io import HEAD_FILE, load_adapter
+from lora_jax.adapter_io import HEAD_FILE, read_adapter
 from lora_jax.config import register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def runs(tmp_path_factory):
 
 
 def _adapter(run_dir: Path) -> dict:
-    adapters, _ = load_adapter(run_dir / "adapter")
+    adapters = read_adapter(run_dir / "adapter").factors
     head = load_file(run_dir / "adapter" / HEAD_FILE)
     return {**{f"{k}/{j}": v[j] for k, v in adapters.items() for j in (0, 1)}, **head}
 

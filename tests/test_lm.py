@@ -262,7 +262,7 @@ def test_real_e2e_asset_if_fetched():
 def test_decoder_adapter_export_round_trips(tmp_path, model, key, loadable):
     from safetensors.numpy import load_file
 
-    from lora_jax.adapter_io import export_adapter, load_adapter
+    from lora_jax.adapter_io import export_adapter, read_adapter
     from lora_jax.analysis.adapters import find_adapters
     from lora_jax.lora import LoRAConfig
     from lora_jax.models import load_decoder
@@ -273,9 +273,11 @@ def test_decoder_adapter_export_round_trips(tmp_path, model, key, loadable):
     export_adapter(tmp_path, params, lora, pre)
     tensors = load_file(tmp_path / "adapter_model.safetensors")
     assert key in tensors and tensors[key].shape[1] == 2  # lora_B (out, r), as PEFT
-    adapters, config = load_adapter(tmp_path)
+    adapter = read_adapter(tmp_path)
+    adapters, config = adapter.factors, adapter.config
     assert config["task_type"] == "CAUSAL_LM"
     assert config["lora_jax"]["peft_loadable"] is loadable
+    assert (adapter.family, adapter.model, adapter.base) == (model.split("_")[1], model, model)
     want = find_adapters(params)
     assert sorted(adapters) == sorted(want) and len(adapters) == 6
     for k, (a, b) in adapters.items():
