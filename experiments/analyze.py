@@ -1,23 +1,58 @@
-"""Re-run the rank analysis of a finished sweep from its saved adapters.
+"""Redo the rank analysis of a finished sweep from its files, or analyse any PEFT LoRA adapters.
 
     python -m experiments.analyze outputs/sweeps/<id>
+    python -m experiments.analyze --adapters A/ B/ [C/ ...] [--base minilm] [--out DIR]
 
-Rewrites sweep_summary.json, analysis.json, the PNG figures and report.md in that folder and
-prints the report's path.
+A sweep folder: rewrites sweep_summary.json, analysis.json, figures/ and the report
+(report.md, report.html) in that folder. Adapters (ours, or any PEFT LoRA adapter folders on
+one base): every adapter's spectra and dW vs W, and phi of A and of B for every pair, into
+--out (default outputs/analysis/<time>). W is read from the base checkpoint (--base: a
+registry name, hub id or path; default: what the adapters name). Prints the HTML report's
+path last.
 """
 
 import argparse
+import sys
+import time
+from pathlib import Path
 
-from lora_jax.sweep import finish_sweep
+from lora_jax.run_record import RunFolderError
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("sweep_dir", help="a folder made by experiments.sweep")
+    parser.add_argument("sweep_dir", nargs="?", help="a folder made by experiments.sweep")
+    parser.add_argument("--adapters", nargs="+", metavar="DIR", help="PEFT LoRA adapter folders")
+    parser.add_argument("--base", help="base model of --adapters: registry name, hub id or path")
+    parser.add_argument(
+        "--out", help="output folder of --adapters (default outputs/analysis/<time>)"
+    )
     args = parser.parse_args()
-    print(finish_sweep(args.sweep_dir).absolute())
+    if (args.sweep_dir is None) == (args.adapters is None):
+        parser.error("give a sweep folder or --adapters DIR [DIR ...], not both or neither")
+    if args.adapters is None and (args.base or args.out):
+        parser.error("--base and --out go with --adapters")
+    try:
+        if args.adapters is None:
+            from lora_jax.sweep import finish_sweep
+
+            html = finish_sweep(args.sweep_dir)
+        else:
+            from lora_jax.analysis.updates import analyze_adapters
+            from lora_jax.report import make_adapters_report
+            from lora_jax.sweep import adapter_base
+
+            out = Path(args.out or f"outputs/analysis/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+            analyze_adapters(args.adapters, out, adapter_base(args.base))
+            result = make_adapters_report(out)
+            print(result.markdown.absolute())
+            html = result.html
+    except (RunFolderError, ValueError, FileNotFoundError, KeyError) as err:
+        print(f"Error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(html.absolute())
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
     python -m experiments.report outputs/sweeps/<id> --paper table6   # or name them
     python -m experiments.report outputs/sweeps/<id> --out /tmp/rep --no-wandb
 
-Writes <sweep>/report/report.md (PNG links) and report.html (self-contained), builds the W&B
-Report of the sweep's group and saves it when W&B is online; prints the paths of report.md
-and report.html last.
+Writes <sweep>/report.md (PNG links to figures/) and report.html (self-contained), the same
+report the sweep's end writes, with the rank analysis of analysis.json; builds the W&B Report
+of the sweep's group and saves it when W&B is online; prints the path of report.html last.
 """
 
 import argparse
@@ -14,6 +14,7 @@ import sys
 
 from lora_jax import paper
 from lora_jax.report import ReportInputError, make_report
+from lora_jax.run_record import RunFolderError
 
 
 def main() -> None:
@@ -27,12 +28,12 @@ def main() -> None:
         metavar="ITEM",
         help=f"paper tables/figures to compare with (default: the runs' `paper` config); one of: {', '.join(paper.ITEMS)}",
     )
-    parser.add_argument("--out", help="output folder (default: <sweep_dir>/report)")
+    parser.add_argument("--out", help="output folder (default: the sweep folder)")
     parser.add_argument("--no-wandb", action="store_true", help="do not build the W&B Report")
     args = parser.parse_args()
     try:
         result = make_report(args.sweep_dir, args.paper, args.out, use_wandb=not args.no_wandb)
-    except ReportInputError as err:
+    except (ReportInputError, RunFolderError) as err:
         print(f"Error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     print(result.wandb_message)

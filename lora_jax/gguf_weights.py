@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -140,19 +141,25 @@ def hf_name_of(gguf_name: str) -> str:
     raise KeyError(f"GGUF tensor {gguf_name!r} has no HF Llama name (rope_freqs etc. unsupported).")
 
 
-def read_gguf(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+def read_gguf(
+    path: str | Path, names: Iterable[str] | None = None
+) -> tuple[dict, dict[str, np.ndarray]]:
     """`(HF config dict, {HF tensor name: float32 array in HF (out, in) layout})` of a GGUF file.
 
-    Every tensor is dequantized (`gguf.quants.dequantize`) and q/k rows are un-permuted.
+    Every tensor (or only those whose HF name is in `names`) is dequantized
+    (`gguf.quants.dequantize`) and q/k rows are un-permuted.
     """
     from gguf.quants import dequantize
 
     reader = _reader(path)
     config = gguf_hf_config(reader)
     heads = {"q": config["num_attention_heads"], "k": config["num_key_value_heads"]}
+    wanted = None if names is None else set(names)
     tensors: dict[str, np.ndarray] = {}
     for t in reader.tensors:
         name = hf_name_of(t.name)
+        if wanted is not None and name not in wanted:
+            continue
         # ggml lists dims fastest-first; numpy (and PyTorch's (out, in)) is the reverse.
         shape = tuple(int(n) for n in reversed(t.shape))
         w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)

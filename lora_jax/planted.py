@@ -7,7 +7,7 @@ validation error stops improving once r >= k, the learned dW has effective rank 
 and its top-k input directions span U (phi(k, k) near 1).
 
 The planted factors are saved as `planted.safetensors` in the run folder, so the sweep
-analysis can score the recovery.
+analysis can score the recovery (`RunRecord.planted_factors`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from lora_jax.lora import LoRAConfig, layer_index, parse_targets
 from lora_jax.objectives import Objective
-
-PLANTED_FILE = "planted.safetensors"
+from lora_jax.run_record import PLANTED_FILE
 
 
 def _orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -76,18 +75,6 @@ def plant(
 
 def save_factors(run_dir: str | Path, factors: dict[str, np.ndarray]) -> None:
     save_file(factors, Path(run_dir) / PLANTED_FILE)
-
-
-def load_factors(run_dir: str | Path) -> dict[tuple[int, str], dict[str, np.ndarray]] | None:
-    """{(layer, target): {"u", "s", "v"}} of a planted run, or None if the run planted nothing."""
-    path = Path(run_dir) / PLANTED_FILE
-    if not path.is_file():
-        return None
-    out: dict[tuple[int, str], dict[str, np.ndarray]] = {}
-    for key, value in load_file(path).items():
-        layer, target, part = key.split("/")
-        out.setdefault((int(layer.removeprefix("layer_")), target), {})[part] = value
-    return dict(sorted(out.items()))
 
 
 def objective(

@@ -2,8 +2,9 @@
 
 `SweepCallback` is a Hydra callback (`conf/sweep.yaml`). At the start of a multirun it
 composes every job's config and validates it (`train.plan`), so `rank=1,2,999` fails in
-seconds, not after two runs. At the end it writes `sweep_summary.json`, runs the rank
-analysis, writes `report.md` and prints its path as the last line.
+seconds, not after two runs. At the end (`finish_sweep`) it writes `sweep_summary.json`, runs
+the rank analysis over the run folders, writes the one report and prints the path of
+`report.html` as the last line.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from lora_jax.run_record import RunRecord, read_runs
+
+if TYPE_CHECKING:
+    from lora_jax.analysis.updates import Update
 
 
 def job_configs(config: DictConfig) -> Iterator[DictConfig]:
@@ -34,100 +40,66 @@ def job_configs(config: DictConfig) -> Iterator[DictConfig]:
             yield loader.load_sweep_config(config, list(job_overrides))
 
 
-def read_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One entry per finished run under `sweep_dir`: its overrides, folder and metrics."""
-    entries = []
-    for metrics_file in sorted(Path(sweep_dir).glob("*/metrics.json")):
-        run_dir = metrics_file.parent
-        metrics = json.loads(metrics_file.read_text())
-        if metrics.get("status") != "complete":
-            continue
-        overrides_file = run_dir / ".hydra" / "overrides.yaml"
-        overrides = (
-            OmegaConf.to_container(OmegaConf.load(overrides_file))
-            if overrides_file.exists()
-            else []
+def run_base(update: Update) -> Path:
+    """The checkpoint holding W for an analysed run: the kernels a random-init run saved, else
+    its model's checkpoint (a registry name or path; `models.checkpoint_path`)."""
+    from lora_jax import models
+    from lora_jax.base_kernels import BASE_KERNELS_FILE
+
+    saved = update.folder / BASE_KERNELS_FILE
+    if saved.is_file():
+        return saved
+    path = models.checkpoint_path(update.record.model)
+    if path is None:
+        raise FileNotFoundError(
+            f"{update.folder} was trained on the random-init model {update.record.model!r} and "
+            f"has no {BASE_KERNELS_FILE} (runs made before it existed); rerun that run."
         )
-        entries.append(
-            {
-                "run_dir": str(run_dir),
-                "name": run_dir.name,
-                "overrides": overrides,
-                "metrics": metrics,
-            }
-        )
-    return entries
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"  # None: not measured at that step (e.g. BLEU)
-
-
-def _results_table(entries: list[dict[str, Any]]) -> str:
-    head = "| run | rank | targets | seed | scaling | main metric | final | best (step) | trainable params |"
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
-
-    def key(e):
-        return (
-            e["metrics"]["full_finetune"],
-            ",".join(e["metrics"]["targets"]),
-            e["metrics"]["rank"],
-            e["metrics"]["seed"],
-        )
-
-    for e in sorted(entries, key=key):
-        m = e["metrics"]
-        main = m["main_metric"]
-        rank = "full FT" if m["full_finetune"] else m["rank"]
-        lines.append(
-            f"| {e['name']} | {rank} | {','.join(m['targets']) if m['rank'] else '-'} | {m['seed']} | "
-            f"{m['scaling']} | {main} | {m['final'][main]:.4f} | {_num(m['best'][main])} ({m['best']['step']}) | "
-            f"{m['trainable_params']:,} |"
-        )
-    return "\n".join(lines)
-
-
-def write_report(
-    sweep_dir: str | Path, entries: list[dict[str, Any]], sections: list[str] = ()
-) -> Path:
-    """`report.md` at the sweep root: the results table, then any extra sections."""
-    sweep_dir = Path(sweep_dir)
-    text = [
-        f"# lora_jax sweep `{sweep_dir.name}`",
-        "",
-        f"{len(entries)} finished runs.",
-        "",
-        "## Results",
-        "",
-        _results_table(entries),
-    ]
-    for section in sections:
-        text += ["", section]
-    path = sweep_dir / "report.md"
-    path.write_text("\n".join(text) + "\n")
     return path
 
 
-def _log_to_wandb(sweep_dir: Path, entries: list[dict[str, Any]]) -> None:
+def adapter_base(base: str | None = None) -> Callable[[Update], Path]:
+    """`base_of` for adapter folders: the checkpoint of `base` if given, else of the base the
+    adapter names (ours: the model it was trained from; a random-init one's saved kernels)."""
+    from lora_jax import models
+    from lora_jax.base_kernels import BASE_KERNELS_FILE
+
+    def base_of(update: Update) -> Path:
+        adapter = update.adapter
+        saved = adapter.folder.parent / BASE_KERNELS_FILE
+        if base is None and saved.is_file():
+            return saved
+        name = base or adapter.model or adapter.base
+        path = models.checkpoint_path(name)
+        if path is None:
+            raise FileNotFoundError(
+                f"{adapter.folder}: base {name!r} is a random-init model and no "
+                f"{BASE_KERNELS_FILE} lies beside the adapter; pass --base <checkpoint>."
+            )
+        return path
+
+    return base_of
+
+
+def _log_to_wandb(sweep_dir: Path, runs: list[RunRecord]) -> None:
     """An `analysis` run in the sweep's W&B group: the results table and every figure."""
     from lora_jax.tracking import Tracker
 
-    logger = OmegaConf.load(Path(entries[0]["run_dir"]) / "config.yaml").logger
+    logger = OmegaConf.create(runs[0].config.get("logger") or {"backend": "none"})
     if logger.backend == "none":
         return
     columns = ["run", "rank", "targets", "seed", "final", "best", "trainable_params"]
     rows = [
         [
-            e["name"],
-            m["rank"],
-            ",".join(m["targets"]),
-            m["seed"],
-            m["final"][m["main_metric"]],
-            m["best"][m["main_metric"]],
-            m["trainable_params"],
+            r.name,
+            r.rank,
+            ",".join(r.targets),
+            r.seed,
+            r.value("final"),
+            r.value("best"),
+            r.metrics["trainable_params"],
         ]
-        for e in entries
-        for m in [e["metrics"]]
+        for r in runs
     ]
     with Tracker(
         sweep_dir / "analysis_run",
@@ -144,29 +116,27 @@ def _log_to_wandb(sweep_dir: Path, entries: list[dict[str, Any]]) -> None:
         tracker.log_images({p.stem: p for p in sorted((sweep_dir / "figures").glob("*.png"))})
 
 
-def finish_sweep(sweep_dir: str | Path, analyze: bool = True) -> Path:
-    """Summarise a sweep folder (and analyse it): `sweep_summary.json` and `report.md`.
+def finish_sweep(sweep_dir: str | Path, analyze: bool = True, use_wandb: bool = True) -> Path:
+    """Summarise, analyse and report a sweep folder; return the path of `report.html`.
 
-    The summary and results table are written first, so a failing analysis loses nothing.
+    Writes `sweep_summary.json` first, so a failing analysis loses nothing, then
+    `analysis.json` + `figures/` (`lora_jax.analysis.updates.analyze_runs`), then the one report
+    (`report.md`, `report.html`, the W&B report when online) through `make_report`.
     """
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise FileNotFoundError(
-            f"sweep folder {sweep_dir} does not exist; pass a folder made by experiments.sweep."
-        )
-    entries = read_runs(sweep_dir)
-    if not entries:
-        raise FileNotFoundError(
-            f"{sweep_dir} holds no finished run (no */metrics.json with status complete)."
-        )
-    (sweep_dir / "sweep_summary.json").write_text(json.dumps(entries, indent=2))
-    report = write_report(sweep_dir, entries)
-    if analyze:
-        from lora_jax.analysis.sweep import analyze_sweep
+    from lora_jax.report import make_report
 
-        report = write_report(sweep_dir, entries, [analyze_sweep(sweep_dir, entries)])
-        _log_to_wandb(sweep_dir, entries)
-    return report
+    sweep_dir = Path(sweep_dir)
+    runs = read_runs(sweep_dir)
+    (sweep_dir / "sweep_summary.json").write_text(json.dumps([r.summary() for r in runs], indent=2))
+    if analyze:
+        from lora_jax.analysis.updates import analyze_runs
+
+        analyze_runs(sweep_dir, runs, run_base)
+        _log_to_wandb(sweep_dir, runs)
+    result = make_report(sweep_dir, use_wandb=use_wandb)
+    print(result.wandb_message)
+    print(result.markdown.absolute())
+    return result.html
 
 
 class SweepCallback(Callback):
@@ -194,4 +164,4 @@ class SweepCallback(Callback):
             # Hydra turns callback errors into warnings; a failed analysis must fail the sweep.
             traceback.print_exc()
             raise SystemExit(1) from None
-        print(report.absolute())
+        print(report.absolute())  # the last line a sweep prints: the HTML report

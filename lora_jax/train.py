@@ -25,6 +25,7 @@ from lora_jax import data as data_lib
 from lora_jax import lm, models, parallel, planted
 from lora_jax.adapter_io import adapter_folder, export_adapter, init_adapters
 from lora_jax.analysis.adapters import adapter_spectra
+from lora_jax.base_kernels import BASE_KERNELS_FILE, adapted_kernels, save_kernels
 from lora_jax.budget import budget_rank
 from lora_jax.checkpoint import Checkpointer
 from lora_jax.config import to_dict
@@ -340,6 +341,9 @@ def finish_run(
     """Export the adapter, log the summary and return the run's `metrics.json` record."""
     cfg, sizes = s.cfg, s.sizes
     export_adapter(workdir / "adapter", trainable, p.lora, s.pre)
+    if models.is_random(cfg.model.name) and not p.full_finetune:
+        # A random-init base has no checkpoint to read W from later: the analysis reads these.
+        save_kernels(workdir / BASE_KERNELS_FILE, adapted_kernels(s.pre.params))
     result = {
         "status": "complete",
         "final": final,

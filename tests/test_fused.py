@@ -193,7 +193,7 @@ def test_hydra_fused_sweep_end_to_end(runs, tmp_path):
     sweep_dir = tmp_path / "sw"
     args = [*FAST, "rank=1,4", "hydra/launcher=fused", f"hydra.sweep.dir={sweep_dir}"]
     proc = _run("experiments.sweep", *args, cwd=tmp_path)
-    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.md").absolute())
+    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.html").absolute())
     assert "fused: training 2 runs as one" in proc.stdout
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
     assert sorted(e["metrics"]["rank"] for e in summary) == [1, 4]

@@ -310,7 +310,7 @@ def lm_sweep(tmp_path_factory):
 
 def test_generation_sweep_writes_bleu_adapters_and_analysis(lm_sweep):
     sweep_dir, proc = lm_sweep
-    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.md").absolute())
+    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.html").absolute())
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
     assert sorted(e["metrics"]["rank"] for e in summary) == [1, 2]
     for entry in summary:

@@ -10,7 +10,7 @@ from flax import traverse_util
 
 from lora_jax import models, planted
 from lora_jax.analysis.adapters import find_adapters
-from lora_jax.analysis.sweep import planted_recovery
+from lora_jax.analysis.updates import planted_recovery
 from lora_jax.lora import LoRAConfig, lora_scale
 from lora_jax.partition import combine, label_params, split
 
@@ -73,7 +73,9 @@ def test_exact_adapters_reproduce_the_teacher_and_score_full_recovery(tiny):
         obj.metrics(np.asarray(obj.predict_fn(combine(exact, parts.frozen), b)), None)["gap_closed"]
         > 0.999
     )
-    rec = planted_recovery(find_adapters(exact), by_key, lora.alpha, lora.scaling)
+    adapters = find_adapters(exact)
+    scales = {k: lora_scale(a.shape[1], lora.alpha, lora.scaling) for k, (a, _) in adapters.items()}
+    rec = planted_recovery(adapters, scales, by_key)
     for r in rec.values():
         assert r["phi_input"] == pytest.approx(1.0, abs=1e-5) and r["phi_output"] == pytest.approx(
             1.0, abs=1e-5

@@ -19,9 +19,10 @@ from PIL import Image
 
 from experiments import report as report_cli
 from lora_jax import paper
-from lora_jax.report import ReportInputError, compare, group_cells, load_runs, make_report
+from lora_jax.report import ReportInputError, compare, group_cells, make_report
 from lora_jax.report.document import Table
 from lora_jax.report.format import fmt_stats
+from lora_jax.run_record import RunFolderError, read_runs
 
 RANKS = (1, 2, 4, 8)
 TARGETS = (("q",), ("q", "v"))
@@ -158,7 +159,7 @@ def offline(monkeypatch):
 def test_cells_group_every_axis_but_seed_and_aggregate(tmp_path):
     values = write_grid(tmp_path)
     write_run(tmp_path, "alpha=16", rank=4, targets=("q", "v"), alpha=16.0, best=0.5)
-    cells = group_cells(load_runs(tmp_path))
+    cells = group_cells(read_runs(tmp_path))
     # 2 target sets x 4 ranks, the head-only run, the alpha=16 run; the unfinished run is left out
     assert len(cells) == 2 * 4 + 2
     for cell in cells:
@@ -177,7 +178,7 @@ def test_cells_group_every_axis_but_seed_and_aggregate(tmp_path):
 def test_stats_on_hand_values(tmp_path):
     for seed, acc in enumerate((0.70, 0.74, 0.71)):
         write_run(tmp_path, f"seed={seed}", rank=2, seed=seed, best=acc, final=acc - 0.01)
-    (cell,) = group_cells(load_runs(tmp_path))
+    (cell,) = group_cells(read_runs(tmp_path))
     st = cell.stats("best")
     assert (st.n, st.median, st.min, st.max) == (3, 0.71, 0.70, 0.74)
     assert fmt_stats(st, "accuracy") == "71.00 [70.00–74.00] (n=3)"
@@ -190,7 +191,7 @@ def test_metric_measured_only_at_the_end_is_read_at_the_end(tmp_path):
     write_run(
         tmp_path, "b", rank=4, seed=1, main="bleu", task="e2e", best=30.0, final=30.0, evals=1
     )
-    (cell,) = group_cells(load_runs(tmp_path))
+    (cell,) = group_cells(read_runs(tmp_path))
     assert cell.end_only
     assert cell.stats("best").values == (31.3, 30.0) == cell.stats("final").values
 
@@ -201,7 +202,7 @@ def _row(table: Table, *labels: str) -> list[str]:
 
 def test_table6_layout_puts_paper_and_ours_in_the_right_cells(tmp_path):
     values = write_grid(tmp_path)
-    blocks = compare.table6(group_cells(load_runs(tmp_path)))
+    blocks = compare.table6(group_cells(read_runs(tmp_path)))
     (table,) = [b for b in blocks if isinstance(b, Table)]
     assert table.columns == ["weight type", "source", "r=1", "r=2", "r=4", "r=8", "r=64"]
     col = {c: i for i, c in enumerate(table.columns)}
@@ -224,18 +225,20 @@ def test_local_report_markdown_and_self_contained_html(tmp_path, offline):
     write_figures(sweep, ["phi_rank_r1_vs_r8", "phi_seed_s0_vs_s1"])
     (sweep / "analysis.json").write_text(json.dumps(_analysis(sweep)))
     result = make_report(sweep, ["table6", "fig3", "fig4", "table7"], use_wandb=False)
-    assert result.markdown == sweep / "report" / "report.md"
+    assert result.markdown == sweep / "report.md"
     md, page = result.markdown.read_text(), result.html.read_text()
-    assert "](metric_vs_rank.png)" in md and (sweep / "report" / "metric_vs_rank.png").exists()
-    assert "](../figures/phi_rank_r1_vs_r8.png)" in md
-    assert page.count('src="data:image/png;base64,') == 3  # our plot + two analysis figures
+    assert "](figures/metric_vs_rank.png)" in md
+    assert (sweep / "figures" / "metric_vs_rank.png").exists()
+    assert "](figures/phi_rank_r1_vs_r8.png)" in md
+    # our plot, the two analysis figures in "Rank analysis", and again beside Figs. 3 and 4
+    assert page.count('src="data:image/png;base64,') == 5
     assert 'src="http' not in page and "<script" not in page and "<link" not in page
     assert "<td>73.8</td>" in page  # tables rendered from the same data
     assert result.wandb_message == "W&B report skipped (--no-wandb)."
 
 
 def _analysis(sweep: Path) -> dict:
-    """analysis.json as `analyze_sweep` writes it, with known phi grids and Table 7 numbers."""
+    """analysis.json as `analyze_runs` writes it, with known phi grids and Table 7 numbers."""
 
     def run(name, rank, proj):
         return {
@@ -243,14 +246,22 @@ def _analysis(sweep: Path) -> dict:
             "rank": rank,
             "adapters": {
                 f"layer_{i}/{t}": {
+                    "rank": rank,
+                    "shape": [200, 200],
+                    "singular_values": [1.0] * rank,
+                    "stable_rank": 1.0,
+                    "effective_rank": float(rank),
+                    "energy_rank_90": rank,
+                    "energy_rank_99": rank,
                     "dw_vs_w": {
+                        "r": float(rank),
                         "proj_dw": proj[i],
                         "proj_w": 5.0,
                         "proj_random": 0.1,
                         "w_norm": 30.0,
                         "dw_norm": 2.0,
                         "amplification": 2.0 / proj[i],
-                    }
+                    },
                 }
                 for i in range(LAYERS)
                 for t in ("q", "v")
@@ -298,7 +309,7 @@ def _analysis(sweep: Path) -> dict:
 def test_analysis_tables_read_analysis_json(tmp_path):
     write_grid(tmp_path)
     (tmp_path / "analysis.json").write_text(json.dumps(_analysis(tmp_path)))
-    cells = group_cells(load_runs(tmp_path))
+    cells = group_cells(read_runs(tmp_path))
     from lora_jax.report import analysis_tables
 
     (t7,) = [b for b in analysis_tables.table7(cells, tmp_path) if isinstance(b, Table)]
@@ -424,13 +435,13 @@ def test_bad_input_fails_before_work(tmp_path, monkeypatch, capsys, case, args, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert all(e in err for e in expected), err
-    assert not (sweep / "report").exists()
+    assert not (sweep / "report.md").exists()
 
 
-def test_report_input_error_is_a_value_error(tmp_path):
-    with pytest.raises(ReportInputError, match="does not exist"):
+def test_report_input_errors_are_value_errors(tmp_path):
+    with pytest.raises(RunFolderError, match="does not exist"):
         make_report(tmp_path / "nope")
-    assert issubclass(ReportInputError, ValueError)
+    assert issubclass(ReportInputError, ValueError) and issubclass(RunFolderError, ValueError)
 
 
 def test_paper_numbers_match_their_sources():
@@ -461,7 +472,7 @@ def test_table5_table18_table2_layouts(tmp_path):
             tmp_path / "t5", "".join(targets), rank=rank, targets=targets, best=0.7 + rank / 100
         )
     (t5,) = [
-        b for b in compare.table5(group_cells(load_runs(tmp_path / "t5"))) if isinstance(b, Table)
+        b for b in compare.table5(group_cells(read_runs(tmp_path / "t5"))) if isinstance(b, Table)
     ]
     col = {c: i for i, c in enumerate(t5.columns)}
     assert _row(t5, "paper MultiNLI")[col["Wq,Wk,Wv,Wo"]] == "91.7"
@@ -484,7 +495,7 @@ def test_table5_table18_table2_layouts(tmp_path):
         m["best"]["loss"] = 1.5 - rank / 100
         (run / "metrics.json").write_text(json.dumps(m))
     (t18,) = [
-        b for b in compare.table18(group_cells(load_runs(tmp_path / "t18"))) if isinstance(b, Table)
+        b for b in compare.table18(group_cells(read_runs(tmp_path / "t18"))) if isinstance(b, Table)
     ]
     assert t18.columns[2:] == [f"r={r}" for r in paper.TABLE18_RANKS]
     col = {c: i for i, c in enumerate(t18.columns)}
@@ -497,7 +508,7 @@ def test_table5_table18_table2_layouts(tmp_path):
     write_run(tmp_path / "t2", "sst2", rank=8, task="glue_sst2", best=0.9)
     write_run(tmp_path / "t2", "mr", rank=8, task="mr", best=0.8)
     (t2,) = [
-        b for b in compare.table2(group_cells(load_runs(tmp_path / "t2"))) if isinstance(b, Table)
+        b for b in compare.table2(group_cells(read_runs(tmp_path / "t2"))) if isinstance(b, Table)
     ]
     assert _row(t2, "SST-2") == ["SST-2", "accuracy (%)", "95.1", "96.2", "90.00 (n=1)"]
     assert [r[0] for r in t2.rows].index("SST-2") + 1 == [r[0] for r in t2.rows].index(
@@ -512,7 +523,7 @@ def test_rank_pattern_is_an_axis(tmp_path):
     config = OmegaConf.load(run / "config.yaml")
     config.lora.rank_pattern = {"q": 8, "v": 2}
     OmegaConf.save(config, run / "config.yaml")
-    cells = group_cells(load_runs(tmp_path))
+    cells = group_cells(read_runs(tmp_path))
     assert len(cells) == 2
     assert {c.axes["lora.rank_pattern"] for c in cells} == {"{}", '{"q": 8, "v": 2}'}
 
@@ -526,5 +537,5 @@ def test_lookup_tables_and_bookkeeping_are_not_axes(tmp_path):
         config.hparams = {"roberta_base": table}
         config.trainer.progress = name == "a"
         OmegaConf.save(config, run / "config.yaml")
-    (cell,) = group_cells(load_runs(tmp_path))
+    (cell,) = group_cells(read_runs(tmp_path))
     assert cell.seeds == (0, 1)

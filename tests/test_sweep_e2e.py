@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def fast_sweep(tmp_path_factory):
 
 def test_sweep_writes_runs_summary_and_report(fast_sweep):
     sweep_dir, proc = fast_sweep
-    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.md").absolute())
+    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.html").absolute())
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
     assert sorted(e["metrics"]["rank"] for e in summary) == [1, 4]
     for entry in summary:
@@ -69,10 +70,8 @@ def test_sweep_writes_runs_summary_and_report(fast_sweep):
         assert (run_dir / "config.yaml").exists()
         assert f"rank={m['rank']}" in entry["overrides"]
     report = (sweep_dir / "report.md").read_text()
-    assert (
-        "| model=tiny_bert,rank=1 | 1 | q,v |" in report
-        and "| model=tiny_bert,rank=4 | 4 | q,v |" in report
-    )
+    assert "| rank | metric |" in report and "\n| 1 | accuracy (%) |" in report
+    assert not (sweep_dir / "report").exists()  # one report per sweep, at its root
     analysis = json.loads((sweep_dir / "analysis.json").read_text())
     (pair,) = analysis["rank_pairs"]
     assert pair["ranks"] == [1, 4]
@@ -82,12 +81,56 @@ def test_sweep_writes_runs_summary_and_report(fast_sweep):
     assert "## Rank analysis" in report and "r=1 vs r=4" in report
 
 
+def test_sweep_html_report_shows_the_rank_analysis(fast_sweep):
+    """The HTML page (what a researcher opens) has the results, phi heatmaps, spectra and Table 7."""
+    sweep_dir, _ = fast_sweep
+    page = _HTMLOutline()
+    page.feed((sweep_dir / "report.html").read_text())
+    assert {"Results by cell", "Rank analysis"} <= set(page.headings)
+    rank = page.sections["Rank analysis"]
+    assert any("phi(A r=1, A r=4" in c for c in rank["captions"])
+    assert any(c.startswith("dW spectra") for c in rank["captions"])
+    assert {"dW vs W (Table 7 style)", "Spectra and effective rank of dW"} <= set(rank["captions"])
+    assert rank["images"] >= 3 and all(
+        src.startswith("data:image/png;base64,") for src in page.srcs
+    )
+
+
+class _HTMLOutline(HTMLParser):
+    """Headings, and per <h2> section the images and the captions of figures and tables."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headings, self.sections, self.srcs = [], {}, []
+        self._tag, self._current = None, None
+
+    def handle_starttag(self, tag, attrs):
+        self._tag = tag
+        if tag == "img" and self._current:
+            self.sections[self._current]["images"] += 1
+            self.srcs.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        text = data.strip()
+        if not text:
+            return
+        if self._tag == "h2":
+            self.headings.append(text)
+            self._current = text
+            self.sections[text] = {"images": 0, "captions": []}
+        elif self._tag in ("figcaption", "caption") and self._current:
+            self.sections[self._current]["captions"].append(text)
+
+    def handle_endtag(self, tag):
+        self._tag = None
+
+
 def test_analyze_reproduces_the_analysis_from_saved_adapters(fast_sweep):
     sweep_dir, _ = fast_sweep
     before = json.loads((sweep_dir / "analysis.json").read_text())
     (sweep_dir / "analysis.json").unlink()
     proc = _run("experiments.analyze", str(sweep_dir), cwd=sweep_dir.parent)
-    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.md").absolute())
+    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.html").absolute())
     assert json.loads((sweep_dir / "analysis.json").read_text()) == before
     assert list((sweep_dir / "analysis_run").glob("wandb/offline-run-*/run-*.wandb"))
 
@@ -287,7 +330,7 @@ def test_joblib_launcher_and_seed_pairs(tmp_path):
         f"hydra.sweep.dir={sweep_dir}",
         cwd=tmp_path,
     )
-    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.md").absolute())
+    assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.html").absolute())
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
     assert sorted(e["metrics"]["seed"] for e in summary) == [0, 1]
     analysis = json.loads((sweep_dir / "analysis.json").read_text())

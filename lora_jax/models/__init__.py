@@ -40,9 +40,11 @@ __all__ = [
     "Pretrained",
     "check_lora",
     "check_name",
+    "checkpoint_path",
     "decoder_config",
     "get_spec",
     "is_decoder",
+    "is_random",
     "load_model",
     "load_pretrained",
     "resolve_folder",
@@ -269,6 +271,42 @@ def load_decoder(name_or_path, lora: LoRAConfig, **kwargs):
     from lora_jax.weights_decoder import load_decoder as _load
 
     return _load(name_or_path, lora, **kwargs)
+
+
+def is_random(name: str) -> bool:
+    """Whether `name` is a random-init registry model (no checkpoint file: tests' tiny models)."""
+    spec = MODELS.get(name) or DECODER_MODELS.get(name)
+    return spec is not None and spec.source == "random"
+
+
+def checkpoint_path(name_or_path: str) -> Path | None:
+    """The local checkpoint (HF folder or GGUF file) of a model: a registry name, the hub id of
+    a registry model (`sentence-transformers/all-MiniLM-L6-v2` is our pip copy of `minilm`), a
+    folder or file, or another hub id (downloaded). None for a random-init registry model.
+    """
+    from lora_jax.adapter_io import HUB_IDS
+
+    by_hub_id = {v: k for k, v in HUB_IDS.items()} | {
+        s.location: s.name
+        for s in (*MODELS.values(), *DECODER_MODELS.values())
+        if s.source == "hub"
+    }
+    name = by_hub_id.get(name_or_path, name_or_path)
+    if name in DECODER_MODELS:
+        return resolve_decoder(name)
+    if name in MODELS:
+        return resolve_folder(name)
+    if Path(name).exists():
+        return Path(name)
+    if name.count("/") != 1:
+        raise FileNotFoundError(
+            f"base {name_or_path!r} is not a registry name, a hub id or an existing path; "
+            f"allowed: {', '.join([*MODELS, *DECODER_MODELS])}, a HF folder, a .safetensors or "
+            ".gguf file, or a hub id such as FacebookAI/roberta-base (needs a network)."
+        )
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(name, allow_patterns=_HUB_PATTERNS))
 
 
 def is_decoder(name: str) -> bool:

@@ -4,26 +4,26 @@
 
 One module per job:
 
-- `runs`: the finished runs of a sweep folder and the value of their main metric;
+- `items`: the paper items to compare with (runs: `lora_jax.run_record`);
 - `cells`: runs grouped by every axis but the seed, summarised over seeds;
 - `setup`: our setup against the paper's (what compares: values or only trends);
+- `rank_analysis`: the rank analysis (`analysis.json`) as tables and figures;
 - `compare`, `analysis_tables`: the paper's tables and figures beside ours (`lora_jax.paper`);
 - `plots`: metric vs rank; `document`: the report as data, rendered as Markdown and HTML;
 - `wandb_report`: the same as a W&B Report (built offline, saved only online);
 - `build`: `make_report`, which ties them together.
 """
 
-from lora_jax.report.build import ReportResult, make_report
+from lora_jax.report.build import ReportResult, make_adapters_report, make_report
 from lora_jax.report.cells import Cell, Stats, group_cells
-from lora_jax.report.runs import ReportInputError, Run, load_runs
+from lora_jax.report.items import ReportInputError
 
 __all__ = [
     "Cell",
     "ReportInputError",
     "ReportResult",
-    "Run",
     "Stats",
     "group_cells",
-    "load_runs",
+    "make_adapters_report",
     "make_report",
 ]

@@ -1,22 +1,21 @@
 """The paper's Table 7 and Figures 3 and 4 beside the numbers of our rank analysis.
 
-They read `analysis.json` (written by `lora_jax.analysis.sweep.analyze_sweep` at the end of
+They read `analysis.json` (written by `lora_jax.analysis.updates.analyze_runs` at the end of
 every sweep) and reuse the heatmaps it drew under `figures/`; nothing is recomputed here.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from lora_jax import paper
 from lora_jax.report.cells import Cell
-from lora_jax.report.document import Block, Figure, Table
+from lora_jax.report.document import Block, Table
 from lora_jax.report.format import MISSING, fmt_values, paper_num
+from lora_jax.report.rank_analysis import figure, input_dim, load_analysis
 from lora_jax.report.setup import lora_cells, setup_lines, variant_label
 
 W = paper.weight_label
@@ -30,12 +29,6 @@ _TABLE7_ROWS = (
 )
 
 
-def load_analysis(sweep_dir: Path) -> dict[str, Any] | None:
-    """The sweep's `analysis.json`, or None when the analysis has not run."""
-    path = Path(sweep_dir) / "analysis.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def _missing(sweep_dir: Path) -> list[Block]:
     return [
         f"No `analysis.json` in this sweep folder: run `python -m experiments.analyze {sweep_dir}` "
@@ -43,38 +36,9 @@ def _missing(sweep_dir: Path) -> list[Block]:
     ]
 
 
-def _figure(sweep_dir: Path, recorded: str, caption: str) -> Figure | None:
-    """The PNG `analysis.json` recorded (its path may be relative to another working folder)."""
-    for path in (Path(sweep_dir) / "figures" / Path(recorded).name, Path(recorded)):
-        if path.exists():
-            return Figure(path, caption)
-    return None
-
-
 def _cell_of(cells: list[Cell], run_dir: str) -> Cell | None:
     name = Path(run_dir).name
     return next((c for c in cells if any(r.name == name for r in c.runs)), None)
-
-
-def _input_dims(run_dir: Path) -> dict[str, int]:
-    """{target: input dimension} from the exported adapter's safetensors header (no tensors read)."""
-    adapter = Path(run_dir) / "adapter"
-    try:
-        config = json.loads((adapter / "adapter_config.json").read_text())
-        with open(adapter / "adapter_model.safetensors", "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-    except (OSError, ValueError, struct.error):
-        return {}
-    modules, targets = (
-        config.get("target_modules", []),
-        config.get("lora_jax", {}).get("targets", []),
-    )
-    dims = {}
-    for module, target in zip(modules, targets, strict=False):
-        shapes = [v["shape"] for k, v in header.items() if f".{module}.lora_A" in k]
-        if shapes:
-            dims[target] = int(shapes[0][1])  # PEFT stores lora_A as (r, in)
-    return dims
 
 
 def table7(cells: list[Cell], sweep_dir: Path) -> list[Block]:
@@ -159,14 +123,14 @@ def fig3(cells: list[Cell], sweep_dir: Path) -> list[Block]:
         cell = _cell_of(cells, p["runs"][0])
         name = f"r={lo} vs r={hi}" + (f" ({label(cell)})" if cell and label(cell) else "")
         name += f", seed {seed}" if len(set(seeds)) > 1 else ""
-        dims = _input_dims(Path(sweep_dir) / Path(p["runs"][0]).name)
         for t in _targets(p["phi"]):
             vals = _phi11(p["phi"], t)
             above = sum(v > threshold for v in vals)
-            random = f"{1 / dims[t]:.4f}" if t in dims else MISSING
+            n = input_dim(analysis, t)
+            random = f"{1 / n:.4f}" if n else MISSING
             rows.append([name, W((t,)), fmt_values(vals, "phi"), f"{above} of {len(vals)}", random])
         if hi == top:
-            fig = _figure(sweep_dir, p["figure"], f"phi(A r={lo}, A r={hi}, i, j), {name}")
+            fig = figure(sweep_dir, p["figure"], f"phi(A r={lo}, A r={hi}, i, j), {name}")
             if fig:
                 figures.append(fig)
     columns = [
@@ -220,7 +184,7 @@ def fig4(cells: list[Cell], sweep_dir: Path) -> list[Block]:
             q, v = float(np.median(means["q"])), float(np.median(means["v"]))
             agrees = "as in the paper" if q > v else "unlike the paper"
             verdicts.append(f"{name}: median mean phi {q:.3f} for Wq vs {v:.3f} for Wv ({agrees}).")
-        fig = _figure(sweep_dir, p["figure"], f"phi across {name}, with a random Gaussian pair")
+        fig = figure(sweep_dir, p["figure"], f"phi across {name}, with a random Gaussian pair")
         if fig:
             figures.append(fig)
     columns = [

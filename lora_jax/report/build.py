@@ -1,8 +1,10 @@
-"""Assemble a sweep's report (cells, metric vs rank, the paper's tables) and write it.
+"""Assemble a sweep's report (cells, metric vs rank, the rank analysis, the paper's tables).
 
-`make_report` checks its input first (folder, finished runs, paper item names), then writes
-`report.md` and a self-contained `report.html` under `<sweep>/report/` (or `out`), and builds
-the W&B Report (saved only when W&B is online).
+`make_report` is the one report pipeline: the sweep's end and `experiments.report` both call
+it. It checks its input first (folder, finished runs, paper item names), then writes
+`report.md` and a self-contained `report.html` in the sweep folder (or `out`), and builds the
+W&B Report (saved only when W&B is online). `make_adapters_report` does the same for the
+analysis of `--adapters` folders (no runs: the rank analysis only).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from lora_jax.report import analysis_tables, compare, setup
 from lora_jax.report.cells import Cell, group_cells, varying_axes
 from lora_jax.report.document import Document, Figure, Section, Table, to_html, to_markdown
 from lora_jax.report.format import fmt_stats, num, scale, unit
+from lora_jax.report.items import check_paper_items, paper_items
 from lora_jax.report.plots import metric_vs_rank
-from lora_jax.report.runs import Run, check_paper_items, load_runs, paper_items
+from lora_jax.report.rank_analysis import load_analysis, rank_analysis
+from lora_jax.run_record import RunRecord, read_runs
 
+FIGURES_DIR = "figures"
 BUILDERS = {**compare.BUILDERS, **analysis_tables.BUILDERS}
 # Settings worth a line in the setup paragraph when every run shares them.
 _SETUP_KEYS = (
@@ -75,7 +80,7 @@ def cells_table(cells: list[Cell]) -> Table:
     return Table(columns, rows)
 
 
-def _setup(cells: list[Cell], runs: list[Run], items: list[str], source: str) -> list[str]:
+def _setup(cells: list[Cell], runs: list[RunRecord], items: list[str], source: str) -> list[str]:
     shared = {k: cells[0].axes.get(k) for k in _SETUP_KEYS if k not in varying_axes(cells)}
     common = ", ".join(f"{k}={v}" for k, v in shared.items() if v is not None)
     varying = ", ".join(varying_axes(cells)) or "none"
@@ -100,10 +105,15 @@ def _setup(cells: list[Cell], runs: list[Run], items: list[str], source: str) ->
 
 
 def build_document(
-    sweep_dir: Path, runs: list[Run], cells: list[Cell], items: list[str], out: Path, source: str
+    sweep_dir: Path,
+    runs: list[RunRecord],
+    cells: list[Cell],
+    items: list[str],
+    out: Path,
+    source: str,
 ) -> Document:
     """The report's content; draws the metric-vs-rank PNG into `out`."""
-    plot = metric_vs_rank(cells, out / "metric_vs_rank.png")
+    plot = metric_vs_rank(cells, out / FIGURES_DIR / "metric_vs_rank.png")
     sections = [
         Section("Setup", _setup(cells, runs, items, source)),
         Section(
@@ -115,6 +125,7 @@ def build_document(
                 ),
             ],
         ),
+        Section("Rank analysis", rank_analysis(sweep_dir)),
     ]
     for key in items:
         builder = BUILDERS[key]
@@ -135,28 +146,26 @@ def make_report(
         sweep_dir: a folder made by `python -m experiments.sweep`.
         paper_override: paper items to compare with (e.g. ["table6"]); default: the runs'
             `paper` config.
-        out: the output folder; default `<sweep_dir>/report`.
+        out: the output folder; default: the sweep folder (`report.md`, `report.html`).
         use_wandb: build (and, online, save) the W&B Report.
 
     Raises:
-        ReportInputError: missing folder, no finished run, or an unknown paper item.
+        RunFolderError: missing folder or no finished run.
+        ReportInputError: an unknown paper item.
     """
     sweep_dir = Path(sweep_dir)
     if paper_override:  # bad names fail before anything is read
         check_paper_items(
             [n for a in paper_override for n in a.split(",") if n.strip()], "from --paper"
         )
-    runs = load_runs(sweep_dir)
+    runs = read_runs(sweep_dir)
     items = paper_items(runs, paper_override)
     source = "from --paper" if paper_override else "from the runs' `paper` config"
-    out = Path(out) if out else sweep_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out) if out else sweep_dir
+    (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
     cells = group_cells(runs)
     doc = build_document(sweep_dir, runs, cells, items, out, source)
-    md, page = out / "report.md", out / "report.html"
-    md.write_text(to_markdown(doc, base=out))
-    page.write_text(to_html(doc))
-    result = ReportResult(md, page, items)
+    result = ReportResult(*_write(doc, out), items)
     if use_wandb:
         from lora_jax.report import wandb_report as wb
 
@@ -171,3 +180,40 @@ def make_report(
     else:
         result.wandb_message = "W&B report skipped (--no-wandb)."
     return result
+
+
+def _write(doc: Document, out: Path) -> tuple[Path, Path]:
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(to_markdown(doc, base=out))
+    page.write_text(to_html(doc))
+    return md, page
+
+
+def make_adapters_report(out: str | Path) -> ReportResult:
+    """`report.md` and `report.html` of an `--adapters` analysis (its `analysis.json` in `out`)."""
+    out = Path(out)
+    analysis = load_analysis(out)
+    if analysis is None or "adapters" not in analysis:
+        raise FileNotFoundError(
+            f"{out} holds no analysis.json of adapters; run the analysis first."
+        )
+    base = analysis["base"]
+    rows = [
+        [
+            name,
+            str(e["rank"]),
+            ", ".join(sorted({a.split("/")[1] for a in e["adapters"]})),
+            e["adapter_dir"],
+        ]
+        for name, e in analysis["adapters"].items()
+    ]
+    setup = [
+        f"{len(rows)} LoRA adapters on `{base['name']}` ({base['family']}); W read from "
+        f"`{base['checkpoint']}`.",
+        Table(["adapter", "r", "targets", "folder"], rows),
+    ]
+    doc = Document(
+        "lora_jax report: LoRA adapters",
+        [Section("Adapters", setup), Section("Rank analysis", rank_analysis(out))],
+    )
+    return ReportResult(*_write(doc, out), [], wandb_message="W&B report: not built for adapters.")

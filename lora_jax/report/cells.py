@@ -7,7 +7,7 @@ best epoch; a cell gives the median, min and max (and the per-seed values) of th
 metric at the best step and at the final step.
 
 Example:
-    >>> cells = group_cells(load_runs("outputs/sweeps/default"))  # doctest: +SKIP
+    >>> cells = group_cells(read_runs("outputs/sweeps/default"))  # doctest: +SKIP
     >>> cells[0].stats("best").median  # doctest: +SKIP
 """
 
@@ -19,72 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lora_jax.report.runs import Run
-
-# Config keys that are not experiment axes: the seed (aggregated over), paths, logging and
-# cadence settings that do not change what is learned, and keys that only repeat the
-# metrics.json fields used below.
-_IGNORED_KEYS = {
-    "seed",
-    "workdir",
-    "paper",
-    "rank",
-    "alpha",
-    "targets",
-    "scaling",
-    "model.name",
-    "data.task",
-    "lora.rank",
-    "lora.alpha",
-    "lora.scaling",
-    "lora.targets",
-    "lora.full_finetune",
-    "data.worker_count",
-    "data.eval_batch_size",
-    "trainer.progress",
-    "trainer.log_every",
-    "trainer.checkpoint_every",
-    "trainer.keep_checkpoints",
-    "trainer.spectrum_every",
-    "generate.batch_size",
-}
-# `hparams` is a lookup table that experiment files index; the values used land in their keys.
-_IGNORED_GROUPS = {"logger", "hydra", "hparams"}
-
-
-def _flatten(config: dict[str, Any]) -> dict[str, Any]:
-    """`group.key` for the config groups' fields; dict and list values (`lora.rank_pattern`,
-    `optim.lr_multipliers`) stay one value, so a run without them still has the key."""
-
-    def leaf(v: Any) -> Any:
-        return json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v
-
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        if isinstance(v, dict) and v:
-            out.update({f"{k}.{kk}": leaf(vv) for kk, vv in v.items()})
-        else:
-            out[k] = leaf(v)
-    return out
-
-
-def run_axes(run: Run) -> dict[str, Any]:
-    """Every axis of `run` except the seed: metrics.json fields first, then other config keys."""
-    m = run.metrics
-    axes: dict[str, Any] = {
-        "model": m["model"],
-        "task": m["task"],
-        "full_finetune": bool(m["full_finetune"]),
-        "rank": run.rank,
-        "targets": ",".join(run.targets),
-        "alpha": float(m["alpha"]),
-        "scaling": m["scaling"],
-    }
-    for key, value in _flatten(run.config).items():
-        if key in _IGNORED_KEYS or key.split(".")[0] in _IGNORED_GROUPS:
-            continue
-        axes[key] = value
-    return axes
+from lora_jax.run_record import RunRecord, shared_axes
 
 
 @dataclass(frozen=True)
@@ -116,12 +51,12 @@ class Cell:
     """The runs that share every axis but the seed.
 
     Attributes:
-        axes: the shared axis values (see `run_axes`).
+        axes: the shared axis values (`RunRecord.axes`).
         runs: the runs, sorted by seed.
     """
 
     axes: dict[str, Any]
-    runs: tuple[Run, ...]
+    runs: tuple[RunRecord, ...]
 
     @property
     def rank(self) -> int:
@@ -168,15 +103,10 @@ def _sort_key(cell: Cell) -> tuple:
     return (a["model"], a["task"], a["full_finetune"], a["targets"], a["rank"], str(sorted(a)))
 
 
-def group_cells(runs: list[Run]) -> list[Cell]:
+def group_cells(runs: list[RunRecord]) -> list[Cell]:
     """The cells of `runs` (every axis but the seed), sorted by model, task, targets, rank."""
-    all_axes = [run_axes(run) for run in runs]
-    # A config key that only some runs have was added by a later version of the code (older
-    # runs used its default then): not an axis, or old and new runs would never share a cell.
-    shared = set.intersection(*(set(a) for a in all_axes)) if all_axes else set()
-    groups: dict[str, tuple[dict[str, Any], list[Run]]] = {}
-    for run, axes in zip(runs, all_axes, strict=True):
-        axes = {k: v for k, v in axes.items() if k in shared}
+    groups: dict[str, tuple[dict[str, Any], list[RunRecord]]] = {}
+    for run, axes in zip(runs, shared_axes(runs), strict=True):
         key = json.dumps(axes, sort_keys=True, default=str)
         groups.setdefault(key, (axes, []))[1].append(run)
     cells = [

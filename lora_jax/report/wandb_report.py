@@ -26,7 +26,7 @@ from wandb_workspaces import expr
 
 from lora_jax.report.document import Document, Figure, table_markdown
 from lora_jax.report.document import Table as DocTable
-from lora_jax.report.runs import Run
+from lora_jax.run_record import RunRecord
 from lora_jax.tracking import wandb_mode
 
 SPECTRUM_SUMMARIES = ("effective_rank", "stable_rank", "energy_rank_90")
@@ -43,7 +43,7 @@ class WandbTarget:
     backend: str
 
 
-def wandb_target(runs: list[Run], sweep_dir: Path) -> WandbTarget:
+def wandb_target(runs: list[RunRecord], sweep_dir: Path) -> WandbTarget:
     """The logger settings of the sweep's runs; group = `logger.group` or the folder name."""
     logger = runs[0].config.get("logger") or {}
     return WandbTarget(
@@ -64,7 +64,7 @@ def media_keys(sweep_dir: Path) -> dict[str, list[str]]:
     }
 
 
-def spectrum_keys(runs: list[Run]) -> dict[tuple[str, str], list[str]]:
+def spectrum_keys(runs: list[RunRecord]) -> dict[tuple[str, str], list[str]]:
     """{(target, summary): [spectrum/layer_<i>/<target>/<summary>, ...]} from the runs' histories."""
     keys: set[str] = set()
     for run in runs:

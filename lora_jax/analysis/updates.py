@@ -1,0 +1,423 @@
+"""The rank analysis over files: LoRA updates from run folders or any PEFT adapter folders.
+
+An `Update` is one adapter (`adapter_io.read_adapter`: factors and per-matrix scales) and, for
+our runs, the `RunRecord` it came from. `analyze` measures
+
+- every update: the spectrum of each dW and its summaries, and dW against the frozen W
+  (Table 7), W read from the base checkpoint by tensor name (`base_kernels`);
+- every pair it is given: phi between the A factors (Fig. 3 for pairs that differ in rank,
+  Fig. 4 with a random baseline for pairs that differ in seed), and for adapter pairs
+  (`--adapters`) also between the B factors;
+
+and writes `analysis.json` (every number, with the folders it came from) and the PNG figures
+under `figures/`. No model is built: where each update's base checkpoint lies is the caller's
+knowledge (`base_of`), so this layer imports only the LoRA math and the file readers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from lora_jax.adapter_io import Adapter, read_adapter
+from lora_jax.analysis.projection import dw_vs_w, kernel_svd
+from lora_jax.analysis.similarity import (
+    expected_random_phi,
+    phi_grid_a,
+    phi_grid_b,
+    random_baseline,
+    subspace_similarity,
+)
+from lora_jax.analysis.spectrum import dw_svd, spectrum, summarize_spectrum
+from lora_jax.base_kernels import read_kernels
+from lora_jax.run_record import RunRecord, pairs_differing_in
+
+Key = tuple[int, str]  # (layer, target)
+ANALYSIS_FILE = "analysis.json"
+FIGURES_DIR = "figures"
+
+
+@dataclass(frozen=True)
+class Update:
+    """One LoRA update to analyse: an adapter and, for our runs, the run that trained it."""
+
+    name: str
+    adapter: Adapter
+    record: RunRecord | None = None
+
+    @property
+    def rank(self) -> int:
+        """The run's rank, or the largest rank of the adapter's matrices."""
+        if self.record is not None:
+            return self.record.rank
+        return max(a.shape[1] for a, _ in self.adapter.factors.values())
+
+    @property
+    def seed(self) -> int | None:
+        return None if self.record is None else self.record.seed
+
+    @property
+    def folder(self) -> Path:
+        return self.record.run_dir if self.record is not None else self.adapter.folder
+
+
+def from_runs(runs: Iterable[RunRecord]) -> list[Update]:
+    """The updates of the runs that exported a LoRA adapter (not rank 0, not full FT)."""
+    return [Update(r.name, read_adapter(r.adapter_dir), r) for r in runs if r.adapter_dir]
+
+
+def from_adapters(folders: Iterable[str | Path]) -> list[Update]:
+    """The updates of PEFT LoRA adapter folders (or run folders holding `adapter/`), checked to
+    be comparable: the same base model and the same adapted matrices.
+
+    Raises:
+        ValueError: two adapters differ in base or target set (names both folders), a
+            folder is given twice, or fewer than two folders.
+    """
+    adapters = [read_adapter(f) for f in folders]
+    if len(adapters) < 2:
+        raise ValueError(
+            f"--adapters got {len(adapters)} folder; allowed: two or more adapter folders to "
+            "compare (e.g. --adapters runA/adapter runB/adapter)."
+        )
+    first = adapters[0]
+    for other in adapters[1:]:
+        _check_comparable(first, other)
+    names = [
+        a.folder.parent.name if a.folder.name == "adapter" else a.folder.name for a in adapters
+    ]
+    if len(set(names)) < len(names):  # two folders of the same name: tell them apart
+        names = [str(a.folder) for a in adapters]
+    return [Update(n, a) for n, a in zip(names, adapters, strict=True)]
+
+
+def _check_comparable(a: Adapter, b: Adapter) -> None:
+    where = f"adapters {a.folder} and {b.folder}"
+    if (a.family, a.base) != (b.family, b.base):
+        raise ValueError(
+            f"{where} are on different bases: {a.base!r} ({a.family}) vs {b.base!r} "
+            f"({b.family}); allowed: adapters of one base model. Compare adapters trained on "
+            "the same base."
+        )
+    if set(a.factors) != set(b.factors):
+        only_a, only_b = (
+            sorted(set(a.factors) - set(b.factors)),
+            sorted(set(b.factors) - set(a.factors)),
+        )
+        raise ValueError(
+            f"{where} adapt different matrices: only the first has {_names(only_a)}, only the "
+            f"second {_names(only_b)}; allowed: the same targets and layers in both."
+        )
+
+
+def _names(keys: Iterable[Key]) -> str:
+    return ", ".join(_name(k) for k in keys) or "none"
+
+
+def _name(key: Key) -> str:
+    return f"layer_{key[0]}/{key[1]}"
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe, bounded form of an update's name (Hydra's override string)."""
+    if len(name) <= 48:
+        return name.replace("/", "_")
+    return f"{name[:32].replace('/', '_')}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def _json_grid(grid: Any) -> list:
+    return [
+        [None if not math.isfinite(x) else round(float(x), 6) for x in row]
+        for row in np.asarray(grid)
+    ]
+
+
+def _finite_or_none(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite_or_none(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+class _Bases:
+    """W and its SVD per (base checkpoint, family, matrix), each read and decomposed once."""
+
+    def __init__(self, base_of: Callable[[Update], Path]) -> None:
+        self.base_of = base_of
+        self.kernels: dict[tuple[Path, str], dict[Key, np.ndarray]] = {}
+        self.svds: dict[tuple[Path, Key], Any] = {}
+
+    def kernels_of(self, update: Update) -> tuple[Path, dict[Key, np.ndarray]]:
+        source, family = Path(self.base_of(update)), update.adapter.family
+        cached = self.kernels.setdefault((source, family), {})
+        missing = [k for k in update.adapter.factors if k not in cached]
+        if missing:
+            cached.update(read_kernels(source, family, missing))
+        return source, cached
+
+    def svd(self, source: Path, key: Key, kernel: np.ndarray) -> Any:
+        if (source, key) not in self.svds:
+            self.svds[(source, key)] = kernel_svd(kernel)
+        return self.svds[(source, key)]
+
+
+def measure(update: Update, bases: _Bases) -> dict[str, dict]:
+    """Spectra, their summaries and the Table 7 numbers of every matrix of one update."""
+    source, kernels = bases.kernels_of(update)
+    out = {}
+    for i, (key, (a, b)) in enumerate(update.adapter.factors.items()):
+        scale = update.adapter.scales[key]
+        s = spectrum(a, b, scale)
+        w = kernels[key]
+        out[_name(key)] = {
+            "rank": int(a.shape[1]),
+            "shape": [int(a.shape[0]), int(b.shape[1])],
+            "singular_values": [float(x) for x in s],
+            **{k: float(v) for k, v in summarize_spectrum(s, (a.shape[0], b.shape[1])).items()},
+            "dw_vs_w": dw_vs_w(w, a, b, scale, jax.random.key(i), w_svd=bases.svd(source, key, w)),
+        }
+    return out
+
+
+def phi_grids(lo: Update, hi: Update, side: str = "a") -> dict[str, np.ndarray]:
+    """phi grids of the matrices both adapt (A's input side or B's output side), ordered
+    target by target (a figure row each)."""
+    shared = sorted(set(lo.adapter.factors) & set(hi.adapter.factors), key=lambda k: (k[1], k[0]))
+    phi, index = (phi_grid_a, 0) if side == "a" else (phi_grid_b, 1)
+    return {
+        _name(k): np.asarray(phi(lo.adapter.factors[k][index], hi.adapter.factors[k][index]))
+        for k in shared
+    }
+
+
+def _layers_per_row(grids: dict) -> int:
+    return len({name.split("/")[0] for name in grids})
+
+
+def _rank_pair(lo: Update, hi: Update, fig_dir: Path) -> dict:
+    from lora_jax.analysis import plots
+
+    grids = phi_grids(lo, hi)
+    png = plots.phi_figure(
+        grids,
+        fig_dir / f"phi_rank_{_slug(lo.name)}_vs_r{hi.rank}.png",
+        xlabel=f"j (r={hi.rank})",
+        ylabel=f"i (r={lo.rank})",
+        suptitle=f"phi(A r={lo.rank}, A r={hi.rank}, i, j)",
+        ncols=_layers_per_row(grids),
+    )
+    return {
+        "runs": [str(lo.folder), str(hi.folder)],
+        "ranks": [lo.rank, hi.rank],
+        "phi": {k: _json_grid(g) for k, g in grids.items()},
+        "figure": png,
+    }
+
+
+def _seed_pair(a: Update, b: Update, fig_dir: Path) -> dict:
+    from lora_jax.analysis import plots
+
+    grids = phi_grids(a, b)
+    n, r1 = next(iter(a.adapter.factors.values()))[0].shape
+    r2 = next(iter(b.adapter.factors.values()))[0].shape[1]
+    baseline = np.asarray(random_baseline(jax.random.key(0), n, r1, r2))
+    png = plots.phi_figure(
+        {**grids, "random Gaussian": baseline},
+        fig_dir / f"phi_seed_{_slug(a.name)}_vs_s{b.seed}.png",
+        suptitle=f"phi across seeds {a.seed} and {b.seed} (r={r1})",
+        ncols=_layers_per_row(grids) + 1,
+    )
+    return {
+        "runs": [str(a.folder), str(b.folder)],
+        "seeds": [a.seed, b.seed],
+        "phi": {k: _json_grid(g) for k, g in grids.items()},
+        "random_baseline": _json_grid(baseline),
+        "expected_random_mean": float(expected_random_phi(n, r1, r2).mean()),
+        "figure": png,
+    }
+
+
+def _adapter_pair(a: Update, b: Update, fig_dir: Path) -> dict:
+    """Any two adapters: phi of A (input side) and of B (output side), a figure each."""
+    from lora_jax.analysis import plots
+
+    entry: dict[str, Any] = {"adapters": [str(a.folder), str(b.folder)], "ranks": [a.rank, b.rank]}
+    for side, label in (("a", "A, input side"), ("b", "B, output side")):
+        grids = phi_grids(a, b, side)
+        entry["phi" if side == "a" else "phi_b"] = {k: _json_grid(g) for k, g in grids.items()}
+        entry["figure" if side == "a" else "figure_b"] = plots.phi_figure(
+            grids,
+            fig_dir / f"phi_{side}_{_slug(a.name)}_vs_{_slug(b.name)}.png",
+            xlabel=f"j ({b.name}, r={b.rank})",
+            ylabel=f"i ({a.name}, r={a.rank})",
+            suptitle=f"phi({label}) of {a.name} vs {b.name}",
+            ncols=_layers_per_row(grids),
+        )
+    return entry
+
+
+def _spectra_figures(updates: list[Update], measured: dict, fig_dir: Path) -> dict[str, str]:
+    from lora_jax.analysis import plots
+
+    return {
+        u.name: plots.spectrum_plot(
+            {a: m["singular_values"] for a, m in measured[u.name].items()},
+            path=fig_dir / f"spectrum_{_slug(u.name)}.png",
+            title=f"dW spectra, {u.name}",
+        )
+        for u in updates
+    }
+
+
+def planted_recovery(
+    factors: dict[Key, tuple], scales: dict[Key, float], planted: dict[Key, dict]
+) -> dict:
+    """How well each learned dW recovers the planted one (see `lora_jax.planted`).
+
+    For k planted directions and a learned dW of rank r: phi(min(r, k), k) between dW's top
+    input (output) singular directions and the planted U (V): 1 = the planted subspace found.
+    """
+    out = {}
+    for key, f in planted.items():
+        if key not in factors:
+            continue
+        a, b = factors[key]
+        u, s, v = dw_svd(a, b, scales[key])
+        k, i = f["u"].shape[1], min(a.shape[1], f["u"].shape[1])
+        summary = summarize_spectrum(s, (a.shape[0], b.shape[1]))
+        out[_name(key)] = {
+            "k": k,
+            "phi_input": float(subspace_similarity(u, f["u"])[i - 1, k - 1]),
+            "phi_output": float(subspace_similarity(v, f["v"])[i - 1, k - 1]),
+            "effective_rank": float(summary["effective_rank"]),
+            "energy_rank_90": int(summary["energy_rank_90"]),
+            "energy_rank_99": int(summary["energy_rank_99"]),
+        }
+    return out
+
+
+def _planted_rows(updates: list[Update]) -> list[dict]:
+    rows = []
+    for u in updates:
+        planted = u.record.planted_factors() if u.record is not None else None
+        if planted is None:
+            continue
+        per = planted_recovery(u.adapter.factors, u.adapter.scales, planted)
+        rows.append(
+            {
+                "run": u.name,
+                "run_dir": str(u.folder),
+                "rank": u.rank,
+                "k": next(iter(per.values()))["k"],
+                "final": u.record.metrics["final"],
+                "adapters": per,
+                **{
+                    f"mean_{q}": float(np.mean([x[q] for x in per.values()]))
+                    for q in ("phi_input", "phi_output", "effective_rank", "energy_rank_90")
+                },
+            }
+        )
+    return sorted(rows, key=lambda r: r["rank"])
+
+
+def _measure_all(updates: list[Update], base_of: Callable[[Update], Path]) -> dict[str, dict]:
+    bases = _Bases(base_of)
+    return {u.name: measure(u, bases) for u in updates}
+
+
+def _write(out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    # NaN/inf (undefined directions, dW orthogonal to W) become null: strict JSON.
+    result = _finite_or_none(result)
+    (out_dir / ANALYSIS_FILE).write_text(json.dumps(result, indent=1, allow_nan=False))
+    return result
+
+
+def analyze_runs(
+    sweep_dir: str | Path, runs: list[RunRecord], base_of: Callable[[Update], Path]
+) -> dict[str, Any]:
+    """Analyse the LoRA runs of a sweep: every run, every pair of runs that differ only in
+    rank (Fig. 3) or only in seed (Fig. 4), planted-rank recovery where a run planted one.
+
+    Writes `<sweep_dir>/analysis.json` and `<sweep_dir>/figures/*.png`; returns the JSON.
+    """
+    sweep_dir = Path(sweep_dir)
+    fig_dir = sweep_dir / FIGURES_DIR
+    updates = from_runs(runs)
+    by_run = {u.record.run_dir: u for u in updates}
+    lora_runs = [u.record for u in updates]
+    measured = _measure_all(updates, base_of)
+    spectra = _spectra_figures(updates, measured, fig_dir)
+    result: dict[str, Any] = {
+        "sweep_dir": str(sweep_dir),
+        "runs": {
+            u.name: {
+                "run_dir": str(u.folder),
+                "rank": u.rank,
+                "adapters": measured[u.name],
+                "spectrum_figure": spectra[u.name],
+            }
+            for u in updates
+        },
+        "rank_pairs": [
+            _rank_pair(by_run[a.run_dir], by_run[b.run_dir], fig_dir)
+            for a, b in pairs_differing_in(lora_runs, "rank")
+        ],
+        "seed_pairs": [
+            _seed_pair(by_run[a.run_dir], by_run[b.run_dir], fig_dir)
+            for a, b in pairs_differing_in(lora_runs, "seed")
+        ],
+    }
+    planted = _planted_rows(updates)
+    if planted:
+        result["planted"] = planted
+    return _write(sweep_dir, result)
+
+
+def analyze_adapters(
+    folders: Iterable[str | Path], out_dir: str | Path, base_of: Callable[[Update], Path]
+) -> dict[str, Any]:
+    """Analyse any PEFT LoRA adapters on one base: each adapter, and every pair of them
+    (phi of A and of B). Writes `<out_dir>/analysis.json` and figures; returns the JSON.
+
+    Raises:
+        ValueError, FileNotFoundError: unreadable adapters, or two that are not comparable
+            (different bases or target sets; the message names both folders).
+    """
+    updates = from_adapters(folders)
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / FIGURES_DIR
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    measured = _measure_all(updates, base_of)
+    spectra = _spectra_figures(updates, measured, fig_dir)
+    first = updates[0].adapter
+    result = {
+        "adapters": {
+            u.name: {
+                "adapter_dir": str(u.adapter.folder),
+                "rank": u.rank,
+                "adapters": measured[u.name],
+                "spectrum_figure": spectra[u.name],
+            }
+            for u in updates
+        },
+        "base": {
+            "name": first.base,
+            "family": first.family,
+            "checkpoint": str(base_of(updates[0])),
+        },
+        "adapter_pairs": [
+            _adapter_pair(a, b, fig_dir) for i, a in enumerate(updates) for b in updates[i + 1 :]
+        ],
+    }
+    return _write(out_dir, result)

@@ -1,0 +1,161 @@
+"""The frozen kernels W that LoRA adapters were added to, read by tensor name from a checkpoint.
+
+The analysis needs W (dW vs W, Table 7) but never the model: for each adapted (layer, target)
+it reads that one tensor by its Hugging Face name (`lora_jax.hf_names`) from the base
+checkpoint, a HF folder (`model.safetensors` or shards), one `.safetensors` file or a GGUF
+file, and returns it in our (in, out) layout. A random-init base (the tiny test models) has no
+checkpoint: its run saves the adapted kernels as `base_kernels.safetensors` (`save_kernels`),
+read here the same way.
+
+Example:
+    >>> read_kernels(minilm_folder, "bert", [(0, "q"), (5, "v")])[(0, "q")].shape  # doctest: +SKIP
+    (384, 384)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from lora_jax.hf_names import GPT2_FUSED_QKV, GPT2_QKV, LAYERS, TARGET_MODULES
+from lora_jax.lora import layer_index
+
+Key = tuple[int, str]  # (layer, target)
+BASE_KERNELS_FILE = "base_kernels.safetensors"
+
+
+def _hf_tensor(family: str, key: Key) -> tuple[str, int | None]:
+    """The HF tensor name (no model-class prefix) behind an adapted kernel, and for GPT-2's
+    q/k/v the column slice of the fused `c_attn` it is."""
+    layer, target = key
+    if family not in LAYERS:
+        raise ValueError(f"family={family!r} is not supported; allowed: {', '.join(LAYERS)}.")
+    if family == "gpt2" and target in GPT2_QKV:
+        return f"h.{layer}.{GPT2_FUSED_QKV}.weight", GPT2_QKV[target]
+    modules = TARGET_MODULES[family]
+    if target not in modules:
+        raise ValueError(
+            f"target {target!r} has no {family} module; allowed: {', '.join(modules)}."
+        )
+    return f"{LAYERS[family]}.{layer}.{modules[target]}.weight", None
+
+
+def _our_layout(family: str, array: np.ndarray, part: int | None) -> np.ndarray:
+    """HF layout -> ours (in, out): Linear weights are (out, in); GPT-2's Conv1D are (in, out)."""
+    if family != "gpt2":
+        return array.T
+    if part is None:
+        return array
+    n = array.shape[1] // 3
+    return array[:, part * n : (part + 1) * n]
+
+
+def _safetensors_files(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    index = source / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [source / s for s in shards]
+    single = source / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise FileNotFoundError(
+        f"{source} holds no model.safetensors (or shards with model.safetensors.index.json); "
+        "allowed: a HF model folder, a .safetensors file or a .gguf file."
+    )
+
+
+def _match(names: Iterable[str], wanted: str) -> str | None:
+    """The checkpoint name that is `wanted` behind any prefix (`bert.`, `transformer.`...)."""
+    hits = [n for n in names if n == wanted or n.endswith("." + wanted)]
+    return min(hits, key=len) if hits else None
+
+
+def read_kernels(source: str | Path, family: str, keys: Iterable[Key]) -> dict[Key, np.ndarray]:
+    """{(layer, target): W (in, out) float32} for `keys`, read from the checkpoint at `source`.
+
+    Args:
+        source: a HF model folder, a `.safetensors` file, a `.gguf` file, or a run's
+            `base_kernels.safetensors` (our layout, from `save_kernels`).
+        family: bert, roberta, llama or gpt2 (how tensors are named and laid out).
+        keys: the adapted (layer, target) pairs.
+
+    Raises:
+        FileNotFoundError: `source` is missing or holds no weights.
+        KeyError: a kernel is not in the checkpoint (the message names it and the file).
+    """
+    source, keys = Path(source), list(keys)
+    if not source.exists():
+        raise FileNotFoundError(f"base checkpoint {source} does not exist.")
+    if source.name == BASE_KERNELS_FILE:
+        return _read_saved(source, keys)
+    wanted = {key: _hf_tensor(family, key) for key in keys}
+    if source.suffix == ".gguf":
+        from lora_jax.gguf_weights import read_gguf
+
+        _, tensors = read_gguf(source, {name for name, _ in wanted.values()})
+        found = {name: (lambda n=name: tensors[n]) for name in tensors}
+    else:
+        found = {}
+        for file in _safetensors_files(source):
+            with safe_open(file, framework="numpy") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
+                    found[name] = lambda file=file, name=name: _load(file, name)
+    out = {}
+    for key, (name, part) in wanted.items():
+        full = _match(found, name)
+        if full is None:
+            raise KeyError(
+                f"the base checkpoint {source} has no tensor {name!r} (layer {key[0]}, target "
+                f"{key[1]!r}); is it the base these adapters were trained on?"
+            )
+        out[key] = np.ascontiguousarray(_our_layout(family, found[full](), part), np.float32)
+    return out
+
+
+def _load(file: Path, name: str) -> np.ndarray:
+    with safe_open(file, framework="numpy") as f:
+        return f.get_tensor(name)
+
+
+def _read_saved(path: Path, keys: list[Key]) -> dict[Key, np.ndarray]:
+    out = {}
+    with safe_open(path, framework="numpy") as f:
+        names = set(f.keys())
+        for layer, target in keys:
+            name = f"layer_{layer}/{target}"
+            if name not in names:
+                raise KeyError(f"{path} has no kernel {name!r}; allowed: {sorted(names)}.")
+            out[(layer, target)] = f.get_tensor(name)
+    return out
+
+
+def adapted_kernels(params: Mapping[str, Any]) -> dict[Key, np.ndarray]:
+    """{(layer, target): kernel (in, out)} of every module in `params` that has a `lora_a`."""
+    flat = traverse_util.flatten_dict(dict(params))
+    return {
+        (layer_index(path), path[-2]): np.asarray(flat[(*path[:-1], "kernel")])
+        for path in flat
+        if path[-1] == "lora_a" and (*path[:-1], "kernel") in flat
+    }
+
+
+def save_kernels(path: str | Path, kernels: Mapping[Key, np.ndarray]) -> Path:
+    """Write `kernels` (our layout) for `read_kernels`: the base of a run without a checkpoint."""
+    path = Path(path)
+    save_file(
+        {
+            f"layer_{layer}/{target}": np.ascontiguousarray(w)
+            for (layer, target), w in kernels.items()
+        },
+        path,
+    )
+    return path
