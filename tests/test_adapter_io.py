@@ -307,3 +307,24 @@ def test_config_that_disagrees_with_the_tensors_is_refused(tmp_path: Path) -> No
     _edit_config(folder, layers_to_transform=[0])
     with pytest.raises(ValueError, match=r"is in layer 1, but layers_to_transform=\[0\]"):
         read_adapter(folder)
+
+
+def test_adapter_io_imports_only_lora_and_hf_names_of_ours() -> None:
+    """The analysis imports adapter_io: at module level it must not pull in the models."""
+    import ast
+
+    import lora_jax.adapter_io as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    ours = {
+        node.module
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lora_jax")
+    } | {
+        alias.name
+        for node in tree.body
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.name.startswith("lora_jax")
+    }
+    assert ours == {"lora_jax.lora", "lora_jax.hf_names"}
