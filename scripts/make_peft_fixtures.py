@@ -54,9 +54,7 @@ def _models() -> dict:
             t.RobertaConfig(hidden_size=16, max_position_embeddings=64, **SMALL),
             add_pooling_layer=False,
         ),
-        "llama": t.LlamaForCausalLM(
-            t.LlamaConfig(hidden_size=16, num_key_value_heads=2, **SMALL)
-        ),
+        "llama": t.LlamaForCausalLM(t.LlamaConfig(hidden_size=16, num_key_value_heads=2, **SMALL)),
         "gpt2": t.GPT2LMHeadModel(
             t.GPT2Config(n_embd=16, n_layer=2, n_head=4, n_positions=64, vocab_size=100)
         ),
@@ -161,7 +159,9 @@ def main() -> None:
         saved = json.loads((folder / "adapter_config.json").read_text())
         size = sum(f.stat().st_size for f in folder.iterdir())
         print(f"{folder.name}: {saved['peft_type']} {saved['task_type']}, {size} bytes")
-    print(f"peft {peft.__version__}, transformers {transformers.__version__}, torch {torch.__version__}")
+    print(
+        f"peft {peft.__version__}, transformers {transformers.__version__}, torch {torch.__version__}"
+    )
 
 
 if __name__ == "__main__":
