@@ -42,3 +42,20 @@ def test_spectrum_plot_log_scale_skips_zeros(tmp_path):
     assert ax.get_yscale() == "log"
     assert len(ax.lines[0].get_xdata()) == 3  # the zero singular value is not drawn
     plt.close(fig)
+
+
+def test_phi_figure_panels_keep_a_readable_size(tmp_path):
+    # One row of 6 layers per target, as the sweep analysis draws a rank pair; a last row with
+    # a missing panel; grids of different shapes (each panel then has its own tick labels).
+    open_before = set(plt.get_fignums())
+    rng = np.random.default_rng(2)
+    grids = {f"layer_{i}/{t}": rng.uniform(size=(4, 8)) for t in "qv" for i in range(6)}
+    grids["layer_0/q"][2:] = np.nan
+    path = phi_figure(grids, tmp_path / "pair.png", suptitle="phi(A r=4, A r=8, i, j)", ncols=6)
+    height, width = plt.imread(path).shape[:2]
+    assert width >= 6 * 200 and height >= 2 * 150, (width, height)  # >= ~2 x 1.5 in a panel
+    seeds = {**grids, "random Gaussian": rng.uniform(size=(4, 8))}
+    assert _is_png(phi_figure(seeds, tmp_path / "seeds.png", ncols=7))
+    mixed = {"r=8 vs 64": rng.uniform(size=(8, 64)), "r=1 vs 2": rng.uniform(size=(1, 2))}
+    assert _is_png(phi_figure(mixed, tmp_path / "mixed.png", suptitle="x," * 80))
+    assert set(plt.get_fignums()) == open_before  # every figure made here is closed

@@ -152,3 +152,54 @@ def test_matches_lora_delta_w_of_a_real_layer():
     np.testing.assert_allclose(np.asarray(spectrum(a, b, scale)), ref, rtol=0, atol=1e-5 * ref[0])
     init = spectrum_summary(a, params["lora_b"], scale)  # lora_b = 0 at init: dW = 0
     assert all(float(v) == 0.0 for v in init.values())
+
+
+def _summary_op_by_op(s, shape=None):
+    """summarize_spectrum as it was defined before issue 13: jnp, run eagerly op by op."""
+    s = jnp.sort(jnp.asarray(s, jnp.float32))[::-1]
+    energy = jnp.square(s)
+    total = jnp.sum(energy)
+    smax = s[0]
+    nonzero = smax > 0
+    safe_total = jnp.where(nonzero, total, 1.0)
+    stable_rank = jnp.where(nonzero, total / jnp.where(nonzero, jnp.square(smax), 1.0), 0.0)
+    p = s / jnp.where(nonzero, jnp.sum(s), 1.0)
+    plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
+    frac = jnp.cumsum(energy) / safe_total
+
+    def energy_rank(q):
+        k = jnp.minimum(jnp.sum(frac < q) + 1, s.shape[0])
+        return jnp.where(nonzero, k, 0).astype(s.dtype)
+
+    m, n = shape if shape is not None else (s.shape[0], s.shape[0])
+    return {
+        "frobenius": jnp.sqrt(total),
+        "spectral": smax,
+        "stable_rank": stable_rank,
+        "effective_rank": jnp.where(nonzero, jnp.exp(-jnp.sum(plogp)), 0.0),
+        "energy_rank_90": energy_rank(0.90),
+        "energy_rank_99": energy_rank(0.99),
+        "numerical_rank": jnp.sum(s > max(m, n) * float(jnp.finfo(s.dtype).eps) * smax).astype(
+            s.dtype
+        ),
+    }
+
+
+def test_summaries_of_concrete_spectra_keep_their_bits():
+    # Outside jit, summarize_spectrum runs the exact steps in numpy (fewer XLA compiles); the
+    # analysis.json numbers must stay those of the jnp definition run op by op.
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 3, 4, 7, 8, 16, 31, 64, 384):
+        for case in range(12):
+            s = np.abs(rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6)).astype(np.float32)
+            if case % 4 == 1:
+                s[n // 2 :] = 0.0  # rank-deficient dW
+            if case % 4 == 2:
+                s[:] = s[0]  # flat spectrum: ties
+            if case == 3:
+                s[:] = 0.0  # lora_b = 0
+            shape = (384, 768) if case % 2 else None
+            new, ref = summarize_spectrum(s, shape), _summary_op_by_op(s, shape)
+            for key in SUMMARY_KEYS:
+                assert np.asarray(new[key]).tobytes() == np.asarray(ref[key]).tobytes(), (n, key)
+                assert new[key].dtype == ref[key].dtype

@@ -3,6 +3,10 @@
 Each function draws on a given `ax`, or makes its own figure and saves it as PNG to `path`;
 it returns the Axes (or the saved path when it made the figure).
 
+The figures a sweep writes (`phi_figure`, `spectrum_plot`) are laid out by hand in inches:
+no constrained layout or `bbox_inches="tight"`, whose text measuring passes cost most of the
+time (a 12-panel figure took ~3 s), and one shared colorbar per phi figure.
+
 Example:
     >>> import numpy as np
     >>> phi_heatmap(np.eye(4), path="/tmp/phi.png", title="A (r=4) vs A (r=4)")
@@ -20,14 +24,23 @@ matplotlib.use("Agg")  # no display; must precede pyplot
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.collections import LineCollection
+from matplotlib.patches import Rectangle
 
 __all__ = ["phi_figure", "phi_heatmap", "spectrum_plot"]
 
+DPI = 100
+_CHAR_IN = 0.085  # width of an average character at 10 pt (DejaVu Sans), inches
+# phi_figure layout, inches: one panel's image, and the room around it.
+_PANEL_W, _PANEL_H = 2.3, 1.8
+_LEFT, _RIGHT, _BOTTOM = 0.65, 0.85, 0.5  # y labels / shared colorbar / x labels of the last row
+_TITLE_H, _LINE_H = 0.3, 0.22  # a panel title; one line of the figure title
 
-def _save(fig, path: str | Path) -> str:
+
+def _save(fig, path: str | Path, tight: bool = False) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return str(path)
 
@@ -36,6 +49,43 @@ def _ticks(n: int) -> np.ndarray:
     """At most ~8 integer tick positions among 1..n, 1-based."""
     step = max(1, int(np.ceil(n / 8)))
     return np.arange(1, n + 1, step)
+
+
+def _wrap(text: str, width_in: float) -> str:
+    """Break `text` into lines that fit `width_in` inches, after spaces or commas (run names
+    are Hydra override strings such as `rank=8,targets=qv,seed=0`)."""
+    limit = max(16, int(width_in / _CHAR_IN))
+    lines, line = [], ""
+    for token in text.replace(",", ",\0").replace(" ", " \0").split("\0"):
+        if line and len(line) + len(token) > limit:
+            lines.append(line.rstrip())
+            line = ""
+        line += token
+    return "\n".join([*lines, line.rstrip()])
+
+
+def _draw_phi(ax, grid: np.ndarray):
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    r1, r2 = grid.shape
+    im = ax.imshow(
+        np.ma.masked_invalid(grid),
+        cmap=cmap,
+        vmin=0.0,
+        vmax=1.0,
+        aspect="auto",
+        interpolation="nearest",
+        extent=(0.5, r2 + 0.5, r1 + 0.5, 0.5),
+    )
+    ax.set_xticks(_ticks(r2))
+    ax.set_yticks(_ticks(r1))
+    return im
+
+
+def _as_grid(grid) -> np.ndarray:
+    grid = np.asarray(grid, dtype=float)
+    if grid.ndim != 2:
+        raise ValueError(f"grid has shape {grid.shape}; allowed: a 2-D (r1, r2) phi grid.")
+    return grid
 
 
 def phi_heatmap(
@@ -60,27 +110,13 @@ def phi_heatmap(
     Returns:
         The saved path (str) when it saved a figure, else the Axes.
     """
-    grid = np.asarray(grid, dtype=float)
-    if grid.ndim != 2:
-        raise ValueError(f"grid has shape {grid.shape}; allowed: a 2-D (r1, r2) phi grid.")
+    grid = _as_grid(grid)
     own = ax is None
     if own:
         _, ax = plt.subplots(
             figsize=(1.2 + 0.25 * min(grid.shape[1], 32), 1.0 + 0.25 * min(grid.shape[0], 24))
         )
-    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-    r1, r2 = grid.shape
-    im = ax.imshow(
-        np.ma.masked_invalid(grid),
-        cmap=cmap,
-        vmin=0.0,
-        vmax=1.0,
-        aspect="auto",
-        interpolation="nearest",
-        extent=(0.5, r2 + 0.5, r1 + 0.5, 0.5),
-    )
-    ax.set_xticks(_ticks(r2))
-    ax.set_yticks(_ticks(r1))
+    im = _draw_phi(ax, grid)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -88,7 +124,7 @@ def phi_heatmap(
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if own and path is not None:
-        return _save(ax.figure, path)
+        return _save(ax.figure, path, tight=True)  # one panel: the tight bbox is cheap
     return ax
 
 
@@ -100,26 +136,80 @@ def phi_figure(
     suptitle: str = "",
     ncols: int | None = None,
 ) -> str:
-    """Heatmaps in a grid of `ncols` columns (default: one row), one colorbar each.
+    """Heatmaps in a grid of `ncols` columns (default: one row) and one 0..1 colorbar.
 
-    E.g. {"Wq": g, "Wv": g, "random": baseline}, or one panel per layer and target.
+    E.g. {"Wq": g, "Wv": g, "random": baseline}, or one panel per layer and target. When
+    every grid has the same shape, tick labels and axis labels are drawn on the outer panels
+    only (left column, bottom of each column).
+
+    The panels are images on one Axes whose data coordinates are the figure's inches, with
+    tick labels as plain text: an Axes per panel (ticks, spines, layout) cost ~5x more.
 
     Returns:
         The saved PNG path.
     """
     if not grids:
         raise ValueError("grids is empty; allowed: a mapping title -> (r1, r2) phi grid.")
-    ncols = min(ncols or len(grids), len(grids))
-    nrows = -(-len(grids) // ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(4.0 * ncols, 3.2 * nrows), squeeze=False, layout="constrained"
+    arrays = {title: _as_grid(g) for title, g in grids.items()}
+    n = len(arrays)
+    ncols = min(ncols or n, n)
+    nrows = -(-n // ncols)
+    shared = len({g.shape for g in arrays.values()}) == 1
+    gap_w = 0.25 if shared else _LEFT  # room for the next panel's y tick labels
+    gap_h = _TITLE_H + (0.1 if shared else _BOTTOM)
+    width = _LEFT + ncols * _PANEL_W + (ncols - 1) * gap_w + _RIGHT
+    title = _wrap(suptitle, width - 0.2) if suptitle else ""
+    top = _TITLE_H + (_LINE_H * (title.count("\n") + 1) + 0.1 if title else 0.0)
+    height = top + nrows * _PANEL_H + (nrows - 1) * gap_h + _BOTTOM
+    fig = plt.figure(figsize=(width, height), dpi=DPI)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_axis_off()
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    tick_segments, im = [], None
+    for index, (name, grid) in enumerate(arrays.items()):
+        row, col = divmod(index, ncols)
+        x0 = _LEFT + col * (_PANEL_W + gap_w)
+        y0 = top + row * (_PANEL_H + gap_h)  # top edge; y grows downwards (inches)
+        x1, y1 = x0 + _PANEL_W, y0 + _PANEL_H
+        r1, r2 = grid.shape
+        im = ax.imshow(
+            np.ma.masked_invalid(grid),
+            cmap=cmap,
+            vmin=0.0,
+            vmax=1.0,
+            aspect="auto",
+            interpolation="nearest",
+            extent=(x0, x1, y1, y0),  # row i = 1 at the top, as in the paper
+        )
+        ax.add_patch(Rectangle((x0, y0), _PANEL_W, _PANEL_H, fill=False, linewidth=0.8))
+        ax.text((x0 + x1) / 2, y0 - 0.06, name, ha="center", va="bottom")
+        if not shared or index + ncols >= n:  # no panel below this one
+            for j in _ticks(r2):
+                x = x0 + (j - 0.5) / r2 * _PANEL_W
+                tick_segments.append([(x, y1), (x, y1 + 0.05)])
+                ax.text(x, y1 + 0.07, str(j), ha="center", va="top", fontsize="small")
+            ax.text((x0 + x1) / 2, y1 + 0.27, xlabel, ha="center", va="top")
+        if not shared or col == 0:
+            for i in _ticks(r1):
+                y = y0 + (i - 0.5) / r1 * _PANEL_H
+                tick_segments.append([(x0 - 0.05, y), (x0, y)])
+                ax.text(x0 - 0.07, y, str(i), ha="right", va="center", fontsize="small")
+            ax.text(x0 - 0.4, (y0 + y1) / 2, ylabel, ha="center", va="center", rotation=90)
+    ax.add_collection(LineCollection(tick_segments, colors="black", linewidths=0.8))
+    ax.set_xlim(0.0, width)  # imshow and add_collection moved the limits
+    ax.set_ylim(height, 0.0)
+    grid_h = nrows * _PANEL_H + (nrows - 1) * gap_h
+    cax = fig.add_axes(
+        (
+            (width - _RIGHT + 0.15) / width,
+            (height - top - grid_h) / height,
+            0.12 / width,
+            grid_h / height,
+        )
     )
-    for ax in axes.flat[len(grids) :]:
-        ax.set_axis_off()
-    for ax, (title, grid) in zip(axes.flat, grids.items(), strict=False):
-        phi_heatmap(grid, ax=ax, title=title, xlabel=xlabel, ylabel=ylabel)
-    if suptitle:
-        fig.suptitle(suptitle)
+    fig.colorbar(im, cax=cax, label="phi")
+    if title:
+        fig.suptitle(title, y=1 - 0.1 / height, va="top")
     return _save(fig, path)
 
 
@@ -135,7 +225,8 @@ def spectrum_plot(
     Args:
         spectra: label -> singular values (any order; sorted descending here). Zeros are not
             drawn (log scale).
-        ax, path: as in `phi_heatmap`.
+        ax, path: as in `phi_heatmap`. A figure made here has its legend to the right of the
+            axes (it would hide the lines of a dozen adapters).
         normalize: divide each spectrum by its largest value.
 
     Returns:
@@ -143,7 +234,12 @@ def spectrum_plot(
     """
     own = ax is None
     if own:
-        _, ax = plt.subplots(figsize=(5.0, 3.5))
+        # Axes 4.2 x 3.0 in at (0.75, 0.55); the width grows below to fit the legend.
+        fig = plt.figure(figsize=(5.2, 4.0), dpi=DPI)
+        ax = fig.add_axes((0.75 / 5.2, 0.55 / 4.0, 4.2 / 5.2, 3.0 / 4.0))
+    if len(spectra) > 10:  # the default cycle repeats after 10 colours: 10 dark, 10 light
+        colors = plt.get_cmap("tab20").colors
+        ax.set_prop_cycle(color=colors[::2] + colors[1::2])
     for label, s in spectra.items():
         s = np.sort(np.asarray(s, dtype=float).ravel())[::-1]
         if normalize and s.size and s[0] > 0:
@@ -154,10 +250,29 @@ def spectrum_plot(
     ax.set_yscale("log")
     ax.set_xlabel("index k")
     ax.set_ylabel("s_k / s_1" if normalize else "singular value s_k of dW")
-    if title:
+    if title and own:
+        # A fixed y: the automatic title position measures every tick label of the Axes
+        # (half the time of this figure); nothing is drawn above the Axes here.
+        ax.set_title(_wrap(title, 4.2), y=1.0)
+    elif title:
         ax.set_title(title)
+    if not own:
+        if spectra:
+            ax.legend(fontsize="small")
+        return ax
+    fig = ax.figure
+    top = 0.45 + _LINE_H * ax.get_title().count("\n")
+    legend_w = 0.0
     if spectra:
-        ax.legend(fontsize="small")
-    if own and path is not None:
-        return _save(ax.figure, path)
+        ncol = -(-len(spectra) // 16)  # at most 16 entries a column
+        legend = ax.legend(
+            fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), ncols=ncol
+        )
+        # One text-measuring pass for the legend alone, instead of a tight bbox of the figure.
+        legend_w = legend.get_window_extent(fig.canvas.get_renderer()).width / DPI + 0.15
+    width, height = 0.75 + 4.2 + max(legend_w, 0.25), 0.55 + 3.0 + top
+    fig.set_size_inches(width, height)
+    ax.set_position((0.75 / width, 0.55 / height, 4.2 / width, 3.0 / height))
+    if path is not None:
+        return _save(fig, path)
     return ax
