@@ -49,11 +49,6 @@ CONFIG_FILE = "adapter_config.json"
 HEAD_FILE = "head.safetensors"
 OURS_FILE = "lora_jax.json"
 _ROOT = "base_model.model."
-# Hub ids of the registry models that we read from pip packages.
-HUB_IDS = {
-    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
-    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
-}
 # Per family: target -> module inside a layer; GPT-2's q/k/v in our non-PEFT layout.
 _MODULES = {
     **TARGET_MODULES,
@@ -116,20 +111,6 @@ def family_of(pretrained: Any) -> str:
     return family or ("gpt2" if type(pretrained.config).__name__ == "GPT2Config" else "llama")
 
 
-def base_model_name(source: str) -> str:
-    """`base_model_name_or_path` for a model we loaded from `source`: a hub id for registry
-    names (their `ModelSpec.location`), the absolute path of a folder or file, the registry
-    name of a random tiny model."""
-    from lora_jax import models  # lazily: the analysis imports this module, not the models
-
-    if source in HUB_IDS:
-        return HUB_IDS[source]
-    spec = models.MODELS.get(source) or models.DECODER_MODELS.get(source)
-    if spec is not None:
-        return spec.location if spec.source == "hub" else source
-    return str(Path(source).resolve())
-
-
 def _task(family: str, pretrained: Any, head: dict[str, np.ndarray]) -> str:
     if family in ("llama", "gpt2"):
         return "CAUSAL_LM"
@@ -155,7 +136,9 @@ def _classifier(family: str, head: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return out
 
 
-def export_adapter(out_dir: str | Path, trainable: dict, lora: LoRAConfig, pretrained: Any) -> Path:
+def export_adapter(
+    out_dir: str | Path, trainable: dict, lora: LoRAConfig, pretrained: Any, base: str | None = None
+) -> Path:
     """Write `trainable`'s adapters and head (see the module docstring); returns `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +163,8 @@ def export_adapter(out_dir: str | Path, trainable: dict, lora: LoRAConfig, pretr
     config = {
         "peft_type": "LORA",
         "task_type": task,
-        "base_model_name_or_path": base_model_name(str(pretrained.source)),
+        # What a PEFT user loads: a hub id or a path (`models.hub_id`); default the source.
+        "base_model_name_or_path": base or str(pretrained.source),
         "r": lora.rank,
         "lora_alpha": float(lora.rank) if none else float(lora.alpha),
         "use_rslora": lora.scaling == "alpha_over_sqrt_r",

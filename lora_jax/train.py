@@ -251,7 +251,8 @@ class RunSetup:
 
 def prepare_run(cfg: DictConfig, p: Plan, workdir: Path) -> RunSetup:
     """Load the model (LoRA and head initialised from `model_rng(cfg.seed)`), split it, build the
-    data, optimizer and objective, and write `workdir/config.yaml`."""
+    data, optimizer and objective, and write `workdir/config.yaml` (and, for a random-init base,
+    the adapted kernels W that the analysis reads: `base_kernels.safetensors`)."""
     pre = models.load_model(
         cfg.model.name,
         p.lora,
@@ -272,6 +273,9 @@ def prepare_run(cfg: DictConfig, p: Plan, workdir: Path) -> RunSetup:
     # config.yaml and W&B get what the run really uses: epochs as steps, a budget's rank.
     cfg = OmegaConf.merge(epochs_to_steps(cfg, data.train_size), {"lora": {"rank": p.lora.rank}})
     (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if models.is_random(cfg.model.name) and not p.full_finetune and p.lora.rank > 0:
+        # A random-init base has no checkpoint to read W from later: the analysis reads these.
+        save_kernels(workdir / BASE_KERNELS_FILE, adapted_kernels(pre.params))
     tx = _optimizer(cfg, split(labels, labels).trainable)
     opt_state = tx.init(parts.trainable)
     objective = _objective(cfg, p, pre, parts, data)
@@ -340,10 +344,7 @@ def finish_run(
 ) -> dict[str, Any]:
     """Export the adapter, log the summary and return the run's `metrics.json` record."""
     cfg, sizes = s.cfg, s.sizes
-    export_adapter(workdir / "adapter", trainable, p.lora, s.pre)
-    if models.is_random(cfg.model.name) and not p.full_finetune:
-        # A random-init base has no checkpoint to read W from later: the analysis reads these.
-        save_kernels(workdir / BASE_KERNELS_FILE, adapted_kernels(s.pre.params))
+    export_adapter(workdir / "adapter", trainable, p.lora, s.pre, models.hub_id(cfg.model.name))
     result = {
         "status": "complete",
         "final": final,

@@ -106,7 +106,7 @@ def test_mean_pooling_exports_feature_extraction_on_a_bare_model(tmp_path: Path)
     folder = tmp_path / "run" / "adapter"
     config = json.loads((folder / CONFIG_FILE).read_text())
     assert config["task_type"] == "FEATURE_EXTRACTION" and config["modules_to_save"] is None
-    assert config["base_model_name_or_path"] == str((tmp_path / "my_model").resolve())
+    assert config["base_model_name_or_path"] == str(tmp_path / "my_model")
     assert config["use_rslora"] and config["layers_to_transform"] == [1]
     keys = load_file(folder / ADAPTER_FILE)
     assert "base_model.model.encoder.layer.1.intermediate.dense.lora_B.weight" in keys

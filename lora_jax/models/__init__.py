@@ -43,6 +43,7 @@ __all__ = [
     "checkpoint_path",
     "decoder_config",
     "get_spec",
+    "hub_id",
     "is_decoder",
     "is_random",
     "load_model",
@@ -273,6 +274,25 @@ def load_decoder(name_or_path, lora: LoRAConfig, **kwargs):
     return _load(name_or_path, lora, **kwargs)
 
 
+# Hub ids of the registry models that we read from pip packages.
+_PIP_HUB_IDS = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+
+
+def hub_id(name_or_path: str) -> str:
+    """What an exported adapter names as `base_model_name_or_path`: the hub id of a registry
+    model (also of those we read from pip packages), the absolute path of a folder or file,
+    the registry name of a random tiny model."""
+    spec = MODELS.get(name_or_path) or DECODER_MODELS.get(name_or_path)
+    if spec is None:
+        return str(Path(name_or_path).resolve())
+    if spec.source == "random":
+        return spec.name
+    return _PIP_HUB_IDS[spec.name] if spec.source == "pip" else spec.location
+
+
 def is_random(name: str) -> bool:
     """Whether `name` is a random-init registry model (no checkpoint file: tests' tiny models)."""
     spec = MODELS.get(name) or DECODER_MODELS.get(name)
@@ -284,13 +304,7 @@ def checkpoint_path(name_or_path: str) -> Path | None:
     a registry model (`sentence-transformers/all-MiniLM-L6-v2` is our pip copy of `minilm`), a
     folder or file, or another hub id (downloaded). None for a random-init registry model.
     """
-    from lora_jax.adapter_io import HUB_IDS
-
-    by_hub_id = {v: k for k, v in HUB_IDS.items()} | {
-        s.location: s.name
-        for s in (*MODELS.values(), *DECODER_MODELS.values())
-        if s.source == "hub"
-    }
+    by_hub_id = {hub_id(s.name): s.name for s in (*MODELS.values(), *DECODER_MODELS.values())}
     name = by_hub_id.get(name_or_path, name_or_path)
     if name in DECODER_MODELS:
         return resolve_decoder(name)

@@ -1,0 +1,116 @@
+"""`python -m experiments.analyze --adapters`: LoRA adapters that PEFT itself saved on the real
+MiniLM (tests/fixtures/peft_minilm_*, scripts/make_peft_minilm_fixtures.py), checked against
+what PEFT and torch computed (spectra, norms) and against phi recomputed here in numpy; and
+pairs that cannot be compared, refused with both folders named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+from test_sweep_e2e import _run
+
+FIXTURES = Path(__file__).parent / "fixtures"
+R2, R4 = FIXTURES / "peft_minilm_r2", FIXTURES / "peft_minilm_r4"
+
+
+@pytest.fixture(scope="module")
+def minilm_pair(tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapters") / "analysis"
+    proc = _run(
+        "experiments.analyze", "--adapters", str(R2), str(R4), "--out", str(out), cwd=out.parent
+    )
+    return out, proc
+
+
+def _phi_numpy(a1: np.ndarray, a2: np.ndarray) -> np.ndarray:
+    """Eq. 4 from PEFT's lora_A (r, in): U = right singular vectors, spanning A's input space."""
+    u1 = np.linalg.svd(a1.astype(np.float64), full_matrices=False)[2].T
+    u2 = np.linalg.svd(a2.astype(np.float64), full_matrices=False)[2].T
+    m = (u1.T @ u2) ** 2
+    i, j = np.meshgrid(np.arange(1, m.shape[0] + 1), np.arange(1, m.shape[1] + 1), indexing="ij")
+    return np.cumsum(np.cumsum(m, 0), 1) / np.minimum(i, j)
+
+
+def test_peft_adapters_on_minilm_match_peft_and_numpy(minilm_pair):
+    out, proc = minilm_pair
+    assert proc.stdout.strip().splitlines()[-1] == str((out / "report.html").absolute())
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["base"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
+    for name, folder in (("peft_minilm_r2", R2), ("peft_minilm_r4", R4)):
+        expected = json.loads((folder / "expected.json").read_text())
+        measured = analysis["adapters"][name]["adapters"]
+        assert len(measured) == 12 == len(expected)  # q and v of six layers
+        for key, want in expected.items():
+            layer, target = key.split(".")
+            got = measured[f"layer_{layer}/{target}"]
+            np.testing.assert_allclose(got["singular_values"], want["singular_values"], rtol=1e-5)
+            assert got["dw_vs_w"]["dw_norm"] == pytest.approx(want["dw_norm"], rel=1e-5)
+            assert got["dw_vs_w"]["w_norm"] == pytest.approx(want["w_norm"], rel=1e-6)
+    (pair,) = analysis["adapter_pairs"]
+    assert pair["ranks"] == [2, 4] and sorted(pair["phi"]) == sorted(pair["phi_b"])
+    t2, t4 = (
+        load_file(R2 / "adapter_model.safetensors"),
+        load_file(R4 / "adapter_model.safetensors"),
+    )
+    for layer, module, target in ((0, "query", "q"), (5, "value", "v")):
+        key = f"base_model.model.encoder.layer.{layer}.attention.self.{module}.lora_A.weight"
+        want = _phi_numpy(t2[key], t4[key])
+        np.testing.assert_allclose(pair["phi"][f"layer_{layer}/{target}"], want, atol=2e-6)
+    assert Path(pair["figure"]).exists() and Path(pair["figure_b"]).exists()
+    html = (out / "report.html").read_text()
+    assert "Rank analysis" in html and html.count('src="data:image/png;base64,') == 4
+
+
+def _analyze_fails(tmp_path: Path, *folders: Path) -> str:
+    proc = _run(
+        "experiments.analyze",
+        "--adapters",
+        *map(str, folders),
+        "--out",
+        str(tmp_path / "o"),
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert not (tmp_path / "o" / "analysis.json").exists()
+    return proc.stderr
+
+
+def test_adapters_on_different_bases_are_refused(tmp_path):
+    err = _analyze_fails(tmp_path, R2, FIXTURES / "peft_bert")
+    assert "different bases" in err and str(R2) in err and str(FIXTURES / "peft_bert") in err
+    assert "tiny-random-bert" in err and "all-MiniLM-L6-v2" in err
+
+
+def test_adapters_on_different_matrices_are_refused(tmp_path):
+    only_q = tmp_path / "only_query"
+    shutil.copytree(R2, only_q)
+    tensors = load_file(R2 / "adapter_model.safetensors")
+    save_file(
+        {k: v for k, v in tensors.items() if ".query." in k}, only_q / "adapter_model.safetensors"
+    )
+    config = json.loads((R2 / "adapter_config.json").read_text())
+    (only_q / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["query"]}))
+    err = _analyze_fails(tmp_path, R4, only_q)
+    assert "adapt different matrices" in err and str(only_q) in err and "layer_0/v" in err
+
+
+def test_non_lora_adapters_are_refused(tmp_path):
+    err = _analyze_fails(tmp_path, R2, FIXTURES / "peft_loha")
+    assert "LOHA" in err and str(FIXTURES / "peft_loha") in err
+
+
+def test_base_names_resolve_to_local_checkpoints():
+    from lora_jax import models
+
+    assert models.hub_id("minilm") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert models.checkpoint_path(models.hub_id("minilm")) == models.minilm_folder()
+    assert models.checkpoint_path("smollm2").suffix == ".gguf"
+    assert models.checkpoint_path("tiny_bert") is None  # random init: runs save their W
+    with pytest.raises(FileNotFoundError, match="not a registry name, a hub id"):
+        models.checkpoint_path("no_such_model")

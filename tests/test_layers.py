@@ -1,0 +1,90 @@
+"""The import layering of DESIGN.md, stated as a test.
+
+The analysis reads files: it may import the LoRA math, the checkpoint and adapter readers and
+the run record, never training, models, data, planted tasks, sweeps or reports. The readers
+below it import only each other. Checked on the source (every import statement, module-level
+or inside a function) and on a fresh interpreter (what importing the analysis loads).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lora_jax"
+# The readers and the math the analysis may use; they import only among themselves.
+READERS = {
+    "lora_jax.lora",
+    "lora_jax.hf_names",
+    "lora_jax.base_kernels",
+    "lora_jax.adapter_io",
+    "lora_jax.run_record",
+    "lora_jax.gguf_weights",
+}
+# What adapter_io's export may look up lazily: the model registry (hub ids of registry names).
+LAZY_EXCEPTIONS = {"lora_jax.adapter_io": {"lora_jax.models"}}
+ABOVE_ANALYSIS = ("train", "models", "data", "planted", "sweep", "report", "fused", "weights")
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every `lora_jax.*` module that `path` imports, at any depth of the file."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in found if m.startswith("lora_jax.") and _is_module(m)}
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent / Path(*name.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def _files(sub: str = "") -> list[Path]:
+    return sorted((PACKAGE / sub).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _files("analysis"), ids=lambda p: p.name)
+def test_analysis_imports_only_the_math_and_the_readers(path):
+    bad = {m for m in _imports(path) if not m.startswith("lora_jax.analysis") and m not in READERS}
+    assert not bad, f"{path.name} imports {sorted(bad)}; allowed: {sorted(READERS)}"
+
+
+@pytest.mark.parametrize("module", sorted(READERS))
+def test_readers_import_only_each_other(module):
+    path = PACKAGE.parent / Path(*module.split(".")).with_suffix(".py")
+    allowed = READERS | LAZY_EXCEPTIONS.get(module, set())
+    bad = {m for m in _imports(path) if m not in allowed and m != module}
+    assert not bad, f"{module} imports {sorted(bad)}; allowed: {sorted(allowed)}"
+
+
+def test_importing_the_analysis_loads_nothing_above_it():
+    code = (
+        "import sys, lora_jax.analysis.updates; "
+        "print(' '.join(m for m in sys.modules if m.startswith('lora_jax')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = out.stdout.split()
+    above = [m for m in loaded if m.split(".")[1:2] and m.split(".")[1] in ABOVE_ANALYSIS]
+    assert not above, f"importing lora_jax.analysis.updates loads {above}"
+    assert "omegaconf" not in out.stdout and "hydra" not in out.stdout
+
+
+def test_public_face_reexports_the_verbs():
+    import lora_jax
+
+    assert set(lora_jax.__all__) <= set(dir(lora_jax))
+    for name in ("LoRADense", "LoRAConfig", "merge", "label_params", "split", "phi_grid_a"):
+        assert name in lora_jax.__all__
