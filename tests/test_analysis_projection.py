@@ -165,3 +165,12 @@ def test_shared_kernel_svd_gives_the_same_bits():
             )
     with pytest.raises(ValueError, match="w_svd"):
         dw_vs_w(k, a, b, 0.5, key, w_svd=kernel_svd(k.T))
+
+
+def test_kernel_svd_on_one_blas_thread_keeps_the_bits():
+    # kernel_svd runs LAPACK on one thread for kernels this size (speed); same bits as the
+    # library's default threading, as the SVD inside dw_vs_w's program had before.
+    k = np.random.default_rng(8).standard_normal((384, 256)).astype(np.float32)
+    default = jax.jit(lambda x: jax.numpy.linalg.svd(x, full_matrices=False))(k)
+    for got, want in zip(kernel_svd(k), default, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
