@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax.analysis.similarity import _rank_mask, subspace_similarity
-from lora_jax.analysis.spectrum import _float, dw_svd
+from lora_jax.analysis.spectrum import _float, _on_one_blas_thread, dw_svd
 
 __all__ = [
     "DW_VS_W_KEYS",
@@ -58,6 +58,7 @@ def _random_basis(key: jax.Array, n: int, r: int, dtype) -> jax.Array:
     return jnp.linalg.qr(jax.random.normal(key, (n, r), dtype), mode="reduced")[0]
 
 
+@_on_one_blas_thread
 @partial(jax.jit, static_argnames="r")
 def random_projection_norm(kernel: jax.Array, key: jax.Array, r: int) -> jax.Array:
     """||P^T K Q||_F for independent random orthonormal P (in, r), Q (out, r) drawn from `key`."""
@@ -76,10 +77,9 @@ class KernelSVD(NamedTuple):
     qt: jax.Array  # (k, out): rows are the output-side singular vectors
 
 
-# LAPACK (OpenBLAS, through jaxlib) splits an SVD this small over every core and then spends
-# more time synchronising its threads than computing: a 384 x 384 SVD took 0.1-0.2 s of CPU
-# with 2 threads on a busy 2-core machine, 0.02 s with one, with the same bits. Larger
-# kernels keep the library's own threading, where it pays.
+# One BLAS thread (see `spectrum._on_one_blas_thread`) measured 0.02 s of CPU for a 384 x 384
+# SVD against 0.1-0.2 s with 2 threads on a busy 2-core machine. Larger kernels keep the
+# library's own threading, where it may pay.
 _ONE_THREAD_MAX = 1024
 
 
@@ -95,12 +95,9 @@ def kernel_svd(kernel: jax.Array) -> KernelSVD:
         >>> dw_vs_w(kernel, a, b, scale, key, w_svd=w_svd)  # == dw_vs_w(kernel, a, b, scale, key)
     """
     kernel = jnp.asarray(kernel)
-    if isinstance(kernel, jax.core.Tracer) or max(kernel.shape) > _ONE_THREAD_MAX:
+    if max(kernel.shape) > _ONE_THREAD_MAX:
         return _kernel_svd(kernel)
-    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
-
-    with threadpool_limits(1, user_api="blas"):
-        return jax.block_until_ready(_kernel_svd(kernel))  # run it inside the limit
+    return _on_one_blas_thread(_kernel_svd)(kernel)
 
 
 @jax.jit
@@ -195,7 +192,8 @@ def dw_vs_w(
     r = k_max if r is None else int(r)
     if not 1 <= r <= k_max:
         raise ValueError(f"r={r} is not valid; allowed: 1..{k_max} (min(in, out, adapter rank)).")
-    out = _dw_vs_w(kernel, _checked_svd(kernel, w_svd), lora_a, lora_b, scale, key, r)
+    w_svd = _checked_svd(kernel, w_svd)
+    out = _on_one_blas_thread(_dw_vs_w)(kernel, w_svd, lora_a, lora_b, scale, key, r=r)
     return {"r": float(r), **{k: float(out[k]) for k in DW_VS_W_KEYS}}
 
 
@@ -227,7 +225,9 @@ def w_dw_phi_grid(
         raise ValueError(f"side={side!r} is not valid; allowed: 'input', 'output'.")
     kernel = jnp.asarray(kernel)
     w_svd = _checked_svd(kernel, w_svd)
-    return _w_dw_phi_grid(kernel, w_svd, lora_a, lora_b, scale, side, num_w, rtol)
+    return _on_one_blas_thread(_w_dw_phi_grid)(
+        kernel, w_svd, lora_a, lora_b, scale, side=side, num_w=num_w, rtol=rtol
+    )
 
 
 @partial(jax.jit, static_argnames=("side", "num_w", "rtol"))

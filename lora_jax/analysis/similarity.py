@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lora_jax.analysis.spectrum import _on_one_blas_thread
+
 __all__ = [
     "expected_random_phi",
     "input_subspace",
@@ -122,6 +124,7 @@ def _masked_grid(x1: jax.Array, x2: jax.Array, rtol: float | None) -> jax.Array:
     return jnp.where(ok1[:, None] & ok2[None, :], grid, jnp.nan)
 
 
+@_on_one_blas_thread
 @jax.jit(static_argnames="rtol")
 def phi_grid_a(a1: jax.Array, a2: jax.Array, rtol: float | None = None) -> jax.Array:
     """Fig. 3/4 grid for two `lora_a` factors (in, r1) and (in, r2): input-side similarity.
@@ -134,6 +137,7 @@ def phi_grid_a(a1: jax.Array, a2: jax.Array, rtol: float | None = None) -> jax.A
     return _masked_grid(a1, a2, rtol)
 
 
+@_on_one_blas_thread
 @jax.jit(static_argnames="rtol")
 def phi_grid_b(b1: jax.Array, b2: jax.Array, rtol: float | None = None) -> jax.Array:
     """The same grid for two `lora_b` factors (r1, out) and (r2, out): output-side similarity.
@@ -146,6 +150,7 @@ def phi_grid_b(b1: jax.Array, b2: jax.Array, rtol: float | None = None) -> jax.A
     return _masked_grid(b1.T, b2.T, rtol)
 
 
+@_on_one_blas_thread
 @jax.jit(static_argnames=("n", "r1", "r2"))
 def random_baseline(key: jax.Array, n: int, r1: int, r2: int) -> jax.Array:
     """phi grid between two independent Gaussian (n, r1) and (n, r2) matrices (Fig. 4, right).

@@ -31,6 +31,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,6 +57,30 @@ def _float(x: jax.Array) -> jax.Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+F = TypeVar("F", bound=Callable)
+
+
+def _on_one_blas_thread(fn: F) -> F:
+    """Run the jitted `fn` to completion with BLAS/LAPACK on one thread (traced calls: as is).
+
+    XLA:CPU hands QR and SVD to LAPACK (OpenBLAS, through jaxlib), which splits these small
+    problems over every core and then spends more time synchronising its threads than
+    computing: on a busy 2-core machine the Table 6 analysis took 45 s of CPU, 27 s on one
+    thread, with the same bits (benchmarks/analysis_speed.py compares every number).
+    """
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+            return fn(*args, **kwargs)
+        from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+        with threadpool_limits(1, user_api="blas"):
+            return jax.block_until_ready(fn(*args, **kwargs))  # finish inside the limit
+
+    return run  # type: ignore[return-value]
+
+
 def _check(lora_a: jax.Array, lora_b: jax.Array) -> None:
     if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_a.shape[1] != lora_b.shape[0]:
         raise ValueError(
@@ -61,6 +89,7 @@ def _check(lora_a: jax.Array, lora_b: jax.Array) -> None:
         )
 
 
+@_on_one_blas_thread
 @jax.jit
 def dw_svd(
     lora_a: jax.Array, lora_b: jax.Array, scale: float | jax.Array = 1.0
@@ -86,6 +115,7 @@ def dw_svd(
     return qa @ uc, s, qb @ vct.T
 
 
+@_on_one_blas_thread
 @jax.jit
 def spectrum(lora_a: jax.Array, lora_b: jax.Array, scale: float | jax.Array = 1.0) -> jax.Array:
     """Singular values (descending, length min(in, out, r)) of dW = scale * lora_a @ lora_b."""
