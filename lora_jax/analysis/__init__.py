@@ -6,6 +6,23 @@ each module docstring says how its orientation maps onto the paper's. Plots live
 `lora_jax.analysis.plots` (imported on demand: it pulls in matplotlib).
 """
 
+# Dense updates W_ft - W_0 (full fine-tuning): spectrum, truncation, phi against LoRA's.
+from lora_jax.analysis.full_update import (
+    energy_ranks,
+    random_like,
+    truncate,
+    update_phi,
+    update_svd,
+)
+
+# Intruder dimensions (Shuttleworth et al. 2024) and their mitigation.
+from lora_jax.analysis.intruders import (
+    count_intruders,
+    intruder_cosines,
+    intruder_curve,
+    scale_intruders,
+)
+
 # dW against the frozen W (Table 7, Fig. 8).
 from lora_jax.analysis.projection import (
     DW_VS_W_KEYS,
@@ -40,19 +57,28 @@ __all__ = [
     "DW_VS_W_KEYS",
     "SUMMARY_KEYS",
     "KernelSVD",
+    "count_intruders",
     "dw_svd",
     "dw_vs_w",
+    "energy_ranks",
     "expected_random_phi",
     "input_subspace",
+    "intruder_cosines",
+    "intruder_curve",
     "kernel_svd",
     "output_subspace",
     "phi_grid_a",
     "phi_grid_b",
     "random_baseline",
+    "random_like",
     "random_projection_norm",
+    "scale_intruders",
     "spectrum",
     "spectrum_summary",
     "subspace_similarity",
     "summarize_spectrum",
+    "truncate",
+    "update_phi",
+    "update_svd",
     "w_dw_phi_grid",
 ]
