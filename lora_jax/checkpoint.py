@@ -2,11 +2,15 @@
 
 The frozen base is never saved: it comes back from the pretrained checkpoint. Saves are
 synchronous, so every checkpoint is complete before the process can exit (an async save
-lost at exit is a known Orbax pitfall).
+lost at exit is a known Orbax pitfall). A step that cannot be restored (an empty or partial
+step folder, truncated or garbled state or metadata) is moved to `<dir>_damaged/` with a
+warning, and the next newest is restored instead.
 """
 
 from __future__ import annotations
 
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +23,11 @@ class Checkpointer:
     """Save and restore array state, JSON metadata and a Grain iterator's position together."""
 
     def __init__(self, directory: str | Path, keep: int = 2) -> None:
-        options = ocp.CheckpointManagerOptions(
+        self.directory = Path(directory).absolute()
+        self._options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=False
         )
-        self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
     @property
     def latest_step(self) -> int | None:
@@ -41,23 +46,51 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore(self, like: dict[str, Any], data_iterator: Any) -> tuple[dict, dict] | None:
-        """Restore the latest (state, meta) with `state` shaped like `like`; None if none.
+        """Restore the newest intact (state, meta) with `state` shaped like `like`; None if
+        there is none. Damaged steps are moved aside with a warning (module docstring).
 
         The data iterator is moved, in place, to where it was when the checkpoint was saved.
         """
-        step = self.latest_step
-        if step is None:
-            return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract),
-                meta=ocp.args.JsonRestore(),
-                data=grain.checkpoint.CheckpointRestore(data_iterator),
-            ),
+        start = data_iterator.get_state()  # a failed restore may have moved it
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract),
+                        meta=ocp.args.JsonRestore(),
+                        data=grain.checkpoint.CheckpointRestore(data_iterator),
+                    ),
+                )
+                meta = restored["meta"]
+                if not isinstance(meta, dict) or meta.get("step") != step:
+                    raise ValueError(f"its metadata does not name step {step}: {meta!r:.200}")
+            except Exception as err:  # any damage: Orbax, TensorStore, JSON, Grain errors
+                self._set_aside(step, err)
+                data_iterator.set_state(start)
+                continue
+            return restored["state"], meta
+        return None
+
+    def _set_aside(self, step: int, err: Exception) -> None:
+        """Move the damaged `step` out of the manager's folder (kept for inspection; a later
+        save of that step would collide with it) and reopen the manager."""
+        damaged = self.directory.with_name(f"{self.directory.name}_damaged")
+        damaged.mkdir(exist_ok=True)
+        target = damaged / str(step)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(self.directory / str(step), target)
+        reason = " ".join(str(err).split())[:300]
+        warnings.warn(
+            f"checkpoint step {step} in {self.directory} is damaged "
+            f"({type(err).__name__}: {reason}); moved it to {target} and trying the next "
+            "newest step.",
+            stacklevel=3,
         )
-        return restored["state"], restored["meta"]
+        self._manager.close()
+        self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
     def close(self) -> None:
         self._manager.close()

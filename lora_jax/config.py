@@ -80,6 +80,9 @@ class TrainerConfig:
     spectrum_every: int = 50  # rank summaries of every adapter to the logger (0 = off)
     keep_checkpoints: int = 2
     progress: bool = True
+    # A run folder holding results of another config is cleared and trained again (without
+    # it such a rerun stops with an error; `lora_jax.run_identity`).
+    restart: bool = False
 
 
 @dataclass

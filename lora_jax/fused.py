@@ -64,6 +64,7 @@ from lora_jax.checkpoint import Checkpointer
 from lora_jax.lora import LORA_LEAVES, lora_scale
 from lora_jax.objectives import Objective, classification, evaluate
 from lora_jax.reporting import progress_bar
+from lora_jax.run_identity import RunIdentityError, claim, exit_on_error
 from lora_jax.steps import make_eval_step, make_train_step
 from lora_jax.train import (
     NonFiniteLossError,
@@ -121,11 +122,16 @@ def group_key(cfg: DictConfig) -> str:
 
 def plan_groups(cfgs: Sequence[DictConfig], max_members: int | None = None) -> list[list[int]]:
     """Indices of `cfgs` in groups, in order of first appearance; a group of one runs alone.
+    Stops (exit 2) first if a run folder holds results of another config (`run_identity`).
 
     Args:
         cfgs: resolved run configs (with `workdir`).
         max_members: split larger groups into chunks of at most this many (memory).
     """
+    try:  # every job's folder against its config, before any job trains
+        claim([(cfg, cfg.workdir) for cfg in cfgs])
+    except RunIdentityError as err:
+        exit_on_error(err)
     groups: dict[str, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         why = fuse_blocker(cfg)
@@ -281,6 +287,10 @@ class FusedGroup:
 
     def __init__(self, cfgs: Sequence[DictConfig], chunk: int | None = None) -> None:
         self.start = time.perf_counter()
+        try:  # before `prepare_run` writes config.yaml (the launcher checked in plan_groups)
+            claim([(cfg, cfg.workdir) for cfg in cfgs])
+        except RunIdentityError as err:
+            exit_on_error(err)
         self.plans = [plan(cfg) for cfg in cfgs]
         self.workdirs = [Path(cfg.workdir) for cfg in cfgs]
         self.setups = []

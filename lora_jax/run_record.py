@@ -17,6 +17,10 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,54 @@ _IGNORED_GROUPS = {"logger", "hydra", "hparams"}
 
 class RunFolderError(ValueError):
     """A folder that should hold finished runs does not (missing, empty, unreadable)."""
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one, never a part:
+    a temporary file in the same folder (same file system), then `os.replace`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_jsonl(path: str | Path, contains: str | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of a JSON-lines file such as `history.jsonl`, skipping lines that do not parse
+    (a process killed mid-write leaves a cut last line). `contains`: parse only lines holding
+    this text (a cheap filter)."""
+    with open(path) as f:
+        for line in f:
+            if contains is not None and contains not in line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                yield row
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's parsed `metrics.json`; None when missing, or damaged (with a warning: the
+    run then counts as unfinished, so rerunning its command trains or resumes it again)."""
+    metrics_file = Path(run_dir) / METRICS_FILE
+    if not metrics_file.is_file():
+        return None
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        warnings.warn(
+            f"{metrics_file} is damaged ({err}); the run counts as unfinished and runs again "
+            "(resuming from its checkpoints) when its command is rerun.",
+            stacklevel=2,
+        )
+        return None
+    return metrics if isinstance(metrics, dict) else None
 
 
 def _flatten(config: dict[str, Any]) -> dict[str, Any]:
@@ -170,13 +222,9 @@ class RunRecord:
         history = self.run_dir / "history.jsonl"
         if not history.exists():
             return None
-        key, steps = f"eval/{self.main_metric}", set()
-        for line in history.read_text().splitlines():
-            if key in line:  # cheap filter before parsing
-                row = json.loads(line)
-                if row.get(key) is not None:
-                    steps.add(row["step"])
-        return len(steps)
+        key = f"eval/{self.main_metric}"
+        rows = read_jsonl(history, contains=key)
+        return len({row["step"] for row in rows if row.get(key) is not None})
 
     @property
     def end_only(self) -> bool:
@@ -223,11 +271,8 @@ class RunRecord:
 def read_run(run_dir: str | Path) -> RunRecord | None:
     """The record of the run in `run_dir`, or None when it has not finished."""
     run_dir = Path(run_dir)
-    metrics_file = run_dir / METRICS_FILE
-    if not metrics_file.is_file():
-        return None
-    metrics = json.loads(metrics_file.read_text())
-    if metrics.get("status") != "complete":
+    metrics = read_metrics(run_dir)
+    if metrics is None or metrics.get("status") != "complete":
         return None
     config_file, overrides_file = run_dir / "config.yaml", run_dir / ".hydra" / "overrides.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}

@@ -20,7 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lora_jax.run_record import RunRecord, read_runs
+from lora_jax.run_record import RunRecord, read_runs, write_atomic
 
 if TYPE_CHECKING:
     from lora_jax.analysis.updates import Update
@@ -127,7 +127,8 @@ def finish_sweep(sweep_dir: str | Path, analyze: bool = True, use_wandb: bool = 
 
     sweep_dir = Path(sweep_dir)
     runs = read_runs(sweep_dir)
-    (sweep_dir / "sweep_summary.json").write_text(json.dumps([r.summary() for r in runs], indent=2))
+    summary = json.dumps([r.summary() for r in runs], indent=2)
+    write_atomic(sweep_dir / "sweep_summary.json", summary)
     if analyze:
         from lora_jax.analysis.updates import analyze_runs
 

@@ -2,6 +2,9 @@
 
 Nothing here waits on a network: unless `WANDB_MODE` or `logger.mode` says otherwise, W&B
 runs offline and its files land in `<run_dir>/wandb/`. `wandb sync` uploads them later.
+The mode is also set on wandb's process-wide settings (`wandb.setup`): with offline given only
+to `wandb.init`, wandb 0.31's usage telemetry still resolves and posts to its server from a
+background thread, which costs ~15 s at exit where DNS never answers.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lora_jax.run_record import write_atomic
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -30,6 +35,17 @@ def wandb_mode(configured: str | None) -> str:
     if mode not in WANDB_MODES:
         raise ValueError(f"logger.mode={mode!r} is not valid; allowed: {', '.join(WANDB_MODES)}.")
     return mode
+
+
+def _drop_cut_line(path: Path) -> None:
+    """Cut a partial last line (a kill mid-write) off `path`, so appended rows start on a
+    line of their own instead of gluing onto the fragment."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 class Tracker:
@@ -60,14 +76,21 @@ class Tracker:
             raise ValueError(f"logger.backend={backend!r} is not valid; allowed: wandb, none.")
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._history = open(self.run_dir / "history.jsonl", "a")  # noqa: SIM115 (closed in finish)
+        history = self.run_dir / "history.jsonl"
+        _drop_cut_line(history)
+        self._history = open(history, "a")  # noqa: SIM115 (closed in finish)
         self.wandb_run = None
         if backend == "wandb":
             import wandb
 
+            mode = wandb_mode(mode)
+            # Process-wide, before init: see the module docstring (telemetry's name lookup).
+            wandb.setup(settings=wandb.Settings(mode=mode))
             id_file = self.run_dir / "wandb_id.txt"
-            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
-            id_file.write_text(run_id)
+            run_id = id_file.read_text().strip() if id_file.exists() else ""
+            if not run_id:  # none yet, or an empty file left by a kill
+                run_id = uuid.uuid4().hex[:8]
+                write_atomic(id_file, run_id)
             self.wandb_run = wandb.init(
                 project=project,
                 entity=entity,
@@ -79,7 +102,7 @@ class Tracker:
                 dir=str(self.run_dir),
                 id=run_id,
                 resume="allow",
-                mode=wandb_mode(mode),
+                mode=mode,
                 reinit="create_new",
                 settings=wandb.Settings(silent=True, console="off"),
             )

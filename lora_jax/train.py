@@ -1,8 +1,10 @@
 """One LoRA run: `run(cfg, workdir)` trains, evaluates, checkpoints, exports and logs.
 
-The run folder ends up with `config.yaml`, `history.jsonl`, `metrics.json`, `checkpoints/`
-(Orbax: adapters, head, optimizer, step, data position) and `adapter/` (PEFT layout). A run
-whose `metrics.json` says `complete` is skipped; one with checkpoints resumes from the last.
+The run folder ends up with `run_identity.json`, `config.yaml`, `history.jsonl`,
+`metrics.json`, `checkpoints/` (Orbax: adapters, head, optimizer, step, data position) and
+`adapter/` (PEFT layout). A run whose `metrics.json` says `complete` is skipped; one with
+checkpoints resumes from the newest intact one; either only if the folder's results were made
+with the same config (`lora_jax.run_identity`), else the run stops before any work.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from lora_jax.lora import LoRAConfig, adapters
 from lora_jax.objectives import Objective, classification, evaluate
 from lora_jax.partition import combine, count_params, label_params, make_optimizer, split
 from lora_jax.reporting import print_summary, progress_bar
+from lora_jax.run_identity import RunIdentityError, claim, exit_on_error
+from lora_jax.run_record import read_metrics, write_atomic
 from lora_jax.steps import make_eval_step, make_train_step, tree_bytes
 from lora_jax.tracking import Tracker
 
@@ -228,9 +232,9 @@ def _objective(cfg: DictConfig, p: Plan, pre: Any, parts: Any, data: _Data) -> O
 
 
 def completed(workdir: str | Path) -> dict[str, Any] | None:
-    """The metrics of a finished run in `workdir` (its `metrics.json` says complete), else None."""
-    metrics_file = Path(workdir) / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    """The metrics of a finished run in `workdir` (its `metrics.json` says complete), else None
+    (a damaged `metrics.json` warns and counts as unfinished: the run resumes)."""
+    metrics = read_metrics(workdir) or {}
     return metrics if metrics.get("status") == "complete" else None
 
 
@@ -272,7 +276,7 @@ def prepare_run(cfg: DictConfig, p: Plan, workdir: Path) -> RunSetup:
     )
     # config.yaml and W&B get what the run really uses: epochs as steps, a budget's rank.
     cfg = OmegaConf.merge(epochs_to_steps(cfg, data.train_size), {"lora": {"rank": p.lora.rank}})
-    (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_atomic(workdir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if models.is_random(cfg.model.name) and not p.full_finetune and p.lora.rank > 0:
         # A random-init base has no checkpoint to read W from later: the analysis reads these.
         save_kernels(workdir / BASE_KERNELS_FILE, adapted_kernels(pre.params))
@@ -306,6 +310,10 @@ def open_tracker(cfg: DictConfig, workdir: Path, sizes: dict[str, int]) -> Track
 def run(cfg: DictConfig, workdir: str | Path) -> dict[str, Any]:
     """Train one run into `workdir` and return its metrics (see the module docstring)."""
     workdir = Path(workdir)
+    try:  # before anything is written: a folder keeps describing its own results
+        claim([(cfg, workdir)])
+    except RunIdentityError as err:
+        exit_on_error(err)
     done = completed(workdir)
     if done is not None:
         print(f"[lora_jax] {workdir} is complete; skipping (delete metrics.json to rerun).")
@@ -373,7 +381,7 @@ def finish_run(
 
 def write_result(workdir: Path, result: dict[str, Any]) -> None:
     """Write `metrics.json` (the run is complete from here on) and print the summary."""
-    (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_atomic(workdir / "metrics.json", json.dumps(result, indent=2))
     print_summary(result)
 
 
@@ -400,7 +408,7 @@ class RunLog:
 
     def restore(self, state: dict[str, Any], data_iter: Any) -> tuple[dict[str, Any], int]:
         """`(state, step)` from the last checkpoint (the data iterator moved along), else as given."""
-        restored = self.ckpt.restore(state, data_iter)
+        restored = self.ckpt.restore(state, data_iter)  # the newest intact checkpoint
         if restored is None:
             return state, 0
         state, meta = restored

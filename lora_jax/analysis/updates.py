@@ -38,7 +38,7 @@ from lora_jax.analysis.similarity import (
 )
 from lora_jax.analysis.spectrum import dw_svd, spectrum, summarize_spectrum
 from lora_jax.base_kernels import read_kernels
-from lora_jax.run_record import RunRecord, pairs_differing_in
+from lora_jax.run_record import RunRecord, pairs_differing_in, write_atomic
 
 Key = tuple[int, str]  # (layer, target)
 ANALYSIS_FILE = "analysis.json"
@@ -339,7 +339,7 @@ def _measure_all(updates: list[Update], base_of: Callable[[Update], Path]) -> di
 def _write(out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
     # NaN/inf (undefined directions, dW orthogonal to W) become null: strict JSON.
     result = _finite_or_none(result)
-    (out_dir / ANALYSIS_FILE).write_text(json.dumps(result, indent=1, allow_nan=False))
+    write_atomic(out_dir / ANALYSIS_FILE, json.dumps(result, indent=1, allow_nan=False))
     return result
 
 

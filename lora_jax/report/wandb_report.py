@@ -16,7 +16,6 @@ browsers) and the dW spectrum summaries logged during training (line plots).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from wandb_workspaces import expr
 
 from lora_jax.report.document import Document, Figure, table_markdown
 from lora_jax.report.document import Table as DocTable
-from lora_jax.run_record import RunRecord
+from lora_jax.run_record import RunRecord, read_jsonl
 from lora_jax.tracking import wandb_mode
 
 SPECTRUM_SUMMARIES = ("effective_rank", "stable_rank", "energy_rank_90")
@@ -71,11 +70,9 @@ def spectrum_keys(runs: list[RunRecord]) -> dict[tuple[str, str], list[str]]:
         history = run.run_dir / "history.jsonl"
         if run.rank == 0 or not history.exists():
             continue
-        with open(history) as f:
-            for line in f:
-                if '"spectrum/' in line:  # each spectrum row of a run has all its adapters
-                    keys |= {k for k in json.loads(line) if k.startswith("spectrum/")}
-                    break
+        # Each spectrum row of a run has all its adapters; a cut last line is skipped.
+        row = next(read_jsonl(history, contains='"spectrum/'), {})
+        keys |= {k for k in row if k.startswith("spectrum/")}
     out: dict[tuple[str, str], list[str]] = {}
     for key in keys:
         _, _layer, target, summary = key.split("/")

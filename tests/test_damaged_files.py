@@ -1,0 +1,127 @@
+"""Damaged run files: resume falls back to the newest intact checkpoint, a damaged
+`metrics.json` makes the run run again, readers of `history.jsonl` skip a cut last line, and
+result files are written atomically. Runs go through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+from test_sweep_e2e import FAST, _run
+
+from lora_jax.report.wandb_report import spectrum_keys
+from lora_jax.run_record import read_jsonl, read_run, write_atomic
+from lora_jax.tracking import Tracker
+
+RUN = [*FAST, "logger=none", "rank=4"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished rank-4 run (20 steps, checkpoints at 10 and 20, spectra logged)."""
+    cwd = tmp_path_factory.mktemp("damaged")
+    _run("experiments.train", *RUN, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
+    return cwd / "run"
+
+
+@pytest.fixture
+def run_dir(finished, tmp_path) -> Path:
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _largest(folder: Path) -> Path:
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+DAMAGE = {
+    "state data truncated": lambda step: _truncate(_largest(step / "state")),
+    "state metadata garbled": lambda step: (step / "state" / "_METADATA").write_bytes(b"\xff{x"),
+    "meta truncated": lambda step: _truncate(step / "meta" / "metadata"),
+    "data position garbled": lambda step: _truncate(step / "data" / "process_0-of-1.json"),
+    "empty step folder": lambda step: (shutil.rmtree(step), step.mkdir()),
+    "partial step folder": lambda step: shutil.rmtree(step / "state"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_resume_falls_back_to_the_newest_intact_checkpoint(run_dir, finished, damage):
+    """A run killed after its last checkpoint, whose newest checkpoint (20) is damaged:
+    it resumes from step 10 with a warning naming step 20 and ends as the uninterrupted run."""
+    (run_dir / "metrics.json").unlink()
+    DAMAGE[damage](run_dir / "checkpoints" / "20")
+    proc = _run("experiments.train", *RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert "checkpoint step 20" in proc.stderr and "is damaged" in proc.stderr
+    assert "resuming run from step 10" in proc.stdout
+    assert (run_dir / "checkpoints_damaged" / "20").is_dir()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["10", "20"]
+    ref = json.loads((finished / "metrics.json").read_text())
+    got = json.loads((run_dir / "metrics.json").read_text())
+    assert got["steps"] == 20 and got["final"] == ref["final"] and got["best"] == ref["best"]
+
+
+def test_every_checkpoint_damaged_starts_over(run_dir, finished):
+    (run_dir / "metrics.json").unlink()
+    for step in ("10", "20"):
+        DAMAGE["meta truncated"](run_dir / "checkpoints" / step)
+    proc = _run("experiments.train", *RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert proc.stderr.count("is damaged") == 2 and "resuming" not in proc.stdout
+    ref = json.loads((finished / "metrics.json").read_text())
+    assert json.loads((run_dir / "metrics.json").read_text())["final"] == ref["final"]
+
+
+def test_truncated_metrics_json_makes_the_run_run_again(run_dir, finished):
+    _truncate(run_dir / "metrics.json")
+    with pytest.warns(UserWarning, match="metrics.json is damaged"):
+        assert read_run(run_dir) is None  # the analysis sees an unfinished run
+    proc = _run("experiments.train", *RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert "metrics.json is damaged" in proc.stderr
+    assert "resuming run from step 20" in proc.stdout
+    ref = json.loads((finished / "metrics.json").read_text())
+    assert json.loads((run_dir / "metrics.json").read_text())["final"] == ref["final"]
+
+
+def test_history_readers_skip_a_cut_last_line(run_dir):
+    history = run_dir / "history.jsonl"
+    full = read_run(run_dir)
+    want_evals, want_keys = full.eval_steps, spectrum_keys([full])
+    assert want_evals == 2 and want_keys
+    # The last row is the evaluation of step 20: cut the file inside it (a kill mid-write).
+    text = history.read_text()
+    history.write_text(text[: text.rstrip("\n").rfind("\n") + 20])
+    cut = read_run(run_dir)
+    assert cut.eval_steps == want_evals - 1
+    assert spectrum_keys([cut]) == want_keys
+    rows = list(read_jsonl(history))
+    assert len(rows) == len(text.splitlines()) - 1
+
+
+def test_tracker_appends_after_a_cut_line_on_a_line_of_its_own(tmp_path):
+    history = tmp_path / "history.jsonl"
+    history.write_text('{"step": 1, "a": 1}\n{"step": 2, "a"')
+    with Tracker(tmp_path, "none") as tracker:
+        tracker.log({"a": 3}, 3)
+    assert history.read_text() == '{"step": 1, "a": 1}\n{"step": 3, "a": 3}\n'
+
+
+def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_atomic(path, '{"status": "complete"}')
+    with pytest.raises(TypeError):
+        write_atomic(path, None)  # fails mid-write
+    assert path.read_text() == '{"status": "complete"}'
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
+
+
+def test_read_run_of_a_garbled_metrics_json_warns(tmp_path):
+    (tmp_path / "metrics.json").write_bytes(b"\xff\xfe{")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_run(tmp_path) is None
+    assert any("is damaged" in str(w.message) for w in caught)

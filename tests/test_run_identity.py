@@ -1,0 +1,188 @@
+"""Run identity through the real entry points: a rerun or resume with another config stops
+before any work (exit 2, one message, the folder unchanged); the same config skips or
+resumes; `trainer.restart=true` trains the run again with the new config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from test_sweep_e2e import FAST, ROOT, _run
+
+from lora_jax.config import register_configs
+from lora_jax.run_identity import (
+    IDENTITY_FILE,
+    RunIdentityError,
+    check_job,
+    differences,
+    identity,
+)
+
+RUN = [*FAST, "logger=none", "rank=4"]
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _refused(proc, *keys: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "holds results of another config" in proc.stderr
+    assert "hydra.run.dir=" in proc.stderr and "trainer.restart=true" in proc.stderr
+    for key in keys:
+        assert key in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished rank-4 run (20 steps, checkpoints at 10 and 20)."""
+    cwd = tmp_path_factory.mktemp("identity")
+    _run("experiments.train", *RUN, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
+    return cwd / "run"
+
+
+@pytest.fixture
+def run_dir(finished, tmp_path) -> Path:
+    """A copy of the finished run to change."""
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def test_identity_file_records_result_changing_keys(finished):
+    recorded = json.loads((finished / IDENTITY_FILE).read_text())
+    config = recorded["config"]
+    assert config["lora.rank"] == 4 and config["trainer.steps"] == 20
+    assert not any(k.startswith(("logger.", "hydra.")) for k in config)
+    assert "trainer.progress" not in config and "workdir" not in config
+    assert sorted(recorded["hydra"]) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+
+
+def test_rerun_finished_with_other_rank_is_refused_and_changes_nothing(run_dir):
+    before = _hashes(run_dir)
+    proc = _run(
+        "experiments.train", *RUN, "rank=2", f"hydra.run.dir={run_dir}", cwd=run_dir.parent,
+        check=False,
+    )  # fmt: skip
+    _refused(proc, "lora.rank: 4 -> 2")
+    assert "[lora_jax] resuming" not in proc.stdout
+    assert _hashes(run_dir) == before  # .hydra/*.yaml put back, config.yaml untouched
+
+
+def test_rerun_without_debug_fast_is_refused(run_dir):
+    before = _hashes(run_dir)
+    args = ["model=tiny_bert", "logger=none", "rank=4", f"hydra.run.dir={run_dir}"]
+    proc = _run("experiments.train", *args, cwd=run_dir.parent, check=False)
+    _refused(proc, "trainer.steps: 20 -> 200", "data.max_len: 32 -> 64")
+    assert _hashes(run_dir) == before
+
+
+def test_rerun_same_config_skips(run_dir):
+    metrics = (run_dir / "metrics.json").read_bytes()
+    # Logging, progress and checkpoint cadence do not change results.
+    args = [*RUN, "logger=wandb", "trainer.progress=true", "trainer.checkpoint_every=5"]
+    proc = _run("experiments.train", *args, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert "is complete; skipping" in proc.stdout
+    assert (run_dir / "metrics.json").read_bytes() == metrics
+
+
+def _killed_at_10(run_dir: Path) -> None:
+    """The folder as a run killed between its checkpoints at steps 10 and 20 leaves it."""
+    (run_dir / "metrics.json").unlink()
+    shutil.rmtree(run_dir / "checkpoints" / "20")
+    shutil.rmtree(run_dir / "adapter")
+
+
+def test_resume_with_other_lr_is_refused(run_dir):
+    _killed_at_10(run_dir)
+    before = _hashes(run_dir)
+    proc = _run(
+        "experiments.train", *RUN, "optim.lr=0.01", f"hydra.run.dir={run_dir}",
+        cwd=run_dir.parent, check=False,
+    )  # fmt: skip
+    _refused(proc, "optim.lr: 0.001 -> 0.01")
+    assert _hashes(run_dir) == before
+
+
+def test_resume_with_other_clipping_is_refused_not_an_orbax_dump(run_dir):
+    _killed_at_10(run_dir)
+    proc = _run(
+        "experiments.train", *RUN, "optim.clip_norm=null", f"hydra.run.dir={run_dir}",
+        cwd=run_dir.parent, check=False,
+    )  # fmt: skip
+    _refused(proc, "optim.clip_norm: 1.0 -> None")
+    assert len(proc.stderr.splitlines()) < 12
+
+
+def test_resume_same_config_resumes(run_dir):
+    _killed_at_10(run_dir)
+    proc = _run("experiments.train", *RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert "resuming run from step 10" in proc.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 20
+
+
+def test_restart_trains_again_with_the_new_config(run_dir):
+    args = [*RUN, "rank=2", "trainer.restart=true", f"hydra.run.dir={run_dir}"]
+    proc = _run("experiments.train", *args, cwd=run_dir.parent)
+    assert "trainer.restart=true: clearing" in proc.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["rank"] == 2
+    assert json.loads((run_dir / IDENTITY_FILE).read_text())["config"]["lora.rank"] == 2
+    assert "rank: 2" in (run_dir / "config.yaml").read_text()
+    # The same command again: the folder now matches, so it is skipped, not cleared.
+    proc = _run("experiments.train", *args, cwd=run_dir.parent)
+    assert "is complete; skipping" in proc.stdout and "clearing" not in proc.stdout
+
+
+def test_folder_from_before_run_identity_is_compared_with_config_yaml(run_dir):
+    (run_dir / IDENTITY_FILE).unlink()
+    proc = _run(
+        "experiments.train", *RUN, "optim.weight_decay=0.1", f"hydra.run.dir={run_dir}",
+        cwd=run_dir.parent, check=False,
+    )  # fmt: skip
+    _refused(proc, "optim.weight_decay: 0.01 -> 0.1")
+
+
+def test_sweep_rerun_without_debug_fast_is_refused(tmp_path):
+    """`debug` is not in run-folder names: its values reach the identity check. A fused
+    sweep checks every job before training any."""
+    sweep_dir = tmp_path / "sw"
+    args = ["rank=1,2", f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=fused"]
+    _run("experiments.sweep", *FAST, *args, cwd=tmp_path)
+    before = _hashes(sweep_dir)
+    # Fused checks every job first and lists each refused folder; basic stops at the first.
+    for launcher, refused in (("hydra/launcher=fused", 2), ("hydra/launcher=basic", 1)):
+        proc = _run(
+            "experiments.sweep", "model=tiny_bert", *args[:2], launcher, cwd=tmp_path, check=False
+        )
+        _refused(proc, "trainer.steps: 20 -> 200")
+        assert proc.stderr.count("holds results of another config") == refused
+        # Hydra's multirun.yaml records the latest sweep command; the runs stay unchanged.
+        assert _hashes(sweep_dir) | {"multirun.yaml": ""} == before | {"multirun.yaml": ""}
+
+
+def test_differences_lists_old_and_new():
+    old = identity({"lora": {"rank": 4}, "optim": {"lr": 1e-3}, "logger": {"mode": "x"}})
+    new = identity({"lora": {"rank": 2}, "optim": {"lr": 1e-3}, "logger": {"mode": "y"}})
+    assert differences(old, new, exact=True) == ["lora.rank: 4 -> 2"]
+
+
+def test_check_job_before_hydra_makes_the_folder(finished):
+    """What a validation callback calls before any job: the job's folder from its `hydra` node."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+
+        def job(*overrides: str):
+            args = [*RUN, *overrides, f"hydra.run.dir={finished}"]
+            return compose("config", args, return_hydra_config=True)
+
+        with pytest.raises(RunIdentityError, match=r"lora\.rank: 4 -> 2"):
+            check_job(job("rank=2"), multirun=False)
+        check_job(job("rank=2", "trainer.restart=true"), multirun=False)
+        check_job(job("logger=wandb"), multirun=False)
