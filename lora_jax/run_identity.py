@@ -87,8 +87,8 @@ def identity(config: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(config, DictConfig):
         config = config.copy()
         with open_dict(config):  # unresolvable before Hydra starts the job (`workdir`)
-            for key in ("workdir", *NOT_RESULT_GROUPS):
-                config.pop(key, None)
+            for key in {"workdir", *NOT_RESULT_GROUPS} & set(config.keys()):
+                del config[key]  # not `pop`: it resolves the value it returns
         config = OmegaConf.to_container(config, resolve=True)
     flat = _flatten({k: v for k, v in config.items() if k not in NOT_RESULT_GROUPS})
     return {k: v for k, v in sorted(flat.items()) if k not in NOT_RESULTS}
