@@ -25,7 +25,6 @@ matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.collections import LineCollection
-from matplotlib.patches import Rectangle
 
 __all__ = ["phi_figure", "phi_heatmap", "spectrum_plot"]
 
@@ -165,7 +164,7 @@ def phi_figure(
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_axis_off()
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-    tick_segments, im = [], None
+    segments, im = [], None  # panel frames and ticks: one LineCollection (one artist)
     for index, (name, grid) in enumerate(arrays.items()):
         row, col = divmod(index, ncols)
         x0 = _LEFT + col * (_PANEL_W + gap_w)
@@ -181,21 +180,21 @@ def phi_figure(
             interpolation="nearest",
             extent=(x0, x1, y1, y0),  # row i = 1 at the top, as in the paper
         )
-        ax.add_patch(Rectangle((x0, y0), _PANEL_W, _PANEL_H, fill=False, linewidth=0.8))
+        segments.append([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)])
         ax.text((x0 + x1) / 2, y0 - 0.06, name, ha="center", va="bottom")
         if not shared or index + ncols >= n:  # no panel below this one
             for j in _ticks(r2):
                 x = x0 + (j - 0.5) / r2 * _PANEL_W
-                tick_segments.append([(x, y1), (x, y1 + 0.05)])
+                segments.append([(x, y1), (x, y1 + 0.05)])
                 ax.text(x, y1 + 0.07, str(j), ha="center", va="top", fontsize="small")
             ax.text((x0 + x1) / 2, y1 + 0.27, xlabel, ha="center", va="top")
         if not shared or col == 0:
             for i in _ticks(r1):
                 y = y0 + (i - 0.5) / r1 * _PANEL_H
-                tick_segments.append([(x0 - 0.05, y), (x0, y)])
+                segments.append([(x0 - 0.05, y), (x0, y)])
                 ax.text(x0 - 0.07, y, str(i), ha="right", va="center", fontsize="small")
             ax.text(x0 - 0.4, (y0 + y1) / 2, ylabel, ha="center", va="center", rotation=90)
-    ax.add_collection(LineCollection(tick_segments, colors="black", linewidths=0.8))
+    ax.add_collection(LineCollection(segments, colors="black", linewidths=0.8))
     ax.set_xlim(0.0, width)  # imshow and add_collection moved the limits
     ax.set_ylim(height, 0.0)
     grid_h = nrows * _PANEL_H + (nrows - 1) * gap_h
