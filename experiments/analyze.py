@@ -12,11 +12,10 @@ path last.
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from lora_jax.run_record import RunFolderError
+from lora_jax.cli import USER_ERRORS, check_output_dir, user_errors
 
 
 def main() -> None:
@@ -34,10 +33,13 @@ def main() -> None:
         parser.error("give a sweep folder or --adapters DIR [DIR ...], not both or neither")
     if args.adapters is None and (args.base or args.out):
         parser.error("--base and --out go with --adapters")
-    try:
+    # Bad input: one message and exit status 2 (the traceback too with HYDRA_FULL_ERROR=1).
+    with user_errors(errors=(*USER_ERRORS, KeyError)):
         if args.adapters is None:
             from lora_jax.sweep import finish_sweep
 
+            if Path(args.sweep_dir).is_dir():  # the analysis rewrites files in it
+                check_output_dir(args.sweep_dir, "sweep_dir", "a copy of it that you can write")
             html = finish_sweep(args.sweep_dir)
         else:
             from lora_jax.analysis.updates import analyze_adapters
@@ -45,13 +47,11 @@ def main() -> None:
             from lora_jax.sweep import adapter_base
 
             out = Path(args.out or f"outputs/analysis/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+            check_output_dir(out, "--out", "--out outputs/analysis/mine")
             analyze_adapters(args.adapters, out, adapter_base(args.base))
             result = make_adapters_report(out)
             print(result.markdown.absolute())
             html = result.html
-    except (RunFolderError, ValueError, FileNotFoundError, KeyError) as err:
-        print(f"Error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(html.absolute())
 
 

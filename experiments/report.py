@@ -10,9 +10,9 @@ of the sweep's group and saves it when W&B is online; prints the path of report.
 """
 
 import argparse
-import sys
 
 from lora_jax import paper
+from lora_jax.cli import check_output_dir, user_errors
 from lora_jax.report import ReportInputError, make_report
 from lora_jax.run_record import RunFolderError
 
@@ -31,11 +31,13 @@ def main() -> None:
     parser.add_argument("--out", help="output folder (default: the sweep folder)")
     parser.add_argument("--no-wandb", action="store_true", help="do not build the W&B Report")
     args = parser.parse_args()
-    try:
+    # Bad input (ReportInputError, RunFolderError, a folder we cannot write): one message and
+    # exit status 2 (the traceback too with HYDRA_FULL_ERROR=1).
+    with user_errors():
+        if args.out is not None:
+            check_output_dir(args.out, "--out", "--out /tmp/report")
+    with user_errors(errors=(ReportInputError, RunFolderError)):
         result = make_report(args.sweep_dir, args.paper, args.out, use_wandb=not args.no_wandb)
-    except (ReportInputError, RunFolderError) as err:
-        print(f"Error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(result.wandb_message)
     print(result.markdown.absolute())
     print(result.html.absolute())

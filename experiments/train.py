@@ -8,9 +8,9 @@ outputs/runs/<time>/ and prints a one-screen summary (see README for the accurac
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
+from lora_jax.cli import hydra_main
 from lora_jax.config import register_configs
 
 register_configs()
@@ -27,7 +27,9 @@ def job(cfg: DictConfig) -> float:
     return result["final"][result["main_metric"]]
 
 
-main = hydra.main(config_path=CONF, config_name="config", version_base="1.3")(job)
+# Every value is checked before Hydra makes the run folder (lora_jax.cli.CheckCallback); a
+# bad one prints one message and exits 2.
+main = hydra_main(job, CONF, "config")
 
 if __name__ == "__main__":
     main()

@@ -81,7 +81,9 @@ def check_rank(rank: Any, in_features: int | None = None, out_features: int | No
 
 
 def parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
-    """Turn `"qv"`, `"q,v"`, `["q", "ffn_in"]` or `"all"` into a sorted tuple of target names.
+    """Turn `"qv"`, `"q,v"`, `"q+ffn_in"`, `["q", "ffn_in"]` or `"all"` into a sorted tuple of
+    target names. `+` joins names like `,` and is what a sweep needs: Hydra reads
+    `targets=q,ffn_in` as two runs, `targets=q+ffn_in` as one.
 
     Unknown names raise an error listing the valid ones.
     """
@@ -90,7 +92,7 @@ def parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
             return TARGET_NAMES
         if targets in ("", "none"):
             return ()
-        parts = targets.split(",") if "," in targets else [targets]
+        parts = targets.replace("+", ",").split(",")
         names: list[str] = []
         for part in parts:
             part = part.strip()
@@ -99,7 +101,12 @@ def parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
             elif part and all(c in _SHORT_TARGETS for c in part):
                 names.extend(_SHORT_TARGETS[c] for c in part)
             else:
-                raise _error(part, "targets", (*TARGET_NAMES, "or letters of qkvo, e.g. qv"))
+                raise _error(
+                    part,
+                    "targets",
+                    (*TARGET_NAMES, "or letters of qkvo, e.g. qv"),
+                    "Join several with +, e.g. `targets=q+ffn_in`.",
+                )
     else:
         names = [n for t in targets for n in parse_targets(t)]
     order = {n: i for i, n in enumerate(TARGET_NAMES)}

@@ -1,16 +1,15 @@
 """Sweep-level work: check every job before the first trains, then summarise and report.
 
-`SweepCallback` is a Hydra callback (`conf/sweep.yaml`). At the start of a multirun it
-composes every job's config and validates it (`train.plan`), so `rank=1,2,999` fails in
-seconds, not after two runs. At the end (`finish_sweep`) it writes `sweep_summary.json`, runs
-the rank analysis over the run folders, writes the one report and prints the path of
-`report.html` as the last line.
+`SweepCallback` is a Hydra callback (`conf/sweep.yaml`). Every job is validated before the
+first trains by `lora_jax.cli.CheckCallback` (`job_configs` gives it the grid), so
+`rank=1,2,999` fails in seconds, not after two runs. At the end (`finish_sweep`) it writes
+`sweep_summary.json`, runs the rank analysis over the run folders, writes the one report and
+prints the path of `report.html` as the last line.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -141,22 +140,10 @@ def finish_sweep(sweep_dir: str | Path, analyze: bool = True, use_wandb: bool = 
 
 
 class SweepCallback(Callback):
-    """Validate every job up front; summarise, analyse and report at the end."""
+    """Summarise, analyse and report at the end (validation: `lora_jax.cli.CheckCallback`)."""
 
     def __init__(self, analyze: bool = True) -> None:
         self.analyze = analyze
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from lora_jax.train import plan
-
-        for job in job_configs(config):
-            try:
-                plan(job)
-            except (ValueError, FileNotFoundError) as err:
-                # Hydra turns callback errors into warnings; bad input must stop the sweep.
-                overrides = " ".join(job.hydra.overrides.task)
-                print(f"Error in sweep job `{overrides}`: {err}", file=sys.stderr)
-                raise SystemExit(1) from None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:

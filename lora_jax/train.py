@@ -30,7 +30,7 @@ from lora_jax.analysis.adapters import adapter_spectra
 from lora_jax.base_kernels import BASE_KERNELS_FILE, adapted_kernels, save_kernels
 from lora_jax.budget import budget_rank
 from lora_jax.checkpoint import Checkpointer
-from lora_jax.config import to_dict
+from lora_jax.config import check_batch_size, check_config, to_dict, value_error
 from lora_jax.lora import LoRAConfig, adapters
 from lora_jax.objectives import Objective, classification, evaluate
 from lora_jax.partition import combine, count_params, label_params, make_optimizer, split
@@ -56,7 +56,9 @@ class Plan:
 
 
 def plan(cfg: DictConfig) -> Plan:
-    """Validate the config's names and values (rank, targets, model, task) without training."""
+    """Validate the config's names and values (every range: `config.check_config`; rank,
+    targets, model, task) without training or reading data."""
+    check_config(cfg)
     section = cfg.lora
     lora = LoRAConfig(
         rank=_rank(cfg),
@@ -69,6 +71,9 @@ def plan(cfg: DictConfig) -> Plan:
         rank_pattern=dict(section.rank_pattern),
     )
     models.check_lora(cfg.model.name, lora)
+    if cfg.data.task not in data_lib.TASKS:
+        tasks = ", ".join(sorted(data_lib.TASKS))
+        raise value_error("data.task", cfg.data.task, tasks, "data=mr")
     task = data_lib.get_task(cfg.data.task)
     if task.is_generation != models.is_decoder(cfg.model.name):
         allowed = models.DECODER_MODELS if task.is_generation else models.MODELS
@@ -76,11 +81,6 @@ def plan(cfg: DictConfig) -> Plan:
             f"data.task={task.name!r} ({task.kind}) does not fit model={cfg.model.name!r}; "
             f"allowed models: {', '.join(allowed)}."
         )
-    for key in ("steps", "eval_every", "log_every", "checkpoint_every", "epochs"):
-        if cfg.trainer.get(key) is not None and cfg.trainer[key] <= 0:
-            raise ValueError(
-                f"trainer.{key}={cfg.trainer[key]} is not valid; allowed: a positive integer."
-            )
     init_from = adapter_folder(section.init_from) if section.get("init_from") else None
     return Plan(lora, task, section.full_finetune, init_from)
 
@@ -190,6 +190,7 @@ def _data(cfg: DictConfig, task: Any, tokenizer: Any, **extra: Any) -> _Data:
         **extra,
     )
     train_source = data_lib.load_split(task, "train")
+    check_batch_size(d.batch_size, len(train_source), task.name)
     train = data_lib.make_loader(
         train_source,
         batch_size=d.batch_size,

@@ -1,0 +1,205 @@
+"""What the four entry points share: one validation pass before any work, and user errors as
+one message with exit status 2 (a traceback too only with `HYDRA_FULL_ERROR=1`, Hydra's own
+switch). Bugs still raise.
+
+`experiments.train` and `.sweep` run `check_job` on every job from `CheckCallback`
+(`conf/hydra/default.yaml`), which Hydra calls before it creates a run or sweep folder, so a
+bad value leaves existing folders untouched; `hydra_main` makes Hydra's own composition errors
+(`rank=abc`, `model=foo`, `trainer.stepz=3`) exit 2 too. `experiments.analyze` and `.report`
+wrap their work in `user_errors` and check their folders with `check_output_dir`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.util
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from lora_jax.config import Config, check_batch_size, check_config, value_error
+
+# What validation raises for bad input; raised there, never a bug's symptom.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)
+EXIT_USER_ERROR = 2  # argparse's status for bad arguments
+OPTIONAL_GROUPS = ("experiment", "debug")  # Hydra ignores unknown names of optional defaults
+
+
+def full_error() -> bool:
+    """Whether the user asked for tracebacks (`HYDRA_FULL_ERROR=1`, read as Hydra reads it)."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+@contextmanager
+def user_errors(
+    context: str = "", errors: tuple[type[BaseException], ...] = USER_ERRORS
+) -> Iterator[None]:
+    """Turn `errors` raised inside into `Error<context>: <message>` on stderr and exit status 2.
+
+    A `SystemExit` also gets through a Hydra callback, which turns exceptions into warnings.
+    """
+    try:
+        yield
+    except errors as err:
+        if full_error():
+            traceback.print_exc()
+        cause = err.__cause__
+        # Hydra's composition errors say which override; OmegaConf's cause says what is wrong.
+        detail = f"\n{cause}" if type(cause).__module__.startswith("omegaconf") else ""
+        print(f"Error{context}: {err}{detail}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def check_output_dir(path: str | Path, key: str, example: str) -> None:
+    """Raise unless `path` is a folder, or can be made one, that this process may write to;
+    the message names `key` and suggests `example`."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"{key}={str(path)!r} is not valid: {existing} is a file; allowed: a folder that "
+            f"exists or can be made. Use e.g. `{example}`."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{key}={str(path)!r} is not valid: {existing} is not writable; allowed: a writable "
+            f"folder. Use e.g. `{example}`."
+        )
+
+
+def check_choices(config: DictConfig) -> None:
+    """Reject an unknown name of an optional group (`experiment=table99`, `debug=fst`), which
+    Hydra composes without: the default job would run instead of the one asked for."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    choices = OmegaConf.select(config, "hydra.runtime.choices") or {}
+    loader = GlobalHydra.instance().config_loader()
+    for group in OPTIONAL_GROUPS:
+        name = choices.get(group)
+        options = loader.get_group_options(group)
+        if name is not None and name not in options:
+            example = (difflib.get_close_matches(name, options, n=1) or options)[0]
+            raise value_error(group, name, ", ".join(options), f"{group}={example}")
+
+
+def check_job(cfg: DictConfig) -> None:
+    """The validation pass of one job, before any work: every value's range
+    (`config.check_config`), the names that depend on the model and task (`train.plan`: rank,
+    targets, layers, model and task files, `lora.init_from`), the data (cache present, splits,
+    a batch that fits) and the logger. Raises one of `USER_ERRORS`."""
+    check_config(cfg)  # first: no heavy imports for a bad number
+    from lora_jax.train import plan
+
+    task = plan(cfg).task
+    check_batch_size(cfg.data.batch_size, _split_size(task.name, "train"), task.name)
+    split = task.splits.get(cfg.data.eval_split, cfg.data.eval_split)
+    try:
+        _split_size(task.name, split)
+    except (ValueError, KeyError):
+        allowed = ", ".join(task.splits)
+        raise value_error(
+            "data.eval_split", cfg.data.eval_split, allowed, "data.eval_split=validation"
+        ) from None
+    if cfg.logger.backend == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise value_error("logger.backend", "wandb", "none (wandb is not installed)", "logger=none")
+
+
+@functools.cache  # a sweep's jobs share their task: open each split once
+def _split_size(task: str, split: str) -> int:
+    from lora_jax import data
+
+    logging.disable(logging.INFO)  # TFDS logs "Load dataset info"; the pass prints one message
+    try:
+        return len(data.load_split(task, split))
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _job_name(job: DictConfig) -> str:
+    return " ".join(job.hydra.overrides.task) or "(no overrides)"
+
+
+class CheckCallback(Callback):
+    """Hydra calls these before it makes the run or sweep folder and before any job."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with user_errors():
+            check_choices(config)
+            check_output_dir(config.hydra.run.dir, "hydra.run.dir", "hydra.run.dir=outputs/runs/a")
+            check_job(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from lora_jax.sweep import job_configs
+
+        with user_errors():
+            check_choices(config)
+            check_output_dir(
+                config.hydra.sweep.dir, "hydra.sweep.dir", "hydra.sweep.dir=outputs/sweeps/a"
+            )
+        from hydra.errors import CompactHydraException
+
+        # A job's own overrides (`rank=abc,2`) are composed only here, Hydra's way.
+        with user_errors(errors=(*USER_ERRORS, CompactHydraException)):
+            jobs = list(job_configs(config))
+        # Every job's numbers first (no heavy imports), then the model, data and files.
+        for check in (check_config, check_job):
+            for job in jobs:
+                with user_errors(f" in sweep job `{_job_name(job)}`"):
+                    check_choices(job)
+                    check(job)
+
+
+def hydra_main(task_function: Callable[[DictConfig], Any], conf: str, name: str) -> Callable:
+    """`hydra.main(...)(task_function)`, with Hydra's composition errors (printed by Hydra as
+    one message, exit status 1) exiting 2 like every other user error, plus the allowed keys
+    when a key is unknown."""
+    import hydra
+    from hydra.errors import CompactHydraException
+
+    hydra_entry = hydra.main(config_path=conf, config_name=name, version_base="1.3")(task_function)
+
+    @functools.wraps(task_function)
+    def main() -> None:
+        try:
+            hydra_entry()
+        except CompactHydraException:  # HYDRA_FULL_ERROR=1: Hydra raised it; show it all
+            traceback.print_exc()
+            raise SystemExit(EXIT_USER_ERROR) from None
+        except SystemExit as exit_:
+            # Hydra printed the message and called sys.exit(1) while handling the error.
+            err = exit_.__context__
+            if exit_.code != 1 or not isinstance(err, CompactHydraException):
+                raise
+            hint = _allowed_keys(err)
+            if hint:
+                print(hint, file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
+
+    return main
+
+
+def _allowed_keys(err: BaseException) -> str | None:
+    """`Allowed keys in trainer: steps, ...` for an unknown key in a typed section."""
+    full_key = getattr(err.__cause__, "full_key", None)
+    if not full_key or "Key" not in str(err.__cause__):
+        return None
+    schema: Any = Config()
+    parts = str(full_key).split(".")
+    for part in parts[:-1]:
+        schema = getattr(schema, part, None)
+        if not is_dataclass(schema):
+            return None
+    where = " in " + ".".join(parts[:-1]) if len(parts) > 1 else ""
+    return f"Allowed keys{where}: {', '.join(f.name for f in fields(schema))}."
