@@ -221,3 +221,17 @@ def test_random_baseline_mean_is_max_ij_over_n(n, r1, r2):
     # Two different keys give different draws; one key gives the same one.
     g = np.asarray(random_baseline(jax.random.key(0), n, r1, r2))
     np.testing.assert_array_equal(g, np.asarray(random_baseline(jax.random.key(0), n, r1, r2)))
+
+
+def test_phi_grids_work_under_jit_and_vmap():
+    # Called on arrays they run as small programs (one per factor shape, one per pair); traced,
+    # the same code is part of the caller's program.
+    rng = np.random.default_rng(11)
+    a1, a2 = rng.standard_normal((3, 32, 2)), rng.standard_normal((3, 32, 5))
+    eager = np.stack([np.asarray(phi_grid_a(x, y)) for x, y in zip(a1, a2, strict=True)])
+    np.testing.assert_allclose(np.asarray(jax.vmap(phi_grid_a)(a1, a2)), eager, atol=1e-6)
+    b1, b2 = a1.transpose(0, 2, 1), a2.transpose(0, 2, 1)
+    traced = jax.jit(lambda x, y: phi_grid_b(x, y, rtol=1e-3))(b1[0], b2[0])
+    np.testing.assert_allclose(
+        np.asarray(traced), np.asarray(phi_grid_b(b1[0], b2[0], 1e-3)), atol=1e-6
+    )

@@ -34,6 +34,8 @@ Example:
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,18 +116,29 @@ def output_subspace(lora_b: jax.Array) -> jax.Array:
     return _left_basis(jnp.asarray(lora_b).T)[0]
 
 
-def _masked_grid(x1: jax.Array, x2: jax.Array, rtol: float | None) -> jax.Array:
-    """phi grid between the left singular bases of x1 (n, r1) and x2 (n, r2), NaN past rank."""
-    u1, s1 = _left_basis(x1)
-    u2, s2 = _left_basis(x2)
-    grid = subspace_similarity(u1, u2)
-    ok1 = _rank_mask(s1, x1.shape, rtol)
-    ok2 = _rank_mask(s2, x2.shape, rtol)
-    return jnp.where(ok1[:, None] & ok2[None, :], grid, jnp.nan)
+# One program per factor shape (its SVD) and one per pair of shapes (the grid), instead of one
+# per pair: a sweep has few ranks and many pairs, and most of the compile time is the SVDs
+# (Table 6: 5 ranks, 10 pairs of shapes). The SVDs and the grid give the same bits either way.
+@partial(jax.jit, static_argnames=("rtol", "transpose"))
+def _basis(x: jax.Array, rtol: float | None, transpose: bool) -> tuple[jax.Array, jax.Array]:
+    """Left singular basis of x (or of x.T) and the mask of its defined directions."""
+    x = x.T if transpose else x
+    u, s = _left_basis(x)
+    return u, _rank_mask(s, x.shape, rtol)
+
+
+@jax.jit
+def _masked_similarity(u1, ok1, u2, ok2) -> jax.Array:
+    return jnp.where(ok1[:, None] & ok2[None, :], subspace_similarity(u1, u2), jnp.nan)
+
+
+def _masked_grid(x1, x2, rtol: float | None, transpose: bool = False) -> jax.Array:
+    """phi grid between the left singular bases of x1 (n, r1) and x2 (n, r2) (or of their
+    transposes), NaN past rank."""
+    return _masked_similarity(*_basis(x1, rtol, transpose), *_basis(x2, rtol, transpose))
 
 
 @_on_one_blas_thread
-@jax.jit(static_argnames="rtol")
 def phi_grid_a(a1: jax.Array, a2: jax.Array, rtol: float | None = None) -> jax.Array:
     """Fig. 3/4 grid for two `lora_a` factors (in, r1) and (in, r2): input-side similarity.
 
@@ -133,12 +146,10 @@ def phi_grid_a(a1: jax.Array, a2: jax.Array, rtol: float | None = None) -> jax.A
         (r1, r2) array, [i - 1, j - 1] = phi(A1, A2, i, j); NaN where i or j exceeds the
         numerical rank of its factor (see the module docstring).
     """
-    a1, a2 = jnp.asarray(a1), jnp.asarray(a2)
-    return _masked_grid(a1, a2, rtol)
+    return _masked_grid(jnp.asarray(a1), jnp.asarray(a2), rtol)
 
 
 @_on_one_blas_thread
-@jax.jit(static_argnames="rtol")
 def phi_grid_b(b1: jax.Array, b2: jax.Array, rtol: float | None = None) -> jax.Array:
     """The same grid for two `lora_b` factors (r1, out) and (r2, out): output-side similarity.
 
@@ -146,8 +157,7 @@ def phi_grid_b(b1: jax.Array, b2: jax.Array, rtol: float | None = None) -> jax.A
         (r1, r2) array, [i - 1, j - 1] = phi(B1, B2, i, j); NaN where i or j exceeds the
         numerical rank of its factor (all NaN for `lora_b = 0`, as at initialisation).
     """
-    b1, b2 = jnp.asarray(b1), jnp.asarray(b2)
-    return _masked_grid(b1.T, b2.T, rtol)
+    return _masked_grid(jnp.asarray(b1), jnp.asarray(b2), rtol, transpose=True)
 
 
 @_on_one_blas_thread
