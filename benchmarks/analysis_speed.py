@@ -69,13 +69,15 @@ CATEGORIES = {
 
 
 def cpu_model() -> str:
+    """The CPU's model name and its wider vector units (machines of one name differ)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    name = next((x.split(":", 1)[1].strip() for x in info if x.startswith("model name")), "?")
+    flags = next((x.split(":", 1)[1].split() for x in info if x.startswith("flags")), [])
+    wide = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{name} ({', '.join(wide) or 'no AVX2'})"
 
 
 def _env(pythonpath: Path) -> dict[str, str]:
