@@ -45,15 +45,19 @@ class Checkpointer:
         self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
 
-    def restore(self, like: dict[str, Any], data_iterator: Any) -> tuple[dict, dict] | None:
-        """Restore the newest intact (state, meta) with `state` shaped like `like`; None if
-        there is none. Damaged steps are moved aside with a warning (module docstring).
+    def restore(
+        self, like: dict[str, Any], data_iterator: Any, max_step: int | None = None
+    ) -> tuple[dict, dict] | None:
+        """Restore the newest intact (state, meta), at most at `max_step`, with `state` shaped
+        like `like`; None if there is none. Damaged steps are moved aside with a warning
+        (module docstring).
 
         The data iterator is moved, in place, to where it was when the checkpoint was saved.
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         start = data_iterator.get_state()  # a failed restore may have moved it
-        for step in sorted(self._manager.all_steps(), reverse=True):
+        steps = [s for s in self._manager.all_steps() if max_step is None or s <= max_step]
+        for step in sorted(steps, reverse=True):
             try:
                 restored = self._manager.restore(
                     step,
@@ -72,6 +76,13 @@ class Checkpointer:
                 continue
             return restored["state"], meta
         return None
+
+    def discard_after(self, step: int) -> None:
+        """Delete the checkpoints newer than `step`: a run rolled back to `step` (a fused
+        group whose member's newest checkpoint was damaged) trains and saves them again."""
+        for later in self._manager.all_steps():
+            if later > step:
+                self._manager.delete(later)
 
     def _set_aside(self, step: int, err: Exception) -> None:
         """Move the damaged `step` out of the manager's folder (kept for inspection; a later

@@ -435,11 +435,21 @@ class FusedGroup:
 
     def _resume(self, logs: list[RunLog]) -> int:
         """Restore every member's last checkpoint (all at one step, see `group_key`)."""
-        restored = [
-            log.restore(self.member_state(i), self.iters[self.seeds[i]])
-            for i, log in enumerate(logs)
-        ]
+
+        def restore(max_step: int | None = None) -> list[tuple[dict, int]]:
+            return [
+                log.restore(self.member_state(i), self.iters[self.seeds[i]], max_step)
+                for i, log in enumerate(logs)
+            ]
+
+        restored = restore()
         steps = {step for _, step in restored}
+        if len(steps) > 1:  # a member's newest checkpoint was damaged: all go back to its step
+            print(f"[lora_jax] fused: every member goes back to step {min(steps)} (intact in all)")
+            for log in logs:
+                log.ckpt.discard_after(min(steps))
+            restored = restore(min(steps))
+            steps = {step for _, step in restored}
         if len(steps) != 1:
             raise RuntimeError(f"fused members resume from different steps {sorted(steps)}.")
         if steps != {0}:

@@ -403,19 +403,26 @@ class RunLog:
         self.sign, self.main = (-1.0, select[1:]) if select.startswith("-") else (1.0, select)
         self.trainer, self.lora, self.tracker, self.ckpt = cfg.trainer, p.lora, tracker, ckpt
         self.schedule = _schedule(cfg)
-        self.best: dict[str, Any] = {self.main: -self.sign * math.inf, "step": 0}
+        self.best: dict[str, Any] = self._no_best()
         self.metrics: dict[str, float] | None = None  # the last evaluation in this process
         self._window_start, self._window_tokens = time.perf_counter(), 0
 
-    def restore(self, state: dict[str, Any], data_iter: Any) -> tuple[dict[str, Any], int]:
-        """`(state, step)` from the last checkpoint (the data iterator moved along), else as given."""
-        restored = self.ckpt.restore(state, data_iter)  # the newest intact checkpoint
+    def restore(
+        self, state: dict[str, Any], data_iter: Any, max_step: int | None = None
+    ) -> tuple[dict[str, Any], int]:
+        """`(state, step)` from the newest intact checkpoint (at most at `max_step`; the data
+        iterator moved along), else as given."""
+        restored = self.ckpt.restore(state, data_iter, max_step)
         if restored is None:
+            self.best = self._no_best()  # a fused group may restore a member a second time
             return state, 0
         state, meta = restored
         self.best = meta["best"]
         print(f"[lora_jax] resuming {self.tracker.run_dir.name} from step {meta['step']}")
         return state, meta["step"]
+
+    def _no_best(self) -> dict[str, Any]:
+        return {self.main: -self.sign * math.inf, "step": 0}
 
     def after_step(self, step: int, out: dict[str, Any], batch: dict[str, Any]) -> dict | None:
         """Check the loss of `step`; log and return a row every `log_every` steps (else None).

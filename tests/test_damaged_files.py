@@ -125,3 +125,24 @@ def test_read_run_of_a_garbled_metrics_json_warns(tmp_path):
         warnings.simplefilter("always")
         assert read_run(tmp_path) is None
     assert any("is damaged" in str(w.message) for w in caught)
+
+
+def test_fused_group_goes_back_to_the_step_every_member_has(tmp_path):
+    """A killed fused sweep whose member rank=2 has a damaged newest checkpoint: the group
+    resumes fused from step 10 and every member ends as its uninterrupted run."""
+    sweep_dir = tmp_path / "sw"
+    args = [*RUN[:-1], "rank=1,2", "hydra/launcher=fused", f"hydra.sweep.dir={sweep_dir}"]
+    _run("experiments.sweep", *args, cwd=tmp_path)
+    runs = sorted(p.parent for p in sweep_dir.glob("*/metrics.json"))
+    ref = {r: json.loads((r / "metrics.json").read_text()) for r in runs}
+    for r in runs:  # killed after the last checkpoint
+        (r / "metrics.json").unlink()
+    (damaged,) = [r for r in runs if r.name.endswith("rank=2")]
+    DAMAGE["state data truncated"](damaged / "checkpoints" / "20")
+    proc = _run("experiments.sweep", *args, cwd=tmp_path)
+    assert "fused: training 2 runs as one" in proc.stdout
+    assert "checkpoint step 20" in proc.stderr
+    assert "every member goes back to step 10" in proc.stdout
+    for r in runs:
+        got = json.loads((r / "metrics.json").read_text())
+        assert got["final"] == ref[r]["final"] and got["best"] == ref[r]["best"]
