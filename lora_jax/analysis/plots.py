@@ -4,8 +4,9 @@ Each function draws on a given `ax`, or makes its own figure and saves it as PNG
 it returns the Axes (or the saved path when it made the figure).
 
 The figures a sweep writes (`phi_figure`, `spectrum_plot`) are laid out by hand in inches:
-no constrained layout or `bbox_inches="tight"`, whose text measuring passes cost most of the
-time (a 12-panel figure took ~3 s), and one shared colorbar per phi figure.
+no constrained layout or `bbox_inches="tight"`, whose text-measuring passes cost most of the
+time, and a phi figure is one Axes of images with one colorbar (a 12-panel figure: 2.3 s of
+CPU before, 0.2 s now).
 
 Example:
     >>> import numpy as np

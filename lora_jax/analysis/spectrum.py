@@ -57,10 +57,10 @@ def _float(x: jax.Array) -> jax.Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-F = TypeVar("F", bound=Callable)
+_F = TypeVar("_F", bound=Callable)
 
 
-def _on_one_blas_thread(fn: F) -> F:
+def _on_one_blas_thread(fn: _F) -> _F:
     """Run the jitted `fn` to completion with BLAS/LAPACK on one thread (traced calls: as is).
 
     XLA:CPU hands QR and SVD to LAPACK (OpenBLAS, through jaxlib), which splits these small
@@ -196,7 +196,7 @@ def _summarize_concrete(s: np.ndarray, shape: tuple[int, int] | None) -> dict[st
     (sum, cumsum: their order sets the rounding), log/exp and the divisions by a scalar stay
     the same XLA programs as in `_summarize`. Jitting `_summarize` whole would fuse them and
     change the last bits.
-    tests/test_analysis_spectrum.py checks this against `_summarize` run op by op.
+    tests/test_analysis_spectrum.py checks it against the jnp definition run op by op.
     """
     s = np.sort(s)[::-1]
     dtype = s.dtype
