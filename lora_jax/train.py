@@ -402,6 +402,7 @@ class RunLog:
         # "-loss": lower is better.
         self.sign, self.main = (-1.0, select[1:]) if select.startswith("-") else (1.0, select)
         self.trainer, self.lora, self.tracker, self.ckpt = cfg.trainer, p.lora, tracker, ckpt
+        self.clip_norm = cfg.optim.clip_norm
         self.schedule = _schedule(cfg)
         self.best: dict[str, Any] = self._no_best()
         self.metrics: dict[str, float] | None = None  # the last evaluation in this process
@@ -432,9 +433,16 @@ class RunLog:
         """
         t, loss = self.trainer, float(out["loss"])
         if not math.isfinite(loss):
+            last = self.ckpt.latest_step
+            kept = (
+                f"the last good checkpoint is step {last}"
+                if last is not None
+                else "no checkpoint yet"
+            )
+            fix = "Lower optim.lr" + ("" if self.clip_norm else " or set optim.clip_norm=1.0")
             raise NonFiniteLossError(
-                f"loss={loss} at step {step} in {self.tracker.run_dir}; the last good checkpoint is "
-                f"step {self.ckpt.latest_step}. Lower optim.lr or set optim.clip_norm."
+                f"loss={loss} at step {step} in {self.tracker.run_dir}; {kept}. {fix}, and "
+                "train again into a new folder or with trainer.restart=true."
             )
         self._window_tokens += int(np.sum(batch["attention_mask"]))
         if not (step % t.log_every == 0 or step == t.steps):

@@ -186,3 +186,13 @@ def test_check_job_before_hydra_makes_the_folder(finished):
             check_job(job("rank=2"), multirun=False)
         check_job(job("rank=2", "trainer.restart=true"), multirun=False)
         check_job(job("logger=wandb"), multirun=False)
+
+
+def test_non_finite_loss_names_the_way_forward(tmp_path):
+    """The NaN stop says what was kept and a fix that applies (clipping is already on)."""
+    run_dir = tmp_path / "run"
+    args = [*RUN, "optim.lr=1e30", "optim.warmup_ratio=0.5", f"hydra.run.dir={run_dir}"]
+    proc = _run("experiments.train", *args, cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "NonFiniteLossError" in proc.stderr
+    assert "no checkpoint yet. Lower optim.lr, and train again" in proc.stderr
+    assert "trainer.restart=true" in proc.stderr and "step None" not in proc.stderr
