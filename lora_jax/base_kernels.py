@@ -29,6 +29,9 @@ from lora_jax.lora import layer_index
 
 Key = tuple[int, str]  # (layer, target)
 BASE_KERNELS_FILE = "base_kernels.safetensors"
+# W_ft - W_0 of every matrix a LoRA could adapt, written by a full fine-tuning run.
+FULL_UPDATE_FILE = "full_update.safetensors"
+_TARGETS = {t for modules in TARGET_MODULES.values() for t in modules} | set(GPT2_QKV)
 
 
 def _hf_tensor(family: str, key: Key) -> tuple[str, int | None]:
@@ -126,36 +129,47 @@ def _load(file: Path, name: str) -> np.ndarray:
         return f.get_tensor(name)
 
 
-def _read_saved(path: Path, keys: list[Key]) -> dict[Key, np.ndarray]:
+def load_kernels(path: str | Path) -> dict[Key, np.ndarray]:
+    """Every kernel of a file `save_kernels` wrote: {(layer, target): array (in, out)}."""
     out = {}
     with safe_open(path, framework="numpy") as f:
-        names = set(f.keys())
-        for layer, target in keys:
-            name = f"layer_{layer}/{target}"
-            if name not in names:
-                raise KeyError(f"{path} has no kernel {name!r}; allowed: {sorted(names)}.")
-            out[(layer, target)] = f.get_tensor(name)
-    return out
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
+            layer, target = name.split("/")
+            out[(int(layer.removeprefix("layer_")), target)] = f.get_tensor(name)
+    return dict(sorted(out.items()))
 
 
-def adapted_kernels(params: Mapping[str, Any]) -> dict[Key, np.ndarray]:
-    """{(layer, target): kernel (in, out)} of every module in `params` that has a `lora_a`."""
+def _read_saved(path: Path, keys: list[Key]) -> dict[Key, np.ndarray]:
+    saved = load_kernels(path)
+    missing = [k for k in keys if k not in saved]
+    if missing:
+        raise KeyError(f"{path} has no kernel for {missing}; it holds {sorted(saved)}.")
+    return {k: saved[k] for k in keys}
+
+
+def layer_kernels(params: Mapping[str, Any]) -> dict[Key, np.ndarray]:
+    """{(layer, target): kernel (in, out)} of every matrix in `params` that a LoRA could adapt."""
     flat = traverse_util.flatten_dict(dict(params))
     return {
-        (layer_index(path), path[-2]): np.asarray(flat[(*path[:-1], "kernel")])
-        for path in flat
-        if path[-1] == "lora_a" and (*path[:-1], "kernel") in flat
+        (layer_index(path), path[-2]): np.array(leaf, copy=True)  # not a view of a device buffer
+        for path, leaf in flat.items()
+        if path[-1] == "kernel"
+        and len(path) > 1
+        and path[-2] in _TARGETS
+        and layer_index(path) is not None
     }
 
 
-def save_kernels(path: str | Path, kernels: Mapping[Key, np.ndarray]) -> Path:
-    """Write `kernels` (our layout) for `read_kernels`: the base of a run without a checkpoint."""
+def save_kernels(path: str | Path, kernels: Mapping[Key, np.ndarray], family: str) -> Path:
+    """Write `kernels` (our layout; `load_kernels` reads them back): the base W_0 of a run
+    without a checkpoint, or a full fine-tuning update. `family` goes to the file's metadata."""
     path = Path(path)
-    save_file(
-        {
-            f"layer_{layer}/{target}": np.ascontiguousarray(w)
-            for (layer, target), w in kernels.items()
-        },
-        path,
-    )
+    tensors = {f"layer_{layer}/{t}": np.ascontiguousarray(w) for (layer, t), w in kernels.items()}
+    save_file(tensors, path, metadata={"family": family})
     return path
+
+
+def saved_family(path: str | Path) -> str:
+    """The model family a `save_kernels` file was written for."""
+    with safe_open(path, framework="numpy") as f:
+        return (f.metadata() or {})["family"]

@@ -39,20 +39,20 @@ def job_configs(config: DictConfig) -> Iterator[DictConfig]:
             yield loader.load_sweep_config(config, list(job_overrides))
 
 
-def run_base(update: Update) -> Path:
-    """The checkpoint holding W for an analysed run: the kernels a random-init run saved, else
-    its model's checkpoint (a registry name or path; `models.checkpoint_path`)."""
+def run_base(run: RunRecord) -> Path:
+    """The checkpoint holding W_0 for an analysed run: the kernels a random-init run saved,
+    else its model's checkpoint (a registry name or path; `models.checkpoint_path`)."""
     from lora_jax import models
     from lora_jax.base_kernels import BASE_KERNELS_FILE
 
-    saved = update.folder / BASE_KERNELS_FILE
+    saved = run.run_dir / BASE_KERNELS_FILE
     if saved.is_file():
         return saved
-    path = models.checkpoint_path(update.record.model)
+    path = models.checkpoint_path(run.model)
     if path is None:
         raise FileNotFoundError(
-            f"{update.folder} was trained on the random-init model {update.record.model!r} and "
-            f"has no {BASE_KERNELS_FILE} (runs made before it existed); rerun that run."
+            f"{run.run_dir} was trained on the random-init model {run.model!r} and has no "
+            f"{BASE_KERNELS_FILE} (runs made before it existed); rerun that run."
         )
     return path
 

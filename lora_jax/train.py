@@ -25,9 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_jax import data as data_lib
 from lora_jax import lm, models, parallel, planted
-from lora_jax.adapter_io import adapter_folder, export_adapter, init_adapters
+from lora_jax.adapter_io import adapter_folder, export_adapter, family_of, init_adapters
 from lora_jax.analysis.adapters import adapter_spectra
-from lora_jax.base_kernels import BASE_KERNELS_FILE, adapted_kernels, save_kernels
+from lora_jax.base_kernels import (
+    BASE_KERNELS_FILE,
+    FULL_UPDATE_FILE,
+    layer_kernels,
+    save_kernels,
+)
 from lora_jax.budget import budget_rank
 from lora_jax.checkpoint import Checkpointer
 from lora_jax.config import check_batch_size, check_config, to_dict, value_error
@@ -252,6 +257,8 @@ class RunSetup:
     data: _Data
     objective: Objective
     sizes: dict[str, int]
+    # Full fine-tuning: W_0 of every adaptable matrix, copied before training donates the params.
+    initial_kernels: dict | None = None
 
 
 def prepare_run(cfg: DictConfig, p: Plan, workdir: Path) -> RunSetup:
@@ -278,9 +285,9 @@ def prepare_run(cfg: DictConfig, p: Plan, workdir: Path) -> RunSetup:
     # config.yaml and W&B get what the run really uses: epochs as steps, a budget's rank.
     cfg = OmegaConf.merge(epochs_to_steps(cfg, data.train_size), {"lora": {"rank": p.lora.rank}})
     write_atomic(workdir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    if models.is_random(cfg.model.name) and not p.full_finetune and p.lora.rank > 0:
-        # A random-init base has no checkpoint to read W from later: the analysis reads these.
-        save_kernels(workdir / BASE_KERNELS_FILE, adapted_kernels(pre.params))
+    if models.is_random(cfg.model.name):
+        # A random-init base has no checkpoint to read W_0 from later: the analysis reads these.
+        save_kernels(workdir / BASE_KERNELS_FILE, layer_kernels(pre.params), family_of(pre))
     tx = _optimizer(cfg, split(labels, labels).trainable)
     opt_state = tx.init(parts.trainable)
     objective = _objective(cfg, p, pre, parts, data)
@@ -290,7 +297,8 @@ def prepare_run(cfg: DictConfig, p: Plan, workdir: Path) -> RunSetup:
         "lora_params": count_params(adapters(parts.trainable)),
         "optimizer_state_bytes": tree_bytes(opt_state),
     }
-    return RunSetup(cfg, pre, parts, tx, opt_state, data, objective, sizes)
+    initial = layer_kernels(pre.params) if p.full_finetune else None
+    return RunSetup(cfg, pre, parts, tx, opt_state, data, objective, sizes, initial)
 
 
 def open_tracker(cfg: DictConfig, workdir: Path, sizes: dict[str, int]) -> Tracker:
@@ -354,6 +362,11 @@ def finish_run(
     """Export the adapter, log the summary and return the run's `metrics.json` record."""
     cfg, sizes = s.cfg, s.sizes
     export_adapter(workdir / "adapter", trainable, p.lora, s.pre, models.hub_id(cfg.model.name))
+    if p.full_finetune:
+        # The full update W_ft - W_0 of every matrix a LoRA could adapt, for the rank analysis.
+        w_ft = layer_kernels(trainable)
+        update = {k: w_ft[k] - w0 for k, w0 in s.initial_kernels.items()}
+        save_kernels(workdir / FULL_UPDATE_FILE, update, family_of(s.pre))
     result = {
         "status": "complete",
         "final": final,

@@ -37,6 +37,7 @@ from lora_jax.analysis.similarity import (
     subspace_similarity,
 )
 from lora_jax.analysis.spectrum import dw_svd, spectrum, summarize_spectrum
+from lora_jax.analysis.versus_full import versus_full
 from lora_jax.base_kernels import read_kernels
 from lora_jax.run_record import RunRecord, pairs_differing_in, write_atomic
 
@@ -344,7 +345,7 @@ def _write(out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def analyze_runs(
-    sweep_dir: str | Path, runs: list[RunRecord], base_of: Callable[[Update], Path]
+    sweep_dir: str | Path, runs: list[RunRecord], base_of: Callable[[RunRecord], Path]
 ) -> dict[str, Any]:
     """Analyse the LoRA runs of a sweep: every run, every pair of runs that differ only in
     rank (Fig. 3) or only in seed (Fig. 4), planted-rank recovery where a run planted one.
@@ -356,7 +357,7 @@ def analyze_runs(
     updates = from_runs(runs)
     by_run = {u.record.run_dir: u for u in updates}
     lora_runs = [u.record for u in updates]
-    measured = _measure_all(updates, base_of)
+    measured = _measure_all(updates, lambda u: base_of(u.record))
     spectra = _spectra_figures(updates, measured, fig_dir)
     result: dict[str, Any] = {
         "sweep_dir": str(sweep_dir),
@@ -381,6 +382,12 @@ def analyze_runs(
     planted = _planted_rows(updates)
     if planted:
         result["planted"] = planted
+    adapter_of = {u.record.run_dir: u.adapter for u in updates}
+    full = versus_full(
+        runs, lambda r: (adapter_of[r.run_dir].factors, adapter_of[r.run_dir].scales), base_of
+    )
+    if full:
+        result["versus_full"] = full
     return _write(sweep_dir, result)
 
 

@@ -21,6 +21,7 @@ from lora_jax.report.format import fmt_stats, num, scale, unit
 from lora_jax.report.items import check_paper_items, paper_items
 from lora_jax.report.plots import metric_vs_rank
 from lora_jax.report.rank_analysis import load_analysis, rank_analysis
+from lora_jax.report.versus_full import versus_full
 from lora_jax.run_record import RunRecord, read_runs
 
 FIGURES_DIR = "figures"
@@ -127,6 +128,10 @@ def build_document(
         ),
         Section("Rank analysis", rank_analysis(sweep_dir)),
     ]
+    analysis = load_analysis(sweep_dir) or {}
+    if analysis.get("versus_full"):
+        blocks = versus_full(analysis, out / FIGURES_DIR)
+        sections.append(Section("LoRA vs full fine-tuning", blocks))
     for key in items:
         builder = BUILDERS[key]
         blocks = builder(cells, sweep_dir) if key in analysis_tables.BUILDERS else builder(cells)

@@ -1,0 +1,178 @@
+"""LoRA against full fine-tuning, as report blocks and figures, from `analysis.json`.
+
+Reads the `versus_full` entries that `lora_jax.analysis.versus_full` wrote: per target type
+(medians over layers), the energy ranks of the full update beside a random matrix of the
+same shape and norm, the intruder counts of each LoRA rank beside full fine-tuning's, and
+phi between their top directions. Two figures: cumulative energy against k (full, random,
+each LoRA rank), and intruders against epsilon (each LoRA rank, full as the reference).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; must precede pyplot
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from lora_jax.paper import weight_label
+from lora_jax.report.document import Block, Figure, Table
+
+
+def _by_target(matrices: dict[str, Any]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = defaultdict(list)
+    for name, m in matrices.items():
+        out[name.split("/")[1]].append(m)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] not in "qkvo", kv[0])))
+
+
+def _median(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    return f"{np.median(values):.3g}" if values else "—"
+
+
+def _cumulative(s: list[float]) -> np.ndarray:
+    e = np.square(np.asarray(s, float))
+    return np.cumsum(e) / e.sum() if e.sum() > 0 else np.zeros_like(e)
+
+
+def _lora_energy(entry: dict[str, Any], analysis: dict[str, Any]) -> dict[int, dict[str, list]]:
+    """{rank: {target: [singular values per layer]}} of the LoRA peers, from the runs' spectra."""
+    runs = analysis.get("runs", {})
+    out: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for name, peer in entry["lora"].items():
+        for matrix, m in runs.get(name, {}).get("adapters", {}).items():
+            out[peer["rank"]][matrix.split("/")[1]].append(m["singular_values"])
+    return out
+
+
+def _legend(fig, axes) -> None:
+    """One legend for the figure: every line any panel drew (not every panel has each rank)."""
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=7)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+
+
+def _figures(entry: dict[str, Any], analysis: dict[str, Any], out: Path) -> list[Figure]:
+    targets = _by_target(entry["matrices"])
+    lora = _lora_energy(entry, analysis)
+    ranks = sorted(lora)
+    fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.2), squeeze=False)
+    for ax, (target, ms) in zip(axes[0], targets.items(), strict=True):
+        full = np.median([_cumulative(m["singular_values"]) for m in ms], axis=0)
+        ks = np.arange(1, len(full) + 1)
+        ax.plot(ks, full, color="black", label="full FT")
+        rand = np.median([_cumulative(m["random"]["singular_values"]) for m in ms], axis=0)
+        ax.plot(ks, rand, color="grey", ls="--", label="random, same shape and norm")
+        for r in ranks:
+            curves = [_cumulative(s) for s in lora[r].get(target, [])]
+            if curves:
+                c = np.median(curves, axis=0)
+                ax.plot(np.arange(1, len(c) + 1), c, marker="o", ms=3, label=f"LoRA r={r}")
+        ax.axhline(0.9, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_title(weight_label((target,)) or target, fontsize=9)
+        ax.set_xlabel("k (top singular values)")
+    axes[0][0].set_ylabel("share of ||dW||_F^2")
+    _legend(fig, axes[0])
+    energy = out / f"versus_full_energy_{entry['run'][:40]}.png"
+    fig.savefig(energy, dpi=90)
+    plt.close(fig)
+
+    eps = entry["epsilons"]
+    fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.2), squeeze=False)
+    for ax, (target, ms) in zip(axes[0], targets.items(), strict=True):
+        ax.plot(eps, np.mean([m["intruders"] for m in ms], axis=0), color="black", label="full FT")
+        for peer in sorted(entry["lora"].values(), key=lambda p: p["rank"]):
+            curves = [
+                m["intruders"] for k, m in peer["matrices"].items() if k.endswith(f"/{target}")
+            ]
+            if curves:
+                ax.plot(
+                    eps, np.mean(curves, axis=0), marker="o", ms=3, label=f"LoRA r={peer['rank']}"
+                )
+        ax.set_title(weight_label((target,)) or target, fontsize=9)
+        ax.set_xlabel("epsilon")
+    axes[0][0].set_ylabel(f"intruders of the top {entry['top_k']}")
+    _legend(fig, axes[0])
+    intruders = out / f"versus_full_intruders_{entry['run'][:40]}.png"
+    fig.savefig(intruders, dpi=90)
+    plt.close(fig)
+    return [
+        Figure(
+            energy, "Cumulative energy of dW against k: full fine-tuning, LoRA (median over layers)"
+        ),
+        Figure(
+            intruders,
+            "Intruder dimensions against epsilon: LoRA ranks, full fine-tuning as reference",
+        ),
+    ]
+
+
+def versus_full(analysis: dict[str, Any], figures: Path) -> list[Block]:
+    """The blocks of the "LoRA vs full fine-tuning" section ([] when no full FT run)."""
+    blocks: list[Block] = []
+    for entry in analysis.get("versus_full", []):
+        targets = _by_target(entry["matrices"])
+        energy = Table(
+            [
+                "matrix",
+                "full: rank for 50% / 90% / 99% energy",
+                "random: 50 / 90 / 99%",
+                "full: effective rank",
+                "random: effective rank",
+                "min(in, out)",
+            ],
+            [
+                [
+                    weight_label((t,)) or t,
+                    " / ".join(_median([m[f"energy_rank_{q}"] for m in ms]) for q in (50, 90, 99)),
+                    " / ".join(
+                        _median([m["random"][f"energy_rank_{q}"] for m in ms]) for q in (50, 90, 99)
+                    ),
+                    _median([m["effective_rank"] for m in ms]),
+                    _median([m["random"]["effective_rank"] for m in ms]),
+                    str(len(ms[0]["singular_values"])),
+                ]
+                for t, ms in targets.items()
+            ],
+            caption="Rank of the full fine-tuning update (median over layers)",
+        )
+        eps = entry["epsilons"]
+        at = eps.index(0.5) if 0.5 in eps else len(eps) // 2
+        rows = [
+            [
+                "full FT",
+                *(_median([m["intruders"][at] for m in ms]) for ms in targets.values()),
+                "—",
+            ]
+        ]
+        for _, peer in sorted(entry["lora"].items(), key=lambda kv: kv[1]["rank"]):
+            per = _by_target(peer["matrices"])
+            cells = [_median([m["intruders"][at] for m in per.get(t, [])]) for t in targets]
+            phi = [m["phi_input"][0][0] for ms in per.values() for m in ms]
+            rows.append([f"LoRA r={peer['rank']}", *cells, _median(phi)])
+        intruders = Table(
+            [
+                "update",
+                *(weight_label((t,)) or t for t in targets),
+                "phi(1,1) with full FT's top input direction",
+            ],
+            rows,
+            caption=f"Intruder dimensions at epsilon = {eps[at]} among the top {entry['top_k']} (median over layers)",
+        )
+        blocks += [
+            f"Full fine-tuning run `{entry['run']}` against the LoRA runs of the same model, task and seed.",
+            energy,
+            intruders,
+            *_figures(entry, analysis, figures),
+        ]
+    return blocks

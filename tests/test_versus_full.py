@@ -1,0 +1,63 @@
+"""LoRA against full fine-tuning through the real entry points: a full fine-tuning run saves
+W_ft - W_0 of every adaptable matrix, and the sweep's analysis and report measure it against
+the LoRA run of the same seed (spectra beside a random matrix, intruders, phi)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from test_sweep_e2e import FAST, _run
+
+
+@pytest.fixture(scope="module")
+def full_and_lora(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("versus_full")
+    sweep = cwd / "sw"
+    common = [*FAST, "logger=none", f"hydra.sweep.dir={sweep}"]
+    _run("experiments.sweep", "rank=2", *common, cwd=cwd)
+    _run("experiments.sweep", "rank=0", "lora=full", *common, cwd=cwd)
+    return sweep
+
+
+def test_full_finetuning_run_saves_its_update(full_and_lora):
+    (full_dir,) = [p for p in full_and_lora.iterdir() if p.name.startswith("lora=full")]
+    update, base = (
+        load_file(full_dir / "full_update.safetensors"),
+        load_file(full_dir / "base_kernels.safetensors"),
+    )
+    # every attention and FFN matrix of tiny BERT's 2 layers, in the base's (in, out) layout
+    assert sorted(update) == sorted(
+        f"layer_{i}/{t}" for i in (0, 1) for t in ("q", "k", "v", "o", "ffn_in", "ffn_out")
+    )
+    for name, dw in update.items():
+        assert dw.shape == base[name].shape and 0 < np.linalg.norm(dw) < np.linalg.norm(base[name])
+
+
+def test_analysis_and_report_compare_lora_with_full_finetuning(full_and_lora):
+    analysis = json.loads((full_and_lora / "analysis.json").read_text())
+    (entry,) = analysis["versus_full"]
+    (full_dir,) = [p for p in full_and_lora.iterdir() if p.name.startswith("lora=full")]
+    update = load_file(full_dir / "full_update.safetensors")
+    for name, m in entry["matrices"].items():
+        s = np.linalg.svd(update[name].astype(np.float64), compute_uv=False)
+        np.testing.assert_allclose(m["singular_values"], s, rtol=1e-4, atol=1e-7)
+        energy = np.cumsum(s**2) / np.sum(s**2)
+        assert m["energy_rank_90"] == int(np.sum(energy < 0.9)) + 1
+        assert len(m["intruders"]) == len(entry["epsilons"])
+    (peer,) = entry["lora"].values()
+    assert peer["rank"] == 2 and sorted(peer["matrices"]) == [
+        "layer_0/q",
+        "layer_0/v",
+        "layer_1/q",
+        "layer_1/v",
+    ]
+    grid = np.array(peer["matrices"]["layer_0/q"]["phi_input"], dtype=float)
+    assert grid.shape == (32, 2) and np.nanmin(grid) >= 0 and np.nanmax(grid) <= 1 + 1e-6
+    report = (full_and_lora / "report.md").read_text()
+    assert (
+        "## LoRA vs full fine-tuning" in report and "Rank of the full fine-tuning update" in report
+    )
+    assert (full_and_lora / "figures" / f"versus_full_energy_{full_dir.name}.png").exists()
