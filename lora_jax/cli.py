@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -33,6 +34,9 @@ from lora_jax.config import Config, check_batch_size, check_config, value_error
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)
 EXIT_USER_ERROR = 2  # argparse's status for bad arguments
 OPTIONAL_GROUPS = ("experiment", "debug")  # Hydra ignores unknown names of optional defaults
+# A full disk otherwise surfaces mid-run as an OSError from Orbax; the size of a run's files
+# is known only after the model loads, so this is a floor (MiniLM, full fine-tuning: ~280 MB).
+MIN_FREE = 256 * 2**20
 
 
 def full_error() -> bool:
@@ -60,9 +64,9 @@ def user_errors(
         raise SystemExit(EXIT_USER_ERROR) from None
 
 
-def check_output_dir(path: str | Path, key: str, example: str) -> None:
-    """Raise unless `path` is a folder, or can be made one, that this process may write to;
-    the message names `key` and suggests `example`."""
+def check_output_dir(path: str | Path, key: str, example: str, min_free: int = MIN_FREE) -> None:
+    """Raise unless `path` is a folder, or can be made one, that this process may write to on
+    a disk with `min_free` bytes free; the message names `key` and suggests `example`."""
     path = Path(path).absolute()
     existing = path
     while not existing.exists():
@@ -76,6 +80,13 @@ def check_output_dir(path: str | Path, key: str, example: str) -> None:
         raise ValueError(
             f"{key}={str(path)!r} is not valid: {existing} is not writable; allowed: a writable "
             f"folder. Use e.g. `{example}`."
+        )
+    free = shutil.disk_usage(existing).free
+    if free < min_free:
+        raise ValueError(
+            f"{key}={str(path)!r} is not valid: its disk has {free / 2**20:.0f} MiB free; "
+            f"allowed: a folder on a disk with at least {min_free / 2**20:.0f} MiB free (a "
+            f"run's checkpoints and adapter). Free space, or use e.g. `{example}` elsewhere."
         )
 
 
