@@ -29,6 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lora_jax.config import Config, check_batch_size, check_config, value_error
+from lora_jax.run_identity import check_jobs
 
 # What validation raises for bad input; raised there, never a bug's symptom.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)
@@ -150,6 +151,7 @@ class CheckCallback(Callback):
             check_choices(config)
             check_output_dir(config.hydra.run.dir, "hydra.run.dir", "hydra.run.dir=outputs/runs/a")
             check_job(config)
+            check_jobs([config], multirun=False)  # the folder's results, same config?
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from lora_jax.sweep import job_configs
@@ -170,6 +172,8 @@ class CheckCallback(Callback):
                 with user_errors(f" in sweep job `{_job_name(job)}`"):
                     check_choices(job)
                     check(job)
+        with user_errors():  # every run folder's results against its job, all refusals listed
+            check_jobs(jobs, multirun=True)
 
 
 def hydra_main(task_function: Callable[[DictConfig], Any], conf: str, name: str) -> Callable:

@@ -155,21 +155,25 @@ def check(cfg: DictConfig, workdir: str | Path) -> list[str]:
     return differences(old, identity(cfg), exact)
 
 
-def check_job(job: DictConfig, multirun: bool) -> None:
-    """`check` for a job config composed by Hydra (with its `hydra` node) before Hydra makes
-    or touches its folder (`hydra.run.dir`, or `hydra.sweep.dir`/`subdir` of a sweep job):
-    for a validation pass that runs before any job (a Hydra callback's `on_run_start` /
-    `on_multirun_start`). The job itself checks again (`claim`).
+def check_jobs(jobs: Sequence[DictConfig], multirun: bool) -> None:
+    """`check` for job configs composed by Hydra (with their `hydra` node) before Hydra makes
+    or touches their folders (`hydra.run.dir`, or `hydra.sweep.dir`/`subdir` of sweep jobs):
+    for the validation pass before any job (`lora_jax.cli.CheckCallback`). Each job checks
+    again when it starts (`claim`).
 
     Raises:
-        RunIdentityError: the folder holds results of another config and
+        RunIdentityError: folders hold results of another config (every one is listed) and
             `trainer.restart` is not set.
     """
-    h = job.hydra
-    folder = Path(h.sweep.dir) / str(h.sweep.subdir) if multirun else Path(h.run.dir)
-    diffs = check(job, folder)
-    if diffs and not job.trainer.get("restart"):
-        raise RunIdentityError(_message([(folder, diffs)]))
+    refused = []
+    for job in jobs:
+        h = job.hydra
+        folder = Path(h.sweep.dir) / str(h.sweep.subdir) if multirun else Path(h.run.dir)
+        diffs = check(job, folder)
+        if diffs and not job.trainer.get("restart"):
+            refused.append((folder, diffs))
+    if refused:
+        raise RunIdentityError(_message(refused))
 
 
 def record(cfg: DictConfig, workdir: str | Path) -> None:

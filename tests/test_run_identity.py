@@ -17,7 +17,8 @@ from lora_jax.config import register_configs
 from lora_jax.run_identity import (
     IDENTITY_FILE,
     RunIdentityError,
-    check_job,
+    check_jobs,
+    claim,
     differences,
     identity,
 )
@@ -156,13 +157,13 @@ def test_sweep_rerun_without_debug_fast_is_refused(tmp_path):
     args = ["rank=1,2", f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=fused"]
     _run("experiments.sweep", *FAST, *args, cwd=tmp_path)
     before = _hashes(sweep_dir)
-    # Fused checks every job first and lists each refused folder; basic stops at the first.
-    for launcher, refused in (("hydra/launcher=fused", 2), ("hydra/launcher=basic", 1)):
+    # Every job is checked before any trains, and each refused folder is listed.
+    for launcher in ("hydra/launcher=fused", "hydra/launcher=basic"):
         proc = _run(
             "experiments.sweep", "model=tiny_bert", *args[:2], launcher, cwd=tmp_path, check=False
         )
         _refused(proc, "trainer.steps: 20 -> 200")
-        assert proc.stderr.count("holds results of another config") == refused
+        assert proc.stderr.count("holds results of another config") == 2
         # Hydra's multirun.yaml records the latest sweep command; the runs stay unchanged.
         assert _hashes(sweep_dir) | {"multirun.yaml": ""} == before | {"multirun.yaml": ""}
 
@@ -173,7 +174,7 @@ def test_differences_lists_old_and_new():
     assert differences(old, new, exact=True) == ["lora.rank: 4 -> 2"]
 
 
-def test_check_job_before_hydra_makes_the_folder(finished):
+def test_check_jobs_before_hydra_makes_the_folder(finished):
     """What a validation callback calls before any job: the job's folder from its `hydra` node."""
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -183,9 +184,9 @@ def test_check_job_before_hydra_makes_the_folder(finished):
             return compose("config", args, return_hydra_config=True)
 
         with pytest.raises(RunIdentityError, match=r"lora\.rank: 4 -> 2"):
-            check_job(job("rank=2"), multirun=False)
-        check_job(job("rank=2", "trainer.restart=true"), multirun=False)
-        check_job(job("logger=wandb"), multirun=False)
+            check_jobs([job("rank=2")], multirun=False)
+        check_jobs([job("rank=2", "trainer.restart=true")], multirun=False)
+        check_jobs([job("logger=wandb")], multirun=False)
 
 
 def test_non_finite_loss_names_the_way_forward(tmp_path):
@@ -196,3 +197,16 @@ def test_non_finite_loss_names_the_way_forward(tmp_path):
     assert proc.returncode != 0 and "NonFiniteLossError" in proc.stderr
     assert "no checkpoint yet. Lower optim.lr, and train again" in proc.stderr
     assert "trainer.restart=true" in proc.stderr and "step None" not in proc.stderr
+
+
+def test_a_job_refused_after_hydra_rewrote_its_folder_puts_hydra_files_back(run_dir):
+    """Launchers that start jobs without the validation pass: Hydra has rewritten `.hydra/`
+    when the job's own check refuses; the files come back from `run_identity.json`."""
+    before = _hashes(run_dir)
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", [*RUN, "rank=2", f"workdir={run_dir}"])
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- rank=2\n")  # as Hydra's run_job does
+    with pytest.raises(RunIdentityError, match=r"lora\.rank: 4 -> 2"):
+        claim([(cfg, run_dir)])
+    assert _hashes(run_dir) == before
