@@ -3,15 +3,16 @@ resume with another config stops before any work.
 
 `run_identity.json` (written when a run starts, before any training) holds `hash`, a SHA-256
 of `config`: the resolved run config flattened to dotted keys, minus the keys that do not
-change results (`NOT_RESULTS`: logging, progress, paths, checkpoint cadence, W&B). It also
-keeps a copy of the folder's `.hydra/*.yaml` from the last accepted start: Hydra rewrites
-those before our code runs, so a refused rerun puts them back and the folder still
-describes its own results.
+change results (`NOT_RESULTS`: logging, progress, paths, checkpoint cadence, W&B).
 
 A folder holds results once it has `metrics.json`, a checkpoint or a logged row. Then
 `check` compares; a difference is refused (`RunIdentityError`) unless `trainer.restart=true`,
 which clears the folder's results and starts the run afresh. A folder made before run
-identity existed is compared with its `config.yaml`.
+identity existed is compared with its `config.yaml`. The entry points' validation pass checks
+every job before Hydra touches a folder (`check_jobs`); each run checks again as it starts
+(`claim`, in `train.run` and the fused engine). By then Hydra has rewritten the job's
+`.hydra/*.yaml`, so `run_identity.json` keeps a copy of them from the last accepted start,
+and a refused start puts them back: the folder still describes its own results.
 """
 
 from __future__ import annotations
