@@ -297,6 +297,11 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not test(value):
             raise value_error(key, value, allowed, example)
+    for name, rank in (OmegaConf.select(cfg, "lora.rank_pattern") or {}).items():
+        if rank < 0:  # the names are checked against `targets` in `train.plan`
+            raise value_error(
+                f"lora.rank_pattern.{name}", rank, _INT, "lora.rank_pattern={q:8,v:2}"
+            )
     for name, factor in (OmegaConf.select(cfg, "optim.lr_multipliers") or {}).items():
         if name not in LR_GROUPS:
             allowed = ", ".join(LR_GROUPS)

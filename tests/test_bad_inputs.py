@@ -75,6 +75,7 @@ TRAIN_CASES = [
     (["lora.budget_rank=0"], ["lora.budget_rank=0", "null (no budget)"]),
     (["generate.num_beams=0"], ["generate.num_beams=0", "1 = greedy"]),
     (["planted.k=0"], ["planted.k=0", "an integer >= 1"]),
+    (["lora.rank_pattern={q:-1}"], ["lora.rank_pattern.q=-1", "an integer >= 0"]),
     (["optim.lr_multipliers={lora_c:2}"], ["optim.lr_multipliers.lora_c", "lora_a, lora_b"]),
     (["optim.lr_multipliers={lora_b:0}"], ["optim.lr_multipliers.lora_b=0", "a number > 0"]),
     # The logger, checked before the model loads.
