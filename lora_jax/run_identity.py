@@ -59,6 +59,7 @@ RUN_FILES = (
     "history.jsonl",
     "wandb_id.txt",
     "base_kernels.safetensors",
+    "full_update.safetensors",  # full fine-tuning's W_ft - W_0
     "planted.safetensors",
     "generations.jsonl",
     IDENTITY_FILE,
