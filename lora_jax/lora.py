@@ -145,11 +145,17 @@ class LoRAConfig:
         if self.a_init not in A_INITS:
             raise _error(self.a_init, "a_init", A_INITS, "Use e.g. `lora.a_init=gaussian`.")
         if not 0.0 <= self.dropout < 1.0:
-            raise _error(self.dropout, "dropout", ["a rate in [0, 1)"])
+            raise _error(
+                self.dropout, "dropout", ["a rate in [0, 1)"], "Use e.g. `lora.dropout=0.1`."
+            )
         for name, r in self.rank_pattern.items():
             if name not in self.targets:
+                first = self.targets[0] if self.targets else "q"
                 raise _error(
-                    name, "rank_pattern key", self.targets, "Keys must be among `targets`."
+                    name,
+                    "rank_pattern key",
+                    self.targets,
+                    f"Keys must be among `targets`, e.g. `lora.rank_pattern={{{first}:8}}`.",
                 )
             check_rank(r)
         if self.layers is not None:
@@ -165,7 +171,12 @@ class LoRAConfig:
         """Raise if a requested layer index does not exist in a model with `num_layers`."""
         bad = [i for i in self.layers or () if not 0 <= i < num_layers]
         if bad:
-            raise _error(bad, "layers", [f"indices in 0..{num_layers - 1}"])
+            raise _error(
+                bad,
+                "layers",
+                [f"indices in 0..{num_layers - 1}"],
+                f"Use e.g. `lora.layers=[0,{num_layers - 1}]`, or `lora.layers=null` for all.",
+            )
 
     def dense(self, target: str, layer: int, features: int, **kwargs: Any) -> LoRADense:
         """A `LoRADense` for `target` in `layer`, carrying this config's rank and scaling."""

@@ -195,7 +195,8 @@ def check_lora(name: str, lora: LoRAConfig) -> None:
     missing = [t for t in lora.targets if t not in shapes]
     if missing and lora.rank:
         raise ValueError(
-            f"targets={','.join(missing)} do not exist in model={name!r}; allowed: {', '.join(shapes)}."
+            f"targets={','.join(missing)} do not exist in model={name!r}; allowed: "
+            f"{', '.join(shapes)}. Use e.g. `targets={'+'.join(t for t in lora.targets if t in shapes) or 'q'}`."
         )
     lora.check_layers(num_layers)
     for target in lora.targets:
@@ -203,7 +204,8 @@ def check_lora(name: str, lora: LoRAConfig) -> None:
         if rank > min(n_in, n_out):
             raise ValueError(
                 f"rank={rank} is larger than min(in, out)={min(n_in, n_out)} of target {target!r} "
-                f"({n_in} x {n_out}) in model={name!r}; allowed: 0..{min(n_in, n_out)}."
+                f"({n_in} x {n_out}) in model={name!r}; allowed: 0..{min(n_in, n_out)}. Use e.g. "
+                f"`rank={min(8, n_in, n_out)}`."
             )
 
 
