@@ -29,29 +29,9 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lora_jax.run_record import METRICS_FILE, write_atomic
+from lora_jax.run_record import METRICS_FILE, NOT_RESULT_GROUPS, NOT_RESULTS, write_atomic
 
 IDENTITY_FILE = "run_identity.json"
-# Keys that do not change a run's results. The top-level axes (`rank`, `alpha`, ...) only
-# feed the `lora` keys that hold the values the run uses; `paper` labels report items.
-NOT_RESULTS = (
-    "workdir",
-    "paper",
-    "rank",
-    "alpha",
-    "targets",
-    "scaling",
-    "data.worker_count",
-    "data.eval_batch_size",
-    "trainer.progress",
-    "trainer.log_every",
-    "trainer.checkpoint_every",
-    "trainer.keep_checkpoints",
-    "trainer.spectrum_every",
-    "trainer.restart",
-    "generate.batch_size",
-)
-NOT_RESULT_GROUPS = ("logger", "hydra", "hparams")
 # What a run writes into its folder (`trainer.restart` removes these; `.hydra/` stays).
 RUN_FILES = (
     METRICS_FILE,

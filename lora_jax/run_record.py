@@ -32,24 +32,17 @@ from safetensors.numpy import load_file
 METRICS_FILE = "metrics.json"
 ADAPTER_DIR = "adapter"
 PLANTED_FILE = "planted.safetensors"  # written by `lora_jax.planted`
-# Config keys that are not experiment axes: the seed (an axis of its own), paths, logging and
-# cadence settings that do not change what is learned, and keys that only repeat the
-# metrics.json fields of `RunRecord`.
-_IGNORED_KEYS = {
-    "seed",
+# Config keys that do not change a run's results: paths, logging, progress, checkpoint cadence,
+# the restart switch; the top-level axes (`rank`, `alpha`, ...) only feed the `lora` keys that
+# hold the values the run uses; `paper` labels report items. Run identity
+# (`lora_jax.run_identity`) and the experiment axes below both leave them out.
+NOT_RESULTS = (
     "workdir",
     "paper",
     "rank",
     "alpha",
     "targets",
     "scaling",
-    "model.name",
-    "data.task",
-    "lora.rank",
-    "lora.alpha",
-    "lora.scaling",
-    "lora.targets",
-    "lora.full_finetune",
     "data.worker_count",
     "data.eval_batch_size",
     "trainer.progress",
@@ -57,10 +50,24 @@ _IGNORED_KEYS = {
     "trainer.checkpoint_every",
     "trainer.keep_checkpoints",
     "trainer.spectrum_every",
+    "trainer.restart",
     "generate.batch_size",
-}
+)
 # `hparams` is a lookup table that experiment files index; the values used land in their keys.
-_IGNORED_GROUPS = {"logger", "hydra", "hparams"}
+NOT_RESULT_GROUPS = ("logger", "hydra", "hparams")
+# Not experiment axes either: the seed (an axis of its own) and the keys that only repeat the
+# metrics.json fields of `RunRecord`.
+_NOT_AXES = {
+    *NOT_RESULTS,
+    "seed",
+    "model.name",
+    "data.task",
+    "lora.rank",
+    "lora.alpha",
+    "lora.scaling",
+    "lora.targets",
+    "lora.full_finetune",
+}
 
 
 class RunFolderError(ValueError):
@@ -212,7 +219,7 @@ class RunRecord:
             "scaling": self.scaling,
         }
         for key, value in _flatten(self.config).items():
-            if key not in _IGNORED_KEYS and key.split(".")[0] not in _IGNORED_GROUPS:
+            if key not in _NOT_AXES and key.split(".")[0] not in NOT_RESULT_GROUPS:
                 axes[key] = value
         return axes
 
