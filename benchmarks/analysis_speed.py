@@ -89,7 +89,9 @@ def _reference_tree() -> Path:
     tree = Path(tempfile.gettempdir()) / f"lora_jax_ref_{REFERENCE}"
     if not tree.exists():
         subprocess.run(
-            ["git", "worktree", "add", "--detach", str(tree), REFERENCE], cwd=ROOT, check=True
+            ["git", "worktree", "add", "--force", "--detach", str(tree), REFERENCE],
+            cwd=ROOT,
+            check=True,
         )
     return tree
 
