@@ -68,7 +68,7 @@ def run_engine(engine: str, ranks: list[int], steps: int, extra: list[str]) -> d
     """Train the sweep with one engine in this process; time it (see the module docstring)."""
     import jax
 
-    from lora_jax.train import enable_compilation_cache
+    from lora_jax.compile_cache import enable_compilation_cache
 
     compile_s: dict[str, float] = defaultdict(float)
     compiles: dict[str, int] = defaultdict(int)

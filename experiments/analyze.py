@@ -35,6 +35,9 @@ def main() -> None:
         parser.error("--base and --out go with --adapters")
     # Bad input: one message and exit status 2 (the traceback too with HYDRA_FULL_ERROR=1).
     with user_errors(errors=(*USER_ERRORS, KeyError)):
+        from lora_jax.compile_cache import enable_compilation_cache
+
+        enable_compilation_cache()  # a re-analysis loads the compiled programs
         if args.adapters is None:
             from lora_jax.sweep import finish_sweep
 

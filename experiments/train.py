@@ -19,7 +19,8 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: `job` is r
 
 def job(cfg: DictConfig) -> float:
     """One run into `cfg.workdir`; returns its final main metric (for Hydra sweepers)."""
-    from lora_jax.train import enable_compilation_cache, run
+    from lora_jax.compile_cache import enable_compilation_cache
+    from lora_jax.train import run
 
     enable_compilation_cache()
 

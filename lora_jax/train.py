@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,24 +151,6 @@ def _optimizer(cfg: DictConfig, labels: dict) -> optax.GradientTransformation:
         weight_decay=o.weight_decay,
     )
     return optax.chain(optax.clip_by_global_norm(o.clip_norm), tx) if o.clip_norm else tx
-
-
-def enable_compilation_cache(path: str | None = None) -> str:
-    """Turn on JAX's persistent compilation cache, so a sweep's later jobs (other seeds, reruns,
-    resumed runs) load compiled steps instead of compiling them again.
-
-    The folder is `path`, else `$LORA_JAX_COMPILE_CACHE`, else `~/.cache/lora_jax/jax_compile`.
-    """
-    path = (
-        path
-        or os.environ.get("LORA_JAX_COMPILE_CACHE")
-        or str(Path.home() / ".cache/lora_jax/jax_compile")
-    )
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update(
-        "jax_persistent_cache_min_compile_time_secs", 0.0
-    )  # a threshold makes hits depend on timing noise
-    return path
 
 
 def model_rng(seed: int) -> jax.Array:

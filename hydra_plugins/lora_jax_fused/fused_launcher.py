@@ -47,8 +47,8 @@ class FusedLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         """Fuse what can be fused, run the rest as the basic launcher does; one `JobReturn`
         per job, in job order."""
+        from lora_jax.compile_cache import enable_compilation_cache
         from lora_jax.fused import plan_groups, train_fused
-        from lora_jax.train import enable_compilation_cache
 
         assert self.config is not None and self.hydra_context is not None
         setup_globals()

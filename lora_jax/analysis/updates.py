@@ -184,7 +184,7 @@ def measure(update: Update, bases: _Bases) -> dict[str, dict]:
         out[_name(key)] = {
             "rank": int(a.shape[1]),
             "shape": [int(a.shape[0]), int(b.shape[1])],
-            "singular_values": [float(x) for x in s],
+            "singular_values": np.asarray(s).tolist(),  # the same floats, without a compile
             **{k: float(v) for k, v in summarize_spectrum(s, (a.shape[0], b.shape[1])).items()},
             "dw_vs_w": dw_vs_w(w, a, b, scale, jax.random.key(i), w_svd=bases.svd(source, key, w)),
         }
