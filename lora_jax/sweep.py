@@ -133,7 +133,7 @@ def finish_sweep(sweep_dir: str | Path, analyze: bool = True, use_wandb: bool = 
 
         analyze_runs(sweep_dir, runs, run_base)
         _log_to_wandb(sweep_dir, runs)
-    result = make_report(sweep_dir, use_wandb=use_wandb)
+    result = make_report(sweep_dir, use_wandb=use_wandb, runs=runs)  # each folder read once
     print(result.wandb_message)
     print(result.markdown.absolute())
     return result.html

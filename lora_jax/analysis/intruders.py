@@ -34,13 +34,23 @@ def _side(svd: tuple, side: str):
     return svd[0] if side == "input" else svd[2]
 
 
-def intruder_cosines(
-    w0: np.ndarray, w_ft: np.ndarray, top_k: int = TOP_K, side: str = "output"
-) -> np.ndarray:
-    """(k,) for each of W_ft's top-k singular vectors, its largest |cosine| with W_0's."""
-    base = _side(update_svd(w0), side)
-    tuned = _side(update_svd(w_ft), side)[:, :top_k]
+def _cosines(w0_svd: tuple, ft_svd: tuple, top_k: int, side: str) -> np.ndarray:
+    base, tuned = _side(w0_svd, side), _side(ft_svd, side)[:, :top_k]
     return np.asarray(jnp.max(jnp.abs(tuned.T @ base), axis=1))
+
+
+def intruder_cosines(
+    w0: np.ndarray,
+    w_ft: np.ndarray,
+    top_k: int = TOP_K,
+    side: str = "output",
+    w0_svd: tuple | None = None,
+) -> np.ndarray:
+    """(k,) for each of W_ft's top-k singular vectors, its largest |cosine| with W_0's.
+
+    `w0_svd`: `update_svd(w0)`, to decompose W_0 once for every update compared with it.
+    """
+    return _cosines(update_svd(w0) if w0_svd is None else w0_svd, update_svd(w_ft), top_k, side)
 
 
 def count_intruders(
@@ -60,9 +70,10 @@ def intruder_curve(
     epsilons: Iterable[float],
     top_k: int = TOP_K,
     side: str = "output",
+    w0_svd: tuple | None = None,
 ) -> list[int]:
     """The intruder count at each epsilon (one SVD pair for the whole curve)."""
-    cos = intruder_cosines(w0, w_ft, top_k, side)
+    cos = intruder_cosines(w0, w_ft, top_k, side, w0_svd)
     return [int(np.sum(cos < e)) for e in epsilons]
 
 
@@ -77,7 +88,7 @@ def scale_intruders(
     """W_ft with each intruder's singular value multiplied by `lam` (PEFT's mitigation:
     W_ft + (lam - 1) * s_i u_i v_i^T over the intruders), and the number of intruders."""
     u, s, v = update_svd(w_ft)
-    cos = intruder_cosines(w0, w_ft, top_k, side)
+    cos = _cosines(update_svd(w0), (u, s, v), top_k, side)
     idx = np.flatnonzero(cos < epsilon)
     correction = (u[:, idx] * s[idx]) @ v[:, idx].T
     return np.asarray(jnp.asarray(w_ft) + (lam - 1.0) * correction), len(idx)

@@ -64,18 +64,22 @@ def _wrap(text: str, width_in: float) -> str:
     return "\n".join([*lines, line.rstrip()])
 
 
-def _draw_phi(ax, grid: np.ndarray):
-    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-    r1, r2 = grid.shape
-    im = ax.imshow(
+def _phi_image(ax, grid: np.ndarray, extent: tuple[float, float, float, float]):
+    """phi in [0, 1] over `extent` (left, right, bottom, top); undefined (NaN) cells grey."""
+    return ax.imshow(
         np.ma.masked_invalid(grid),
-        cmap=cmap,
+        cmap=plt.get_cmap("viridis").with_extremes(bad="lightgrey"),
         vmin=0.0,
         vmax=1.0,
         aspect="auto",
         interpolation="nearest",
-        extent=(0.5, r2 + 0.5, r1 + 0.5, 0.5),
+        extent=extent,
     )
+
+
+def _draw_phi(ax, grid: np.ndarray):
+    r1, r2 = grid.shape
+    im = _phi_image(ax, grid, (0.5, r2 + 0.5, r1 + 0.5, 0.5))
     ax.set_xticks(_ticks(r2))
     ax.set_yticks(_ticks(r1))
     return im
@@ -164,7 +168,6 @@ def phi_figure(
     fig = plt.figure(figsize=(width, height), dpi=DPI)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_axis_off()
-    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     segments, im = [], None  # panel frames and ticks: one LineCollection (one artist)
     for index, (name, grid) in enumerate(arrays.items()):
         row, col = divmod(index, ncols)
@@ -172,15 +175,7 @@ def phi_figure(
         y0 = top + row * (_PANEL_H + gap_h)  # top edge; y grows downwards (inches)
         x1, y1 = x0 + _PANEL_W, y0 + _PANEL_H
         r1, r2 = grid.shape
-        im = ax.imshow(
-            np.ma.masked_invalid(grid),
-            cmap=cmap,
-            vmin=0.0,
-            vmax=1.0,
-            aspect="auto",
-            interpolation="nearest",
-            extent=(x0, x1, y1, y0),  # row i = 1 at the top, as in the paper
-        )
+        im = _phi_image(ax, grid, (x0, x1, y1, y0))  # row i = 1 at the top, as in the paper
         segments.append([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)])
         ax.text((x0 + x1) / 2, y0 - 0.06, name, ha="center", va="bottom")
         if not shared or index + ncols >= n:  # no panel below this one

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import jax
 import numpy as np
 
 from lora_jax.adapter_io import Adapter, read_adapter
+from lora_jax.analysis.jsonable import finite_or_none, json_grid, matrix_name
 from lora_jax.analysis.projection import dw_vs_w, kernel_svd
 from lora_jax.analysis.similarity import (
     expected_random_phi,
@@ -120,11 +120,7 @@ def _check_comparable(a: Adapter, b: Adapter) -> None:
 
 
 def _names(keys: Iterable[Key]) -> str:
-    return ", ".join(_name(k) for k in keys) or "none"
-
-
-def _name(key: Key) -> str:
-    return f"layer_{key[0]}/{key[1]}"
+    return ", ".join(matrix_name(k) for k in keys) or "none"
 
 
 def _slug(name: str) -> str:
@@ -132,23 +128,6 @@ def _slug(name: str) -> str:
     if len(name) <= 48:
         return name.replace("/", "_")
     return f"{name[:32].replace('/', '_')}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-
-
-def _json_grid(grid: Any) -> list:
-    return [
-        [None if not math.isfinite(x) else round(float(x), 6) for x in row]
-        for row in np.asarray(grid)
-    ]
-
-
-def _finite_or_none(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite_or_none(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 class _Bases:
@@ -181,7 +160,7 @@ def measure(update: Update, bases: _Bases) -> dict[str, dict]:
         scale = update.adapter.scales[key]
         s = spectrum(a, b, scale)
         w = kernels[key]
-        out[_name(key)] = {
+        out[matrix_name(key)] = {
             "rank": int(a.shape[1]),
             "shape": [int(a.shape[0]), int(b.shape[1])],
             "singular_values": np.asarray(s).tolist(),  # the same floats, without a compile
@@ -197,7 +176,7 @@ def phi_grids(lo: Update, hi: Update, side: str = "a") -> dict[str, np.ndarray]:
     shared = sorted(set(lo.adapter.factors) & set(hi.adapter.factors), key=lambda k: (k[1], k[0]))
     phi, index = (phi_grid_a, 0) if side == "a" else (phi_grid_b, 1)
     return {
-        _name(k): np.asarray(phi(lo.adapter.factors[k][index], hi.adapter.factors[k][index]))
+        matrix_name(k): np.asarray(phi(lo.adapter.factors[k][index], hi.adapter.factors[k][index]))
         for k in shared
     }
 
@@ -221,7 +200,7 @@ def _rank_pair(lo: Update, hi: Update, fig_dir: Path) -> dict:
     return {
         "runs": [str(lo.folder), str(hi.folder)],
         "ranks": [lo.rank, hi.rank],
-        "phi": {k: _json_grid(g) for k, g in grids.items()},
+        "phi": {k: json_grid(g) for k, g in grids.items()},
         "figure": png,
     }
 
@@ -242,8 +221,8 @@ def _seed_pair(a: Update, b: Update, fig_dir: Path) -> dict:
     return {
         "runs": [str(a.folder), str(b.folder)],
         "seeds": [a.seed, b.seed],
-        "phi": {k: _json_grid(g) for k, g in grids.items()},
-        "random_baseline": _json_grid(baseline),
+        "phi": {k: json_grid(g) for k, g in grids.items()},
+        "random_baseline": json_grid(baseline),
         "expected_random_mean": float(expected_random_phi(n, r1, r2).mean()),
         "figure": png,
     }
@@ -256,7 +235,7 @@ def _adapter_pair(a: Update, b: Update, fig_dir: Path) -> dict:
     entry: dict[str, Any] = {"adapters": [str(a.folder), str(b.folder)], "ranks": [a.rank, b.rank]}
     for side, label in (("a", "A, input side"), ("b", "B, output side")):
         grids = phi_grids(a, b, side)
-        entry["phi" if side == "a" else "phi_b"] = {k: _json_grid(g) for k, g in grids.items()}
+        entry["phi" if side == "a" else "phi_b"] = {k: json_grid(g) for k, g in grids.items()}
         entry["figure" if side == "a" else "figure_b"] = plots.phi_figure(
             grids,
             fig_dir / f"phi_{side}_{_slug(a.name)}_vs_{_slug(b.name)}.png",
@@ -297,7 +276,7 @@ def planted_recovery(
         u, s, v = dw_svd(a, b, scales[key])
         k, i = f["u"].shape[1], min(a.shape[1], f["u"].shape[1])
         summary = summarize_spectrum(s, (a.shape[0], b.shape[1]))
-        out[_name(key)] = {
+        out[matrix_name(key)] = {
             "k": k,
             "phi_input": float(subspace_similarity(u, f["u"])[i - 1, k - 1]),
             "phi_output": float(subspace_similarity(v, f["v"])[i - 1, k - 1]),
@@ -339,7 +318,7 @@ def _measure_all(updates: list[Update], base_of: Callable[[Update], Path]) -> di
 
 def _write(out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
     # NaN/inf (undefined directions, dW orthogonal to W) become null: strict JSON.
-    result = _finite_or_none(result)
+    result = finite_or_none(result)
     write_atomic(out_dir / ANALYSIS_FILE, json.dumps(result, indent=1, allow_nan=False))
     return result
 

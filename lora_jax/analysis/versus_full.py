@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 from lora_jax.analysis.full_update import energy_ranks, random_like, update_phi, update_svd
-from lora_jax.analysis.intruders import EPSILON, TOP_K, intruder_curve
+from lora_jax.analysis.intruders import TOP_K, intruder_curve
+from lora_jax.analysis.jsonable import json_grid, matrix_name
 from lora_jax.analysis.spectrum import dw_svd, summarize_spectrum
 from lora_jax.base_kernels import FULL_UPDATE_FILE, load_kernels, read_kernels, saved_family
 from lora_jax.run_record import RunRecord
@@ -30,10 +31,6 @@ from lora_jax.run_record import RunRecord
 Key = tuple[int, str]
 EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PHI_DIRECTIONS = 64  # top directions of the full update compared (rows of the phi grids)
-
-
-def _name(key: Key) -> str:
-    return f"layer_{key[0]}/{key[1]}"
 
 
 def full_update(run: RunRecord) -> dict[Key, np.ndarray] | None:
@@ -59,15 +56,9 @@ def _spectrum(dw: np.ndarray, s: np.ndarray, key: jax.Array) -> dict[str, Any]:
     }
 
 
-def _grid(g: Any) -> list:
-    return [
-        [None if not np.isfinite(x) else round(float(x), 6) for x in row] for row in np.asarray(g)
-    ]
-
-
 def versus_full(
     runs: Iterable[RunRecord],
-    lora_factors: Callable[[RunRecord], tuple[dict, dict] | None],
+    lora_factors: Callable[[RunRecord], tuple[dict, dict]],
     base_of: Callable[[RunRecord], Path],
     epsilons: Iterable[float] = EPSILONS,
     top_k: int = TOP_K,
@@ -76,7 +67,7 @@ def versus_full(
 
     Args:
         runs: the sweep's runs (full fine-tuning and LoRA).
-        lora_factors: a LoRA run's ({key: (lora_a, lora_b)}, {key: scale}), or None.
+        lora_factors: a LoRA run's ({key: (lora_a, lora_b)}, {key: scale}).
         base_of: a run's base checkpoint (for W_0).
         epsilons: where the intruder curve is evaluated. top_k: singular vectors examined.
     """
@@ -91,8 +82,7 @@ def versus_full(
         peers = [
             r
             for r in runs
-            if not r.full_finetune
-            and r.rank > 0
+            if r.adapter_dir is not None  # a LoRA run that exported its adapter
             and (r.model, r.task, r.seed) == (full_run.model, full_run.task, full_run.seed)
         ]
         entry: dict[str, Any] = {
@@ -103,12 +93,14 @@ def versus_full(
             "matrices": {},
             "lora": {},
         }
-        svds = {}
+        svds, base_svds = {}, {}  # each W_0 decomposed once for every update
         for i, (key, dw) in enumerate(updates.items()):
-            svds[key] = update_svd(dw)
-            entry["matrices"][_name(key)] = {
+            svds[key], base_svds[key] = update_svd(dw), update_svd(w0[key])
+            entry["matrices"][matrix_name(key)] = {
                 **_spectrum(dw, np.asarray(svds[key][1]), jax.random.key(i)),
-                "intruders": intruder_curve(w0[key], w0[key] + dw, epsilons, top_k),
+                "intruders": intruder_curve(
+                    w0[key], w0[key] + dw, epsilons, top_k, w0_svd=base_svds[key]
+                ),
             }
         for peer in peers:
             factors, scales = lora_factors(peer)
@@ -120,10 +112,12 @@ def versus_full(
                 u, s, v = svds[key]
                 full_top = (u[:, :PHI_DIRECTIONS], s[:PHI_DIRECTIONS], v[:, :PHI_DIRECTIONS])
                 dw = (np.asarray(a) * scales[key]) @ np.asarray(b)
-                per[_name(key)] = {
-                    "phi_input": _grid(update_phi(full_top, lora_svd, "input")),
-                    "phi_output": _grid(update_phi(full_top, lora_svd, "output")),
-                    "intruders": intruder_curve(w0[key], w0[key] + dw, epsilons, top_k),
+                per[matrix_name(key)] = {
+                    "phi_input": json_grid(update_phi(full_top, lora_svd, "input")),
+                    "phi_output": json_grid(update_phi(full_top, lora_svd, "output")),
+                    "intruders": intruder_curve(
+                        w0[key], w0[key] + dw, epsilons, top_k, w0_svd=base_svds[key]
+                    ),
                 }
             entry["lora"][peer.name] = {
                 "run_dir": str(peer.run_dir),
@@ -134,4 +128,4 @@ def versus_full(
     return out
 
 
-__all__ = ["EPSILON", "EPSILONS", "full_update", "versus_full"]
+__all__ = ["EPSILONS", "full_update", "versus_full"]

@@ -144,6 +144,7 @@ def make_report(
     paper_override: list[str] | None = None,
     out: str | Path | None = None,
     use_wandb: bool = True,
+    runs: list[RunRecord] | None = None,
 ) -> ReportResult:
     """Write `report.md` and `report.html` for a sweep folder and build its W&B Report.
 
@@ -153,6 +154,7 @@ def make_report(
             `paper` config.
         out: the output folder; default: the sweep folder (`report.md`, `report.html`).
         use_wandb: build (and, online, save) the W&B Report.
+        runs: the folder's runs when the caller has read them (`read_runs`); default: read here.
 
     Raises:
         RunFolderError: missing folder or no finished run.
@@ -163,7 +165,7 @@ def make_report(
         check_paper_items(
             [n for a in paper_override for n in a.split(",") if n.strip()], "from --paper"
         )
-    runs = read_runs(sweep_dir)
+    runs = read_runs(sweep_dir) if runs is None else runs
     items = paper_items(runs, paper_override)
     source = "from --paper" if paper_override else "from the runs' `paper` config"
     out = Path(out) if out else sweep_dir
