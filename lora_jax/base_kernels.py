@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from safetensors.numpy import save_file
 
 from lora_jax.hf_names import GPT2_FUSED_QKV, GPT2_QKV, LAYERS, TARGET_MODULES
 from lora_jax.lora import layer_index
+from lora_jax.safetensors_reader import SafetensorsReader
 
 Key = tuple[int, str]  # (layer, target)
 BASE_KERNELS_FILE = "base_kernels.safetensors"
@@ -60,22 +60,6 @@ def _our_layout(family: str, array: np.ndarray, part: int | None) -> np.ndarray:
     return array[:, part * n : (part + 1) * n]
 
 
-def _safetensors_files(source: Path) -> list[Path]:
-    if source.is_file():
-        return [source]
-    index = source / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [source / s for s in shards]
-    single = source / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise FileNotFoundError(
-        f"{source} holds no model.safetensors (or shards with model.safetensors.index.json); "
-        "allowed: a HF model folder, a .safetensors file or a .gguf file."
-    )
-
-
 def _match(names: Iterable[str], wanted: str) -> str | None:
     """The checkpoint name that is `wanted` behind any prefix (`bert.`, `transformer.`...)."""
     hits = [n for n in names if n == wanted or n.endswith("." + wanted)]
@@ -104,29 +88,19 @@ def read_kernels(source: str | Path, family: str, keys: Iterable[Key]) -> dict[K
     if source.suffix == ".gguf":
         from lora_jax.gguf_weights import read_gguf
 
-        _, tensors = read_gguf(source, {name for name, _ in wanted.values()})
-        found = {name: (lambda n=name: tensors[n]) for name in tensors}
+        _, reader = read_gguf(source, {name for name, _ in wanted.values()})
     else:
-        found = {}
-        for file in _safetensors_files(source):
-            with safe_open(file, framework="numpy") as f:
-                for name in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
-                    found[name] = lambda file=file, name=name: _load(file, name)
+        reader = SafetensorsReader(source)  # lazy: reads only the tensors asked for
     out = {}
     for key, (name, part) in wanted.items():
-        full = _match(found, name)
+        full = _match(reader, name)
         if full is None:
             raise KeyError(
                 f"the base checkpoint {source} has no tensor {name!r} (layer {key[0]}, target "
                 f"{key[1]!r}); is it the base these adapters were trained on?"
             )
-        out[key] = np.ascontiguousarray(_our_layout(family, found[full](), part), np.float32)
+        out[key] = np.ascontiguousarray(_our_layout(family, reader[full], part), np.float32)
     return out
-
-
-def _load(file: Path, name: str) -> np.ndarray:
-    with safe_open(file, framework="numpy") as f:
-        return f.get_tensor(name)
 
 
 def load_kernels(path: str | Path) -> dict[Key, np.ndarray]:

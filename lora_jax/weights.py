@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,7 +26,6 @@ import flax.traverse_util as tu
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
 
 from lora_jax.hf_names import ENCODER_LAYER
 from lora_jax.lora import LORA_LEAVES, LoRAConfig
@@ -38,6 +37,7 @@ from lora_jax.models.bert import (
     BertForSequenceClassification,
     tiny_tokenizer,
 )
+from lora_jax.safetensors_reader import SafetensorsReader
 
 log = logging.getLogger(__name__)
 # Prefixes HF puts before the encoder's names (BertFor*/RobertaFor* checkpoints vs bare models).
@@ -57,49 +57,6 @@ def read_config(folder: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; a HF model folder needs config.json.")
     return json.loads(path.read_text())
-
-
-class SafetensorsReader(Mapping):
-    """A lazy, read-only `{name: np.ndarray}` over a folder's safetensors file(s).
-
-    Each access reads one tensor from disk, so loading never holds the whole file in memory
-    twice. `file_of(name)` says which file a tensor lives in (for error messages).
-    """
-
-    def __init__(self, folder: str | Path):
-        folder = Path(folder)
-        index = folder / "model.safetensors.index.json"
-        single = folder / "model.safetensors"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self._files = {name: folder / f for name, f in weight_map.items()}
-        elif single.is_file():
-            with safe_open(single, framework="numpy") as f:
-                self._files = dict.fromkeys(f.keys(), single)
-        else:
-            raise FileNotFoundError(
-                f"{folder} has no model.safetensors (or model.safetensors.index.json). Convert a "
-                "PyTorch checkpoint with transformers' `save_pretrained(..., safe_serialization=True)`."
-            )
-        self.folder = folder
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        with safe_open(self._files[name], framework="numpy") as f:
-            return f.get_tensor(name)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        """A tensor's shape without reading its data."""
-        with safe_open(self._files[name], framework="numpy") as f:
-            return tuple(f.get_slice(name).get_shape())
-
-    def file_of(self, name: str) -> Path:
-        return self._files.get(name, self.folder / "model.safetensors")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._files)
-
-    def __len__(self) -> int:
-        return len(self._files)
 
 
 def load_hf_folder(folder: str | Path) -> tuple[dict, SafetensorsReader]:

@@ -24,6 +24,7 @@ READERS = {
     "lora_jax.adapter_io",
     "lora_jax.run_record",
     "lora_jax.gguf_weights",
+    "lora_jax.safetensors_reader",
 }
 # What adapter_io's export may look up lazily: the model registry (hub ids of registry names).
 LAZY_EXCEPTIONS = {"lora_jax.adapter_io": {"lora_jax.models"}}
