@@ -15,7 +15,7 @@ from lora_jax import paper
 from lora_jax.report.cells import Cell
 from lora_jax.report.document import Block, Table
 from lora_jax.report.format import MISSING, fmt_values, paper_num
-from lora_jax.report.rank_analysis import figure, input_dim, load_analysis
+from lora_jax.report.rank_analysis import figure, input_dim, load_analysis, mean_phi
 from lora_jax.report.setup import lora_cells, setup_lines, variant_label
 
 W = paper.weight_label
@@ -85,12 +85,7 @@ def _phi11(grids: dict[str, list], target: str) -> list[float]:
 
 
 def _mean_phi(grids: dict[str, list], target: str) -> list[float]:
-    out = []
-    for name, g in grids.items():
-        if name.split("/")[1] == target:
-            a = np.array([[np.nan if v is None else v for v in row] for row in g], dtype=float)
-            out.append(float(np.nanmean(a)))
-    return out
+    return [mean_phi(g) for name, g in grids.items() if name.split("/")[1] == target]
 
 
 def _targets(grids: dict[str, list]) -> list[str]:

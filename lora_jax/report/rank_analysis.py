@@ -70,7 +70,8 @@ def _random_phi11(analysis: dict[str, Any], grids: dict[str, list]) -> str:
     return f"; random subspaces give {1 / n:.3f}" if n else ""
 
 
-def _mean(grid: list) -> float:
+def mean_phi(grid: list) -> float:
+    """The mean of a phi grid from analysis.json over its defined (non-null) entries."""
     return float(
         np.nanmean(np.array([[np.nan if v is None else v for v in r] for r in grid], float))
     )
@@ -89,7 +90,7 @@ def _pairs(analysis: dict[str, Any], folder: Path) -> list[Block]:
     for p in analysis.get("seed_pairs", []):
         a, b = p["seeds"]
         rank = updates(analysis).get(Path(p["runs"][0]).name, {}).get("rank", "?")
-        mean = float(np.mean([_mean(g) for g in p["phi"].values()]))
+        mean = float(np.mean([mean_phi(g) for g in p["phi"].values()]))
         blocks.append(
             f"**seed {a} vs {b} (r={rank})**: mean phi {mean:.2f} vs "
             f"{p['expected_random_mean']:.3f} for random subspaces; {_top_direction(p['phi'])}."
