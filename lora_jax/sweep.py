@@ -39,43 +39,38 @@ def job_configs(config: DictConfig) -> Iterator[DictConfig]:
             yield loader.load_sweep_config(config, list(job_overrides))
 
 
-def run_base(run: RunRecord) -> Path:
-    """The checkpoint holding W_0 for an analysed run: the kernels a random-init run saved,
-    else its model's checkpoint (a registry name or path; `models.checkpoint_path`)."""
+def _saved_or_checkpoint(folder: Path, name: str, fix: str, use_saved: bool = True) -> Path:
+    """W_0's file for an update in `folder`: the kernels a random-init run saved beside it, else
+    the checkpoint of model `name` (registry name, hub id or path: `models.checkpoint_path`)."""
     from lora_jax import models
     from lora_jax.base_kernels import BASE_KERNELS_FILE
 
-    saved = run.run_dir / BASE_KERNELS_FILE
-    if saved.is_file():
+    saved = folder / BASE_KERNELS_FILE
+    if use_saved and saved.is_file():
         return saved
-    path = models.checkpoint_path(run.model)
+    path = models.checkpoint_path(name)
     if path is None:
         raise FileNotFoundError(
-            f"{run.run_dir} was trained on the random-init model {run.model!r} and has no "
-            f"{BASE_KERNELS_FILE} (runs made before it existed); rerun that run."
+            f"{folder}: base {name!r} is a random-init model and no {BASE_KERNELS_FILE} lies "
+            f"there (runs made before it existed have none); {fix}."
         )
     return path
+
+
+def run_base(run: RunRecord) -> Path:
+    """`base_of` for the runs of a sweep: the checkpoint holding their W_0."""
+    return _saved_or_checkpoint(run.run_dir, run.model, "rerun that run")
 
 
 def adapter_base(base: str | None = None) -> Callable[[Update], Path]:
     """`base_of` for adapter folders: the checkpoint of `base` if given, else of the base the
     adapter names (ours: the model it was trained from; a random-init one's saved kernels)."""
-    from lora_jax import models
-    from lora_jax.base_kernels import BASE_KERNELS_FILE
 
     def base_of(update: Update) -> Path:
         adapter = update.adapter
-        saved = adapter.folder.parent / BASE_KERNELS_FILE
-        if base is None and saved.is_file():
-            return saved
         name = base or adapter.model or adapter.base
-        path = models.checkpoint_path(name)
-        if path is None:
-            raise FileNotFoundError(
-                f"{adapter.folder}: base {name!r} is a random-init model and no "
-                f"{BASE_KERNELS_FILE} lies beside the adapter; pass --base <checkpoint>."
-            )
-        return path
+        fix = "pass --base <checkpoint>"
+        return _saved_or_checkpoint(adapter.folder.parent, name, fix, use_saved=base is None)
 
     return base_of
 
