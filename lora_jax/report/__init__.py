@@ -7,7 +7,8 @@ One module per job:
 - `items`: the paper items to compare with (runs: `lora_jax.run_record`);
 - `cells`: runs grouped by every axis but the seed, summarised over seeds;
 - `setup`: our setup against the paper's (what compares: values or only trends);
-- `rank_analysis`: the rank analysis (`analysis.json`) as tables and figures;
+- `rank_analysis`, `full_finetuning`: the rank analysis and LoRA vs full fine-tuning
+  (`analysis.json`) as tables and figures;
 - `compare`, `analysis_tables`: the paper's tables and figures beside ours (`lora_jax.paper`);
 - `plots`: metric vs rank; `document`: the report as data, rendered as Markdown and HTML;
 - `wandb_report`: the same as a W&B Report (built offline, saved only online);
