@@ -58,7 +58,7 @@ FAST_MALLOC = (
 CATEGORIES = {
     "imports": ["_bootstrap>:_find_and_load"],
     "xla compile (all programs)": ["compiler.py:compile_or_get_cached"],
-    # lora_jax.analysis functions that call QR/SVD, wrapped by _on_one_blas_thread (`run`):
+    # lora_jax.analysis functions that call QR/SVD, wrapped by on_one_blas_thread (`run`):
     # dw_vs_w, kernel_svd, phi grids, spectra; their compiles included.
     "analysis QR/SVD calls (with their compiles)": ["spectrum.py:run"],
     "summarize_spectrum": ["spectrum.py:summarize_spectrum"],

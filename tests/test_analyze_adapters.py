@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_module
 from safetensors.numpy import load_file, save_file
-from test_sweep_e2e import _run
 
 FIXTURES = Path(__file__).parent / "fixtures"
 R2, R4 = FIXTURES / "peft_minilm_r2", FIXTURES / "peft_minilm_r4"
@@ -21,7 +21,7 @@ R2, R4 = FIXTURES / "peft_minilm_r2", FIXTURES / "peft_minilm_r4"
 @pytest.fixture(scope="module")
 def minilm_pair(tmp_path_factory):
     out = tmp_path_factory.mktemp("adapters") / "analysis"
-    proc = _run(
+    proc = run_module(
         "experiments.analyze", "--adapters", str(R2), str(R4), "--out", str(out), cwd=out.parent
     )
     return out, proc
@@ -67,7 +67,7 @@ def test_peft_adapters_on_minilm_match_peft_and_numpy(minilm_pair):
 
 
 def _analyze_fails(tmp_path: Path, *folders: Path) -> str:
-    proc = _run(
+    proc = run_module(
         "experiments.analyze",
         "--adapters",
         *map(str, folders),

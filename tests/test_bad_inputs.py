@@ -17,18 +17,13 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import FAST, compose_config, compose_jobs, run_module
 from test_report import write_run
-from test_sweep_e2e import FAST, _run
 
 from lora_jax.cli import check_output_dir
-from lora_jax.config import register_configs
 from lora_jax.lora import parse_targets
-from lora_jax.sweep import job_configs
 from lora_jax.train import plan
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-register_configs()
 TRAIN, SWEEP = "experiments.train", "experiments.sweep"
 ANALYZE, REPORT = "experiments.analyze", "experiments.report"
 # The slower cases load the model code and the MR split (~5 s each instead of ~2 s).
@@ -203,7 +198,7 @@ def test_bad_input_is_one_message_and_exit_2_before_any_work(
     # HYDRA_FULL_ERROR=1 in the caller's shell would add the traceback this test rules out.
     env = {"HYDRA_FULL_ERROR": "0"} | {k: _fill(v, folders) for k, v in env.items()}
     before = _tree(tmp_path)
-    proc = _run(module, *args, cwd=tmp_path, check=False, timeout=120, env=env)
+    proc = run_module(module, *args, cwd=tmp_path, check=False, timeout=120, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, f"exit {proc.returncode}:\n{out[-3000:]}"
     for part in expect:
@@ -220,19 +215,14 @@ def test_bad_input_is_one_message_and_exit_2_before_any_work(
 def test_hydra_full_error_adds_the_traceback(module, args, folders, tmp_path):
     extra = [*FAST, "hydra.run.dir={run}"] if module == TRAIN else []
     args = [_fill(a, folders) for a in [*extra, *args]]
-    proc = _run(module, *args, cwd=tmp_path, check=False, env={"HYDRA_FULL_ERROR": "1"})
+    proc = run_module(module, *args, cwd=tmp_path, check=False, env={"HYDRA_FULL_ERROR": "1"})
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" in proc.stderr
 
 
-def _compose(*overrides: str):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", list(overrides))
-
-
 def test_readme_dict_overrides_work_as_written():
     """`lora.rank_pattern={q:8,v:2}` and `optim.lr_multipliers={lora_b:16}` without `+`."""
-    cfg = _compose(
+    cfg = compose_config(
         "model=tiny_bert",
         "lora.rank_pattern={q:8,v:2}",
         "optim.lr_multipliers={lora_b:16}",
@@ -240,22 +230,17 @@ def test_readme_dict_overrides_work_as_written():
     assert plan(cfg).lora.rank_pattern == {"q": 8, "v": 2}
     assert dict(cfg.optim.lr_multipliers) == {"lora_b": 16.0}
     with pytest.raises(Exception, match="rank_pattern") as err:
-        _compose("lora.rank_pattern={q:eight}")  # the values stay typed
+        compose_config("lora.rank_pattern={q:eight}")  # the values stay typed
     assert "could not be converted to Integer" in str(err.value.__cause__)
-
-
-def _jobs(*overrides: str) -> list:
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return list(job_configs(compose("sweep", list(overrides), return_hydra_config=True)))
 
 
 def test_plus_joins_targets_within_one_sweep_job():
     # As `python -m experiments.sweep rank=2 targets=q+ffn_in,qv`: two jobs.
     grid = ["model=tiny_bert", "hydra.sweeper.params.rank=2"]
-    jobs = _jobs(*grid, "+hydra.sweeper.params.targets='q+ffn_in,qv'")
+    jobs = compose_jobs(*grid, "+hydra.sweeper.params.targets='q+ffn_in,qv'")
     assert [plan(j).lora.targets for j in jobs] == [("q", "ffn_in"), ("q", "v")]
     # Quoting for Hydra does the same: targets="'q,ffn_in'".
-    (job,) = _jobs(*grid, "+hydra.sweeper.params.targets=\"'q,ffn_in'\"")
+    (job,) = compose_jobs(*grid, "+hydra.sweeper.params.targets=\"'q,ffn_in'\"")
     assert parse_targets(job.targets) == ("q", "ffn_in")
 
 

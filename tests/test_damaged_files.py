@@ -10,26 +10,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-from test_sweep_e2e import FAST, _run
+from conftest import FINISHED_RUN, run_module
 
 from lora_jax.report.wandb_report import spectrum_keys
 from lora_jax.run_record import read_jsonl, read_run, write_atomic
 from lora_jax.tracking import Tracker
-
-RUN = [*FAST, "logger=none", "rank=4"]
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A finished rank-4 run (20 steps, checkpoints at 10 and 20, spectra logged)."""
-    cwd = tmp_path_factory.mktemp("damaged")
-    _run("experiments.train", *RUN, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
-    return cwd / "run"
-
-
-@pytest.fixture
-def run_dir(finished, tmp_path) -> Path:
-    return Path(shutil.copytree(finished, tmp_path / "run"))
 
 
 def _truncate(path: Path) -> None:
@@ -51,51 +36,57 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_resume_falls_back_to_the_newest_intact_checkpoint(run_dir, finished, damage):
+def test_resume_falls_back_to_the_newest_intact_checkpoint(run_copy, finished_run, damage):
     """A run killed after its last checkpoint, whose newest checkpoint (20) is damaged:
     it resumes from step 10 with a warning naming step 20 and ends as the uninterrupted run."""
-    (run_dir / "metrics.json").unlink()
-    DAMAGE[damage](run_dir / "checkpoints" / "20")
-    proc = _run("experiments.train", *RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    (run_copy / "metrics.json").unlink()
+    DAMAGE[damage](run_copy / "checkpoints" / "20")
+    proc = run_module(
+        "experiments.train", *FINISHED_RUN, f"hydra.run.dir={run_copy}", cwd=run_copy.parent
+    )
     assert "checkpoint step 20" in proc.stderr and "is damaged" in proc.stderr
     assert "resuming run from step 10" in proc.stdout
-    assert (run_dir / "checkpoints_damaged" / "20").is_dir()
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["10", "20"]
-    ref = json.loads((finished / "metrics.json").read_text())
-    got = json.loads((run_dir / "metrics.json").read_text())
+    assert (run_copy / "checkpoints_damaged" / "20").is_dir()
+    assert sorted(p.name for p in (run_copy / "checkpoints").iterdir()) == ["10", "20"]
+    ref = json.loads((finished_run / "metrics.json").read_text())
+    got = json.loads((run_copy / "metrics.json").read_text())
     assert got["steps"] == 20 and got["final"] == ref["final"] and got["best"] == ref["best"]
 
 
-def test_every_checkpoint_damaged_starts_over(run_dir, finished):
-    (run_dir / "metrics.json").unlink()
+def test_every_checkpoint_damaged_starts_over(run_copy, finished_run):
+    (run_copy / "metrics.json").unlink()
     for step in ("10", "20"):
-        DAMAGE["meta truncated"](run_dir / "checkpoints" / step)
-    proc = _run("experiments.train", *RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+        DAMAGE["meta truncated"](run_copy / "checkpoints" / step)
+    proc = run_module(
+        "experiments.train", *FINISHED_RUN, f"hydra.run.dir={run_copy}", cwd=run_copy.parent
+    )
     assert proc.stderr.count("is damaged") == 2 and "resuming" not in proc.stdout
-    ref = json.loads((finished / "metrics.json").read_text())
-    assert json.loads((run_dir / "metrics.json").read_text())["final"] == ref["final"]
+    ref = json.loads((finished_run / "metrics.json").read_text())
+    assert json.loads((run_copy / "metrics.json").read_text())["final"] == ref["final"]
 
 
-def test_truncated_metrics_json_makes_the_run_run_again(run_dir, finished):
-    _truncate(run_dir / "metrics.json")
+def test_truncated_metrics_json_makes_the_run_run_again(run_copy, finished_run):
+    _truncate(run_copy / "metrics.json")
     with pytest.warns(UserWarning, match="metrics.json is damaged"):
-        assert read_run(run_dir) is None  # the analysis sees an unfinished run
-    proc = _run("experiments.train", *RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+        assert read_run(run_copy) is None  # the analysis sees an unfinished run
+    proc = run_module(
+        "experiments.train", *FINISHED_RUN, f"hydra.run.dir={run_copy}", cwd=run_copy.parent
+    )
     assert "metrics.json is damaged" in proc.stderr
     assert "resuming run from step 20" in proc.stdout
-    ref = json.loads((finished / "metrics.json").read_text())
-    assert json.loads((run_dir / "metrics.json").read_text())["final"] == ref["final"]
+    ref = json.loads((finished_run / "metrics.json").read_text())
+    assert json.loads((run_copy / "metrics.json").read_text())["final"] == ref["final"]
 
 
-def test_history_readers_skip_a_cut_last_line(run_dir):
-    history = run_dir / "history.jsonl"
-    full = read_run(run_dir)
+def test_history_readers_skip_a_cut_last_line(run_copy):
+    history = run_copy / "history.jsonl"
+    full = read_run(run_copy)
     want_evals, want_keys = full.eval_steps, spectrum_keys([full])
     assert want_evals == 2 and want_keys
     # The last row is the evaluation of step 20: cut the file inside it (a kill mid-write).
     text = history.read_text()
     history.write_text(text[: text.rstrip("\n").rfind("\n") + 20])
-    cut = read_run(run_dir)
+    cut = read_run(run_copy)
     assert cut.eval_steps == want_evals - 1
     assert spectrum_keys([cut]) == want_keys
     rows = list(read_jsonl(history))
@@ -131,15 +122,15 @@ def test_fused_group_goes_back_to_the_step_every_member_has(tmp_path):
     """A killed fused sweep whose member rank=2 has a damaged newest checkpoint: the group
     resumes fused from step 10 and every member ends as its uninterrupted run."""
     sweep_dir = tmp_path / "sw"
-    args = [*RUN[:-1], "rank=1,2", "hydra/launcher=fused", f"hydra.sweep.dir={sweep_dir}"]
-    _run("experiments.sweep", *args, cwd=tmp_path)
+    args = [*FINISHED_RUN[:-1], "rank=1,2", "hydra/launcher=fused", f"hydra.sweep.dir={sweep_dir}"]
+    run_module("experiments.sweep", *args, cwd=tmp_path)
     runs = sorted(p.parent for p in sweep_dir.glob("*/metrics.json"))
     ref = {r: json.loads((r / "metrics.json").read_text()) for r in runs}
     for r in runs:  # killed after the last checkpoint
         (r / "metrics.json").unlink()
     (damaged,) = [r for r in runs if r.name.endswith("rank=2")]
     DAMAGE["state data truncated"](damaged / "checkpoints" / "20")
-    proc = _run("experiments.sweep", *args, cwd=tmp_path)
+    proc = run_module("experiments.sweep", *args, cwd=tmp_path)
     assert "fused: training 2 runs as one" in proc.stdout
     assert "checkpoint step 20" in proc.stderr
     assert "every member goes back to step 10" in proc.stdout

@@ -4,26 +4,19 @@ passes the same validation a sweep runs before its first job (`train.plan`)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import CONF, compose_jobs
 from omegaconf import OmegaConf
 
-from lora_jax.config import register_configs
-from lora_jax.sweep import job_configs
 from lora_jax.train import plan
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 PAPER_ITEMS = {"table2", "table3", "table5", "table6", "table7", "table18", "fig3", "fig4"}
-register_configs()
 
 
 def _jobs(name: str, *overrides: str) -> list:
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("sweep", [f"experiment={name}", *overrides], return_hydra_config=True)
-        return list(job_configs(cfg))
+    return compose_jobs(f"experiment={name}", *overrides)
 
 
 def _resolved(job) -> dict:

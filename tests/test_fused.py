@@ -18,9 +18,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import run_module
 from hydra import compose, initialize_config_dir
 from safetensors.numpy import load_file
-from test_sweep_e2e import _run
 
 from lora_jax import fused, train
 from lora_jax.adapter_io import HEAD_FILE, read_adapter
@@ -192,7 +192,7 @@ def test_hydra_fused_sweep_end_to_end(runs, tmp_path):
     root, *_ = runs
     sweep_dir = tmp_path / "sw"
     args = [*FAST, "rank=1,4", "hydra/launcher=fused", f"hydra.sweep.dir={sweep_dir}"]
-    proc = _run("experiments.sweep", *args, cwd=tmp_path)
+    proc = run_module("experiments.sweep", *args, cwd=tmp_path)
     assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.html").absolute())
     assert "fused: training 2 runs as one" in proc.stdout
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_sweep_e2e import _run
+from conftest import run_module
 
 from lora_jax import lm
 from lora_jax.data import get_task, make_loader
@@ -304,7 +304,9 @@ def lm_sweep(tmp_path_factory):
         "optim.label_smoothing=0.1",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    proc = _run("experiments.sweep", *args, cwd=cwd, env={"LORA_JAX_CACHE": str(cwd / "cache")})
+    proc = run_module(
+        "experiments.sweep", *args, cwd=cwd, env={"LORA_JAX_CACHE": str(cwd / "cache")}
+    )
     return sweep_dir, proc
 
 

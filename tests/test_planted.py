@@ -102,7 +102,7 @@ def test_sweep_recovers_the_planted_rank(tmp_path):
     """
     import json
 
-    from test_sweep_e2e import _run
+    from conftest import run_module
 
     sweep_dir = tmp_path / "planted"
     args = [
@@ -120,7 +120,7 @@ def test_sweep_recovers_the_planted_rank(tmp_path):
         "trainer.progress=false",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    _run("experiments.sweep", *args, cwd=tmp_path, timeout=900)
+    run_module("experiments.sweep", *args, cwd=tmp_path, timeout=900)
     rows = {r["rank"]: r for r in json.loads((sweep_dir / "analysis.json").read_text())["planted"]}
     gap = {r: rows[r]["final"]["gap_closed"] for r in rows}
     # The error stops improving once r >= k = 2 ...

@@ -10,10 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from test_sweep_e2e import FAST, ROOT, _run
+from conftest import FAST, FINISHED_RUN, compose_config, run_module
 
-from lora_jax.config import register_configs
 from lora_jax.run_identity import (
     IDENTITY_FILE,
     RunIdentityError,
@@ -22,8 +20,6 @@ from lora_jax.run_identity import (
     differences,
     identity,
 )
-
-RUN = [*FAST, "logger=none", "rank=4"]
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -43,22 +39,8 @@ def _refused(proc, *keys: str) -> None:
         assert key in proc.stderr, proc.stderr
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A finished rank-4 run (20 steps, checkpoints at 10 and 20)."""
-    cwd = tmp_path_factory.mktemp("identity")
-    _run("experiments.train", *RUN, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
-    return cwd / "run"
-
-
-@pytest.fixture
-def run_dir(finished, tmp_path) -> Path:
-    """A copy of the finished run to change."""
-    return Path(shutil.copytree(finished, tmp_path / "run"))
-
-
-def test_identity_file_records_result_changing_keys(finished):
-    recorded = json.loads((finished / IDENTITY_FILE).read_text())
+def test_identity_file_records_result_changing_keys(finished_run):
+    recorded = json.loads((finished_run / IDENTITY_FILE).read_text())
     config = recorded["config"]
     assert config["lora.rank"] == 4 and config["trainer.steps"] == 20
     assert not any(k.startswith(("logger.", "hydra.")) for k in config)
@@ -66,86 +48,88 @@ def test_identity_file_records_result_changing_keys(finished):
     assert sorted(recorded["hydra"]) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
 
 
-def test_rerun_finished_with_other_rank_is_refused_and_changes_nothing(run_dir):
-    before = _hashes(run_dir)
-    proc = _run(
-        "experiments.train", *RUN, "rank=2", f"hydra.run.dir={run_dir}", cwd=run_dir.parent,
+def test_rerun_finished_with_other_rank_is_refused_and_changes_nothing(run_copy):
+    before = _hashes(run_copy)
+    proc = run_module(
+        "experiments.train", *FINISHED_RUN, "rank=2", f"hydra.run.dir={run_copy}", cwd=run_copy.parent,
         check=False,
     )  # fmt: skip
     _refused(proc, "lora.rank: 4 -> 2")
     assert "[lora_jax] resuming" not in proc.stdout
-    assert _hashes(run_dir) == before  # .hydra/*.yaml put back, config.yaml untouched
+    assert _hashes(run_copy) == before  # .hydra/*.yaml put back, config.yaml untouched
 
 
-def test_rerun_without_debug_fast_is_refused(run_dir):
-    before = _hashes(run_dir)
-    args = ["model=tiny_bert", "logger=none", "rank=4", f"hydra.run.dir={run_dir}"]
-    proc = _run("experiments.train", *args, cwd=run_dir.parent, check=False)
+def test_rerun_without_debug_fast_is_refused(run_copy):
+    before = _hashes(run_copy)
+    args = ["model=tiny_bert", "logger=none", "rank=4", f"hydra.run.dir={run_copy}"]
+    proc = run_module("experiments.train", *args, cwd=run_copy.parent, check=False)
     _refused(proc, "trainer.steps: 20 -> 200", "data.max_len: 32 -> 64")
-    assert _hashes(run_dir) == before
+    assert _hashes(run_copy) == before
 
 
-def test_rerun_same_config_skips(run_dir):
-    metrics = (run_dir / "metrics.json").read_bytes()
+def test_rerun_same_config_skips(run_copy):
+    metrics = (run_copy / "metrics.json").read_bytes()
     # Logging, progress and checkpoint cadence do not change results.
-    args = [*RUN, "logger=wandb", "trainer.progress=true", "trainer.checkpoint_every=5"]
-    proc = _run("experiments.train", *args, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    args = [*FINISHED_RUN, "logger=wandb", "trainer.progress=true", "trainer.checkpoint_every=5"]
+    proc = run_module("experiments.train", *args, f"hydra.run.dir={run_copy}", cwd=run_copy.parent)
     assert "is complete; skipping" in proc.stdout
-    assert (run_dir / "metrics.json").read_bytes() == metrics
+    assert (run_copy / "metrics.json").read_bytes() == metrics
 
 
-def _killed_at_10(run_dir: Path) -> None:
+def _killed_at_10(run_copy: Path) -> None:
     """The folder as a run killed between its checkpoints at steps 10 and 20 leaves it."""
-    (run_dir / "metrics.json").unlink()
-    shutil.rmtree(run_dir / "checkpoints" / "20")
-    shutil.rmtree(run_dir / "adapter")
+    (run_copy / "metrics.json").unlink()
+    shutil.rmtree(run_copy / "checkpoints" / "20")
+    shutil.rmtree(run_copy / "adapter")
 
 
-def test_resume_with_other_lr_is_refused(run_dir):
-    _killed_at_10(run_dir)
-    before = _hashes(run_dir)
-    proc = _run(
-        "experiments.train", *RUN, "optim.lr=0.01", f"hydra.run.dir={run_dir}",
-        cwd=run_dir.parent, check=False,
+def test_resume_with_other_lr_is_refused(run_copy):
+    _killed_at_10(run_copy)
+    before = _hashes(run_copy)
+    proc = run_module(
+        "experiments.train", *FINISHED_RUN, "optim.lr=0.01", f"hydra.run.dir={run_copy}",
+        cwd=run_copy.parent, check=False,
     )  # fmt: skip
     _refused(proc, "optim.lr: 0.001 -> 0.01")
-    assert _hashes(run_dir) == before
+    assert _hashes(run_copy) == before
 
 
-def test_resume_with_other_clipping_is_refused_not_an_orbax_dump(run_dir):
-    _killed_at_10(run_dir)
-    proc = _run(
-        "experiments.train", *RUN, "optim.clip_norm=null", f"hydra.run.dir={run_dir}",
-        cwd=run_dir.parent, check=False,
+def test_resume_with_other_clipping_is_refused_not_an_orbax_dump(run_copy):
+    _killed_at_10(run_copy)
+    proc = run_module(
+        "experiments.train", *FINISHED_RUN, "optim.clip_norm=null", f"hydra.run.dir={run_copy}",
+        cwd=run_copy.parent, check=False,
     )  # fmt: skip
     _refused(proc, "optim.clip_norm: 1.0 -> None")
     assert len(proc.stderr.splitlines()) < 12
 
 
-def test_resume_same_config_resumes(run_dir):
-    _killed_at_10(run_dir)
-    proc = _run("experiments.train", *RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+def test_resume_same_config_resumes(run_copy):
+    _killed_at_10(run_copy)
+    proc = run_module(
+        "experiments.train", *FINISHED_RUN, f"hydra.run.dir={run_copy}", cwd=run_copy.parent
+    )
     assert "resuming run from step 10" in proc.stdout
-    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 20
+    assert json.loads((run_copy / "metrics.json").read_text())["steps"] == 20
 
 
-def test_restart_trains_again_with_the_new_config(run_dir):
-    args = [*RUN, "rank=2", "trainer.restart=true", f"hydra.run.dir={run_dir}"]
-    proc = _run("experiments.train", *args, cwd=run_dir.parent)
+def test_restart_trains_again_with_the_new_config(run_copy):
+    args = [*FINISHED_RUN, "rank=2", "trainer.restart=true", f"hydra.run.dir={run_copy}"]
+    proc = run_module("experiments.train", *args, cwd=run_copy.parent)
     assert "trainer.restart=true: clearing" in proc.stdout
-    assert json.loads((run_dir / "metrics.json").read_text())["rank"] == 2
-    assert json.loads((run_dir / IDENTITY_FILE).read_text())["config"]["lora.rank"] == 2
-    assert "rank: 2" in (run_dir / "config.yaml").read_text()
+    assert json.loads((run_copy / "metrics.json").read_text())["rank"] == 2
+    assert json.loads((run_copy / IDENTITY_FILE).read_text())["config"]["lora.rank"] == 2
+    assert "rank: 2" in (run_copy / "config.yaml").read_text()
     # The same command again: the folder now matches, so it is skipped, not cleared.
-    proc = _run("experiments.train", *args, cwd=run_dir.parent)
+    proc = run_module("experiments.train", *args, cwd=run_copy.parent)
     assert "is complete; skipping" in proc.stdout and "clearing" not in proc.stdout
 
 
-def test_folder_from_before_run_identity_is_compared_with_config_yaml(run_dir):
-    (run_dir / IDENTITY_FILE).unlink()
-    proc = _run(
-        "experiments.train", *RUN, "optim.weight_decay=0.1", f"hydra.run.dir={run_dir}",
-        cwd=run_dir.parent, check=False,
+def test_folder_from_before_run_identity_is_compared_with_config_yaml(run_copy):
+    (run_copy / IDENTITY_FILE).unlink()
+    proc = run_module(
+        "experiments.train", *FINISHED_RUN, "optim.weight_decay=0.1", f"hydra.run.dir={run_copy}",
+        cwd=run_copy.parent, check=False,
     )  # fmt: skip
     _refused(proc, "optim.weight_decay: 0.01 -> 0.1")
 
@@ -155,11 +139,11 @@ def test_sweep_rerun_without_debug_fast_is_refused(tmp_path):
     sweep checks every job before training any."""
     sweep_dir = tmp_path / "sw"
     args = ["rank=1,2", f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=fused"]
-    _run("experiments.sweep", *FAST, *args, cwd=tmp_path)
+    run_module("experiments.sweep", *FAST, *args, cwd=tmp_path)
     before = _hashes(sweep_dir)
     # Every job is checked before any trains, and each refused folder is listed.
     for launcher in ("hydra/launcher=fused", "hydra/launcher=basic"):
-        proc = _run(
+        proc = run_module(
             "experiments.sweep", "model=tiny_bert", *args[:2], launcher, cwd=tmp_path, check=False
         )
         _refused(proc, "trainer.steps: 20 -> 200")
@@ -173,39 +157,35 @@ def test_differences_lists_old_and_new():
     assert differences(old, new, exact=True) == ["lora.rank: 4 -> 2"]
 
 
-def test_check_jobs_before_hydra_makes_the_folder(finished):
+def test_check_jobs_before_hydra_makes_the_folder(finished_run):
     """What a validation callback calls before any job: the job's folder from its `hydra` node."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
 
-        def job(*overrides: str):
-            args = [*RUN, *overrides, f"hydra.run.dir={finished}"]
-            return compose("config", args, return_hydra_config=True)
+    def job(*overrides: str):
+        args = [*FINISHED_RUN, *overrides, f"hydra.run.dir={finished_run}"]
+        return compose_config(*args, hydra=True)
 
-        with pytest.raises(RunIdentityError, match=r"lora\.rank: 4 -> 2"):
-            check_jobs([job("rank=2")], multirun=False)
-        check_jobs([job("rank=2", "trainer.restart=true")], multirun=False)
-        check_jobs([job("logger=wandb")], multirun=False)
+    with pytest.raises(RunIdentityError, match=r"lora\.rank: 4 -> 2"):
+        check_jobs([job("rank=2")], multirun=False)
+    check_jobs([job("rank=2", "trainer.restart=true")], multirun=False)
+    check_jobs([job("logger=wandb")], multirun=False)
 
 
 def test_non_finite_loss_names_the_way_forward(tmp_path):
     """The NaN stop says what was kept and a fix that applies (clipping is already on)."""
     run_dir = tmp_path / "run"
-    args = [*RUN, "optim.lr=1e30", "optim.warmup_ratio=0.5", f"hydra.run.dir={run_dir}"]
-    proc = _run("experiments.train", *args, cwd=tmp_path, check=False)
+    args = [*FINISHED_RUN, "optim.lr=1e30", "optim.warmup_ratio=0.5", f"hydra.run.dir={run_dir}"]
+    proc = run_module("experiments.train", *args, cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "NonFiniteLossError" in proc.stderr
     assert "no checkpoint yet. Lower optim.lr, and train again" in proc.stderr
     assert "trainer.restart=true" in proc.stderr and "step None" not in proc.stderr
 
 
-def test_a_job_refused_after_hydra_rewrote_its_folder_puts_hydra_files_back(run_dir):
+def test_a_job_refused_after_hydra_rewrote_its_folder_puts_hydra_files_back(run_copy):
     """Launchers that start jobs without the validation pass: Hydra has rewritten `.hydra/`
     when the job's own check refuses; the files come back from `run_identity.json`."""
-    before = _hashes(run_dir)
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", [*RUN, "rank=2", f"workdir={run_dir}"])
-    (run_dir / ".hydra" / "overrides.yaml").write_text("- rank=2\n")  # as Hydra's run_job does
+    before = _hashes(run_copy)
+    cfg = compose_config(*FINISHED_RUN, "rank=2", f"workdir={run_copy}")
+    (run_copy / ".hydra" / "overrides.yaml").write_text("- rank=2\n")  # as Hydra's run_job does
     with pytest.raises(RunIdentityError, match=r"lora\.rank: 4 -> 2"):
-        claim([(cfg, run_dir)])
-    assert _hashes(run_dir) == before
+        claim([(cfg, run_copy)])
+    assert _hashes(run_copy) == before

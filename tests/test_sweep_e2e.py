@@ -15,40 +15,16 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-FAST = ["model=tiny_bert", "debug=fast"]
-
-
-def _run(
-    module: str,
-    *args: str,
-    cwd: Path,
-    check: bool = True,
-    timeout: int = 600,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{module} {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        )
-    return proc
+from conftest import FAST, ROOT, run_module
 
 
 @pytest.fixture(scope="module")
 def fast_sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("sweep")
     sweep_dir = cwd / "sw"
-    proc = _run("experiments.sweep", "rank=1,4", *FAST, f"hydra.sweep.dir={sweep_dir}", cwd=cwd)
+    proc = run_module(
+        "experiments.sweep", "rank=1,4", *FAST, f"hydra.sweep.dir={sweep_dir}", cwd=cwd
+    )
     return sweep_dir, proc
 
 
@@ -129,7 +105,7 @@ def test_analyze_reproduces_the_analysis_from_saved_adapters(fast_sweep):
     sweep_dir, _ = fast_sweep
     before = json.loads((sweep_dir / "analysis.json").read_text())
     (sweep_dir / "analysis.json").unlink()
-    proc = _run("experiments.analyze", str(sweep_dir), cwd=sweep_dir.parent)
+    proc = run_module("experiments.analyze", str(sweep_dir), cwd=sweep_dir.parent)
     assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.html").absolute())
     assert json.loads((sweep_dir / "analysis.json").read_text()) == before
     assert list((sweep_dir / "analysis_run").glob("wandb/offline-run-*/run-*.wandb"))
@@ -141,7 +117,7 @@ def test_analyze_adapters_of_our_runs_agrees_with_the_sweep_analysis(fast_sweep,
     sweep_dir, _ = fast_sweep
     runs = [sweep_dir / "model=tiny_bert,rank=1", sweep_dir / "model=tiny_bert,rank=4" / "adapter"]
     out = tmp_path / "adapters"
-    proc = _run(
+    proc = run_module(
         "experiments.analyze", "--adapters", *map(str, runs), "--out", str(out), cwd=tmp_path
     )
     assert proc.stdout.strip().splitlines()[-1] == str((out / "report.html").absolute())
@@ -181,7 +157,7 @@ def test_wandb_offline_run_reads_back(fast_sweep):
 def test_rerun_skips_finished_runs(fast_sweep):
     sweep_dir, _ = fast_sweep
     before = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")}
-    proc = _run(
+    proc = run_module(
         "experiments.sweep", "rank=1,4", *FAST, f"hydra.sweep.dir={sweep_dir}", cwd=sweep_dir.parent
     )
     assert proc.stdout.count("is complete; skipping") == 2
@@ -199,7 +175,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
         "rank=2",
     ]
     ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
-    _run("experiments.train", *common, f"hydra.run.dir={ref_dir}", cwd=tmp_path)
+    run_module("experiments.train", *common, f"hydra.run.dir={ref_dir}", cwd=tmp_path)
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "experiments.train", *common, f"hydra.run.dir={killed_dir}"]
     proc = subprocess.Popen(
@@ -215,7 +191,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed_dir / "metrics.json").exists(), "the run finished before it could be killed"
-    resumed = _run("experiments.train", *common, f"hydra.run.dir={killed_dir}", cwd=tmp_path)
+    resumed = run_module("experiments.train", *common, f"hydra.run.dir={killed_dir}", cwd=tmp_path)
     assert "resuming" in resumed.stdout
     ref = json.loads((ref_dir / "metrics.json").read_text())
     got = json.loads((killed_dir / "metrics.json").read_text())
@@ -235,7 +211,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     ],
 )
 def test_bad_overrides_fail_before_training(tmp_path, override, message):
-    proc = _run(
+    proc = run_module(
         "experiments.sweep",
         override,
         *FAST,
@@ -250,7 +226,7 @@ def test_bad_overrides_fail_before_training(tmp_path, override, message):
 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     run_dir = tmp_path / "nan"
-    proc = _run(
+    proc = run_module(
         "experiments.train",
         "model=tiny_bert",
         "debug=fast",
@@ -334,7 +310,7 @@ def test_later_jobs_reuse_the_persistent_compilation_cache(tmp_path):
 def test_joblib_launcher_and_seed_pairs(tmp_path):
     """Two seeds in parallel processes (joblib); the analysis pairs them next to a random baseline."""
     sweep_dir = tmp_path / "jl"
-    proc = _run(
+    proc = run_module(
         "experiments.sweep",
         "rank=2",
         "seed=0,1",
@@ -364,7 +340,7 @@ def test_analysis_of_runs_that_adapt_different_matrices(tmp_path):
     """dW vs W needs each run's own base kernels (q in one run, v in the other)."""
     sweep_dir = tmp_path / "targets"
     short = ["trainer.steps=4", "trainer.eval_every=4", "trainer.checkpoint_every=4"]
-    _run(
+    run_module(
         "experiments.sweep",
         "rank=1",
         "targets=q,v",

@@ -10,8 +10,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import FAST, run_module
 from hydra import compose, initialize_config_dir
-from test_sweep_e2e import FAST, _run
 
 from lora_jax import models
 from lora_jax.adapter_io import export_adapter, init_adapters
@@ -100,14 +100,14 @@ def test_epochs_and_init_from_through_the_entry_point(tmp_path: Path) -> None:
     first = tmp_path / "first"
     # MR has 8485 training sentences: batch 1024 gives 8 steps per epoch.
     args = [*FAST, "data.batch_size=1024", "trainer.epochs=2", "rank=2"]
-    _run("experiments.train", *args, f"hydra.run.dir={first}", cwd=tmp_path)
+    run_module("experiments.train", *args, f"hydra.run.dir={first}", cwd=tmp_path)
     metrics = json.loads((first / "metrics.json").read_text())
     assert metrics["steps"] == 16
     history = [json.loads(line) for line in (first / "history.jsonl").read_text().splitlines()]
     assert sorted({row["step"] for row in history if "eval/accuracy" in row}) == [8, 16]
 
     second = tmp_path / "second"
-    _run(
+    run_module(
         "experiments.train",
         *args,
         f"lora.init_from={first}",
@@ -118,7 +118,7 @@ def test_epochs_and_init_from_through_the_entry_point(tmp_path: Path) -> None:
     assert f"init_from: {first}" in (second / "config.yaml").read_text()
 
     budget = tmp_path / "budget"
-    _run(
+    run_module(
         "experiments.train",
         *FAST,
         "trainer.steps=2",

@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
+from conftest import FAST, run_module
 from safetensors.numpy import load_file
-from test_sweep_e2e import FAST, _run
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +17,8 @@ def full_and_lora(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("versus_full")
     sweep = cwd / "sw"
     common = [*FAST, "logger=none", f"hydra.sweep.dir={sweep}"]
-    _run("experiments.sweep", "rank=2", *common, cwd=cwd)
-    _run("experiments.sweep", "rank=0", "lora=full", *common, cwd=cwd)
+    run_module("experiments.sweep", "rank=2", *common, cwd=cwd)
+    run_module("experiments.sweep", "rank=0", "lora=full", *common, cwd=cwd)
     return sweep
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from test_sweep_e2e import FAST, ROOT
+from conftest import FAST, ROOT
 
 BLACKHOLE = """
 import os, socket, time

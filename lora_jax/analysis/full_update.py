@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lora_jax.analysis.numerics import as_float
 from lora_jax.analysis.similarity import subspace_similarity
 
 __all__ = ["energy_ranks", "random_like", "truncate", "update_phi", "update_svd"]
@@ -34,15 +35,10 @@ __all__ = ["energy_ranks", "random_like", "truncate", "update_phi", "update_svd"
 ENERGY_SHARES = (0.5, 0.9, 0.99)
 
 
-def _float(x: jax.Array) -> jax.Array:
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
 @jax.jit
 def update_svd(dw: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Thin SVD of dW (in, out): (u (in, k), s (k,) descending, v (out, k)), dW = u diag(s) v^T."""
-    u, s, vt = jnp.linalg.svd(_float(dw), full_matrices=False)
+    u, s, vt = jnp.linalg.svd(as_float(dw), full_matrices=False)
     return u, s, vt.T
 
 
@@ -62,7 +58,7 @@ def energy_ranks(s: jax.Array, shares: Iterable[float] = ENERGY_SHARES) -> dict[
 
 def random_like(key: jax.Array, dw: jax.Array) -> jax.Array:
     """A Gaussian matrix with dW's shape and Frobenius norm: an update with no structure."""
-    dw = _float(dw)
+    dw = as_float(dw)
     g = jax.random.normal(key, dw.shape, dw.dtype)
     return g * (jnp.linalg.norm(dw) / jnp.linalg.norm(g))
 

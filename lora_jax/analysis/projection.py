@@ -27,8 +27,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lora_jax.analysis.similarity import _rank_mask, subspace_similarity
-from lora_jax.analysis.spectrum import _float, _on_one_blas_thread, dw_svd
+from lora_jax.analysis.numerics import as_float, on_one_blas_thread, rank_mask
+from lora_jax.analysis.similarity import subspace_similarity
+from lora_jax.analysis.spectrum import dw_svd
 
 __all__ = [
     "DW_VS_W_KEYS",
@@ -58,11 +59,11 @@ def _random_basis(key: jax.Array, n: int, r: int, dtype) -> jax.Array:
     return jnp.linalg.qr(jax.random.normal(key, (n, r), dtype), mode="reduced")[0]
 
 
-@_on_one_blas_thread
+@on_one_blas_thread
 @partial(jax.jit, static_argnames="r")
 def random_projection_norm(kernel: jax.Array, key: jax.Array, r: int) -> jax.Array:
     """||P^T K Q||_F for independent random orthonormal P (in, r), Q (out, r) drawn from `key`."""
-    kernel = _float(kernel)
+    kernel = as_float(kernel)
     k_in, k_out = jax.random.split(key)
     p = _random_basis(k_in, kernel.shape[0], r, kernel.dtype)
     q = _random_basis(k_out, kernel.shape[1], r, kernel.dtype)
@@ -77,7 +78,7 @@ class KernelSVD(NamedTuple):
     qt: jax.Array  # (k, out): rows are the output-side singular vectors
 
 
-# One BLAS thread (see `spectrum._on_one_blas_thread`) measured 0.02 s of CPU for a 384 x 384
+# One BLAS thread (see `spectrum.on_one_blas_thread`) measured 0.02 s of CPU for a 384 x 384
 # SVD against 0.1-0.2 s with 2 threads on a busy 2-core machine. Larger kernels keep the
 # library's own threading, where it may pay.
 _ONE_THREAD_MAX = 1024
@@ -97,12 +98,12 @@ def kernel_svd(kernel: jax.Array) -> KernelSVD:
     kernel = jnp.asarray(kernel)
     if max(kernel.shape) > _ONE_THREAD_MAX:
         return _kernel_svd(kernel)
-    return _on_one_blas_thread(_kernel_svd)(kernel)
+    return on_one_blas_thread(_kernel_svd)(kernel)
 
 
 @jax.jit
 def _kernel_svd(kernel: jax.Array) -> KernelSVD:
-    return KernelSVD(*jnp.linalg.svd(_float(kernel), full_matrices=False))
+    return KernelSVD(*jnp.linalg.svd(as_float(kernel), full_matrices=False))
 
 
 def _checked_svd(kernel: jax.Array, w_svd: KernelSVD | None) -> KernelSVD:
@@ -121,10 +122,10 @@ def _checked_svd(kernel: jax.Array, w_svd: KernelSVD | None) -> KernelSVD:
 
 @partial(jax.jit, static_argnames="r")
 def _dw_vs_w(kernel, w_svd, lora_a, lora_b, scale, key, r):
-    kernel = _float(kernel)
+    kernel = as_float(kernel)
     n_in, n_out = kernel.shape
     u, s, v = dw_svd(lora_a, lora_b, scale)
-    dw_rank = jnp.sum(_rank_mask(s, (n_in, n_out), None))
+    dw_rank = jnp.sum(rank_mask(s, (n_in, n_out), None))
     defined = dw_rank >= r  # dW's top-r directions all exist; otherwise some are arbitrary
     u, v = u[:, :r].astype(kernel.dtype), v[:, :r].astype(kernel.dtype)
     pw, sw, qwt = w_svd
@@ -193,7 +194,7 @@ def dw_vs_w(
     if not 1 <= r <= k_max:
         raise ValueError(f"r={r} is not valid; allowed: 1..{k_max} (min(in, out, adapter rank)).")
     w_svd = _checked_svd(kernel, w_svd)
-    out = _on_one_blas_thread(_dw_vs_w)(kernel, w_svd, lora_a, lora_b, scale, key, r=r)
+    out = on_one_blas_thread(_dw_vs_w)(kernel, w_svd, lora_a, lora_b, scale, key, r=r)
     return {"r": float(r), **{k: float(out[k]) for k in DW_VS_W_KEYS}}
 
 
@@ -225,20 +226,20 @@ def w_dw_phi_grid(
         raise ValueError(f"side={side!r} is not valid; allowed: 'input', 'output'.")
     kernel = jnp.asarray(kernel)
     w_svd = _checked_svd(kernel, w_svd)
-    return _on_one_blas_thread(_w_dw_phi_grid)(
+    return on_one_blas_thread(_w_dw_phi_grid)(
         kernel, w_svd, lora_a, lora_b, scale, side=side, num_w=num_w, rtol=rtol
     )
 
 
 @partial(jax.jit, static_argnames=("side", "num_w", "rtol"))
 def _w_dw_phi_grid(kernel, w_svd, lora_a, lora_b, scale, side, num_w, rtol):
-    kernel = _float(kernel)
+    kernel = as_float(kernel)
     pw, sw, qwt = w_svd
     u, s, v = dw_svd(lora_a, lora_b, scale)
     w_basis = pw if side == "input" else qwt.T
     dw_basis = u if side == "input" else v
     num_w = w_basis.shape[1] if num_w is None else num_w
     grid = subspace_similarity(w_basis[:, :num_w], dw_basis.astype(kernel.dtype))
-    ok_w = _rank_mask(sw, kernel.shape, rtol)[:num_w]
-    ok_dw = _rank_mask(s, kernel.shape, rtol)
+    ok_w = rank_mask(sw, kernel.shape, rtol)[:num_w]
+    ok_dw = rank_mask(s, kernel.shape, rtol)
     return jnp.where(ok_w[:, None] & ok_dw[None, :], grid, jnp.nan)

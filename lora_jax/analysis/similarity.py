@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lora_jax.analysis.spectrum import _on_one_blas_thread
+from lora_jax.analysis.numerics import as_float, on_one_blas_thread, rank_mask
 
 __all__ = [
     "expected_random_phi",
@@ -53,23 +53,10 @@ __all__ = [
 ]
 
 
-def _float(x: jax.Array) -> jax.Array:
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
 def _left_basis(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Left singular vectors (n, k) and singular values (k,) of x (n, m), k = min(n, m)."""
-    u, s, _ = jnp.linalg.svd(_float(x), full_matrices=False)
+    u, s, _ = jnp.linalg.svd(as_float(x), full_matrices=False)
     return u, s
-
-
-def _rank_mask(s: jax.Array, shape: tuple[int, ...], rtol: float | None) -> jax.Array:
-    """True for singular values that define a direction (s > rtol * s_max)."""
-    if rtol is None:
-        rtol = max(shape) * float(jnp.finfo(s.dtype).eps)
-    tol = rtol * jnp.max(s, initial=0.0)
-    return s > tol
 
 
 @jax.jit
@@ -86,7 +73,7 @@ def subspace_similarity(u1: jax.Array, u2: jax.Array) -> jax.Array:
         orthonormal (not checked: this must stay jit-able); non-orthonormal inputs give
         numbers without meaning.
     """
-    u1, u2 = _float(u1), _float(u2)
+    u1, u2 = as_float(u1), as_float(u2)
     if u1.ndim != 2 or u2.ndim != 2 or u1.shape[0] != u2.shape[0]:
         raise ValueError(
             f"u1 {u1.shape} and u2 {u2.shape} must be (n, r1) and (n, r2) bases of the same R^n."
@@ -124,7 +111,7 @@ def _basis(x: jax.Array, rtol: float | None, transpose: bool) -> tuple[jax.Array
     """Left singular basis of x (or of x.T) and the mask of its defined directions."""
     x = x.T if transpose else x
     u, s = _left_basis(x)
-    return u, _rank_mask(s, x.shape, rtol)
+    return u, rank_mask(s, x.shape, rtol)
 
 
 @jax.jit
@@ -138,7 +125,7 @@ def _masked_grid(x1, x2, rtol: float | None, transpose: bool = False) -> jax.Arr
     return _masked_similarity(*_basis(x1, rtol, transpose), *_basis(x2, rtol, transpose))
 
 
-@_on_one_blas_thread
+@on_one_blas_thread
 def phi_grid_a(a1: jax.Array, a2: jax.Array, rtol: float | None = None) -> jax.Array:
     """Fig. 3/4 grid for two `lora_a` factors (in, r1) and (in, r2): input-side similarity.
 
@@ -149,7 +136,7 @@ def phi_grid_a(a1: jax.Array, a2: jax.Array, rtol: float | None = None) -> jax.A
     return _masked_grid(jnp.asarray(a1), jnp.asarray(a2), rtol)
 
 
-@_on_one_blas_thread
+@on_one_blas_thread
 def phi_grid_b(b1: jax.Array, b2: jax.Array, rtol: float | None = None) -> jax.Array:
     """The same grid for two `lora_b` factors (r1, out) and (r2, out): output-side similarity.
 
@@ -160,7 +147,7 @@ def phi_grid_b(b1: jax.Array, b2: jax.Array, rtol: float | None = None) -> jax.A
     return _masked_grid(jnp.asarray(b1), jnp.asarray(b2), rtol, transpose=True)
 
 
-@_on_one_blas_thread
+@on_one_blas_thread
 @jax.jit(static_argnames=("n", "r1", "r2"))
 def random_baseline(key: jax.Array, n: int, r1: int, r2: int) -> jax.Array:
     """phi grid between two independent Gaussian (n, r1) and (n, r2) matrices (Fig. 4, right).

@@ -31,13 +31,11 @@ Example:
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import TypeVar
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lora_jax.analysis.numerics import as_float, on_one_blas_thread
 
 __all__ = ["dw_svd", "spectrum", "spectrum_summary", "summarize_spectrum"]
 
@@ -52,35 +50,6 @@ SUMMARY_KEYS = (
 )
 
 
-def _float(x: jax.Array) -> jax.Array:
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-_F = TypeVar("_F", bound=Callable)
-
-
-def _on_one_blas_thread(fn: _F) -> _F:
-    """Run the jitted `fn` to completion with BLAS/LAPACK on one thread (traced calls: as is).
-
-    XLA:CPU hands QR and SVD to LAPACK (OpenBLAS, through jaxlib), which splits these small
-    problems over every core and then spends more time synchronising its threads than
-    computing: on a busy 2-core machine the Table 6 analysis took 45 s of CPU, 27 s on one
-    thread, with the same bits (benchmarks/analysis_speed.py compares every number).
-    """
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
-            return fn(*args, **kwargs)
-        from threadpoolctl import threadpool_limits  # scikit-learn's dependency
-
-        with threadpool_limits(1, user_api="blas"):
-            return jax.block_until_ready(fn(*args, **kwargs))  # finish inside the limit
-
-    return run  # type: ignore[return-value]
-
-
 def _check(lora_a: jax.Array, lora_b: jax.Array) -> None:
     if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_a.shape[1] != lora_b.shape[0]:
         raise ValueError(
@@ -89,7 +58,7 @@ def _check(lora_a: jax.Array, lora_b: jax.Array) -> None:
         )
 
 
-@_on_one_blas_thread
+@on_one_blas_thread
 @jax.jit
 def dw_svd(
     lora_a: jax.Array, lora_b: jax.Array, scale: float | jax.Array = 1.0
@@ -104,7 +73,7 @@ def dw_svd(
         order, v (out, k) output-side singular vectors, k = min(in, out, r), with
         dW = u @ diag(s) @ v.T. Directions with s = 0 are arbitrary orthonormal completions.
     """
-    lora_a, lora_b = _float(lora_a), _float(lora_b)
+    lora_a, lora_b = as_float(lora_a), as_float(lora_b)
     _check(lora_a, lora_b)
     dtype = jnp.result_type(lora_a, lora_b)
     lora_a, lora_b = lora_a.astype(dtype), lora_b.astype(dtype)
@@ -115,11 +84,11 @@ def dw_svd(
     return qa @ uc, s, qb @ vct.T
 
 
-@_on_one_blas_thread
+@on_one_blas_thread
 @jax.jit
 def spectrum(lora_a: jax.Array, lora_b: jax.Array, scale: float | jax.Array = 1.0) -> jax.Array:
     """Singular values (descending, length min(in, out, r)) of dW = scale * lora_a @ lora_b."""
-    lora_a, lora_b = _float(lora_a), _float(lora_b)
+    lora_a, lora_b = as_float(lora_a), as_float(lora_b)
     _check(lora_a, lora_b)
     dtype = jnp.result_type(lora_a, lora_b)
     ra = jnp.linalg.qr(lora_a.astype(dtype), mode="r")
@@ -139,7 +108,7 @@ def summarize_spectrum(s: jax.Array, shape: tuple[int, int] | None = None) -> di
         dict with keys `SUMMARY_KEYS`: float scalars (ranks as floats so the dict is one dtype),
         all 0 (never NaN) when s is all zero or empty.
     """
-    s = _float(s)
+    s = as_float(s)
     if isinstance(s, jax.core.Tracer):
         return _summarize(s, shape)
     with np.errstate(all="ignore"):  # inf/NaN as in jnp, without numpy's warnings
@@ -254,5 +223,5 @@ def spectrum_summary(
     _check(lora_a, lora_b)
     shape = (lora_a.shape[0], lora_b.shape[1])
     if lora_a.shape[1] == 0:
-        return summarize_spectrum(jnp.zeros((0,), _float(lora_a).dtype), shape)
+        return summarize_spectrum(jnp.zeros((0,), as_float(lora_a).dtype), shape)
     return summarize_spectrum(spectrum(lora_a, lora_b, scale), shape)

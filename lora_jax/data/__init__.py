@@ -8,9 +8,10 @@ Typical use from training code::
     loader = data.make_loader(train, tokenizer, task, batch_size=32, max_len=64, seed=0)
 """
 
-from lora_jax.data import _tfds_compat
+from lora_jax.data import tfds_compat
 
-_tfds_compat.install()
+# Before TFDS is first imported (any builder below or in a caller).
+tfds_compat.install()
 
 # Tasks and loading.
 # Metrics.

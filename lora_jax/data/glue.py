@@ -20,10 +20,6 @@ import os
 import sys
 from typing import Any
 
-from lora_jax.data import _tfds_compat
-
-_tfds_compat.install()
-
 GLUE_CONFIGS = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
 
 

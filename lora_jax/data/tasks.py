@@ -240,7 +240,7 @@ def load_split(
         FileNotFoundError: the data is not there; the message names the command.
     """
     from lora_jax import assets
-    from lora_jax.data import glue
+    from lora_jax.data.glue import load_tfds_source
 
     task = get_task(task)
     tfds_split = task.splits.get(split, split)
@@ -260,7 +260,7 @@ def load_split(
             )
         return builder.as_data_source(split=tfds_split)
     # GLUE, gem/e2e_nlg and any other array_record TFDS dataset.
-    return glue.load_tfds_source(task.tfds_full_name, tfds_split, data_dir=data_dir)
+    return load_tfds_source(task.tfds_full_name, tfds_split, data_dir=data_dir)
 
 
 def _mr_source(config: str, split: str, data_dir: str | os.PathLike) -> Any:
