@@ -31,13 +31,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(ASSETS): $(STAMP)
-	$(PY) -m lora_jax.assets
+	$(PY) -m lora_jax.data.assets
 	touch $@
 
 install: $(STAMP) $(ASSETS) ## Create .venv, install the project and the offline assets (idempotent)
 
 assets-e2e: $(STAMP) ## Optional: fetch and prepare the E2E NLG data (from the bigbench archive on PyPI; keeps ~1 MB)
-	$(PY) -m lora_jax.assets e2e
+	$(PY) -m lora_jax.data.assets e2e
 
 test: install ## Run the fast tests (no torch: the PEFT interop tests have their own target)
 	$(PY) -m pytest -m "not slow and not interop" -n 2 $(ARGS)
@@ -69,7 +69,8 @@ experiments-cpu: install assets-e2e ## The paper's tables at CPU scale, each wit
 	  $(PY) -m experiments.sweep experiment=$$e $(ARGS) || exit 1; \
 	done
 
-bench: install ## Speed and memory benchmarks (JSON in benchmarks/results/)
+# The comparison needs torch/transformers/peft: bench installs the interop extra (once).
+bench: install $(INTEROP) ## Train step vs PEFT, interleaved (JSON in benchmarks/results/; ARGS="--suite ours" for ours alone)
 	$(PY) -m benchmarks.run $(ARGS)
 
 clean: ## Remove outputs and caches (keeps .venv)

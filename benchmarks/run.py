@@ -1,13 +1,28 @@
-"""Speed and memory of a training step on the MiniLM default (batch 32, length 64).
+"""Speed and memory of a training step on the MiniLM default (batch 32, length 64), against PEFT.
 
-    python -m benchmarks.run            # = make bench; prints a table, writes benchmarks/results/<time>.json
+    python -m benchmarks.run                 # = make bench: lora_jax vs PEFT, one JSON, a table
+    python -m benchmarks.run --suite ours    # lora_jax alone: every mode + inference latency
 
-For each mode (LoRA r = 1, 8, 64 on Wq,Wv; head only; full fine-tuning) a fresh process loads
-MiniLM, compiles the real train step (`lora_jax.steps.make_train_step`) and times it: median
-of `--steps` steps after warm-up, tokens/s, model FLOPs per step (XLA's cost analysis of the
-compiled step), the fraction of this machine's float32 matmul peak (measured in the same run),
-optimizer-state bytes and the process's peak RSS. Then merged-adapter inference latency vs the
-base model (the paper's "no added latency").
+**Versus PEFT (the default).** lora_jax's train step and PEFT's (`benchmarks/peer_peft.py`,
+torch CPU) on the same MiniLM from the same local files, the same batch, dropout 0 everywhere,
+AdamW, HF's head (pooler + classifier: `pooling="cls"` on our side): LoRA r=8 on Wq,Wv and full
+fine-tuning, float32 and bfloat16 (PEFT: `torch.autocast("cpu", dtype=torch.bfloat16)`; ours:
+the projections computed in bfloat16 through `LoRADense.dtype`, set by a benchmark-only
+`LoRAConfig` subclass, since lora_jax has no switch for it). `--rounds` rounds; in each, every
+(mode, dtype) runs once per side, the two sides back to back, each in a fresh process, the side
+that goes first alternating, so drift in machine load hits both alike. Each process reports
+the median of `--steps` steps after 3 warm-up steps and its own peak RSS; each round also
+measures both sides' matmul peak (4096², float32 and bfloat16) in fresh processes. The JSON
+(`benchmarks/results/versus_peft-<time>.json`) holds every job, the medians over rounds, the
+ratios ours/peer (step time, peak RSS; of the medians and paired per round), the CPU model and
+flags, thread counts, GLIBC_TUNABLES, XLA_FLAGS and the load average before and after.
+
+**`--suite ours`.** For each mode (LoRA r = 1, 8, 64 on Wq,Wv; head only; full fine-tuning) a
+fresh process loads MiniLM, compiles the real train step (`lora_jax.steps.make_train_step`) and
+times it: median of `--steps` steps after warm-up, tokens/s, model FLOPs per step (XLA's cost
+analysis of the compiled step), the fraction of this machine's float32 matmul peak (measured in
+the same run), optimizer-state bytes and the process's peak RSS. Then merged-adapter inference
+latency vs the base model (the paper's "no added latency").
 """
 
 from __future__ import annotations
@@ -31,6 +46,9 @@ MODES = {
     "full_ft": {"rank": 0, "full_finetune": True},
 }
 BATCH, LENGTH = 32, 64
+VERSUS_MODES = ("lora_r8", "full_ft")  # the modes PEFT runs too (benchmarks/peer_peft.py)
+DTYPES = ("float32", "bfloat16")
+CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
 
 def _timed(fn, steps: int, warmup: int = 3) -> list[float]:
@@ -54,6 +72,25 @@ def matmul_peak(n: int = 4096, steps: int = 5) -> float:
     return 2 * n**3 / statistics.median(_timed(lambda: f(a).block_until_ready(), steps)) / 1e9
 
 
+def matmul_peaks(n: int = 4096, steps: int = 3) -> dict:
+    """XLA's GFLOP/s on an n x n matmul, float32 and bfloat16 (as `peer_peft.matmul_peak`)."""
+    import jax
+    import jax.numpy as jnp
+
+    out = {}
+    for name, dt in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
+        a = jax.random.normal(jax.random.key(0), (n, n), dt)
+        f = jax.jit(lambda x: x @ x)
+        s = statistics.median(_timed(lambda f=f, a=a: f(a).block_until_ready(), steps, warmup=1))
+        out[name] = 2 * n**3 / s / 1e9
+    return {
+        "side": "ours",
+        "matmul_gflops": out,
+        "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+    }
+
+
 def _batch():
     import numpy as np
 
@@ -66,8 +103,30 @@ def _batch():
     }
 
 
-def bench_mode(mode: str, steps: int) -> dict:
-    """Time the real train step of one mode (run in its own process for a clean peak RSS)."""
+def _bf16_lora(lora):
+    """`lora` whose every projection computes in bfloat16 (params stay float32): the nearest
+    thing to torch's CPU autocast without a dtype switch in lora_jax (benchmark-only)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from lora_jax.lora import LoRAConfig
+
+    class BF16LoRAConfig(LoRAConfig):
+        def dense(self, target, layer, features, **kwargs):
+            return super().dense(target, layer, features, dtype=jnp.bfloat16, **kwargs)
+
+    return BF16LoRAConfig(**{f.name: getattr(lora, f.name) for f in dataclasses.fields(lora)})
+
+
+def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float32") -> dict:
+    """Time the real train step of one mode (run in its own process for a clean peak RSS).
+
+    `versus`: PEFT's setting (benchmarks/peer_peft.py): dropout 0 everywhere and HF's head
+    (pooler + classifier); `dtype="bfloat16"` computes the projections in bfloat16.
+    """
+    import dataclasses
+
     import jax
     import optax
 
@@ -80,7 +139,17 @@ def bench_mode(mode: str, steps: int) -> dict:
 
     spec = MODES[mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")
-    pre = models.load_pretrained("minilm", lora, num_labels=2)
+    if versus:
+        pre = models.load_pretrained("minilm", lora, num_labels=2, pooling="cls", head_dropout=0.0)
+        config = dataclasses.replace(pre.config, hidden_dropout=0.0, attention_dropout=0.0)
+        module = pre.module.clone(
+            config=config, lora=_bf16_lora(lora) if dtype == "bfloat16" else lora
+        )
+        pre = pre._replace(module=module, config=config)
+    elif dtype != "float32":
+        raise ValueError("dtype other than float32 only with versus=True")
+    else:
+        pre = models.load_pretrained("minilm", lora, num_labels=2)
     labels = label_params(
         pre.params, trainable=pre.head_rules, full_finetune=spec.get("full_finetune", False)
     )
@@ -95,15 +164,32 @@ def bench_mode(mode: str, steps: int) -> dict:
     cost = compiled.cost_analysis()
     flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
     state = {"t": parts.trainable, "o": opt_state}
+    losses = []
 
     def one():
         state["t"], state["o"], out = step(state["t"], parts.frozen, state["o"], batch, key)
-        out["loss"].block_until_ready()
+        losses.append(float(out["loss"]))
 
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times = _timed(one, steps)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (steps + 3)
     median = statistics.median(times)
+    if versus:
+        return {
+            "side": "ours",
+            "mode": mode,
+            "dtype": dtype,
+            "trainable_params": count_params(parts.trainable),
+            "step_s_median": median,
+            "step_s_min": min(times),
+            "step_s_max": max(times),
+            "steps": steps,
+            "tokens_per_s": BATCH * LENGTH / median,
+            "flops_per_step": flops,
+            "minor_page_faults_per_step": faults,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "loss_first_last": [losses[0], losses[-1]],
+        }
     spectra_s = None
     if spec["rank"]:  # the live rank logging: one jitted call every trainer.spectrum_every steps
         from lora_jax.analysis.adapters import adapter_spectra
@@ -189,36 +275,246 @@ def bench_inference(steps: int) -> dict:
     return {"forward_s_median": out, "merged_vs_unmerged_max_abs_diff": diff}
 
 
+def cpu_info() -> dict:
+    """CPU model, the SIMD/AMX flags that decide the matmul kernels, and core counts."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {
+        "model_name": model,
+        "flags": {f: f in flags for f in CPU_FLAGS},
+        "os_cpu_count": os.cpu_count(),
+        "sched_affinity": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else None,
+    }
+
+
+def _median_row(rows: list[dict]) -> dict:
+    times = [r["step_s_median"] for r in rows]
+    return {
+        "step_s_median": statistics.median(times),
+        "step_s_rounds": times,
+        "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rows),
+        "peak_rss_mb_rounds": [r["peak_rss_mb"] for r in rows],
+        "trainable_params": rows[0]["trainable_params"],
+    }
+
+
+def versus(args, env: dict) -> dict:
+    """lora_jax vs PEFT, interleaved rounds of fresh processes (see the module docstring)."""
+    modes, dtypes = args.modes.split(","), args.dtypes.split(",")
+    bad = set(modes) - set(VERSUS_MODES) or set(dtypes) - set(DTYPES)
+    if bad:
+        raise SystemExit(
+            f"{sorted(bad)} not valid here; modes: {', '.join(VERSUS_MODES)}; dtypes: "
+            f"{', '.join(DTYPES)}."
+        )
+    module = {"ours": "benchmarks.run", "peer": "benchmarks.peer_peft"}
+
+    def child(side: str, job: str) -> dict:
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        cmd = [sys.executable, "-m", module[side], "--one", job, "--steps", str(args.steps)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row.update(side=side, load_1min_before=load, wall_s=time.perf_counter() - start)
+        print(
+            f"  {side:<4} {job:<17} "
+            + (
+                f"{1e3 * row['step_s_median']:6.0f} ms  RSS {row['peak_rss_mb']:5.0f} MB"
+                if "step_s_median" in row
+                else ", ".join(f"{k} {v:.0f}" for k, v in row["matmul_gflops"].items()) + " GFLOP/s"
+            )
+            + f"  (load {load:.2f}, {row['wall_s']:.0f} s)",
+            flush=True,
+        )
+        return row
+
+    load_before = os.getloadavg()
+    jobs = []
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}", flush=True)
+        order = ("ours", "peer") if r % 2 == 0 else ("peer", "ours")
+        for side in order:
+            jobs.append({"round": r, **child(side, "matmul")})
+        for mode in modes:
+            for dtype in dtypes:
+                for side in order:
+                    jobs.append({"round": r, **child(side, f"{mode}:{dtype}")})
+    load_after = os.getloadavg()
+
+    steps = {}
+    for mode in modes:
+        for dtype in dtypes:
+            key = f"{mode}:{dtype}"
+            sides = {
+                side: _median_row(
+                    [
+                        j
+                        for j in jobs
+                        if j["side"] == side and j.get("mode") == mode and j.get("dtype") == dtype
+                    ]
+                )
+                for side in ("ours", "peer")
+            }
+            ours, peer = sides["ours"], sides["peer"]
+            steps[key] = {
+                **sides,
+                "ratio_step_time_ours_over_peer": ours["step_s_median"] / peer["step_s_median"],
+                "ratio_step_time_paired_rounds": [
+                    o / p for o, p in zip(ours["step_s_rounds"], peer["step_s_rounds"], strict=True)
+                ],
+                "ratio_peak_rss_ours_over_peer": ours["peak_rss_mb"] / peer["peak_rss_mb"],
+            }
+        if "float32" in dtypes and "bfloat16" in dtypes:  # ours float32 against PEFT's best
+            steps[f"{mode}:float32"]["ratio_step_time_ours_float32_over_peer_bfloat16"] = (
+                steps[f"{mode}:float32"]["ours"]["step_s_median"]
+                / steps[f"{mode}:bfloat16"]["peer"]["step_s_median"]
+            )
+    matmul = {
+        side: {
+            dt: statistics.median(
+                j["matmul_gflops"][dt] for j in jobs if j["side"] == side and "matmul_gflops" in j
+            )
+            for dt in DTYPES
+        }
+        for side in ("ours", "peer")
+    }
+    peer_matmul = next(j for j in jobs if j["side"] == "peer" and "matmul_gflops" in j)
+    import jax  # only for its version; the timed processes are the children
+
+    return {
+        "benchmark": "versus_peft",
+        "cpu": cpu_info(),
+        "batch": BATCH,
+        "length": LENGTH,
+        "steps_per_job": args.steps,
+        "rounds": args.rounds,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "glibc_tunables": env.get("GLIBC_TUNABLES"),
+        "xla_flags": env.get("XLA_FLAGS"),
+        "threads": {
+            "torch_intra_op": peer_matmul["torch_threads"],
+            "xla_cpu": "one intra-op pool of os.cpu_count() threads (XLA:CPU default)",
+            "omp_num_threads": env.get("OMP_NUM_THREADS"),
+        },
+        "versions": {"jax": jax.__version__, **peer_matmul["versions"]},
+        "matmul_gflops_4096": {
+            **matmul,
+            "ratio_ours_over_peer": {dt: matmul["ours"][dt] / matmul["peer"][dt] for dt in DTYPES},
+        },
+        "train_step": steps,
+        "jobs": jobs,
+    }
+
+
+def print_versus(result: dict) -> None:
+    cpu, m = result["cpu"], result["matmul_gflops_4096"]
+    flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of " + ", ".join(
+        CPU_FLAGS
+    )
+    print(f"\nCPU: {cpu['model_name']}, {cpu['os_cpu_count']} cores ({flags})")
+    print(
+        f"load average before {result['load_average_before'][0]:.2f}, after "
+        f"{result['load_average_after'][0]:.2f}; torch threads {result['threads']['torch_intra_op']}"
+        f"; GLIBC_TUNABLES={result['glibc_tunables']}; XLA_FLAGS={result['xla_flags']}"
+    )
+    print(f"{'matmul 4096² GFLOP/s':<22} {'ours (XLA)':>10} {'PEFT (torch)':>12} {'ours/PEFT':>9}")
+    for dt in DTYPES:
+        print(
+            f"  {dt:<20} {m['ours'][dt]:10.0f} {m['peer'][dt]:12.0f} "
+            f"{m['ratio_ours_over_peer'][dt]:9.2f}"
+        )
+    print(
+        f"{'train step':<22} {'ours ms':>10} {'PEFT ms':>12} {'ours/PEFT':>9} {'paired':>13}"
+        f" {'ours MB':>8} {'PEFT MB':>8} {'RSS ratio':>9}"
+    )
+    for key, row in result["train_step"].items():
+        paired = row["ratio_step_time_paired_rounds"]
+        print(
+            f"  {key:<20} {1e3 * row['ours']['step_s_median']:10.0f} "
+            f"{1e3 * row['peer']['step_s_median']:12.0f} {row['ratio_step_time_ours_over_peer']:9.2f}"
+            f" {min(paired):6.2f}-{max(paired):<6.2f} {row['ours']['peak_rss_mb']:8.0f}"
+            f" {row['peer']['peak_rss_mb']:8.0f} {row['ratio_peak_rss_ours_over_peer']:9.2f}"
+        )
+        if "ratio_step_time_ours_float32_over_peer_bfloat16" in row:
+            print(
+                f"  {'':<20} ours float32 / PEFT bfloat16: "
+                f"{row['ratio_step_time_ours_float32_over_peer_bfloat16']:.2f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
-        "--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}"
+        "--suite",
+        choices=("versus", "ours"),
+        default="versus",
+        help="versus: lora_jax vs PEFT (default); ours: every lora_jax mode + inference",
     )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="steps per job (10 versus, 20 ours)"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="versus: interleaved rounds")
+    parser.add_argument(
+        "--modes",
+        default=None,
+        help=f"comma list; versus: {', '.join(VERSUS_MODES)}; ours: {', '.join(MODES)}",
+    )
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help="versus: float32,bfloat16")
     parser.add_argument(
         "--glibc-tunables",
         default=None,
         help="GLIBC_TUNABLES for the timed processes, e.g. glibc.malloc.arena_max=1:"
         "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295 (reuse freed memory)",
     )
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one mode in this process
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one job in this process
     args = parser.parse_args()
     if args.one:
-        print(
-            json.dumps(
-                bench_mode(args.one, args.steps)
-                if args.one != "inference"
-                else bench_inference(args.steps)
-            )
-        )
+        if args.one == "matmul":
+            row = matmul_peaks()
+        elif args.one == "inference":
+            row = bench_inference(args.steps or 20)
+        elif ":" in args.one:  # versus: MODE:DTYPE
+            mode, dtype = args.one.split(":")
+            row = bench_mode(mode, args.steps or 10, versus=True, dtype=dtype)
+        else:
+            row = bench_mode(args.one, args.steps or 20)
+        print(json.dumps(row))
         return
+
+    env = {**os.environ, **({"GLIBC_TUNABLES": args.glibc_tunables} if args.glibc_tunables else {})}
+    if args.suite == "versus":
+        args.steps = args.steps or 10
+        args.modes = args.modes or ",".join(VERSUS_MODES)
+        result = versus(args, env)
+        out = (
+            Path(__file__).parent / "results" / f"versus_peft-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        )
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print_versus(result)
+        print(out)
+        return
+
+    args.steps = args.steps or 20
+    args.modes = args.modes or ",".join(MODES)
     unknown = set(args.modes.split(",")) - set(MODES)
     if unknown:
         raise SystemExit(f"--modes {sorted(unknown)} are not valid; allowed: {', '.join(MODES)}.")
-
-    env = {**os.environ, **({"GLIBC_TUNABLES": args.glibc_tunables} if args.glibc_tunables else {})}
 
     def child(mode: str) -> dict:
         proc = subprocess.run(
