@@ -60,9 +60,9 @@ CATEGORIES = {
     "xla compile (all programs)": ["compiler.py:compile_or_get_cached"],
     # lora_jax.analysis functions that call QR/SVD, wrapped by on_one_blas_thread (`run`):
     # dw_vs_w, kernel_svd, phi grids, spectra; their compiles included.
-    "analysis QR/SVD calls (with their compiles)": ["spectrum.py:run"],
+    "analysis QR/SVD calls (with their compiles)": ["numerics.py:run"],
     "summarize_spectrum": ["spectrum.py:summarize_spectrum"],
-    "figures (analysis/plots.py)": ["plots.py:phi_figure", "plots.py:spectrum_plot"],
+    "figures (analysis/figures.py)": ["figures.py:phi_figure", "figures.py:spectrum_plot"],
     "base kernels read": ["base_kernels.py:read_kernels", "sweep.py:base_kernels"],
     "report build (Markdown, HTML, its figure)": ["build.py:make_report"],
 }

@@ -18,8 +18,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from experiments import report as report_cli
-from lora_jax import paper
-from lora_jax.report import ReportInputError, compare, group_cells, make_report
+from lora_jax.report import ReportInputError, compare, group_cells, make_report, paper
 from lora_jax.report.document import Table
 from lora_jax.report.format import fmt_stats
 from lora_jax.run_record import RunFolderError, read_runs

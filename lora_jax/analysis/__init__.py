@@ -3,7 +3,7 @@
 Layouts follow `lora_jax.lora.LoRADense`: kernel (in, out), lora_a (in, r), lora_b (r, out),
 dW = scale * lora_a @ lora_b (in, out). The paper's A, B, W are lora_a.T, lora_b.T, kernel.T;
 each module docstring says how its orientation maps onto the paper's. Plots live in
-`lora_jax.analysis.plots` (imported on demand: it pulls in matplotlib).
+`lora_jax.analysis.figures` (imported on demand: it pulls in matplotlib).
 """
 
 # Dense updates W_ft - W_0 (full fine-tuning): spectrum, truncation, phi against LoRA's.

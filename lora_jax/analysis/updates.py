@@ -186,10 +186,10 @@ def _layers_per_row(grids: dict) -> int:
 
 
 def _rank_pair(lo: Update, hi: Update, fig_dir: Path) -> dict:
-    from lora_jax.analysis import plots
+    from lora_jax.analysis import figures
 
     grids = phi_grids(lo, hi)
-    png = plots.phi_figure(
+    png = figures.phi_figure(
         grids,
         fig_dir / f"phi_rank_{_slug(lo.name)}_vs_r{hi.rank}.png",
         xlabel=f"j (r={hi.rank})",
@@ -206,13 +206,13 @@ def _rank_pair(lo: Update, hi: Update, fig_dir: Path) -> dict:
 
 
 def _seed_pair(a: Update, b: Update, fig_dir: Path) -> dict:
-    from lora_jax.analysis import plots
+    from lora_jax.analysis import figures
 
     grids = phi_grids(a, b)
     n, r1 = next(iter(a.adapter.factors.values()))[0].shape
     r2 = next(iter(b.adapter.factors.values()))[0].shape[1]
     baseline = np.asarray(random_baseline(jax.random.key(0), n, r1, r2))
-    png = plots.phi_figure(
+    png = figures.phi_figure(
         {**grids, "random Gaussian": baseline},
         fig_dir / f"phi_seed_{_slug(a.name)}_vs_s{b.seed}.png",
         suptitle=f"phi across seeds {a.seed} and {b.seed} (r={r1})",
@@ -230,13 +230,13 @@ def _seed_pair(a: Update, b: Update, fig_dir: Path) -> dict:
 
 def _adapter_pair(a: Update, b: Update, fig_dir: Path) -> dict:
     """Any two adapters: phi of A (input side) and of B (output side), a figure each."""
-    from lora_jax.analysis import plots
+    from lora_jax.analysis import figures
 
     entry: dict[str, Any] = {"adapters": [str(a.folder), str(b.folder)], "ranks": [a.rank, b.rank]}
     for side, label in (("a", "A, input side"), ("b", "B, output side")):
         grids = phi_grids(a, b, side)
         entry["phi" if side == "a" else "phi_b"] = {k: json_grid(g) for k, g in grids.items()}
-        entry["figure" if side == "a" else "figure_b"] = plots.phi_figure(
+        entry["figure" if side == "a" else "figure_b"] = figures.phi_figure(
             grids,
             fig_dir / f"phi_{side}_{_slug(a.name)}_vs_{_slug(b.name)}.png",
             xlabel=f"j ({b.name}, r={b.rank})",
@@ -248,10 +248,10 @@ def _adapter_pair(a: Update, b: Update, fig_dir: Path) -> dict:
 
 
 def _spectra_figures(updates: list[Update], measured: dict, fig_dir: Path) -> dict[str, str]:
-    from lora_jax.analysis import plots
+    from lora_jax.analysis import figures
 
     return {
-        u.name: plots.spectrum_plot(
+        u.name: figures.spectrum_plot(
             {a: m["singular_values"] for a, m in measured[u.name].items()},
             path=fig_dir / f"spectrum_{_slug(u.name)}.png",
             title=f"dW spectra, {u.name}",

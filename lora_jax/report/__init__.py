@@ -9,8 +9,8 @@ One module per job:
 - `setup`: our setup against the paper's (what compares: values or only trends);
 - `rank_analysis`, `full_finetuning`: the rank analysis and LoRA vs full fine-tuning
   (`analysis.json`) as tables and figures;
-- `compare`, `analysis_tables`: the paper's tables and figures beside ours (`lora_jax.paper`);
-- `plots`: metric vs rank; `document`: the report as data, rendered as Markdown and HTML;
+- `compare`, `analysis_tables`: the paper's tables and figures beside ours (`lora_jax.report.paper`);
+- `metric_figure`: metric vs rank; `document`: the report as data, rendered as Markdown and HTML;
 - `wandb_report`: the same as a W&B Report (built offline, saved only online);
 - `build`: `make_report`, which ties them together.
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lora_jax import paper
+import lora_jax.report.paper as paper
 from lora_jax.report.cells import Cell
 from lora_jax.report.document import Block, Table
 from lora_jax.report.format import MISSING, fmt_values, paper_num

@@ -124,7 +124,7 @@ def varying_axes(cells: list[Cell]) -> list[str]:
 
 def cell_label(cell: Cell, axes: list[str]) -> str:
     """`k=v` for the given axes (e.g. the varying ones), targets in the paper's notation."""
-    from lora_jax.paper import weight_label
+    from lora_jax.report.paper import weight_label
 
     parts = []
     for k in axes:

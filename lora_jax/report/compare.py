@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lora_jax import paper
+import lora_jax.report.paper as paper
 from lora_jax.report.cells import Cell
 from lora_jax.report.document import Block, Table
 from lora_jax.report.format import MISSING, fmt_stats, num, paper_num, scale, unit

@@ -20,8 +20,8 @@ matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lora_jax.paper import weight_label
 from lora_jax.report.document import Block, Figure, Table
+from lora_jax.report.paper import weight_label
 
 
 def _by_target(matrices: dict[str, Any]) -> dict[str, list[Any]]:

@@ -5,7 +5,7 @@ The runs themselves are `lora_jax.run_record.RunRecord`s (`read_runs`).
 
 from __future__ import annotations
 
-from lora_jax import paper
+import lora_jax.report.paper as paper
 from lora_jax.run_record import RunRecord
 
 

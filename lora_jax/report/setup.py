@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lora_jax import paper
+import lora_jax.report.paper as paper
 from lora_jax.report.cells import Cell, cell_label, varying_axes
 from lora_jax.report.format import unit
 

@@ -3,7 +3,7 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lora_jax.analysis.plots import phi_figure, phi_heatmap, spectrum_plot
+from lora_jax.analysis.figures import phi_figure, phi_heatmap, spectrum_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -15,9 +15,9 @@ matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lora_jax.paper import weight_label
 from lora_jax.report.cells import Cell
 from lora_jax.report.format import scale, unit
+from lora_jax.report.paper import weight_label
 from lora_jax.report.setup import lora_cells, value_point, variant_label
 
 

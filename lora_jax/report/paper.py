@@ -8,7 +8,7 @@ Keys of target sets are tuples of our target names in the order q, k, v, o (`("q
 the paper's "Wq, Wv").
 
 Example:
-    >>> from lora_jax import paper
+    >>> from lora_jax.report import paper
     >>> paper.TABLE6["WikiSQL"][("q", "v")][8]
     73.8
     >>> paper.ITEMS["table6"].model
