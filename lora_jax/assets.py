@@ -15,7 +15,7 @@ The cache is ``$LORA_JAX_CACHE`` or ``~/.cache/lora_jax``.
 references instead (``e2e_nlg_bigbench``, see ``ensure_e2e``).
 
 Example:
-    >>> from lora_jax.data import assets
+    >>> from lora_jax import assets
     >>> assets.ensure_mr()  # doctest: +SKIP
     PosixPath('/root/.cache/lora_jax/tensorflow_datasets')
 """
