@@ -7,6 +7,7 @@ for the fixtures by name (`finished_run`, `run_copy`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from lora_jax.config import register_configs
 
@@ -24,6 +26,9 @@ CONF = ROOT / "conf"
 FAST = ["model=tiny_bert", "debug=fast"]
 # A finished rank-4 run of FAST: 20 steps, checkpoints at 10 and 20, spectra logged.
 FINISHED_RUN = [*FAST, "logger=none", "rank=4"]
+
+# The layers of a synthetic run's spectra (write_run).
+SYNTHETIC_LAYERS = 2
 
 register_configs()
 
@@ -80,3 +85,78 @@ def finished_run(tmp_path_factory) -> Path:
 def run_copy(finished_run, tmp_path) -> Path:
     """A copy of the finished run, for a test to change."""
     return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def write_run(
+    sweep: Path,
+    name: str,
+    *,
+    rank: int,
+    targets: tuple[str, ...] = ("q", "v"),
+    seed: int = 0,
+    best: float | None = 0.8,
+    final: float = 0.79,
+    main: str = "accuracy",
+    task: str = "mr",
+    model: str = "minilm",
+    alpha: float = 8.0,
+    paper_items: list[str] | None = None,
+    logger: dict | None = None,
+    status: str = "complete",
+    evals: int = 2,
+) -> Path:
+    """One run folder as `lora_jax.train.run` leaves it (no checkpoints, no adapter)."""
+    run = sweep / name
+    (run / ".hydra").mkdir(parents=True)
+    metrics = {
+        "status": status,
+        "final": {main: final},
+        "best": {main: best, "step": 200},
+        "trainable_params": 1000 * rank + 770,
+        "total_params": 22_713_216 + 1000 * rank,
+        "steps": 200,
+        "rank": rank,
+        "targets": list(targets),
+        "alpha": alpha,
+        "scaling": "alpha_over_r",
+        "seed": seed,
+        "full_finetune": False,
+        "model": model,
+        "task": task,
+        "main_metric": main,
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    config = {
+        "rank": rank,
+        "alpha": alpha,
+        "targets": "".join(targets),
+        "seed": seed,
+        "scaling": "alpha_over_r",
+        "model": {"name": model},
+        "data": {"task": task, "eval_split": "validation", "batch_size": 32, "max_len": 64},
+        "lora": {"rank": rank, "alpha": alpha, "targets": "".join(targets), "rank_pattern": {}},
+        "optim": {"lr": 1e-3},
+        "trainer": {"steps": 200, "eval_every": 100, "progress": False},
+        "logger": {"backend": "wandb", "project": "lora_jax", "entity": None, "mode": None}
+        | (logger or {}),
+        "workdir": str(run),
+    }
+    if paper_items is not None:
+        config["paper"] = paper_items
+    OmegaConf.save(OmegaConf.create(config), run / "config.yaml")
+    OmegaConf.save(
+        OmegaConf.create([f"rank={rank}", f"seed={seed}"]), run / ".hydra/overrides.yaml"
+    )
+    rows = [{"step": 100 * (i + 1), f"eval/{main}": final} for i in range(evals)]
+    if rank:
+        rows.append(
+            {"step": 50}
+            | {
+                f"spectrum/layer_{layer}/{t}/{s}": 1.0
+                for layer in range(SYNTHETIC_LAYERS)
+                for t in targets
+                for s in ("effective_rank", "stable_rank", "frobenius")
+            }
+        )
+    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run

@@ -17,8 +17,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import FAST, compose_config, compose_jobs, run_module
-from test_report import write_run
+from conftest import FAST, compose_config, compose_jobs, run_module, write_run
 
 from lora_jax.cli import check_output_dir
 from lora_jax.lora import parse_targets

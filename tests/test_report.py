@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import wandb_workspaces.reports.v2 as wr
+from conftest import SYNTHETIC_LAYERS as LAYERS
+from conftest import write_run
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -26,7 +28,6 @@ from lora_jax.run_record import RunFolderError, read_runs
 RANKS = (1, 2, 4, 8)
 TARGETS = (("q",), ("q", "v"))
 SEEDS = (0, 1, 2)
-LAYERS = 2
 
 
 def _values() -> dict[tuple[tuple[str, ...], int, int], tuple[float, float]]:
@@ -39,81 +40,6 @@ def _values() -> dict[tuple[tuple[str, ...], int, int], tuple[float, float]]:
                 best = float(rng.uniform(0.6, 0.9))
                 out[(t, r, s)] = (best, best - float(rng.uniform(0.0, 0.02)))
     return out
-
-
-def write_run(
-    sweep: Path,
-    name: str,
-    *,
-    rank: int,
-    targets: tuple[str, ...] = ("q", "v"),
-    seed: int = 0,
-    best: float | None = 0.8,
-    final: float = 0.79,
-    main: str = "accuracy",
-    task: str = "mr",
-    model: str = "minilm",
-    alpha: float = 8.0,
-    paper_items: list[str] | None = None,
-    logger: dict | None = None,
-    status: str = "complete",
-    evals: int = 2,
-) -> Path:
-    """One run folder as `lora_jax.train.run` leaves it (no checkpoints, no adapter)."""
-    run = sweep / name
-    (run / ".hydra").mkdir(parents=True)
-    metrics = {
-        "status": status,
-        "final": {main: final},
-        "best": {main: best, "step": 200},
-        "trainable_params": 1000 * rank + 770,
-        "total_params": 22_713_216 + 1000 * rank,
-        "steps": 200,
-        "rank": rank,
-        "targets": list(targets),
-        "alpha": alpha,
-        "scaling": "alpha_over_r",
-        "seed": seed,
-        "full_finetune": False,
-        "model": model,
-        "task": task,
-        "main_metric": main,
-    }
-    (run / "metrics.json").write_text(json.dumps(metrics))
-    config = {
-        "rank": rank,
-        "alpha": alpha,
-        "targets": "".join(targets),
-        "seed": seed,
-        "scaling": "alpha_over_r",
-        "model": {"name": model},
-        "data": {"task": task, "eval_split": "validation", "batch_size": 32, "max_len": 64},
-        "lora": {"rank": rank, "alpha": alpha, "targets": "".join(targets), "rank_pattern": {}},
-        "optim": {"lr": 1e-3},
-        "trainer": {"steps": 200, "eval_every": 100, "progress": False},
-        "logger": {"backend": "wandb", "project": "lora_jax", "entity": None, "mode": None}
-        | (logger or {}),
-        "workdir": str(run),
-    }
-    if paper_items is not None:
-        config["paper"] = paper_items
-    OmegaConf.save(OmegaConf.create(config), run / "config.yaml")
-    OmegaConf.save(
-        OmegaConf.create([f"rank={rank}", f"seed={seed}"]), run / ".hydra/overrides.yaml"
-    )
-    rows = [{"step": 100 * (i + 1), f"eval/{main}": final} for i in range(evals)]
-    if rank:
-        rows.append(
-            {"step": 50}
-            | {
-                f"spectrum/layer_{layer}/{t}/{s}": 1.0
-                for layer in range(LAYERS)
-                for t in targets
-                for s in ("effective_rank", "stable_rank", "frobenius")
-            }
-        )
-    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return run
 
 
 def write_grid(sweep: Path, **kw) -> dict:

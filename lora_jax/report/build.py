@@ -20,8 +20,9 @@ from lora_jax.report.document import Document, Figure, Section, Table, to_html, 
 from lora_jax.report.format import fmt_stats, num, scale, unit
 from lora_jax.report.full_finetuning import versus_full
 from lora_jax.report.items import check_paper_items, paper_items
-from lora_jax.report.metric_figure import metric_vs_rank
+from lora_jax.report.metric_figure import ERROR_BARS, metric_vs_rank
 from lora_jax.report.rank_analysis import load_analysis, rank_analysis
+from lora_jax.report.seed_section import seed_section
 from lora_jax.run_record import RunRecord, read_runs
 
 FIGURES_DIR = "figures"
@@ -121,11 +122,10 @@ def build_document(
             "Results by cell",
             [
                 cells_table(cells),
-                Figure(
-                    plot, "Main metric vs LoRA rank: median over seeds, seed range as error bars"
-                ),
+                Figure(plot, f"Main metric vs LoRA rank: {ERROR_BARS}"),
             ],
         ),
+        Section("Seed statistics", seed_section(cells)),
         Section("Rank analysis", rank_analysis(sweep_dir)),
     ]
     analysis = load_analysis(sweep_dir) or {}

@@ -15,10 +15,29 @@ matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lora_jax.report.cells import Cell
+from lora_jax.report.cells import Cell, Stats
 from lora_jax.report.format import scale, unit
 from lora_jax.report.paper import weight_label
+from lora_jax.report.seed_stats import CONFIDENCE, MIN_SEEDS, summarize
 from lora_jax.report.setup import lora_cells, value_point, variant_label
+
+ERROR_BARS = (
+    f"mean and {int(CONFIDENCE * 100)}% bootstrap CI over seeds where every point of a line has "
+    f"{MIN_SEEDS}+ seeds, else median and min-max"
+)
+
+
+def _points(stats: list[Stats]) -> tuple[np.ndarray, np.ndarray]:
+    """Centers and (2, n) error bars of one line: mean and CI when every point has MIN_SEEDS
+    seeds (the seed statistics of the report), else median and the seed range."""
+    summaries = [summarize(st) for st in stats]
+    if all(summaries):
+        center = np.array([s.mean for s in summaries])
+        low, high = [s.ci_low for s in summaries], [s.ci_high for s in summaries]
+    else:
+        center = np.array([st.median for st in stats])
+        low, high = [st.min for st in stats], [st.max for st in stats]
+    return center, np.array([center - np.array(low), np.array(high) - center])
 
 
 def _draw(ax, cells: list[Cell], at: str, title: str) -> None:
@@ -32,14 +51,11 @@ def _draw(ax, cells: list[Cell], at: str, title: str) -> None:
         group = sorted((c for c in group if c.stats(at).n), key=lambda c: c.rank)
         if not group:
             continue
+        center, err = _points([c.stats(at) for c in group])
         s = scale(group[0].main_metric)
-        stats = [c.stats(at) for c in group]
-        med = np.array([st.median for st in stats]) * s
-        err = (
-            np.array([[st.median - st.min for st in stats], [st.max - st.median for st in stats]])
-            * s
+        ax.errorbar(
+            [c.rank for c in group], center * s, yerr=err * s, marker="o", capsize=3, label=name
         )
-        ax.errorbar([c.rank for c in group], med, yerr=err, marker="o", capsize=3, label=name)
     for c in cells:
         if (c.rank == 0 or c.full_finetune) and c.stats(at).n:
             style = ":" if c.full_finetune else "--"
@@ -70,7 +86,7 @@ def metric_vs_rank(cells: list[Cell], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(points), figsize=(5.5 * len(points), 4), squeeze=False)
     for ax, point in zip(axes[0], points, strict=True):
         _draw(ax, cells, point, "best evaluation step" if point == "best" else "end of training")
-    fig.suptitle("Median over seeds; bars: min-max over seeds", fontsize=10)
+    fig.suptitle(ERROR_BARS[0].upper() + ERROR_BARS[1:], fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

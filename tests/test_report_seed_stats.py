@@ -1,0 +1,112 @@
+"""Seed statistics in the report, on cases with known answers: the mean and spread of known
+values, the bootstrap interval of three seeds (exactly their range), t-test p-values from the
+t distribution's closed forms, and the report of a synthetic sweep with planted differences."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.integrate
+from conftest import write_run
+
+from lora_jax.report import group_cells, make_report
+from lora_jax.report.cells import Stats
+from lora_jax.report.seed_stats import compare, summarize
+from lora_jax.run_record import read_runs
+
+
+def _t_sf_df2(t: float) -> float:
+    """P(T > t) for Student's t with 2 degrees of freedom (closed form)."""
+    return 0.5 * (1 - t / math.sqrt(t * t + 2))
+
+
+def _t_sf(t: float, df: float) -> float:
+    """P(T > t) by integrating the t density (no scipy.stats)."""
+    c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+    density = lambda x: c * (1 + x * x / df) ** (-(df + 1) / 2)  # noqa: E731
+    return scipy.integrate.quad(density, t, math.inf)[0]
+
+
+def test_mean_std_and_the_three_seed_interval():
+    s = summarize(Stats((0, 1, 2), (0.70, 0.71, 0.72)))
+    assert s.n == 3 and s.mean == pytest.approx(0.71) and s.std == pytest.approx(0.01)
+    # Resampling 3 values, the mean is the smallest value with probability 1/27 > 2.5% (and
+    # the largest likewise), so the 95% percentile interval is exactly [min, max].
+    assert (s.ci_low, s.ci_high) == pytest.approx((0.70, 0.72))
+
+
+def test_interval_narrows_with_seeds_and_holds_the_mean():
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.8, 0.01, size=30)
+    s = summarize(Stats(tuple(range(30)), tuple(values)))
+    assert s.ci_low < values.mean() < s.ci_high
+    # The normal-theory half width is 1.96 sd / sqrt(n); the bootstrap's is close to it.
+    half = 1.96 * values.std(ddof=1) / math.sqrt(30)
+    assert (s.ci_high - s.ci_low) / 2 == pytest.approx(half, rel=0.2)
+
+
+def test_fewer_than_three_seeds_give_no_statistics():
+    assert summarize(Stats((0, 1), (0.7, 0.8))) is None
+    assert compare(Stats((0, 1), (0.7, 0.8)), Stats((0, 1), (0.7, 0.9))) is None
+
+
+def test_identical_seeds_have_a_point_interval():
+    s = summarize(Stats((0, 1, 2), (0.5, 0.5, 0.5)))
+    assert (s.std, s.ci_low, s.ci_high) == (0.0, 0.5, 0.5)
+
+
+def test_paired_p_value_matches_the_closed_form():
+    a = Stats((0, 1, 2), (0.70, 0.70, 0.70))
+    b = Stats((0, 1, 2), (0.71, 0.72, 0.73))  # differences 0.01, 0.02, 0.03
+    c = compare(a, b)
+    t = 0.02 / (0.01 / math.sqrt(3))  # mean / (sd / sqrt(n)) = 3.464
+    assert c.paired and c.n == 3 and c.diff == pytest.approx(0.02)
+    assert c.p == pytest.approx(2 * _t_sf_df2(t), rel=1e-9)  # 0.0742: not a difference
+    assert not c.significant
+
+
+def test_unpaired_seeds_use_welch_with_its_degrees_of_freedom():
+    a = Stats((0, 1, 2), (0.70, 0.71, 0.72))
+    b = Stats((3, 4, 5), (0.74, 0.75, 0.76))  # no shared seed; equal sd 0.01, n = 3 each
+    c = compare(a, b)
+    t = 0.04 / math.sqrt(0.01**2 / 3 + 0.01**2 / 3)
+    # Welch-Satterthwaite with equal variances and sizes: df = 2 (n - 1) = 4.
+    assert not c.paired and c.p == pytest.approx(2 * _t_sf(t, 4), rel=1e-6)
+    assert c.significant
+
+
+def _sweep(root, values: dict[int, list[float]]):
+    for rank, per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            write_run(root, f"rank={rank},seed={seed}", rank=rank, seed=seed, best=v, final=v)
+    return root
+
+
+def test_report_states_means_intervals_and_verdicts(tmp_path):
+    sweep = _sweep(
+        tmp_path,
+        {1: [0.70, 0.71, 0.72], 2: [0.745, 0.775, 0.755], 8: [0.75, 0.77, 0.76]},
+    )
+    make_report(sweep, use_wandb=False)
+    md = (sweep / "report.md").read_text()
+    section = md.split("## Seed statistics")[1].split("\n## ")[0]
+    assert "| rank=1 | accuracy (%) | 3 | 71.00 ± 1.00 | [70.00, 72.00] |" in section
+    assert "| rank=8 | accuracy (%) | 3 | 76.00 ± 1.00 | [75.00, 77.00] |" in section
+    # r=1 is 5 points below r=8 on every seed pair (differences -0.05, -0.06, -0.04).
+    p1 = 2 * _t_sf_df2(0.05 / (0.01 / math.sqrt(3)))
+    assert (
+        f"rank=1 is lower than rank=8 (best) by 5.00 points (paired t-test over 3 seeds, "
+        f"p = {p1:.2g})" in section
+    )
+    assert "rank=8 (best) vs rank=2: within seed noise" in section
+    assert "mean and 95% bootstrap CI" in md  # the figure's caption says what the bars are
+
+
+def test_one_seed_sweeps_say_that_nothing_can_be_told(tmp_path):
+    sweep = _sweep(tmp_path, {1: [0.70], 8: [0.76]})
+    assert len(group_cells(read_runs(sweep))) == 2
+    make_report(sweep, use_wandb=False)
+    section = (sweep / "report.md").read_text().split("## Seed statistics")[1]
+    assert "No cell has 3 or more seeds" in section and "seed=0,1,2" in section
