@@ -16,6 +16,7 @@ from lora_jax.analysis import (
     phi_grid_a,
     phi_grid_b,
     random_baseline,
+    random_mean_phi,
     subspace_similarity,
 )
 
@@ -235,3 +236,12 @@ def test_phi_grids_work_under_jit_and_vmap():
     np.testing.assert_allclose(
         np.asarray(traced), np.asarray(phi_grid_b(b1[0], b2[0], 1e-3)), atol=1e-6
     )
+
+
+def test_random_mean_phi_spreads_around_its_expectation():
+    """32 Gaussian pairs: their mean phi averages to E phi = mean of max(i, j) / n."""
+    draws = random_mean_phi(jax.random.key(3), 96, 4, 8, 32)
+    expected = expected_random_phi(96, 4, 8).mean()
+    assert draws.shape == (32,) and len(set(draws.tolist())) == 32  # independent draws
+    se = draws.std(ddof=1) / np.sqrt(32)
+    assert abs(draws.mean() - expected) < 4 * se

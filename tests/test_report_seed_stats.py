@@ -4,6 +4,7 @@ t distribution's closed forms, and the report of a synthetic sweep with planted 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from conftest import write_run
 
 from lora_jax.report import group_cells, make_report
 from lora_jax.report.cells import Stats
+from lora_jax.report.document import Table
 from lora_jax.report.seed_stats import compare, summarize
 from lora_jax.run_record import read_runs
 
@@ -110,3 +112,29 @@ def test_one_seed_sweeps_say_that_nothing_can_be_told(tmp_path):
     make_report(sweep, use_wandb=False)
     section = (sweep / "report.md").read_text().split("## Seed statistics")[1]
     assert "No cell has 3 or more seeds" in section and "seed=0,1,2" in section
+
+
+def test_phi_across_seeds_beside_the_random_spread(tmp_path):
+    """Fig. 4's spread table: mean phi over seed pairs x layers against the random draws."""
+    from lora_jax.report import analysis_tables
+
+    for seed in (0, 1, 2):
+        write_run(tmp_path, f"seed={seed}", rank=2, seed=seed)
+    grid = lambda top: [[top, 0.1], [0.1, 0.1]]  # noqa: E731  mean (top + 0.3) / 4
+    pair = lambda a, b, top: {  # noqa: E731
+        "runs": [str(tmp_path / f"seed={a}"), str(tmp_path / f"seed={b}")],
+        "seeds": [a, b],
+        "phi": {"layer_0/q": grid(top)},
+        "random_baseline": grid(0.01),
+        "expected_random_mean": 0.005,
+        "random_mean_draws": [0.01, 0.03],
+        "figure": "absent.png",
+    }
+    analysis = {"runs": {}, "seed_pairs": [pair(0, 1, 0.9), pair(0, 2, 0.5)]}
+    (tmp_path / "analysis.json").write_text(json.dumps(analysis))
+    blocks = analysis_tables.fig4(group_cells(read_runs(tmp_path)), tmp_path)
+    (spread,) = [
+        b for b in blocks if isinstance(b, Table) and "random Gaussian pairs" in b.columns[3]
+    ]
+    # ours: mean phi 0.3 and 0.2 -> 0.25 ± 0.0707; random: 0.02 ± 0.0141; ratio 12.5.
+    assert spread.rows == [["2", "Wq", "0.2500 ± 0.0707 (n=2)", "0.0200 ± 0.0141 (n=2)", "12.5x"]]

@@ -41,6 +41,7 @@ from lora_jax.analysis.similarity import (
     phi_grid_a,
     phi_grid_b,
     random_baseline,
+    random_mean_phi,
     subspace_similarity,
 )
 
@@ -71,6 +72,7 @@ __all__ = [
     "phi_grid_b",
     "random_baseline",
     "random_like",
+    "random_mean_phi",
     "random_projection_norm",
     "scale_intruders",
     "spectrum",

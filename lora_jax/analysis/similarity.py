@@ -49,6 +49,7 @@ __all__ = [
     "phi_grid_a",
     "phi_grid_b",
     "random_baseline",
+    "random_mean_phi",
     "subspace_similarity",
 ]
 
@@ -163,6 +164,13 @@ def random_baseline(key: jax.Array, n: int, r1: int, r2: int) -> jax.Array:
     g1 = jax.random.normal(k1, (n, r1))
     g2 = jax.random.normal(k2, (n, r2))
     return subspace_similarity(_left_basis(g1)[0], _left_basis(g2)[0])
+
+
+def random_mean_phi(key: jax.Array, n: int, r1: int, r2: int, draws: int) -> np.ndarray:
+    """The mean of `random_baseline`'s grid for `draws` independent pairs: how much the random
+    baseline itself varies (its expectation is `expected_random_phi(n, r1, r2).mean()`)."""
+    keys = jax.random.split(key, draws)
+    return np.asarray(jax.vmap(lambda k: random_baseline(k, n, r1, r2).mean())(keys))
 
 
 def expected_random_phi(n: int, r1: int, r2: int) -> np.ndarray:

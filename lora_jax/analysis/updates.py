@@ -34,6 +34,7 @@ from lora_jax.analysis.similarity import (
     phi_grid_a,
     phi_grid_b,
     random_baseline,
+    random_mean_phi,
     subspace_similarity,
 )
 from lora_jax.analysis.spectrum import dw_svd, spectrum, summarize_spectrum
@@ -44,6 +45,7 @@ from lora_jax.run_record import RunRecord, pairs_differing_in, write_atomic
 Key = tuple[int, str]  # (layer, target)
 ANALYSIS_FILE = "analysis.json"
 FIGURES_DIR = "figures"
+RANDOM_DRAWS = 32  # random pairs per seed pair: the spread of the random baseline
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,10 @@ def _seed_pair(a: Update, b: Update, fig_dir: Path) -> dict:
         "phi": {k: json_grid(g) for k, g in grids.items()},
         "random_baseline": json_grid(baseline),
         "expected_random_mean": float(expected_random_phi(n, r1, r2).mean()),
+        # The random baseline's own spread (key 1: draw 0 above stays the figure's).
+        "random_mean_draws": [
+            float(m) for m in random_mean_phi(jax.random.key(1), n, r1, r2, RANDOM_DRAWS)
+        ],
         "figure": png,
     }
 

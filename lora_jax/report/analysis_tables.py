@@ -194,9 +194,43 @@ def fig4(cells: list[Cell], sweep_dir: Path) -> list[Block]:
         *setup_lines("fig4", cells),
         f"**Paper** (r={paper.FIG4_RANK}): {paper.FIG4_CLAIM}.",
         Table(columns, rows, caption="Directions shared across seeds (Fig. 4)"),
+        _seed_spread(pairs, cells),
         *(["**Ours, Wq vs Wv:** " + " ".join(verdicts)] if verdicts else []),
         *figures,
     ]
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return MISSING
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.4f} ± {sd:.4f} (n={len(values)})"
+
+
+def _seed_spread(pairs: list[dict], cells: list[Cell]) -> Table:
+    """Mean phi over every seed pair and layer, per rank and weight, beside the spread of the
+    same number for independent random Gaussian pairs (`random_mean_draws`)."""
+    ours: dict[tuple, list[float]] = {}
+    random: dict[tuple, list[float]] = {}
+    for p in pairs:
+        cell = _cell_of(cells, p["runs"][0])
+        rank = cell.rank if cell else MISSING
+        for t in _targets(p["phi"]):
+            ours.setdefault((rank, t), []).extend(_mean_phi(p["phi"], t))
+            random.setdefault((rank, t), p.get("random_mean_draws", []))
+    rows = []
+    for (rank, t), values in ours.items():
+        base = random[(rank, t)]
+        ratio = f"{np.mean(values) / np.mean(base):.1f}x" if base else MISSING
+        rows.append([str(rank), W((t,)), _mean_sd(values), _mean_sd(base), ratio])
+    columns = [
+        "r",
+        "weights",
+        "mean phi: mean ± sd over seed pairs x layers",
+        "random Gaussian pairs: mean ± sd over draws",
+        "ours / random",
+    ]
+    return Table(columns, rows, caption="Spread across seeds and of the random baseline")
 
 
 BUILDERS = {"table7": table7, "fig3": fig3, "fig4": fig4}
