@@ -104,6 +104,10 @@ def write_run(
     logger: dict | None = None,
     status: str = "complete",
     evals: int = 2,
+    lr: float = 1e-3,
+    scaling: str = "alpha_over_r",
+    full_finetune: bool = False,
+    train_rows: list[dict] | None = None,
 ) -> Path:
     """One run folder as `lora_jax.train.run` leaves it (no checkpoints, no adapter)."""
     run = sweep / name
@@ -118,9 +122,9 @@ def write_run(
         "rank": rank,
         "targets": list(targets),
         "alpha": alpha,
-        "scaling": "alpha_over_r",
+        "scaling": scaling,
         "seed": seed,
-        "full_finetune": False,
+        "full_finetune": full_finetune,
         "model": model,
         "task": task,
         "main_metric": main,
@@ -131,11 +135,11 @@ def write_run(
         "alpha": alpha,
         "targets": "".join(targets),
         "seed": seed,
-        "scaling": "alpha_over_r",
+        "scaling": scaling,
         "model": {"name": model},
         "data": {"task": task, "eval_split": "validation", "batch_size": 32, "max_len": 64},
         "lora": {"rank": rank, "alpha": alpha, "targets": "".join(targets), "rank_pattern": {}},
-        "optim": {"lr": 1e-3},
+        "optim": {"lr": lr},
         "trainer": {"steps": 200, "eval_every": 100, "progress": False},
         "logger": {"backend": "wandb", "project": "lora_jax", "entity": None, "mode": None}
         | (logger or {}),
@@ -147,7 +151,10 @@ def write_run(
     OmegaConf.save(
         OmegaConf.create([f"rank={rank}", f"seed={seed}"]), run / ".hydra/overrides.yaml"
     )
-    rows = [{"step": 100 * (i + 1), f"eval/{main}": final} for i in range(evals)]
+    rows = [
+        *(train_rows or []),
+        *({"step": 100 * (i + 1), f"eval/{main}": final} for i in range(evals)),
+    ]
     if rank:
         rows.append(
             {"step": 50}

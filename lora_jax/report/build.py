@@ -23,6 +23,12 @@ from lora_jax.report.items import check_paper_items, paper_items
 from lora_jax.report.metric_figure import ERROR_BARS, metric_vs_rank
 from lora_jax.report.rank_analysis import load_analysis, rank_analysis
 from lora_jax.report.seed_section import seed_section
+from lora_jax.report.training_curves import (
+    LR,
+    learning_rate_section,
+    scaling_section,
+    varies_within_a_method,
+)
 from lora_jax.run_record import RunRecord, read_runs
 
 FIGURES_DIR = "figures"
@@ -126,8 +132,14 @@ def build_document(
             ],
         ),
         Section("Seed statistics", seed_section(cells)),
-        Section("Rank analysis", rank_analysis(sweep_dir)),
     ]
+    if varies_within_a_method(cells, LR):
+        blocks = learning_rate_section(cells, out / FIGURES_DIR)
+        sections.append(Section("Learning rate against rank", blocks))
+    if varies_within_a_method(cells, "scaling"):
+        blocks = scaling_section(cells, out / FIGURES_DIR)
+        sections.append(Section("Scaling: alpha/r against alpha/sqrt(r) (rsLoRA)", blocks))
+    sections.append(Section("Rank analysis", rank_analysis(sweep_dir)))
     analysis = load_analysis(sweep_dir) or {}
     if analysis.get("versus_full"):
         blocks = versus_full(analysis, out / FIGURES_DIR)

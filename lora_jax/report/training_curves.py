@@ -1,0 +1,186 @@
+"""Sections on how runs trained, for the questions that came after the paper:
+
+- **learning rate against rank** ("LoRA Without Regret", 2025: the best LoRA rate is about 10x
+  full fine-tuning's and nearly independent of rank), when `optim.lr` varies in the sweep;
+- **rsLoRA** (Kalajdzievski 2023: with alpha/r the update, and the adapter's gradient, shrink
+  as r grows; alpha/sqrt(r) keeps them), when `scaling` varies.
+
+Both read each run's `history.jsonl` (train loss and gradient norms) and its metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; must precede pyplot
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from lora_jax.report.cells import Cell
+from lora_jax.report.document import Block, Figure, Table
+from lora_jax.report.format import MISSING, num, scale, unit
+from lora_jax.report.seed_stats import LOWER_IS_BETTER
+from lora_jax.report.setup import value_point
+from lora_jax.run_record import read_jsonl
+
+LR = "optim.lr"
+# Adapter-only gradient norm when the run logged it, else the norm of every trainable leaf.
+GRAD_KEYS = ("train/grad_norm_lora", "train/grad_norm")
+EARLY_STEPS = 3  # logged steps averaged for "the gradient at the first steps"
+
+
+def curve(cell: Cell, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, mean over the cell's seeds) of a logged scalar; steps every seed logged."""
+    per_seed = []
+    for run in cell.runs:
+        path = run.run_dir / "history.jsonl"
+        rows = read_jsonl(path, contains=key) if path.exists() else []
+        per_seed.append({r["step"]: r[key] for r in rows if r.get(key) is not None})
+    steps = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
+    values = np.array([[p[s] for s in steps] for p in per_seed], float)
+    return np.array(steps), values.mean(axis=0) if steps else np.array([])
+
+
+def _mean(cell: Cell, at: str) -> float | None:
+    values = cell.stats(at).values
+    return float(np.mean(values)) if values else None
+
+
+def _method(cell: Cell) -> str:
+    return "full fine-tuning" if cell.full_finetune else f"r={cell.rank}"
+
+
+def _method_key(cell: Cell) -> tuple:
+    return (cell.full_finetune, cell.rank)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def varies_within_a_method(cells: list[Cell], axis: str) -> bool:
+    """Whether some method (a rank, or full fine-tuning) was trained at several `axis` values."""
+    seen: dict[tuple, set] = {}
+    for c in cells:
+        seen.setdefault(_method_key(c), set()).add(str(c.axes.get(axis)))
+    return any(len(v) > 1 for v in seen.values())
+
+
+def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
+    """The metric over the learning-rate grid per rank (and full fine-tuning), each method's
+    best rate, and the loss curves at the best rates."""
+    at = value_point(cells)
+    metric = cells[0].main_metric
+    k = scale(metric)
+    lrs = sorted({c.axes[LR] for c in cells})
+    methods: dict[tuple, dict[float, Cell]] = {}
+    for c in cells:
+        methods.setdefault(_method_key(c), {})[c.axes[LR]] = c
+    pick = min if metric in LOWER_IS_BETTER else max
+    rows, best = [], {}
+    for key in sorted(methods):
+        by_lr = methods[key]
+        means = {lr: _mean(c, at) for lr, c in by_lr.items() if _mean(c, at) is not None}
+        if means:
+            best[key] = pick(means, key=means.get)
+        label = _method(next(iter(by_lr.values())))
+        cells_text = [num(means[lr] * k, metric) if lr in means else MISSING for lr in lrs]
+        rows.append([label, *cells_text, f"{best[key]:g}" if key in best else MISSING])
+    blocks: list[Block] = [
+        f"{unit(metric)} at the {'best evaluation step' if at == 'best' else 'end'}, mean over "
+        "seeds, for each learning rate; the last column is each method's best rate.",
+        Table(["method", *(f"lr={lr:g}" for lr in lrs), "best lr"], rows),
+    ]
+    full = [v for (ft, _), v in best.items() if ft]
+    lora = [v for (ft, r), v in best.items() if not ft and r > 0]
+    if full and lora:
+        ratios = ", ".join(f"{v / full[0]:g}x" for v in lora)
+        blocks.append(
+            f"Best LoRA rate over best full fine-tuning rate, by rank: {ratios} (the 2025 "
+            "finding: about 10x, nearly the same for every rank)."
+        )
+    fig, (ax_lr, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in sorted(methods):
+        by_lr = methods[key]
+        xs = [lr for lr in lrs if lr in by_lr and _mean(by_lr[lr], at) is not None]
+        style = ":" if key[0] else "-"
+        label = _method(next(iter(by_lr.values())))
+        ax_lr.plot(xs, [_mean(by_lr[x], at) * k for x in xs], style, marker="o", label=label)
+        if key in best:
+            steps, loss = curve(by_lr[best[key]], "train/loss")
+            ax_loss.plot(steps, loss, style, label=f"{label}, lr={best[key]:g}")
+    ax_lr.set_xscale("log")
+    ax_lr.set(xlabel="learning rate", ylabel=unit(metric), title="metric vs learning rate")
+    ax_loss.set(xlabel="step", ylabel="train loss (mean over seeds)", title="at each best rate")
+    for ax in (ax_lr, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    path = _save(fig, fig_dir / "learning_rate_vs_rank.png")
+    blocks.append(Figure(path, "Metric against learning rate per rank; loss at each best rate"))
+    return blocks
+
+
+def scaling_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
+    """alpha/r against alpha/sqrt(r) over ranks: the metric, the final train loss and the
+    gradient norm at the first logged steps, and the learning curves."""
+    at = value_point(cells)
+    lora = sorted((c for c in cells if c.rank > 0 and not c.full_finetune), key=_method_key)
+    metric = cells[0].main_metric
+    grad_key = next((g for g in GRAD_KEYS if any(len(curve(c, g)[0]) for c in lora)), GRAD_KEYS[-1])
+    rows = []
+    fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(11, 4))
+    scalings = sorted({c.axes["scaling"] for c in lora})
+    for c in lora:
+        steps, loss = curve(c, "train/loss")
+        early, mean = _first(c, grad_key), _mean(c, at)
+        rows.append(
+            [
+                str(c.rank),
+                c.axes["scaling"],
+                num(mean * scale(metric), metric) if mean is not None else MISSING,
+                f"{loss[-1]:.4f}" if len(loss) else MISSING,
+                f"{early:.3g}" if early is not None else MISSING,
+            ]
+        )
+        style = "-" if c.axes["scaling"] == scalings[0] else "--"
+        ax_loss.plot(steps, loss, style, label=f"r={c.rank}, {c.axes['scaling']}")
+    for s in scalings:
+        pts = [(c.rank, _first(c, grad_key)) for c in lora if c.axes["scaling"] == s]
+        pts = [(r, g) for r, g in pts if g is not None]
+        if pts:
+            ax_grad.plot(*zip(*pts, strict=True), marker="o", label=s)
+    ax_loss.set(xlabel="step", ylabel="train loss (mean over seeds)", title="learning curves")
+    ax_grad.set_xscale("log", base=2)
+    ax_grad.set_yscale("log")
+    ax_grad.set(
+        xlabel="LoRA rank r", ylabel=grad_key, title=f"gradient norm, first {EARLY_STEPS} logs"
+    )
+    for ax in (ax_loss, ax_grad):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    path = _save(fig, fig_dir / "scaling_vs_rank.png")
+    columns = [
+        "r",
+        "scaling",
+        unit(metric),
+        "final train loss",
+        f"{grad_key}, first {EARLY_STEPS} logged steps",
+    ]
+    return [
+        "rsLoRA's claim: with alpha/r the adapter's gradient shrinks as r grows, so higher "
+        "ranks learn no more; alpha/sqrt(r) keeps the learning rate's effect independent of r.",
+        Table(columns, rows),
+        Figure(path, "Learning curves per rank and scaling; early gradient norm against rank"),
+    ]
+
+
+def _first(cell: Cell, key: str) -> float | None:
+    _, values = curve(cell, key)
+    return float(np.mean(values[:EARLY_STEPS])) if len(values) else None

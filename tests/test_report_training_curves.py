@@ -1,0 +1,72 @@
+"""The learning-rate and rsLoRA sections of the report, on synthetic sweeps whose metrics,
+losses and gradient norms are known: the best rate per method, the LoRA/full ratio, the
+scaling table and the figures."""
+
+from __future__ import annotations
+
+from conftest import write_run
+
+from lora_jax.report import make_report
+
+
+def _train_rows(loss0: float, grad0: float) -> list[dict]:
+    return [
+        {"step": s, "train/loss": loss0 / s, "train/grad_norm_lora": grad0 * (1 + s / 100)}
+        for s in (1, 2, 3, 4)
+    ]
+
+
+def _section(md: str, title: str) -> str:
+    return md.split(f"## {title}")[1].split("\n## ")[0]
+
+
+def test_best_learning_rate_per_rank_and_full_finetuning(tmp_path):
+    # LoRA peaks at 1e-3 for both ranks, full fine-tuning at 1e-4: a 10x ratio.
+    grid = {
+        (1, False): {1e-4: 0.70, 1e-3: 0.76, 1e-2: 0.72},
+        (4, False): {1e-4: 0.71, 1e-3: 0.77, 1e-2: 0.73},
+        (0, True): {1e-5: 0.74, 1e-4: 0.80, 1e-3: 0.60},
+    }
+    for (rank, full), by_lr in grid.items():
+        for lr, acc in by_lr.items():
+            for seed in (0, 1):
+                write_run(
+                    tmp_path,
+                    f"rank={rank},full={full},lr={lr},seed={seed}",
+                    rank=rank,
+                    full_finetune=full,
+                    lr=lr,
+                    seed=seed,
+                    best=acc + 0.01 * seed,  # mean over seeds: acc + 0.005
+                    train_rows=_train_rows(1.0 / acc, 1.0),
+                )
+    make_report(tmp_path, use_wandb=False)
+    md = (tmp_path / "report.md").read_text()
+    section = _section(md, "Learning rate against rank")
+    assert "| method | lr=1e-05 | lr=0.0001 | lr=0.001 | lr=0.01 | best lr |" in section
+    assert "| r=1 | - | 70.50 | 76.50 | 72.50 | 0.001 |" in section
+    assert "| r=4 | - | 71.50 | 77.50 | 73.50 | 0.001 |" in section
+    assert "| full fine-tuning | 74.50 | 80.50 | 60.50 | - | 0.0001 |" in section
+    assert "by rank: 10x, 10x" in section
+    assert (tmp_path / "figures" / "learning_rate_vs_rank.png").stat().st_size > 0
+    assert "## Scaling" not in md  # scaling did not vary
+
+
+def test_scaling_section_shows_the_gradient_collapse(tmp_path):
+    # alpha/r: the adapter gradient falls as 1/r; alpha/sqrt(r): as 1/sqrt(r).
+    for rank in (1, 4, 16):
+        for scaling, grad in (("alpha_over_r", 1.0 / rank), ("alpha_over_sqrt_r", rank**-0.5)):
+            write_run(
+                tmp_path,
+                f"rank={rank},scaling={scaling}",
+                rank=rank,
+                scaling=scaling,
+                train_rows=_train_rows(0.5, grad),
+            )
+    make_report(tmp_path, use_wandb=False)
+    section = _section((tmp_path / "report.md").read_text(), "Scaling")
+    # First 3 logged steps: grad * (1.01 + 1.02 + 1.03) / 3 = 1.02 grad; final loss 0.5 / 4.
+    assert "| 16 | alpha_over_r | 80.00 | 0.1250 | 0.0638 |" in section
+    assert "| 16 | alpha_over_sqrt_r | 80.00 | 0.1250 | 0.255 |" in section
+    assert "train/grad_norm_lora, first 3 logged steps" in section
+    assert (tmp_path / "figures" / "scaling_vs_rank.png").stat().st_size > 0
