@@ -48,17 +48,25 @@ MODES = {
 BATCH, LENGTH = 32, 64
 VERSUS_MODES = ("lora_r8", "full_ft")  # the modes PEFT runs too (benchmarks/peer_peft.py)
 DTYPES = ("float32", "bfloat16")
+# Ours only, paired with PEFT's bfloat16: a PROTOTYPE of a change lora_jax does not have (bf16
+# operands, float32 accumulation and results in every projection's dot, forward and backward;
+# see `_mixed_lora`). Opt-in: --dtypes float32,bfloat16,bf16_f32acc.
+PROTOTYPES = {"bf16_f32acc": "bfloat16"}
 CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
 
-def _timed(fn, steps: int, warmup: int = 3) -> list[float]:
+def _timed(fn, steps: int, warmup: int = 3, cpu: list | None = None) -> list[float]:
+    """Wall seconds of `steps` calls after `warmup`; `cpu` receives each call's process CPU
+    seconds (all threads, user + system): the work done, which other load does not inflate."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
+        if cpu is not None:
+            cpu.append(time.process_time() - start_cpu)
     return times
 
 
@@ -83,6 +91,10 @@ def matmul_peaks(n: int = 4096, steps: int = 3) -> dict:
         f = jax.jit(lambda x: x @ x)
         s = statistics.median(_timed(lambda f=f, a=a: f(a).block_until_ready(), steps, warmup=1))
         out[name] = 2 * n**3 / s / 1e9
+    # bf16 operands, float32 accumulation and result: the dot XLA:CPU sends to AMX kernels
+    f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+    s = statistics.median(_timed(lambda: f(a).block_until_ready(), steps, warmup=1))
+    out["bfloat16_f32acc"] = 2 * n**3 / s / 1e9
     return {
         "side": "ours",
         "matmul_gflops": out,
@@ -119,11 +131,78 @@ def _bf16_lora(lora):
     return BF16LoRAConfig(**{f.name: getattr(lora, f.name) for f in dataclasses.fields(lora)})
 
 
+def _mixed_lora(lora):
+    """PROTOTYPE (benchmark-only): `lora` whose projections multiply in bfloat16 with float32
+    accumulation, `dot(x.bf16, W.bf16, preferred_element_type=f32)`, and a custom VJP that does
+    the backward dots the same way. XLA:CPU sends bf16 x bf16 -> f32 dots to AMX / AVX512-BF16
+    kernels; bf16 x bf16 -> bf16 dots (what `LoRADense.dtype=bfloat16` gives) run at float32
+    speed or below. Params, LayerNorm, softmax, the LoRA path and the optimizer stay float32."""
+    import dataclasses
+
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from lora_jax import lora as lora_lib
+
+    bf16, f32 = jnp.bfloat16, jnp.float32
+
+    @jax.custom_vjp
+    def mixed_dot(x, w):
+        return jnp.dot(x.astype(bf16), w.astype(bf16), preferred_element_type=f32)
+
+    def fwd(x, w):
+        x16, w16 = x.astype(bf16), w.astype(bf16)
+        return jnp.dot(x16, w16, preferred_element_type=f32), (x16, w16)
+
+    def bwd(res, g):
+        x16, w16 = res
+        g16, lead = g.astype(bf16), tuple(range(x16.ndim - 1))
+        dx = jnp.dot(g16, w16.T, preferred_element_type=f32)
+        dw = jnp.tensordot(x16, g16, axes=(lead, lead), preferred_element_type=f32)
+        return dx, dw  # dw of a frozen kernel is never used: XLA drops it
+
+    mixed_dot.defvjp(fwd, bwd)
+
+    class MixedDense(lora_lib.LoRADense):
+        @nn.compact
+        def __call__(self, x, deterministic: bool = True):
+            n_in = x.shape[-1]
+            kernel = self.param("kernel", self.kernel_init, (n_in, self.features), self.param_dtype)
+            y = mixed_dot(x, kernel) + self.param(
+                "bias", self.bias_init, (self.features,), self.param_dtype
+            )
+            if self.rank == 0:
+                return y
+            a_init = lora_lib._a_initializer(self.a_init)
+            a = self.param("lora_a", a_init, (n_in, self.rank), self.param_dtype)
+            zeros = nn.initializers.zeros_init()
+            b = self.param("lora_b", zeros, (self.rank, self.features), self.param_dtype)
+            scale = lora_lib.lora_scale(self.rank, self.alpha, self.scaling)
+            return y + scale * jnp.dot(jnp.dot(x, a), b)
+
+    class MixedLoRAConfig(lora_lib.LoRAConfig):
+        def dense(self, target, layer, features, **kwargs):
+            assert not self.dropout, "the prototype has no LoRA dropout"
+            return MixedDense(
+                features=features,
+                rank=self.rank_for(target, layer),
+                alpha=self.alpha,
+                scaling=self.scaling,
+                a_init=self.a_init,
+                name=target,
+                **kwargs,
+            )
+
+    return MixedLoRAConfig(**{f.name: getattr(lora, f.name) for f in dataclasses.fields(lora)})
+
+
 def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float32") -> dict:
     """Time the real train step of one mode (run in its own process for a clean peak RSS).
 
     `versus`: PEFT's setting (benchmarks/peer_peft.py): dropout 0 everywhere and HF's head
-    (pooler + classifier); `dtype="bfloat16"` computes the projections in bfloat16.
+    (pooler + classifier); `dtype="bfloat16"` computes the projections in bfloat16
+    (`LoRADense.dtype`), `"bf16_f32acc"` with the prototype `_mixed_lora`.
     """
     import dataclasses
 
@@ -142,9 +221,8 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
     if versus:
         pre = models.load_pretrained("minilm", lora, num_labels=2, pooling="cls", head_dropout=0.0)
         config = dataclasses.replace(pre.config, hidden_dropout=0.0, attention_dropout=0.0)
-        module = pre.module.clone(
-            config=config, lora=_bf16_lora(lora) if dtype == "bfloat16" else lora
-        )
+        wrap = {"float32": lambda x: x, "bfloat16": _bf16_lora, "bf16_f32acc": _mixed_lora}
+        module = pre.module.clone(config=config, lora=wrap[dtype](lora))
         pre = pre._replace(module=module, config=config)
     elif dtype != "float32":
         raise ValueError("dtype other than float32 only with versus=True")
@@ -171,7 +249,8 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
         losses.append(float(out["loss"]))
 
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    times = _timed(one, steps)
+    cpu: list[float] = []
+    times = _timed(one, steps, cpu=cpu)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (steps + 3)
     median = statistics.median(times)
     if versus:
@@ -183,6 +262,7 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
             "step_s_median": median,
             "step_s_min": min(times),
             "step_s_max": max(times),
+            "cpu_s_per_step_median": statistics.median(cpu),
             "steps": steps,
             "tokens_per_s": BATCH * LENGTH / median,
             "flops_per_step": flops,
@@ -302,6 +382,7 @@ def _median_row(rows: list[dict]) -> dict:
     return {
         "step_s_median": statistics.median(times),
         "step_s_rounds": times,
+        "cpu_s_per_step_median": statistics.median(r["cpu_s_per_step_median"] for r in rows),
         "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rows),
         "peak_rss_mb_rounds": [r["peak_rss_mb"] for r in rows],
         "trainable_params": rows[0]["trainable_params"],
@@ -311,12 +392,14 @@ def _median_row(rows: list[dict]) -> dict:
 def versus(args, env: dict) -> dict:
     """lora_jax vs PEFT, interleaved rounds of fresh processes (see the module docstring)."""
     modes, dtypes = args.modes.split(","), args.dtypes.split(",")
-    bad = set(modes) - set(VERSUS_MODES) or set(dtypes) - set(DTYPES)
+    bad = set(modes) - set(VERSUS_MODES) or set(dtypes) - set(DTYPES) - set(PROTOTYPES)
     if bad:
         raise SystemExit(
             f"{sorted(bad)} not valid here; modes: {', '.join(VERSUS_MODES)}; dtypes: "
-            f"{', '.join(DTYPES)}."
+            f"{', '.join((*DTYPES, *PROTOTYPES))}."
         )
+    if any(d in dtypes and PROTOTYPES[d] not in dtypes for d in PROTOTYPES):
+        raise SystemExit("--dtypes bf16_f32acc is compared with PEFT's bfloat16: add bfloat16.")
     module = {"ours": "benchmarks.run", "peer": "benchmarks.peer_peft"}
 
     def child(side: str, job: str) -> dict:
@@ -331,7 +414,8 @@ def versus(args, env: dict) -> dict:
         print(
             f"  {side:<4} {job:<17} "
             + (
-                f"{1e3 * row['step_s_median']:6.0f} ms  RSS {row['peak_rss_mb']:5.0f} MB"
+                f"{1e3 * row['step_s_median']:6.0f} ms  CPU {row['cpu_s_per_step_median']:5.2f} s"
+                f"  RSS {row['peak_rss_mb']:5.0f} MB"
                 if "step_s_median" in row
                 else ", ".join(f"{k} {v:.0f}" for k, v in row["matmul_gflops"].items()) + " GFLOP/s"
             )
@@ -349,7 +433,7 @@ def versus(args, env: dict) -> dict:
             jobs.append({"round": r, **child(side, "matmul")})
         for mode in modes:
             for dtype in dtypes:
-                for side in order:
+                for side in order if dtype in DTYPES else ("ours",):
                     jobs.append({"round": r, **child(side, f"{mode}:{dtype}")})
     load_after = os.getloadavg()
 
@@ -362,7 +446,10 @@ def versus(args, env: dict) -> dict:
                     [
                         j
                         for j in jobs
-                        if j["side"] == side and j.get("mode") == mode and j.get("dtype") == dtype
+                        if j["side"] == side
+                        and j.get("mode") == mode
+                        and j.get("dtype")
+                        == (dtype if side == "ours" else PROTOTYPES.get(dtype, dtype))
                     ]
                 )
                 for side in ("ours", "peer")
@@ -370,11 +457,15 @@ def versus(args, env: dict) -> dict:
             ours, peer = sides["ours"], sides["peer"]
             steps[key] = {
                 **sides,
+                "peer_dtype": PROTOTYPES.get(dtype, dtype),
                 "ratio_step_time_ours_over_peer": ours["step_s_median"] / peer["step_s_median"],
                 "ratio_step_time_paired_rounds": [
                     o / p for o, p in zip(ours["step_s_rounds"], peer["step_s_rounds"], strict=True)
                 ],
                 "ratio_peak_rss_ours_over_peer": ours["peak_rss_mb"] / peer["peak_rss_mb"],
+                # CPU seconds per step (all threads): less sensitive to other load than wall time
+                "ratio_cpu_s_ours_over_peer": ours["cpu_s_per_step_median"]
+                / peer["cpu_s_per_step_median"],
             }
         if "float32" in dtypes and "bfloat16" in dtypes:  # ours float32 against PEFT's best
             steps[f"{mode}:float32"]["ratio_step_time_ours_float32_over_peer_bfloat16"] = (
@@ -386,7 +477,8 @@ def versus(args, env: dict) -> dict:
             dt: statistics.median(
                 j["matmul_gflops"][dt] for j in jobs if j["side"] == side and "matmul_gflops" in j
             )
-            for dt in DTYPES
+            for dt in (*DTYPES, "bfloat16_f32acc")
+            if side == "ours" or dt in DTYPES
         }
         for side in ("ours", "peer")
     }
@@ -436,9 +528,10 @@ def print_versus(result: dict) -> None:
             f"  {dt:<20} {m['ours'][dt]:10.0f} {m['peer'][dt]:12.0f} "
             f"{m['ratio_ours_over_peer'][dt]:9.2f}"
         )
+    print(f"  {'bf16 -> f32 (XLA)':<20} {m['ours']['bfloat16_f32acc']:10.0f}")
     print(
         f"{'train step':<22} {'ours ms':>10} {'PEFT ms':>12} {'ours/PEFT':>9} {'paired':>13}"
-        f" {'ours MB':>8} {'PEFT MB':>8} {'RSS ratio':>9}"
+        f" {'ours MB':>8} {'PEFT MB':>8} {'RSS ratio':>9} {'CPU-s ratio':>11}"
     )
     for key, row in result["train_step"].items():
         paired = row["ratio_step_time_paired_rounds"]
@@ -447,6 +540,7 @@ def print_versus(result: dict) -> None:
             f"{1e3 * row['peer']['step_s_median']:12.0f} {row['ratio_step_time_ours_over_peer']:9.2f}"
             f" {min(paired):6.2f}-{max(paired):<6.2f} {row['ours']['peak_rss_mb']:8.0f}"
             f" {row['peer']['peak_rss_mb']:8.0f} {row['ratio_peak_rss_ours_over_peer']:9.2f}"
+            f" {row['ratio_cpu_s_ours_over_peer']:11.2f}"
         )
         if "ratio_step_time_ours_float32_over_peer_bfloat16" in row:
             print(
