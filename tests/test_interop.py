@@ -207,7 +207,7 @@ def test_smollm2_gguf_loads_on_llama_for_causal_lm(tmp_path, sentences):
     """transformers reads the GGUF itself (`gguf_file=`). Without any adapter its logits differ
     from ours by up to 1.5e-4 (|logits| ~ 30, 30 layers of float32), the bound test_models_llama
     pins at 2e-4 on log-probs; so log-probs and the adapter's effect are held to that floor."""
-    from lora_jax.gguf_weights import smollm2_path
+    from lora_jax.weights.gguf import smollm2_path
 
     try:
         path = smollm2_path()
