@@ -22,7 +22,8 @@ from safetensors.numpy import load_file
 from lora_jax.adapter_io import HEAD_FILE, export_adapter, init_adapters, read_adapter
 from lora_jax.lora import LoRAConfig
 from lora_jax.models import load_decoder, load_pretrained
-from lora_jax.models.bert import BertEncoder, mean_pool
+from lora_jax.models.bert import BertEncoder
+from lora_jax.models.heads import mean_pool
 from lora_jax.partition import combine, label_params, split
 
 pytestmark = pytest.mark.interop

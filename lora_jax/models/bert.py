@@ -26,13 +26,6 @@ Adapters are found by a path element `layer_<i>` and the target name as the dict
 Example:
     >>> import jax, jax.numpy as jnp
     >>> from lora_jax.lora import LoRAConfig
-from lora_jax.weights.params import (
-    ENCODER_ANCHOR,
-    encoder_source,
-    fill_params,
-    find_prefix,
-    find_tensor,
-)
     >>> model = BertEncoder(BertConfig.tiny(), LoRAConfig(rank=2, targets="qv"))
     >>> ids = jnp.ones((1, 5), jnp.int32)
     >>> params = model.init(jax.random.key(0), ids, jnp.ones_like(ids))["params"]
@@ -51,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax.lora import LoRAConfig
+from lora_jax.models.heads import ClassificationHead, mean_pool
 from lora_jax.weights.params import (
     ENCODER_ANCHOR,
     encoder_source,
@@ -316,12 +310,6 @@ class BertEncoder(nn.Module):
         return jnp.tanh(self.pooler(hidden[:, 0]))
 
 
-def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """Masked mean over tokens, as sentence-transformers (count clamped at 1e-9)."""
-    m = attention_mask[..., None].astype(hidden.dtype)
-    return (hidden * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1e-9)
-
-
 class BertForSequenceClassification(nn.Module):
     """Encoder + pooling + a fresh task head -> logits (B, num_labels); num_labels=1 regresses.
 
@@ -372,25 +360,6 @@ class BertForSequenceClassification(nn.Module):
             name="head",
         )
         return head(pooled, deterministic)
-
-
-class ClassificationHead(nn.Module):
-    """[dropout -> dense -> tanh ->] dropout -> out. `hidden_size=0` skips the dense layer."""
-
-    num_labels: int
-    hidden_size: int = 0
-    dropout: float = 0.1
-    initializer_range: float = 0.02
-
-    @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        init = nn.initializers.normal(self.initializer_range)
-        drop = nn.Dropout(self.dropout)
-        if self.hidden_size:
-            x = drop(x, deterministic=deterministic)
-            x = jnp.tanh(nn.Dense(self.hidden_size, kernel_init=init, name="dense")(x))
-        x = drop(x, deterministic=deterministic)
-        return nn.Dense(self.num_labels, kernel_init=init, name="out")(x)
 
 
 # ---- the rest of the family contract (see `lora_jax.models.registry`) ----------------------

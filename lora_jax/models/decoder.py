@@ -135,6 +135,15 @@ def write_cache(cache_arr: jax.Array, new: jax.Array, index: jax.Array) -> jax.A
     return jax.lax.dynamic_update_slice(cache_arr, new.astype(cache_arr.dtype), (0, index, 0, 0))
 
 
+def cached_attention(q, k, v, kv, kv_mask, index, dropout_rate, deterministic):
+    """`causal_attention` of this chunk, its keys/values first written into the layer's cache
+    `kv` (None: no cache). Returns (context (B, L, H * D), (keys, values) to cache)."""
+    if kv is not None:
+        k, v = write_cache(kv[0], k, index), write_cache(kv[1], v, index)
+    drop = nn.Dropout(dropout_rate) if dropout_rate else None  # on the probabilities
+    return causal_attention(q, k, v, kv_mask, index, drop, deterministic), (k, v)
+
+
 class DecoderStack(nn.Module):
     """Embeddings, layers, final norm -> hidden states (B, L, d), and the cache after them.
 

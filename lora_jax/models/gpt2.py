@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 
 from lora_jax.lora import LoRAConfig
-from lora_jax.models.decoder import CausalLM, DecoderStack, causal_attention, write_cache
+from lora_jax.models.decoder import CausalLM, DecoderStack, cached_attention
 from lora_jax.weights.params import GPT2_ANCHOR, fill_params, find_prefix, gpt2_source
 
 # The family contract (see `lora_jax.models.registry`): HF model types, name map.
@@ -158,12 +158,11 @@ class GPT2Attention(nn.Module):
             return y.reshape(b, length, cfg.num_heads, cfg.head_dim)
 
         q, k, v = proj("q"), proj("k"), proj("v")
-        if kv is not None:
-            k, v = write_cache(kv[0], k, index), write_cache(kv[1], v, index)
-        drop = nn.Dropout(cfg.attention_dropout) if cfg.attention_dropout else None
-        ctx = causal_attention(q, k, v, kv_mask, index, drop, deterministic)
+        ctx, kv = cached_attention(
+            q, k, v, kv, kv_mask, index, cfg.attention_dropout, deterministic
+        )
         out = lora.dense("o", i, d, kernel_init=init)(ctx, deterministic)
-        return nn.Dropout(cfg.resid_dropout)(out, deterministic=deterministic), (k, v)
+        return nn.Dropout(cfg.resid_dropout)(out, deterministic=deterministic), kv
 
 
 class GPT2MLP(nn.Module):

@@ -23,8 +23,6 @@ writes this chunk's keys/values into the cache at `cache.index` and returns
 Example:
     >>> import jax, jax.numpy as jnp
     >>> from lora_jax.lora import LoRAConfig
-from lora_jax.models.decoder import CausalLM, DecoderStack, causal_attention, write_cache
-from lora_jax.weights.params import fill_params, llama_source
     >>> model = LlamaForCausalLM(LlamaConfig.tiny(), LoRAConfig(rank=2, targets="qv"))
     >>> ids = jnp.ones((1, 5), jnp.int32)
     >>> params = model.init(jax.random.key(0), ids)["params"]
@@ -47,7 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax.lora import LoRAConfig
-from lora_jax.models.decoder import CausalLM, DecoderStack, causal_attention, write_cache
+from lora_jax.models.decoder import CausalLM, DecoderStack, cached_attention
 from lora_jax.weights.params import fill_params, llama_source
 
 # The family contract (see `lora_jax.models.registry`): HF model types, name map. GGUF files
@@ -221,12 +219,11 @@ class LlamaAttention(nn.Module):
         q = rope(proj("q", cfg.num_heads), positions, cfg.rope_theta)
         k = rope(proj("k", cfg.num_kv_heads), positions, cfg.rope_theta)
         v = proj("v", cfg.num_kv_heads)
-        if kv is not None:
-            k, v = write_cache(kv[0], k, index), write_cache(kv[1], v, index)
-        drop = nn.Dropout(cfg.attention_dropout) if cfg.attention_dropout else None
-        ctx = causal_attention(q, k, v, kv_mask, index, drop, deterministic)
+        ctx, kv = cached_attention(
+            q, k, v, kv, kv_mask, index, cfg.attention_dropout, deterministic
+        )
         out = lora.dense("o", i, cfg.hidden_size, use_bias=bias, kernel_init=init)
-        return out(ctx, deterministic), (k, v)
+        return out(ctx, deterministic), kv
 
 
 class LlamaMLP(nn.Module):

@@ -1,17 +1,10 @@
-"""Loading a model ready to fine-tune: module and params from the registry and the readers.
-
-Every family loads the same way: find the checkpoint (`registry.resolve_folder`), read its HF
-config and tensors (a HF folder through `weights.hf_folder`, a GGUF file through
-`weights.gguf`), fit the family's config to them, build the module, fill every base leaf from
-the checkpoint (`load_base`: one tensor at a time, each shape checked) and initialise only the
-LoRA leaves (and an encoder's new head). A random-init registry model (tests) is all init.
+"""Loading any registered or local model ready to fine-tune: `load_model` -> `Pretrained`
+(module, params with the checkpoint's base weights and fresh LoRA/head leaves, tokenizer).
 
 Example (ids, mask: int arrays (B, L) from `pre.tokenizer`):
 
     pre = load_pretrained("minilm", LoRAConfig(rank=8, targets="qv"), num_labels=2)
     logits = pre.module.apply({"params": pre.params}, ids, mask)  # (B, 2)
-    pre = load_decoder("smollm2", LoRAConfig(rank=8, targets="qv"))
-    logits = pre.module.apply({"params": pre.params}, ids)  # (1, L, 49152)
 """
 
 from __future__ import annotations
@@ -70,6 +63,11 @@ def load_model(
 ) -> Pretrained:
     """Build a model of any family from a registry name (`lora_jax.models.MODELS`), a HF folder
     (config.json + model.safetensors [+ tokenizer.json]) or a `.gguf` file (llama).
+
+    The family module (by the checkpoint's model_type) fits its config to the tensors present,
+    builds the module and fills every base leaf (`load_base`: one tensor at a time, each shape
+    checked); only LoRA leaves (and an encoder's new head) are initialised. A random-init
+    registry model (tests' tiny ones) is all init.
 
     Args:
         lora: where the adapters go.

