@@ -21,7 +21,14 @@ import numpy as np
 
 from lora_jax.lora import LORA_LEAVES, LoRAConfig
 from lora_jax.models.bert import POOLINGS
-from lora_jax.models.registry import FAMILIES, MODELS, family_module, get_spec, resolve_folder
+from lora_jax.models.registry import (
+    FAMILIES,
+    MODELS,
+    family_module,
+    get_spec,
+    is_decoder,
+    resolve_folder,
+)
 from lora_jax.models.tiny import tiny_tokenizer
 from lora_jax.weights.gguf import gguf_tokenizer, read_gguf
 from lora_jax.weights.hf_folder import load_hf_folder, load_tokenizer
@@ -82,28 +89,31 @@ def load_model(
     if name not in MODELS and not Path(name).exists():
         get_spec(name)  # raises listing the valid names
     location = resolve_folder(name) if name in MODELS else Path(name)
+    hf, tensors, where = None, None, location
     if location is None:  # random tiny model
         module_of = FAMILIES[MODELS[name].family]
-        config, tensors, where = module_of.Config.tiny(), None, None
-    elif location.suffix == ".gguf":
-        hf, tensors = read_gguf(location)
-        module_of, where = family_module(hf), location
     else:
-        hf, tensors = load_hf_folder(location)
-        module_of, where = family_module(hf), location / "model.safetensors"
-    if location is not None:
-        config = module_of.config_for(hf, set(tensors))
-    head: dict[str, Any] = {}
-    if not module_of.DECODER:
+        hf, tensors = (
+            read_gguf(location) if location.suffix == ".gguf" else load_hf_folder(location)
+        )
+        where = location if location.suffix == ".gguf" else location / "model.safetensors"
+        module_of = family_module(hf)
+    if module_of.DECODER:
+        pooling, head = "none", {}
+    else:
         pooling = pooling or _default_pooling(name, location)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling={pooling!r} is not valid; allowed: {', '.join(POOLINGS)}.")
         head = dict(num_labels=num_labels, pooling=pooling, head_dropout=head_dropout)
-    module = module_of.build(config, lora, **head)
-    params = _params(module, rng, tensors, module_of.load_base, where)
+    if tensors is None:
+        config = module_of.Config.tiny()
+        module = module_of.build(config, lora, **head)
+        params = _params(module, rng)
+    else:
+        module, params, config = model_from_tensors(hf, tensors, lora, rng, where, **head)
     del tensors
     tok = _tokenizer(location, module_of.DECODER) if tokenizer else None
-    return Pretrained(module, params, tok, config, module.head_rules, pooling or "none", name)
+    return Pretrained(module, params, tok, config, module.head_rules, pooling, name)
 
 
 def load_pretrained(
@@ -118,6 +128,7 @@ def load_pretrained(
 ) -> Pretrained:
     """`load_model` of an encoder with its new head: num_labels (1 = regression), pooling
     ("cls" or "mean"; None = the model's default, mean for minilm), head_dropout."""
+    _check_kind(name_or_path, decoder=False)
     return load_model(
         name_or_path,
         lora,
@@ -138,7 +149,20 @@ def load_decoder(
 ) -> Pretrained:
     """`load_model` of a causal LM (smollm2, gpt2*, tiny_gpt2, tiny_llama, a HF folder or a
     `.gguf` file)."""
+    _check_kind(name_or_path, decoder=True)
     return load_model(name_or_path, lora, rng=rng, tokenizer=tokenizer)
+
+
+def _check_kind(name_or_path: str | Path, decoder: bool) -> None:
+    """Raise if a model whose kind is known (a registry name, a `.gguf` file, a folder with a
+    config.json) is not of the kind asked for."""
+    name = str(name_or_path)
+    known = name in MODELS or name.endswith(".gguf") or (Path(name) / "config.json").is_file()
+    if known and is_decoder(name) != decoder:
+        kind, other = (
+            ("an encoder", "load_pretrained") if decoder else ("a decoder", "load_decoder")
+        )
+        raise ValueError(f"model={name!r} is {kind}; load it with `{other}` or `load_model`.")
 
 
 def model_from_tensors(
@@ -158,8 +182,9 @@ def model_from_tensors(
     return module, _params(module, rng, tensors, module_of.load_base, where), config
 
 
-def _params(module, rng, tensors, load_base, where) -> dict:
-    """The module's param tree: base leaves from `tensors` (all init when None), the rest init."""
+def _params(module, rng, tensors=None, load_base=None, where=None) -> dict:
+    """The module's param tree: base leaves from `tensors` by `load_base` (all init when there
+    are none), the rest initialised from `rng`."""
     ids = jnp.zeros((1, 2), jnp.int32)
 
     def init(key):  # every family takes (input_ids, attention_mask)
