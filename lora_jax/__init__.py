@@ -30,7 +30,7 @@ from lora_jax.analysis import (
 
 # The analysis over files: run folders, any PEFT LoRA adapter, W from the base checkpoint.
 from lora_jax.analysis.updates import analyze_adapters, analyze_runs
-from lora_jax.base_kernels import read_kernels
+from lora_jax.weights.base_kernels import read_kernels
 from lora_jax.run_record import RunRecord, read_runs
 
 # PEFT adapters, out and in.

@@ -41,8 +41,8 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from lora_jax.hf_names import GPT2_FUSED_QKV, LAYERS, TARGET_MODULES
 from lora_jax.lora import LORA_LEAVES, LoRAConfig, layer_index, lora_scale
+from lora_jax.weights.hf_names import GPT2_FUSED_QKV, LAYERS, TARGET_MODULES
 
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"

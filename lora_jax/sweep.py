@@ -43,7 +43,7 @@ def _saved_or_checkpoint(folder: Path, name: str, fix: str, use_saved: bool = Tr
     """W_0's file for an update in `folder`: the kernels a random-init run saved beside it, else
     the checkpoint of model `name` (registry name, hub id or path: `models.checkpoint_path`)."""
     from lora_jax import models
-    from lora_jax.base_kernels import BASE_KERNELS_FILE
+    from lora_jax.weights.base_kernels import BASE_KERNELS_FILE
 
     saved = folder / BASE_KERNELS_FILE
     if use_saved and saved.is_file():

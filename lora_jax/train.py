@@ -26,12 +26,6 @@ from lora_jax import data as data_lib
 from lora_jax import lm, models, parallel, planted
 from lora_jax.adapter_io import adapter_folder, export_adapter, family_of, init_adapters
 from lora_jax.analysis.adapters import adapter_spectra
-from lora_jax.base_kernels import (
-    BASE_KERNELS_FILE,
-    FULL_UPDATE_FILE,
-    layer_kernels,
-    save_kernels,
-)
 from lora_jax.budget import budget_rank
 from lora_jax.checkpoint import Checkpointer
 from lora_jax.config import check_batch_size, check_config, to_dict, value_error
@@ -43,6 +37,12 @@ from lora_jax.run_identity import RunIdentityError, claim, exit_on_error
 from lora_jax.run_record import read_metrics, write_atomic
 from lora_jax.steps import make_eval_step, make_train_step, tree_bytes
 from lora_jax.tracking import Tracker
+from lora_jax.weights.base_kernels import (
+    BASE_KERNELS_FILE,
+    FULL_UPDATE_FILE,
+    layer_kernels,
+    save_kernels,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -80,7 +80,7 @@ def plan(cfg: DictConfig) -> Plan:
         raise value_error("data.task", cfg.data.task, tasks, "data=mr")
     task = data_lib.get_task(cfg.data.task)
     if task.is_generation != models.is_decoder(cfg.model.name):
-        allowed = models.DECODER_MODELS if task.is_generation else models.MODELS
+        allowed = models.DECODER_MODELS if task.is_generation else models.ENCODER_MODELS
         raise ValueError(
             f"data.task={task.name!r} ({task.kind}) does not fit model={cfg.model.name!r}; "
             f"allowed models: {', '.join(allowed)}."

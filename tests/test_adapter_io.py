@@ -26,10 +26,9 @@ from lora_jax.adapter_io import (
     read_adapter,
 )
 from lora_jax.lora import LoRAConfig, layer_index, lora_scale
-from lora_jax.models import load_decoder
+from lora_jax.models import Pretrained, load_decoder
 from lora_jax.models.bert import HEAD_RULES, BertConfig, BertForSequenceClassification
 from lora_jax.partition import label_params, split
-from lora_jax.weights import Pretrained
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PEFT_SAVED = ["peft_bert", "peft_roberta", "peft_llama", "peft_gpt2"]
@@ -327,4 +326,4 @@ def test_adapter_io_imports_only_lora_and_hf_names_of_ours() -> None:
         for alias in node.names
         if alias.name.startswith("lora_jax")
     }
-    assert ours == {"lora_jax.lora", "lora_jax.hf_names"}
+    assert ours == {"lora_jax.lora", "lora_jax.weights.hf_names"}

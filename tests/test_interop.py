@@ -22,7 +22,8 @@ from safetensors.numpy import load_file
 from lora_jax.adapter_io import HEAD_FILE, export_adapter, init_adapters, read_adapter
 from lora_jax.lora import LoRAConfig
 from lora_jax.models import load_decoder, load_pretrained
-from lora_jax.models.bert import BertEncoder, mean_pool
+from lora_jax.models.bert import BertEncoder
+from lora_jax.models.heads import mean_pool
 from lora_jax.partition import combine, label_params, split
 
 pytestmark = pytest.mark.interop
@@ -207,7 +208,7 @@ def test_smollm2_gguf_loads_on_llama_for_causal_lm(tmp_path, sentences):
     """transformers reads the GGUF itself (`gguf_file=`). Without any adapter its logits differ
     from ours by up to 1.5e-4 (|logits| ~ 30, 30 layers of float32), the bound test_models_llama
     pins at 2e-4 on log-probs; so log-probs and the adapter's effect are held to that floor."""
-    from lora_jax.gguf_weights import smollm2_path
+    from lora_jax.weights.gguf import smollm2_path
 
     try:
         path = smollm2_path()

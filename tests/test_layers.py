@@ -19,16 +19,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lora_jax"
 # The readers and the math the analysis may use; they import only among themselves.
 READERS = {
     "lora_jax.lora",
-    "lora_jax.hf_names",
-    "lora_jax.base_kernels",
+    "lora_jax.weights.hf_names",
+    "lora_jax.weights.base_kernels",
     "lora_jax.adapter_io",
     "lora_jax.run_record",
-    "lora_jax.gguf_weights",
-    "lora_jax.safetensors_reader",
+    "lora_jax.weights.gguf",
+    "lora_jax.weights.safetensors",
 }
 # What adapter_io's export may look up lazily: the model registry (hub ids of registry names).
 LAZY_EXCEPTIONS = {"lora_jax.adapter_io": {"lora_jax.models"}}
-ABOVE_ANALYSIS = ("train", "models", "data", "planted", "sweep", "report", "fused", "weights")
+ABOVE_ANALYSIS = ("train", "models", "data", "planted", "sweep", "report", "fused")
 
 
 def _module(path: Path) -> str:

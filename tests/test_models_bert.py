@@ -10,7 +10,8 @@ import pytest
 
 from lora_jax.lora import LoRAConfig
 from lora_jax.models import BertConfig, BertEncoder, BertForSequenceClassification
-from lora_jax.models.bert import HEAD_RULES, mean_pool, position_ids
+from lora_jax.models.bert import HEAD_RULES, position_ids
+from lora_jax.models.heads import mean_pool
 
 IDS = jnp.array([[2, 10, 11, 12, 3, 0], [2, 20, 3, 0, 0, 0]], jnp.int32)
 MASK = (IDS != 0).astype(jnp.int32)

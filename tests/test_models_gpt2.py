@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from lora_jax.lora import LoRAConfig
-from lora_jax.models import DECODER_MODELS, decoder_lora_shapes, get_decoder_spec
+from lora_jax.models import DECODER_MODELS, get_spec, load_decoder, lora_shapes_of
 from lora_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel, lora_shapes
-from lora_jax.weights import load_hf_folder
-from lora_jax.weights_decoder import load_decoder
+from lora_jax.weights.hf_folder import load_hf_folder
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"
 IDS = jnp.array([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]], jnp.int32)
@@ -106,11 +105,11 @@ def test_registry_and_tiny_loading():
     assert {"smollm2", "gpt2", "gpt2_medium", "gpt2_large", "tiny_gpt2", "tiny_llama"} <= set(
         DECODER_MODELS
     )
-    assert get_decoder_spec("gpt2_medium").location == "openai-community/gpt2-medium"
+    assert get_spec("gpt2_medium").location == "openai-community/gpt2-medium"
     with pytest.raises(ValueError, match="tiny_gpt2"):
-        get_decoder_spec("gpt3")
-    assert decoder_lora_shapes("tiny_gpt2")["q"] == (32, 32)
-    assert decoder_lora_shapes("tiny_llama")["k"] == (32, 16)
+        get_spec("gpt3")
+    assert lora_shapes_of("tiny_gpt2")["q"] == (32, 32)
+    assert lora_shapes_of("tiny_llama")["k"] == (32, 16)
     pre = load_decoder("tiny_gpt2", LoRAConfig(rank=2))
     ids = jnp.asarray([pre.tokenizer.encode("the movie was good").ids])
     assert pre.module.apply({"params": pre.params}, ids).shape == (1, 4, 100)

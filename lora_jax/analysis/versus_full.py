@@ -25,8 +25,8 @@ from lora_jax.analysis.full_update import energy_ranks, random_like, update_phi,
 from lora_jax.analysis.intruders import TOP_K, intruder_curve
 from lora_jax.analysis.jsonable import json_grid, matrix_name
 from lora_jax.analysis.spectrum import dw_svd, summarize_spectrum
-from lora_jax.base_kernels import FULL_UPDATE_FILE, load_kernels, read_kernels, saved_family
 from lora_jax.run_record import RunRecord
+from lora_jax.weights.base_kernels import FULL_UPDATE_FILE, load_kernels, read_kernels, saved_family
 
 Key = tuple[int, str]
 EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

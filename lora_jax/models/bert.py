@@ -36,7 +36,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -44,6 +44,14 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax.lora import LoRAConfig
+from lora_jax.models.heads import ClassificationHead, mean_pool
+from lora_jax.weights.params import (
+    ENCODER_ANCHOR,
+    encoder_source,
+    fill_params,
+    find_prefix,
+    find_tensor,
+)
 
 # Parameter-path prefixes of the freshly initialised task head: train these fully (with LoRA).
 # The pretrained BERT pooler (`encoder/pooler/`) is NOT in here: it stays frozen, as in PEFT's
@@ -51,6 +59,10 @@ from lora_jax.lora import LoRAConfig
 HEAD_RULES: tuple[str, ...] = ("head/",)
 POOLINGS = ("cls", "mean")
 FAMILIES = ("bert", "roberta")
+# The family contract: HF model types read, name map of our param paths (under `encoder/`).
+MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+DECODER = False
+hf_source = encoder_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +113,7 @@ class BertConfig:
         """Read a Hugging Face `config.json` dict (model_type "bert" or "roberta")."""
         model_type = hf.get("model_type", "bert")
         family = "roberta" if model_type in ("roberta", "xlm-roberta", "camembert") else "bert"
-        if model_type not in ("bert", "roberta", "xlm-roberta", "camembert"):
+        if model_type not in MODEL_TYPES:
             raise ValueError(
                 f"model_type={model_type!r} is not a BERT-family encoder; allowed: bert, roberta."
             )
@@ -298,12 +310,6 @@ class BertEncoder(nn.Module):
         return jnp.tanh(self.pooler(hidden[:, 0]))
 
 
-def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """Masked mean over tokens, as sentence-transformers (count clamped at 1e-9)."""
-    m = attention_mask[..., None].astype(hidden.dtype)
-    return (hidden * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1e-9)
-
-
 class BertForSequenceClassification(nn.Module):
     """Encoder + pooling + a fresh task head -> logits (B, num_labels); num_labels=1 regresses.
 
@@ -356,144 +362,41 @@ class BertForSequenceClassification(nn.Module):
         return head(pooled, deterministic)
 
 
-class ClassificationHead(nn.Module):
-    """[dropout -> dense -> tanh ->] dropout -> out. `hidden_size=0` skips the dense layer."""
-
-    num_labels: int
-    hidden_size: int = 0
-    dropout: float = 0.1
-    initializer_range: float = 0.02
-
-    @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        init = nn.initializers.normal(self.initializer_range)
-        drop = nn.Dropout(self.dropout)
-        if self.hidden_size:
-            x = drop(x, deterministic=deterministic)
-            x = jnp.tanh(nn.Dense(self.hidden_size, kernel_init=init, name="dense")(x))
-        x = drop(x, deterministic=deterministic)
-        return nn.Dense(self.num_labels, kernel_init=init, name="out")(x)
+# ---- the rest of the family contract (see `lora_jax.models.registry`) ----------------------
 
 
-# A small word list for `tiny_tokenizer` (ids 5..): enough for test sentences.
-_TINY_WORDS = [
-    "the",
-    "a",
-    "an",
-    "and",
-    "or",
-    "but",
-    "not",
-    "no",
-    "is",
-    "are",
-    "was",
-    "were",
-    "be",
-    "been",
-    "it",
-    "this",
-    "that",
-    "these",
-    "those",
-    "i",
-    "you",
-    "he",
-    "she",
-    "we",
-    "they",
-    "me",
-    "my",
-    "your",
-    "his",
-    "her",
-    "our",
-    "their",
-    "of",
-    "to",
-    "in",
-    "on",
-    "at",
-    "for",
-    "with",
-    "by",
-    "from",
-    "as",
-    "up",
-    "down",
-    "out",
-    "over",
-    "under",
-    "good",
-    "bad",
-    "great",
-    "terrible",
-    "fine",
-    "best",
-    "worst",
-    "movie",
-    "film",
-    "story",
-    "plot",
-    "actor",
-    "acting",
-    "music",
-    "scene",
-    "love",
-    "hate",
-    "like",
-    "dull",
-    "fun",
-    "funny",
-    "boring",
-    "slow",
-    "fast",
-    "long",
-    "short",
-    "very",
-    "too",
-    "so",
-    "more",
-    "most",
-    "less",
-    "really",
-    "quite",
-    "just",
-    ".",
-    ",",
-    "!",
-    "?",
-    "'",
-    "-",
-    "hello",
-    "world",
-]
-
-
-def tiny_tokenizer(max_length: int | None = None):
-    """An in-memory WordLevel tokenizer over ~100 tokens for the tiny models (no files needed).
-
-    Lower-cases, splits on whitespace and punctuation as BERT, wraps with [CLS] ... [SEP];
-    ids: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, then `_TINY_WORDS`.
-    """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {t: i for i, t in enumerate(specials + list(dict.fromkeys(_TINY_WORDS)))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    if max_length:
-        tok.enable_truncation(max_length)
-    return tok
-
-
-# The LoRA targets a BERT layer has, and each one's kernel shape (in, out).
 def lora_shapes(config: BertConfig) -> dict[str, tuple[int, int]]:
+    """The LoRA targets of a BERT layer and each one's kernel shape (in, out)."""
     h, i = config.hidden_size, config.intermediate_size
     return {"q": (h, h), "k": (h, h), "v": (h, h), "o": (h, h), "ffn_in": (h, i), "ffn_out": (i, h)}
+
+
+def build(
+    config: BertConfig,
+    lora: LoRAConfig,
+    *,
+    num_labels: int,
+    pooling: str = "cls",
+    head_dropout: float = 0.1,
+) -> BertForSequenceClassification:
+    """The classifier of `config`: encoder, pooling and a fresh head of `num_labels` outputs."""
+    return BertForSequenceClassification(config, lora, num_labels, pooling, head_dropout)
+
+
+def config_for(hf: Mapping[str, Any], names: Collection[str]) -> BertConfig:
+    """The config of a HF `config.json` dict, without the pooler if the checkpoint lacks one."""
+    config = BertConfig.from_hf(hf)
+    prefix = find_prefix(names, ENCODER_ANCHOR, "BERT-family")
+    if config.add_pooler and find_tensor(names, prefix, "pooler.dense.weight") is None:
+        config = BertConfig.from_hf(hf, add_pooler=False)
+    return config
+
+
+def load_base(reader: Mapping[str, Any], template: Mapping[str, Any], where: Any) -> dict:
+    """Every non-LoRA leaf under `encoder/` of `template` from the checkpoint (the head is new)."""
+    prefix = find_prefix(set(reader), ENCODER_ANCHOR, "BERT-family", where)
+    flat = fill_params(reader, template["encoder"], hf_source, prefix, where)
+    return {("encoder", *path): leaf for path, leaf in flat.items()}
+
+
+Config = BertConfig

@@ -2,7 +2,7 @@
 
 Pre-LayerNorm decoder with learned positions, tanh-GELU, and an LM head tied to `wte`.
 HF's fused `c_attn` (d -> 3d) is built as three `LoRADense` layers `q`, `k`, `v` whose kernels
-are the column slices of `c_attn` when loading (see `lora_jax.weights_decoder.gpt2_source`):
+are the column slices of `c_attn` when loading (see `lora_jax.weights.params.gpt2_source`):
 the same function, and each slice gets its own `lora_a`/`lora_b` exactly as loralib's
 `MergedLinear(enable_lora=[True, True, True])`, while the analysis sees plain (d, d) matrices.
 The parameter tree reads
@@ -14,9 +14,9 @@ The parameter tree reads
     decoder/layer_<i>/ffn/{ffn_in,ffn_out}/{kernel,bias[,lora_a,lora_b]}   (c_fc, mlp.c_proj)
     decoder/ln_f/{scale,bias}
 
-`__call__(input_ids, attention_mask=None, deterministic=True, cache=None)` behaves as
-`LlamaForCausalLM`'s (logits, or `(logits, cache)` with a `KVCache`); positions count real
-tokens, so left padding works.
+`__call__(input_ids, attention_mask=None, deterministic=True, cache=None)` is the shared
+`models.decoder.CausalLM`'s (logits, or `(logits, cache)` with a `KVCache`); positions count
+real tokens, so left padding works.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -30,22 +30,20 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from lora_jax.lora import LoRAConfig
-from lora_jax.models.llama import (
-    HEAD_RULES,
-    KVCache,
-    causal_attention,
-    chunk_positions,
-    run_layers,
-    write_cache,
-)
+from lora_jax.models.decoder import CausalLM, DecoderStack, cached_attention
+from lora_jax.weights.params import GPT2_ANCHOR, fill_params, find_prefix, gpt2_source
+
+# The family contract (see `lora_jax.models.registry`): HF model types, name map.
+MODEL_TYPES = ("gpt2",)
+DECODER = True
+hf_source = gpt2_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +78,10 @@ class GPT2Config:
     @property
     def num_kv_heads(self) -> int:
         return self.num_heads
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        return True  # GPT-2's LM head is always `wte`
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], **overrides: Any) -> GPT2Config:
@@ -156,12 +158,11 @@ class GPT2Attention(nn.Module):
             return y.reshape(b, length, cfg.num_heads, cfg.head_dim)
 
         q, k, v = proj("q"), proj("k"), proj("v")
-        if kv is not None:
-            k, v = write_cache(kv[0], k, index), write_cache(kv[1], v, index)
-        drop = nn.Dropout(cfg.attention_dropout) if cfg.attention_dropout else None
-        ctx = causal_attention(q, k, v, kv_mask, index, drop, deterministic)
+        ctx, kv = cached_attention(
+            q, k, v, kv, kv_mask, index, cfg.attention_dropout, deterministic
+        )
         out = lora.dense("o", i, d, kernel_init=init)(ctx, deterministic)
-        return nn.Dropout(cfg.resid_dropout)(out, deterministic=deterministic), (k, v)
+        return nn.Dropout(cfg.resid_dropout)(out, deterministic=deterministic), kv
 
 
 class GPT2MLP(nn.Module):
@@ -185,7 +186,8 @@ class GPT2Layer(nn.Module):
     layer: int
 
     @nn.compact
-    def __call__(self, x, kv_mask, index, kv=None, deterministic=True):
+    def __call__(self, x, positions, kv_mask, index, kv=None, deterministic=True):
+        del positions  # learned positions are added to the embeddings, not here
         cfg = self.config
         attn = GPT2Attention(cfg, self.lora, self.layer, name="attention")
         h, kv = attn(_ln(cfg, "ln_1")(x), kv_mask, index, kv, deterministic)
@@ -194,7 +196,7 @@ class GPT2Layer(nn.Module):
         return x, kv
 
 
-class GPT2Decoder(nn.Module):
+class GPT2Decoder(DecoderStack):
     """Token + position embeddings, layers, final LayerNorm -> hidden states (B, L, d)."""
 
     config: GPT2Config
@@ -216,25 +218,18 @@ class GPT2Decoder(nn.Module):
         ]
         self.ln_f = _ln(cfg, "ln_f")
 
-    def __call__(self, input_ids, attention_mask, cache=None, deterministic=True):
-        positions, kv_mask, index = chunk_positions(attention_mask, cache)
+    def embed(self, input_ids, positions, deterministic):
         x = self.wte(input_ids) + self.wpe(positions)
-        x = self.drop(x, deterministic=deterministic)
-        x, new_cache = run_layers(
-            self.layers,
-            x,
-            cache,
-            kv_mask,
-            attention_mask,
-            lambda layer, x, kv: layer(x, kv_mask, index, kv, deterministic),
-        )
-        return self.ln_f(x), new_cache
+        return self.drop(x, deterministic=deterministic)
+
+    def final_norm(self, x: jax.Array) -> jax.Array:
+        return self.ln_f(x)
 
     def attend(self, x: jax.Array) -> jax.Array:
         return self.wte.attend(x)
 
 
-class GPT2LMHeadModel(nn.Module):
+class GPT2LMHeadModel(CausalLM):
     """GPT-2 with its tied LM head: ids (B, L) -> logits (B, L, V), float32.
 
     With `cache=` (from `init_cache`) returns `(logits, new_cache)` instead.
@@ -243,30 +238,27 @@ class GPT2LMHeadModel(nn.Module):
     config: GPT2Config
     lora: LoRAConfig
 
-    head_rules = HEAD_RULES
+    stack = GPT2Decoder
+    learned_positions = True
 
-    def setup(self) -> None:
-        self.decoder = GPT2Decoder(self.config, self.lora)
 
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array | None = None,
-        deterministic: bool = True,
-        cache: KVCache | None = None,
-    ) -> jax.Array | tuple[jax.Array, KVCache]:
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        x, new_cache = self.decoder(input_ids, attention_mask, cache, deterministic)
-        logits = self.decoder.attend(x).astype(jnp.float32)
-        return logits if cache is None else (logits, new_cache)
+# ---- the rest of the family contract ----------------------------------------------------------
 
-    def init_cache(self, batch: int, max_length: int, dtype: Any = jnp.float32) -> KVCache:
-        """An empty `KVCache` for `batch` rows and `max_length` slots (needs no params)."""
-        cfg = self.config
-        if max_length > cfg.max_position_embeddings:
-            raise ValueError(
-                f"max_length={max_length} exceeds GPT-2's max_position_embeddings="
-                f"{cfg.max_position_embeddings}."
-            )
-        return KVCache.zeros(cfg.num_layers, batch, max_length, cfg.num_heads, cfg.head_dim, dtype)
+
+def build(config: GPT2Config, lora: LoRAConfig, **head: Any) -> GPT2LMHeadModel:
+    """The causal LM of `config` (`head` options are for encoders; a decoder has no head)."""
+    return GPT2LMHeadModel(config, lora)
+
+
+def config_for(hf: Mapping[str, Any], names: Collection[str]) -> GPT2Config:
+    """The config of a HF `config.json` dict (GPT-2's fits any of its checkpoints' tensors)."""
+    return GPT2Config.from_hf(hf)
+
+
+def load_base(reader: Mapping[str, Any], template: Mapping[str, Any], where: Any) -> dict:
+    """Every non-LoRA leaf of `template` from the checkpoint (`transformer.` prefix or none)."""
+    prefix = find_prefix(set(reader), GPT2_ANCHOR, "GPT-2", where)
+    return fill_params(reader, template, hf_source, prefix, where)
+
+
+Config = GPT2Config

@@ -37,68 +37,22 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Collection, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from lora_jax.lora import LoRAConfig
+from lora_jax.models.decoder import CausalLM, DecoderStack, cached_attention
+from lora_jax.weights.params import fill_params, llama_source
 
-# Decoders have no task head: every base weight is frozen, only adapters train.
-HEAD_RULES: tuple[str, ...] = ()
-
-
-class KVCache(NamedTuple):
-    """Keys and values of every layer for a fixed-size window of `max_length` slots (a pytree).
-
-    Attributes:
-        keys, values: one (B, T, num_kv_heads, head_dim) array per layer.
-        mask: (B, T) int32, 1 where a slot holds a real (non-padding) token.
-        length: (B,) int32, real tokens seen so far per row (= the next position id).
-        index: () int32, the next slot to write (shared by all rows).
-    """
-
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
-    mask: jax.Array
-    length: jax.Array
-    index: jax.Array
-
-    @classmethod
-    def zeros(
-        cls,
-        num_layers: int,
-        batch: int,
-        max_length: int,
-        num_kv_heads: int,
-        head_dim: int,
-        dtype: Any = jnp.float32,
-    ) -> KVCache:
-        shape = (batch, max_length, num_kv_heads, head_dim)
-        return cls(
-            keys=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
-            values=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
-            mask=jnp.zeros((batch, max_length), jnp.int32),
-            length=jnp.zeros((batch,), jnp.int32),
-            index=jnp.zeros((), jnp.int32),
-        )
-
-    @property
-    def max_length(self) -> int:
-        return self.mask.shape[1]
-
-    def gather(self, rows: jax.Array) -> KVCache:
-        """The cache of rows `rows` (B',) of this one (beam search reorders beams with it)."""
-        take = lambda a: jnp.take(a, rows, axis=0)  # noqa: E731
-        return KVCache(
-            tuple(map(take, self.keys)),
-            tuple(map(take, self.values)),
-            take(self.mask),
-            take(self.length),
-            self.index,
-        )
+# The family contract (see `lora_jax.models.registry`): HF model types, name map. GGUF files
+# (llama architecture) are read with HF's names by `lora_jax.weights.gguf`.
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+DECODER = True
+hf_source = llama_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,84 +173,6 @@ def lora_shapes(config: LlamaConfig) -> dict[str, tuple[int, int]]:
     }
 
 
-# ---- pieces shared with GPT-2 -----------------------------------------------------------------
-
-
-def chunk_positions(
-    attention_mask: jax.Array, cache: KVCache | None
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Position ids (B, L), the key mask (B, T) and the write slot of a chunk of L tokens.
-
-    Without a cache the keys are the chunk itself (T = L, slot 0); with one, the chunk's mask
-    is written into `cache.mask` at `cache.index`.
-    """
-    mask = attention_mask.astype(jnp.int32)
-    if cache is None:
-        start, kv_mask, index = jnp.zeros(mask.shape[:1], jnp.int32), mask, jnp.zeros((), jnp.int32)
-    else:
-        start, index = cache.length, cache.index
-        kv_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, index))
-    positions = jnp.maximum(start[:, None] + jnp.cumsum(mask, axis=1) - 1, 0)
-    return positions, kv_mask, index
-
-
-def next_cache(
-    cache: KVCache, keys: list, values: list, kv_mask: jax.Array, attention_mask: jax.Array
-) -> KVCache:
-    """The cache after a chunk of `attention_mask.shape[1]` tokens was written."""
-    return KVCache(
-        tuple(keys),
-        tuple(values),
-        kv_mask,
-        cache.length + attention_mask.astype(jnp.int32).sum(axis=1),
-        cache.index + attention_mask.shape[1],
-    )
-
-
-def run_layers(layers, x, cache, kv_mask, attention_mask, call):
-    """Run decoder `layers` over `x`, each as `call(layer, x, kv)` -> (x, (k, v)), where `kv` is
-    the layer's cached keys/values (None without a cache). Returns (x, the updated cache)."""
-    keys, values = [], []
-    for i, layer in enumerate(layers):
-        x, (k, v) = call(layer, x, None if cache is None else (cache.keys[i], cache.values[i]))
-        keys.append(k)
-        values.append(v)
-    return x, None if cache is None else next_cache(cache, keys, values, kv_mask, attention_mask)
-
-
-def causal_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    kv_mask: jax.Array,
-    index: jax.Array,
-    dropout: nn.Module | None = None,
-    deterministic: bool = True,
-) -> jax.Array:
-    """Softmax attention of queries (B, L, H, D) over keys/values (B, T, Hkv, D), H % Hkv == 0.
-
-    Query i sits at slot `index + i`; it attends key slot j iff j <= index + i and
-    `kv_mask[:, j]`. Scores and softmax run in float32. Returns (B, L, H * D).
-    """
-    b, length, h, d = q.shape
-    t, hkv = k.shape[1], k.shape[2]
-    q = q.reshape(b, length, hkv, h // hkv, d)
-    scores = jnp.einsum("bqkgd,btkd->bkgqt", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(d))
-    allowed = (jnp.arange(t)[None, :] <= index + jnp.arange(length)[:, None])[None] & (
-        kv_mask[:, None, :] > 0
-    )  # (B, L, T)
-    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    if dropout is not None:
-        probs = dropout(probs, deterministic=deterministic)
-    out = jnp.einsum("bkgqt,btkd->bqkgd", probs, v)
-    return out.reshape(b, length, h * d)
-
-
-def write_cache(cache_arr: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
-    return jax.lax.dynamic_update_slice(cache_arr, new.astype(cache_arr.dtype), (0, index, 0, 0))
-
-
 # ---- Llama --------------------------------------------------------------------------------------
 
 
@@ -343,12 +219,11 @@ class LlamaAttention(nn.Module):
         q = rope(proj("q", cfg.num_heads), positions, cfg.rope_theta)
         k = rope(proj("k", cfg.num_kv_heads), positions, cfg.rope_theta)
         v = proj("v", cfg.num_kv_heads)
-        if kv is not None:
-            k, v = write_cache(kv[0], k, index), write_cache(kv[1], v, index)
-        drop = nn.Dropout(cfg.attention_dropout) if cfg.attention_dropout else None
-        ctx = causal_attention(q, k, v, kv_mask, index, drop, deterministic)
+        ctx, kv = cached_attention(
+            q, k, v, kv, kv_mask, index, cfg.attention_dropout, deterministic
+        )
         out = lora.dense("o", i, cfg.hidden_size, use_bias=bias, kernel_init=init)
-        return out(ctx, deterministic), (k, v)
+        return out(ctx, deterministic), kv
 
 
 class LlamaMLP(nn.Module):
@@ -383,7 +258,7 @@ class LlamaLayer(nn.Module):
         return x + LlamaMLP(cfg, self.lora, self.layer, name="ffn")(h, deterministic), kv
 
 
-class LlamaDecoder(nn.Module):
+class LlamaDecoder(DecoderStack):
     """Embeddings + layers + final norm -> hidden states (B, L, d)."""
 
     config: LlamaConfig
@@ -400,60 +275,46 @@ class LlamaDecoder(nn.Module):
         ]
         self.norm = RMSNorm(cfg.rms_norm_eps)
 
-    def __call__(self, input_ids, attention_mask, cache=None, deterministic=True):
-        positions, kv_mask, index = chunk_positions(attention_mask, cache)
-        x = self.embed_tokens(input_ids)
-        x, new_cache = run_layers(
-            self.layers,
-            x,
-            cache,
-            kv_mask,
-            attention_mask,
-            lambda layer, x, kv: layer(x, positions, kv_mask, index, kv, deterministic),
-        )
-        return self.norm(x), new_cache
+    def embed(self, input_ids, positions, deterministic):
+        return self.embed_tokens(input_ids)  # positions enter through RoPE in each layer
+
+    def final_norm(self, x: jax.Array) -> jax.Array:
+        return self.norm(x)
 
     def attend(self, x: jax.Array) -> jax.Array:
         return self.embed_tokens.attend(x)
 
 
-class LlamaForCausalLM(nn.Module):
-    """A Llama decoder with its LM head: ids (B, L) -> logits (B, L, V), float32.
-
-    With `cache=` (from `init_cache`) returns `(logits, new_cache)` instead.
+class LlamaForCausalLM(CausalLM):
+    """A Llama decoder with its LM head (tied, or `lm_head`): ids (B, L) -> logits (B, L, V),
+    float32. With `cache=` (from `init_cache`) returns `(logits, new_cache)` instead.
     """
 
     config: LlamaConfig
     lora: LoRAConfig
 
-    head_rules = HEAD_RULES
+    stack = LlamaDecoder
 
-    def setup(self) -> None:
-        self.decoder = LlamaDecoder(self.config, self.lora)
-        if not self.config.tie_word_embeddings:
-            self.lm_head = nn.Dense(
-                self.config.vocab_size,
-                use_bias=False,
-                kernel_init=nn.initializers.normal(self.config.initializer_range),
-            )
 
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array | None = None,
-        deterministic: bool = True,
-        cache: KVCache | None = None,
-    ) -> jax.Array | tuple[jax.Array, KVCache]:
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        x, new_cache = self.decoder(input_ids, attention_mask, cache, deterministic)
-        logits = self.decoder.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
-        logits = logits.astype(jnp.float32)
-        return logits if cache is None else (logits, new_cache)
+# ---- the rest of the family contract ----------------------------------------------------------
 
-    def init_cache(self, batch: int, max_length: int, dtype: Any = jnp.float32) -> KVCache:
-        """An empty `KVCache` for `batch` rows and `max_length` slots (needs no params)."""
-        cfg = self.config
-        return KVCache.zeros(
-            cfg.num_layers, batch, max_length, cfg.num_kv_heads, cfg.head_dim, dtype
-        )
+
+def build(config: LlamaConfig, lora: LoRAConfig, **head: Any) -> LlamaForCausalLM:
+    """The causal LM of `config` (`head` options are for encoders; a decoder has no head)."""
+    return LlamaForCausalLM(config, lora)
+
+
+def config_for(hf: Mapping[str, Any], names: Collection[str]) -> LlamaConfig:
+    """The config of a HF `config.json` dict, tied when the checkpoint has no `lm_head`."""
+    config = LlamaConfig.from_hf(hf)
+    if not config.tie_word_embeddings and "lm_head.weight" not in names:
+        config = LlamaConfig.from_hf(hf, tie_word_embeddings=True)
+    return config
+
+
+def load_base(reader: Mapping[str, Any], template: Mapping[str, Any], where: Any) -> dict:
+    """Every non-LoRA leaf of `template` from the checkpoint (HF names, no prefix)."""
+    return fill_params(reader, template, hf_source, "", where)
+
+
+Config = LlamaConfig

@@ -11,7 +11,7 @@ The offline real decoder is SmolLM2-135M-Instruct, shipped by the pip package
    (`w.reshape(n_head, 2, D/2, in).swapaxes(1, 2)`); `unpermute_qk` inverts it, so the
    weights fit HF's (and our) rotate-half RoPE;
 3. rename tensors to HF's Llama names (`model.layers.<i>.self_attn.q_proj.weight`, ...), so the
-   one HF name map in `lora_jax.weights_decoder` loads both formats;
+   one HF name map (`lora_jax.weights.params.llama_source`) loads both formats;
 4. rebuild the tokenizer from the file's vocabulary and merges with the `tokenizers` library
    (byte-level BPE as GPT-2, with SmolLM's single-digit split; control tokens are special).
 
@@ -70,7 +70,8 @@ def smollm2_path() -> Path:
     return path
 
 
-def _reader(path: str | Path):
+def open_gguf(path: str | Path):
+    """A `gguf.GGUFReader` over the file (metadata and tensors, read lazily)."""
     try:
         from gguf import GGUFReader
     except ImportError as e:
@@ -151,7 +152,7 @@ def read_gguf(
     """
     from gguf.quants import dequantize
 
-    reader = _reader(path)
+    reader = open_gguf(path)
     config = gguf_hf_config(reader)
     heads = {"q": config["num_attention_heads"], "k": config["num_key_value_heads"]}
     wanted = None if names is None else set(names)
@@ -179,7 +180,9 @@ def gguf_tokenizer(path_or_reader: Any):
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
-    reader = _reader(path_or_reader) if isinstance(path_or_reader, (str, Path)) else path_or_reader
+    reader = (
+        open_gguf(path_or_reader) if isinstance(path_or_reader, (str, Path)) else path_or_reader
+    )
     kind = _field(reader, "tokenizer.ggml.model")
     if kind != "gpt2":
         raise ValueError(f"tokenizer.ggml.model={kind!r} is not supported; allowed: gpt2 (BPE).")

@@ -1,7 +1,7 @@
 """Safetensors checkpoints read lazily, one tensor at a time (no JAX, nothing of ours).
 
-Shared by the model loaders (`lora_jax.weights`) and the analysis's base-kernel reader
-(`lora_jax.base_kernels`), which must not import the models.
+Shared by the model loaders (through `weights.hf_folder`) and the analysis's base-kernel
+reader (`weights.base_kernels`), which must not import the models.
 """
 
 from __future__ import annotations

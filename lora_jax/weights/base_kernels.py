@@ -1,7 +1,7 @@
 """The frozen kernels W that LoRA adapters were added to, read by tensor name from a checkpoint.
 
 The analysis needs W (dW vs W, Table 7) but never the model: for each adapted (layer, target)
-it reads that one tensor by its Hugging Face name (`lora_jax.hf_names`) from the base
+it reads that one tensor by its Hugging Face name (`lora_jax.weights.hf_names`) from the base
 checkpoint, a HF folder (`model.safetensors` or shards), one `.safetensors` file or a GGUF
 file, and returns it in our (in, out) layout. A random-init base (the tiny test models) has no
 checkpoint: its run saves the adapted kernels as `base_kernels.safetensors` (`save_kernels`),
@@ -23,9 +23,9 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from lora_jax.hf_names import GPT2_FUSED_QKV, GPT2_QKV, LAYERS, TARGET_MODULES
 from lora_jax.lora import layer_index
-from lora_jax.safetensors_reader import SafetensorsReader
+from lora_jax.weights.hf_names import GPT2_FUSED_QKV, GPT2_QKV, LAYERS, TARGET_MODULES
+from lora_jax.weights.safetensors import SafetensorsReader
 
 Key = tuple[int, str]  # (layer, target)
 BASE_KERNELS_FILE = "base_kernels.safetensors"
@@ -86,7 +86,7 @@ def read_kernels(source: str | Path, family: str, keys: Iterable[Key]) -> dict[K
         return _read_saved(source, keys)
     wanted = {key: _hf_tensor(family, key) for key in keys}
     if source.suffix == ".gguf":
-        from lora_jax.gguf_weights import read_gguf
+        from lora_jax.weights.gguf import read_gguf
 
         _, reader = read_gguf(source, {name for name, _ in wanted.values()})
     else:

@@ -1,6 +1,6 @@
 """Hugging Face module names inside one Transformer layer, per family: pure tables.
 
-Checkpoint readers (`weights`, `weights_decoder`) and the PEFT adapter reader/writer
+Checkpoint readers (`weights.params`, `weights.base_kernels`) and the PEFT adapter reader/writer
 (`adapter_io`) share them, so a name is spelled once. Keys are our param paths inside a
 `layer_<i>` scope; values the HF module path inside `<LAYERS[family]>.<i>.`. No imports of ours.
 """
@@ -67,5 +67,3 @@ LAYERS = {
     "llama": "model.layers",
     "gpt2": "transformer.h",
 }
-# For compatibility with `lora_jax.weights.HF_TARGET_MODULES`.
-HF_TARGET_MODULES = TARGET_MODULES["bert"]
