@@ -401,12 +401,21 @@ def versus(args, env: dict) -> dict:
     if any(d in dtypes and PROTOTYPES[d] not in dtypes for d in PROTOTYPES):
         raise SystemExit("--dtypes bf16_f32acc is compared with PEFT's bfloat16: add bfloat16.")
     module = {"ours": "benchmarks.run", "peer": "benchmarks.peer_peft"}
+    # --cpus 0: both sides on one core (torch then runs 1 thread, XLA one worker): on a shared
+    # machine the CPU seconds of a 1-core step hardly depend on the other load.
+    cpus = {int(c) for c in args.cpus.split(",")} if args.cpus else None
 
     def child(side: str, job: str) -> dict:
         load = os.getloadavg()[0]
         start = time.perf_counter()
         cmd = [sys.executable, "-m", module[side], "--one", job, "--steps", str(args.steps)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=env,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
         if proc.returncode:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
         row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -496,6 +505,7 @@ def versus(args, env: dict) -> dict:
         "load_average_after": load_after,
         "glibc_tunables": env.get("GLIBC_TUNABLES"),
         "xla_flags": env.get("XLA_FLAGS"),
+        "cpus": sorted(cpus) if cpus else "all",
         "threads": {
             "torch_intra_op": peer_matmul["torch_threads"],
             "xla_cpu": "one intra-op pool of os.cpu_count() threads (XLA:CPU default)",
@@ -520,7 +530,8 @@ def print_versus(result: dict) -> None:
     print(
         f"load average before {result['load_average_before'][0]:.2f}, after "
         f"{result['load_average_after'][0]:.2f}; torch threads {result['threads']['torch_intra_op']}"
-        f"; GLIBC_TUNABLES={result['glibc_tunables']}; XLA_FLAGS={result['xla_flags']}"
+        f"; cores used {result['cpus']}; GLIBC_TUNABLES={result['glibc_tunables']}"
+        f"; XLA_FLAGS={result['xla_flags']}"
     )
     print(f"{'matmul 4096² GFLOP/s':<22} {'ours (XLA)':>10} {'PEFT (torch)':>12} {'ours/PEFT':>9}")
     for dt in DTYPES:
@@ -568,7 +579,14 @@ def main() -> None:
         default=None,
         help=f"comma list; versus: {', '.join(VERSUS_MODES)}; ours: {', '.join(MODES)}",
     )
-    parser.add_argument("--dtypes", default=",".join(DTYPES), help="versus: float32,bfloat16")
+    parser.add_argument(
+        "--dtypes",
+        default=",".join(DTYPES),
+        help="versus: float32,bfloat16 (+ bf16_f32acc: ours only, a prototype)",
+    )
+    parser.add_argument(
+        "--cpus", default=None, help="versus: pin both sides' processes to these cores, e.g. 0"
+    )
     parser.add_argument(
         "--glibc-tunables",
         default=None,
