@@ -5,8 +5,9 @@
 # numpy, scipy, tokenizers, safetensors, pytest(-xdist, -timeout), hypothesis, ...
 # (/work/.library/device/KINDS.md lists them).
 #
-#   bash scripts/gpu_wheels.sh          # run here, in the repository root of the checkout
-#                                       # that the device tool sends (the session's own)
+#   bash scripts/gpu_wheels.sh          # run in the checkout that the device tool sends (the
+#                                       # session's own): it fills the .whl/ of the current
+#                                       # directory's repository, wherever this script lies
 #
 # It puts in .whl/:
 #   *.whl                 cp312 manylinux x86-64 (or pure-python) wheels, --no-deps, the
@@ -23,13 +24,12 @@
 #                         the check's LORA_JAX_CACHE
 # and prints the size of what travels (tracked files + .whl; the limit is 64 MiB).
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(git rev-parse --show-toplevel)
 cd "$ROOT"
 W=.whl
 PIP=${PIP:-.venv/bin/python -m pip}
 PY=${PY:-.venv/bin/python}
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || grep -qx '/.whl/' "$(git rev-parse --git-common-dir)/info/exclude" \
-  || { echo "add /.whl/ to .git/info/exclude first"; exit 1; }
+git check-ignore -q .whl/x || { echo "add /.whl/ to .git/info/exclude first"; exit 1; }
 mkdir -p "$W"
 
 # Binary and pure-python wheels, one version each (two of one package stop the install).
