@@ -522,7 +522,7 @@ json.dump({'rows': rows, 'length': 64}, open(sys.argv[2], 'w'))" \
 export -f setup env_info peaks run_tests summarize_tests fake_minilm keep_result step_bench \
   sweep_bench bench_rows now
 # ---------------------------------------------------------------------------------------------
-log "lora_jax GPU check: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) $(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l) changed files; budget ${BUDGET}s; out $OUTDIR"
+log "lora_jax GPU check: commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(no .git)'); budget ${BUDGET}s; out $OUTDIR"
 step setup 120 330 "packages from .whl/ where the image lacks them; MR data" -- setup || exit 1
 [[ -w $PURELIB ]] || export PYTHONPATH=$PYTHONPATH:$SITE
 step env 60 320 "nvidia-smi, versions, jax.devices()" -- env_info
