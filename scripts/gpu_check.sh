@@ -523,9 +523,9 @@ export -f setup env_info peaks run_tests summarize_tests fake_minilm keep_result
   sweep_bench bench_rows now
 # ---------------------------------------------------------------------------------------------
 log "lora_jax GPU check: commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(no .git)'); budget ${BUDGET}s; out $OUTDIR"
-step setup 120 330 "packages from .whl/ where the image lacks them; MR data" -- setup || exit 1
+step setup 120 0 "packages from .whl/ where the image lacks them; MR data" -- setup || exit 1
 [[ -w $PURELIB ]] || export PYTHONPATH=$PYTHONPATH:$SITE
-step env 60 320 "nvidia-smi, versions, jax.devices()" -- env_info
+step env 60 0 "nvidia-smi, versions, jax.devices()" -- env_info
 GPU_BACKEND=$("$PY" -c "import json; print(json.load(open('$WORK/env.json'))['backend'])" 2>/dev/null || echo none)
 if [[ $GPU_BACKEND != gpu && $ALLOW_CPU != 1 ]]; then
   echo "no GPU backend: the device steps are skipped"
