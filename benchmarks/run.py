@@ -3,7 +3,7 @@
     python -m benchmarks.run            # = make bench; prints a table, writes benchmarks/results/<time>.json
 
 For each mode (LoRA r = 1, 8, 64 on Wq,Wv; head only; full fine-tuning) a fresh process loads
-MiniLM, compiles the real train step (`lora_jax.steps.make_train_step`) and times it: median
+MiniLM, compiles the real train step (`lora_jax.train.steps.make_train_step`) and times it: median
 of `--steps` steps after warm-up, tokens/s, model FLOPs per step (XLA's cost analysis of the
 compiled step), the fraction of this machine's float32 matmul peak (measured in the same run),
 optimizer-state bytes and the process's peak RSS. Then merged-adapter inference latency vs the
@@ -74,9 +74,9 @@ def bench_mode(mode: str, steps: int) -> dict:
     from lora_jax import data as data_lib
     from lora_jax import models
     from lora_jax.lora import LoRAConfig
-    from lora_jax.objectives import classification
     from lora_jax.partition import count_params, label_params, make_optimizer, split
-    from lora_jax.steps import make_train_step, tree_bytes
+    from lora_jax.train.objectives import classification
+    from lora_jax.train.steps import make_train_step, tree_bytes
 
     spec = MODES[mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")

@@ -83,7 +83,7 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     progress: bool = True
     # A run folder holding results of another config is cleared and trained again (without
-    # it such a rerun stops with an error; `lora_jax.run_identity`).
+    # it such a rerun stops with an error; `lora_jax.train.run_identity`).
     restart: bool = False
 
 

@@ -16,7 +16,7 @@ from lora_jax.partition import (
     make_optimizer,
     split,
 )
-from lora_jax.steps import make_train_step, tree_bytes
+from lora_jax.train.steps import make_train_step, tree_bytes
 
 
 class _Net(nn.Module):

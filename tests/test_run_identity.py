@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from test_sweep_e2e import FAST, ROOT, _run
 
 from lora_jax.config import register_configs
-from lora_jax.run_identity import (
+from lora_jax.train.run_identity import (
     IDENTITY_FILE,
     RunIdentityError,
     check_jobs,
