@@ -23,8 +23,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from lora_jax.config import Config, run_config, to_dict
 from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.train.members import (
     FACTORS,
@@ -44,7 +45,7 @@ from lora_jax.train.setup import plan, prepare_run, step_rng
 VARYING = ("rank", "seed", "lora.rank", "workdir", "logger", "trainer.progress")
 
 
-def fuse_blocker(cfg: DictConfig) -> str | None:
+def fuse_blocker(cfg: Config | DictConfig) -> str | None:
     """Why the run of `cfg` cannot join a fused group (None if it can)."""
     if completed(cfg.workdir) is not None:
         return "complete"
@@ -58,10 +59,11 @@ def fuse_blocker(cfg: DictConfig) -> str | None:
     return next((why for why, hit in reasons.items() if hit), None)
 
 
-def group_key(cfg: DictConfig) -> str:
+def group_key(cfg: Config | DictConfig) -> str:
     """What members of one group share: the resolved config without the `VARYING` keys, plus
     the checkpoint step the run resumes from (members advance in lockstep)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    cfg = run_config(cfg)
+    plain = to_dict(cfg)
     for key in VARYING:
         *parents, leaf = key.split(".")
         node = plain
@@ -78,7 +80,9 @@ def group_key(cfg: DictConfig) -> str:
     return json.dumps(plain, sort_keys=True, default=str)
 
 
-def plan_groups(cfgs: Sequence[DictConfig], max_members: int | None = None) -> list[list[int]]:
+def plan_groups(
+    cfgs: Sequence[Config | DictConfig], max_members: int | None = None
+) -> list[list[int]]:
     """Indices of `cfgs` in groups, in order of first appearance; a group of one runs alone.
     Stops (exit 2) first if a run folder holds results of another config (`run_identity`).
 
@@ -111,10 +115,11 @@ class FusedGroup:
         >>> group.trainable["encoder"]["layer_0"]["attention"]["q"]["lora_a"].shape  # (2, in, 4)
     """
 
-    def __init__(self, cfgs: Sequence[DictConfig], chunk: int | None = None) -> None:
+    def __init__(self, cfgs: Sequence[Config | DictConfig], chunk: int | None = None) -> None:
         self.started = time.perf_counter()
         # Before `prepare_run` writes config.yaml (the launcher checked in plan_groups).
         claim_or_exit([(cfg, cfg.workdir) for cfg in cfgs])
+        cfgs = [run_config(cfg) for cfg in cfgs]  # Hydra's configs, typed once
         self.plans = [plan(cfg) for cfg in cfgs]
         self.workdirs = [Path(cfg.workdir) for cfg in cfgs]
         self.setups = []
@@ -226,7 +231,7 @@ class FusedGroup:
 
 
 def train_fused(
-    cfgs: Sequence[DictConfig],
+    cfgs: Sequence[Config | DictConfig],
     chunk: int | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any] | Exception]:

@@ -7,10 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
-
 from lora_jax import data as data_lib
-from lora_jax.config import check_batch_size
+from lora_jax.config import Config, check_batch_size
 
 
 @dataclass
@@ -20,7 +18,7 @@ class Data:
     train_size: int  # examples in the train split
 
 
-def make_data(cfg: DictConfig, task: Any, tokenizer: Any, **extra: Any) -> Data:
+def make_data(cfg: Config, task: Any, tokenizer: Any, **extra: Any) -> Data:
     """The loaders of `cfg.data` for `task`; `extra` goes to every `make_loader` call (e.g. a
     generation task's prompt and special ids)."""
     d = cfg.data

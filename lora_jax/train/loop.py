@@ -10,10 +10,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from lora_jax.analysis.adapters import adapter_spectra
+from lora_jax.config import Config
 from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.train.optim import schedule
 from lora_jax.train.tracking import Tracker
@@ -72,7 +72,7 @@ class RunLog:
     """The bookkeeping of one member: the non-finite-loss check, the logged rows (loss, grad
     norm, lr, tokens/s), adapter spectra, evaluations and the best step, checkpoints, resume."""
 
-    def __init__(self, cfg: DictConfig, p: Any, tracker: Tracker, ckpt: Checkpointer) -> None:
+    def __init__(self, cfg: Config, p: Any, tracker: Tracker, ckpt: Checkpointer) -> None:
         select = p.task.select_metric or p.task.main_metric
         # "-loss": lower is better.
         self.sign, self.main = (-1.0, select[1:]) if select.startswith("-") else (1.0, select)

@@ -9,10 +9,10 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from omegaconf import DictConfig
 
 from lora_jax import data as data_lib
 from lora_jax import models
+from lora_jax.config import Config
 from lora_jax.partition import combine
 from lora_jax.train import lm, planted
 from lora_jax.train.steps import Objective, classification_loss
@@ -58,7 +58,7 @@ def evaluate(
     return objective.metrics(np.concatenate(preds), np.concatenate(labels))
 
 
-def _generation(cfg: DictConfig, p: Any, pre: Any, parts: Any, data: Any) -> Objective:
+def _generation(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objective:
     g = cfg.generate
     eos, pad = lm.special_ids(pre)
     return lm.objective(
@@ -66,7 +66,7 @@ def _generation(cfg: DictConfig, p: Any, pre: Any, parts: Any, data: Any) -> Obj
         p.task,
         tokenizer=pre.tokenizer,
         eval_source=data_lib.load_split(p.task, cfg.data.eval_split),
-        prompt=cfg.data.get("prompt") or p.task.prompt,
+        prompt=cfg.data.prompt or p.task.prompt,
         eos_id=eos,
         pad_id=pad,
         label_smoothing=cfg.optim.label_smoothing,
@@ -82,7 +82,7 @@ def _generation(cfg: DictConfig, p: Any, pre: Any, parts: Any, data: Any) -> Obj
     )
 
 
-def _planted(cfg: DictConfig, p: Any, pre: Any, parts: Any, data: Any) -> Objective:
+def _planted(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objective:
     c = cfg.planted
     teacher, factors = planted.plant(parts.frozen, c.k, c.targets, c.layers, c.strength, c.seed)
     planted.save_factors(cfg.workdir, factors)
@@ -103,7 +103,7 @@ class ObjectiveSpec(NamedTuple):
 
     build: Callable[..., Objective]
     head_rules: Callable[[Any], tuple[str, ...]] = lambda pre: pre.head_rules
-    loader_kwargs: Callable[[DictConfig, Any], dict] = lambda cfg, pre: {}
+    loader_kwargs: Callable[[Config, Any], dict] = lambda cfg, pre: {}
     fusable: bool = False
 
 
@@ -112,7 +112,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         lambda cfg, p, pre, parts, data: classification(pre.module, p.task), fusable=True
     ),
     "generation": ObjectiveSpec(
-        _generation, loader_kwargs=lambda cfg, pre: lm.loader_kwargs(pre, cfg.data.get("prompt"))
+        _generation, loader_kwargs=lambda cfg, pre: lm.loader_kwargs(pre, cfg.data.prompt)
     ),
     # The student matches the teacher's hidden states: the loss never reaches the head.
     "planted": ObjectiveSpec(_planted, head_rules=lambda pre: ()),
@@ -128,6 +128,6 @@ def objective_spec(task: data_lib.TaskSpec) -> ObjectiveSpec:
     return OBJECTIVES[task.kind]
 
 
-def make_objective(cfg: DictConfig, p: Any, pre: Any, parts: Any, data: Any) -> Objective:
+def make_objective(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objective:
     """The `Objective` of a run, built as its task's kind says."""
     return objective_spec(p.task).build(cfg, p, pre, parts, data)

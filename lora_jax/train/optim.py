@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import optax
-from omegaconf import DictConfig
 
+from lora_jax.config import Config
 from lora_jax.partition import make_optimizer
 
 
@@ -27,24 +27,29 @@ def lr_schedule(
     )
 
 
-def schedule(cfg: DictConfig) -> optax.Schedule:
+def schedule(cfg: Config) -> optax.Schedule:
     """The learning rate of every step of a run."""
     o = cfg.optim
-    return lr_schedule(o.lr, cfg.trainer.steps, o.warmup_ratio, o.get("warmup_steps"))
+    return lr_schedule(o.lr, cfg.trainer.steps, o.warmup_ratio, o.warmup_steps)
+
+
+def _sgd(learning_rate: Any, momentum: float, weight_decay: float) -> optax.GradientTransformation:
+    tx = optax.sgd(learning_rate, momentum=momentum or None)
+    return optax.chain(optax.add_decayed_weights(weight_decay), tx) if weight_decay else tx
 
 
 # optim.name -> (optax constructor, its keyword arguments from cfg.optim). A new optimizer is one
 # entry here, one name in `config.OPTIMIZERS` and one conf/optim/<name>.yaml.
 OPTIMIZERS: dict[str, tuple[Callable[..., optax.GradientTransformation], Callable]] = {
     "adamw": (optax.adamw, lambda o: {"b1": o.b1, "b2": o.b2, "weight_decay": o.weight_decay}),
-    "sgd": (optax.sgd, lambda o: {"momentum": o.momentum or None}),
+    "sgd": (_sgd, lambda o: {"momentum": o.momentum, "weight_decay": o.weight_decay}),
 }
 
 
-def make_tx(cfg: DictConfig, trainable_labels: Mapping[str, Any]) -> optax.GradientTransformation:
+def make_tx(cfg: Config, trainable_labels: Mapping[str, Any]) -> optax.GradientTransformation:
     """`optim.name` with `schedule(cfg)` over the leaves of `trainable_labels` (the trainable
     half's labels, `partition.split(labels, labels).trainable`), clipped if `optim.clip_norm`."""
     o = cfg.optim
-    make, kwargs = OPTIMIZERS[o.get("name", "adamw")]
+    make, kwargs = OPTIMIZERS[o.name]
     tx = make_optimizer(trainable_labels, make, schedule(cfg), dict(o.lr_multipliers), **kwargs(o))
     return optax.chain(optax.clip_by_global_norm(o.clip_norm), tx) if o.clip_norm else tx

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from lora_jax import models
 from lora_jax.adapter_io import export_adapter, family_of
 from lora_jax.base_kernels import FULL_UPDATE_FILE, layer_kernels, save_kernels
-from lora_jax.config import to_dict
+from lora_jax.config import Config, run_config, to_dict
 from lora_jax.partition import combine
 from lora_jax.run_record import read_metrics, write_atomic
 from lora_jax.train import parallel
@@ -42,7 +42,7 @@ def completed(workdir: str | Path) -> dict[str, Any] | None:
     return metrics if metrics.get("status") == "complete" else None
 
 
-def claim_or_exit(runs: Sequence[tuple[DictConfig, str | Path]]) -> None:
+def claim_or_exit(runs: Sequence[tuple[Config | DictConfig, str | Path]]) -> None:
     """Stop (exit 2) before anything is written if a run folder holds another config's
     results (`run_identity`), else mark each folder as its config's."""
     try:
@@ -51,18 +51,19 @@ def claim_or_exit(runs: Sequence[tuple[DictConfig, str | Path]]) -> None:
         exit_on_error(err)
 
 
-def open_tracker(cfg: DictConfig, workdir: Path, sizes: dict[str, int]) -> Tracker:
+def open_tracker(cfg: Config, workdir: Path, sizes: dict[str, int]) -> Tracker:
     """The run's tracker: `history.jsonl`, and W&B unless `logger=none`."""
+    log = cfg.logger
     return Tracker(
         workdir,
-        cfg.logger.backend,
+        log.backend,
         config={**to_dict(cfg), **sizes},
         name=workdir.name,
-        group=cfg.logger.get("group") or workdir.parent.name,
-        project=cfg.logger.get("project", "lora_jax"),
-        entity=cfg.logger.get("entity"),
-        mode=cfg.logger.get("mode"),
-        tags=list(cfg.logger.get("tags") or []),
+        group=log.group or workdir.parent.name,
+        project=log.project,
+        entity=log.entity,
+        mode=log.mode,
+        tags=list(log.tags),
     )
 
 
@@ -171,7 +172,7 @@ def train_members(
 
 
 def run(
-    cfg: DictConfig,
+    cfg: Config | DictConfig,
     workdir: str | Path,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -183,6 +184,7 @@ def run(
     if done is not None:
         print(f"[lora_jax] {workdir} is complete; skipping (delete metrics.json to rerun).")
         return done
+    cfg = run_config(cfg)  # Hydra's config, typed once
     p = plan(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

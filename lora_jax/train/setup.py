@@ -4,7 +4,7 @@ half, the data, the optimizer and the objective (`prepare_run`), for one run or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from lora_jax import models
 from lora_jax.adapter_io import adapter_folder, family_of, init_adapters
 from lora_jax.base_kernels import BASE_KERNELS_FILE, layer_kernels, save_kernels
 from lora_jax.budget import budget_rank
-from lora_jax.config import check_config, value_error
+from lora_jax.config import Config, run_config, to_dict, value_error
 from lora_jax.lora import LoRAConfig, adapters
 from lora_jax.partition import count_params, label_params, split
 from lora_jax.run_record import write_atomic
@@ -37,10 +37,10 @@ class Plan:
     init_from: Path | None = None  # the exported adapter the run starts from
 
 
-def plan(cfg: DictConfig) -> Plan:
+def plan(cfg: Config | DictConfig) -> Plan:
     """Validate the config's names and values (every range: `config.check_config`; rank,
     targets, model, task) without training or reading data."""
-    check_config(cfg)
+    cfg = run_config(cfg)
     section = cfg.lora
     lora = LoRAConfig(
         rank=_rank(cfg),
@@ -63,14 +63,14 @@ def plan(cfg: DictConfig) -> Plan:
             f"data.task={task.name!r} ({task.kind}) does not fit model={cfg.model.name!r}; "
             f"allowed models: {', '.join(allowed)}."
         )
-    init_from = adapter_folder(section.init_from) if section.get("init_from") else None
+    init_from = adapter_folder(section.init_from) if section.init_from else None
     return Plan(lora, task, section.full_finetune, init_from)
 
 
-def _rank(cfg: DictConfig) -> int:
+def _rank(cfg: Config) -> int:
     """`rank`, or under a fixed budget (`lora.budget_rank`) the largest the targets can have."""
     section = cfg.lora
-    if section.get("budget_rank") is None:
+    if section.budget_rank is None:
         return section.rank
     if section.budget_rank <= 0:
         raise ValueError(
@@ -80,11 +80,12 @@ def _rank(cfg: DictConfig) -> int:
     return budget_rank(known, section.targets, section.budget_rank, section.budget_targets)
 
 
-def epochs_to_steps(cfg: DictConfig, train_size: int) -> DictConfig:
+def epochs_to_steps(cfg: Config | DictConfig, train_size: int) -> Config:
     """`cfg` with `trainer.epochs` turned into steps, evaluating and checkpointing once per epoch
     (the paper reports the best epoch); unchanged when `epochs` is not set."""
+    cfg = run_config(cfg)
     t = cfg.trainer
-    if t.get("epochs") is None:
+    if t.epochs is None:
         return cfg
     per_epoch = train_size // cfg.data.batch_size  # the loader drops the last partial batch
     if per_epoch == 0:
@@ -92,8 +93,8 @@ def epochs_to_steps(cfg: DictConfig, train_size: int) -> DictConfig:
             f"data.batch_size={cfg.data.batch_size} exceeds the {train_size} training examples; "
             "allowed: a batch size up to the train split's size."
         )
-    steps = {"steps": t.epochs * per_epoch, "eval_every": per_epoch, "checkpoint_every": per_epoch}
-    return OmegaConf.merge(cfg, {"trainer": steps})
+    t = replace(t, steps=t.epochs * per_epoch, eval_every=per_epoch, checkpoint_every=per_epoch)
+    return replace(cfg, trainer=t)
 
 
 def model_rng(seed: int) -> jax.Array:
@@ -111,7 +112,7 @@ class RunSetup:
     """What a run builds before its step loop (`prepare_run`). The fused engine
     (`lora_jax.train.fused`) builds one per member, so each member starts exactly as its own run."""
 
-    cfg: DictConfig  # with `trainer.epochs` turned into steps
+    cfg: Config  # with `trainer.epochs` turned into steps and a budget's rank
     plan: Plan
     pre: Any  # the loaded model: module, params, tokenizer, config
     parts: Any  # Partition(trainable, frozen)
@@ -124,7 +125,7 @@ class RunSetup:
     initial_kernels: dict | None = None
 
 
-def prepare_run(cfg: DictConfig, p: Plan, workdir: Path) -> RunSetup:
+def prepare_run(cfg: Config, p: Plan, workdir: Path) -> RunSetup:
     """Load the model (LoRA and head initialised from `model_rng(cfg.seed)`), split it, build the
     data, optimizer and objective, and write `workdir/config.yaml` (and, for a random-init base,
     the adapted kernels W that the analysis reads: `base_kernels.safetensors`)."""
@@ -143,8 +144,9 @@ def prepare_run(cfg: DictConfig, p: Plan, workdir: Path) -> RunSetup:
         parts = parts._replace(trainable=init_adapters(parts.trainable, p.init_from, p.lora))
     data = make_data(cfg, p.task, pre.tokenizer, **spec.loader_kwargs(cfg, pre))
     # config.yaml and W&B get what the run really uses: epochs as steps, a budget's rank.
-    cfg = OmegaConf.merge(epochs_to_steps(cfg, data.train_size), {"lora": {"rank": p.lora.rank}})
-    write_atomic(workdir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    cfg = epochs_to_steps(cfg, data.train_size)
+    cfg = replace(cfg, lora=replace(cfg.lora, rank=p.lora.rank))
+    write_atomic(workdir / "config.yaml", OmegaConf.to_yaml(to_dict(cfg)))
     if models.is_random(cfg.model.name):
         # A random-init base has no checkpoint to read W_0 from later: the analysis reads these.
         save_kernels(workdir / BASE_KERNELS_FILE, layer_kernels(pre.params), family_of(pre))
