@@ -196,6 +196,7 @@ def train_loop(engine: Engine, logs: list[RunLog], desc: str) -> tuple[int, dict
     errors: dict[int, Exception] = {}
     live = lambda: [i for i in range(n) if i not in errors]  # noqa: E731
     bar = progress_bar(t.steps, initial=step, enabled=t.progress, desc=desc)
+    postfix: dict[str, str] = {}  # the last logged loss and evaluation, per member
 
     def spectra(step: int) -> None:
         for i in live():
@@ -206,7 +207,7 @@ def train_loop(engine: Engine, logs: list[RunLog], desc: str) -> tuple[int, dict
             if i in live():
                 logs[i].evaluated(step, metrics)
         main = logs[0].main
-        bar.set_postfix({f"eval_{main}": ",".join(f"{logs[i].metrics[main]:.4f}" for i in live())})
+        postfix[f"eval_{main}"] = ",".join(f"{logs[i].metrics[main]:.4f}" for i in live())
 
     def checkpoint(step: int) -> None:
         for i in live():
@@ -222,7 +223,7 @@ def train_loop(engine: Engine, logs: list[RunLog], desc: str) -> tuple[int, dict
         outs = engine.train(batch, step)
         step += 1
         losses = []
-        for i in live():
+        for i in live():  # NaN/inf stops a member here, before its hooks
             try:
                 row = logs[i].after_step(step, outs[i], own[i])
             except NonFiniteLossError as err:
@@ -232,11 +233,12 @@ def train_loop(engine: Engine, logs: list[RunLog], desc: str) -> tuple[int, dict
                 continue
             if row is not None:
                 losses.append(f"{row['train/loss']:.4f}")
+        if losses:
+            postfix["loss"] = ",".join(losses)
         if live():
             for hook in hooks:
                 hook(step)
-        if losses:
-            bar.set_postfix(loss=",".join(losses))
+        bar.set_postfix(postfix, refresh=False)
         bar.update(1)
     bar.close()
     return step, errors

@@ -1,12 +1,6 @@
 """The member axis of a fused group: rank-padded trees stacked on a leading axis, the factors
-that give each member its own rank and scale, and the train step mapped over the members.
-
-Members' `lora_a` (in, r) and `lora_b` (r, out) are zero-padded to r_max. The model is built
-at r_max (scale s_max); in the loss A's column j is multiplied by mask_j * s_r / s_max and B's
-row j by mask_j (mask_j = j < r), so a member computes s_r * x @ A[:, :r] @ B[:r] as its own
-run does (only the float rounding order differs). The padded entries get exactly zero
-gradient, so AdamW (decoupled weight decay of a zero is zero) keeps them zero.
-"""
+that give each member its own rank and scale (`adapter_factors`), and the train step mapped over
+the members (`fused_steps`)."""
 
 from __future__ import annotations
 
@@ -50,7 +44,14 @@ def unstack_member(stacked: Any, i: int, like: Any) -> Any:
 
 
 def adapter_factors(trainable: Mapping[str, Any], padded: Mapping[str, Any], lora: Any) -> dict:
-    """Per adapter leaf of a member: A's columns scaled by mask * s_r / s_max, B's rows masked."""
+    """Per adapter leaf of a member: A's columns scaled by mask * s_r / s_max, B's rows masked.
+
+    The model is built at r_max (scale s_max) and the members' `lora_a` (in, r) and `lora_b`
+    (r, out) are zero-padded to r_max; with these factors (mask_j = j < r) a member computes
+    s_r * x @ A[:, :r] @ B[:r] as its own run does (only the float rounding order differs).
+    The padded entries get exactly zero gradient, so AdamW (decoupled weight decay of a zero
+    is zero) keeps them zero.
+    """
     out = {}
     for key, leaf in trainable.items():
         if isinstance(leaf, Mapping):

@@ -1,11 +1,6 @@
-"""One LoRA run: `run(cfg, workdir)` trains, evaluates, checkpoints, exports and logs.
-
-The run folder ends up with `run_identity.json`, `config.yaml`, `history.jsonl`, `metrics.json`,
-`checkpoints/` (Orbax: adapters, head, optimizer, step, data position) and `adapter/` (PEFT
-layout). A run whose `metrics.json` says `complete` is skipped; one with checkpoints resumes from
-the newest intact one; either only if the folder's results were made with the same config
-(`run_identity`), else the run stops before any work.
-"""
+"""One run: `run(cfg, workdir)` trains into a run folder (config, history, metrics, Orbax
+checkpoints, PEFT adapter), skips it if complete, resumes it from its newest intact checkpoint,
+and refuses a folder holding another config's results (`run_identity`)."""
 
 from __future__ import annotations
 
