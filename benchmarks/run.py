@@ -18,7 +18,7 @@ ratios ours/peer (step time, peak RSS; of the medians and paired per round), the
 flags, thread counts, GLIBC_TUNABLES, XLA_FLAGS and the load average before and after.
 
 **`--suite ours`.** For each mode (LoRA r = 1, 8, 64 on Wq,Wv; head only; full fine-tuning) a
-fresh process loads MiniLM, compiles the real train step (`lora_jax.steps.make_train_step`) and
+fresh process loads MiniLM, compiles the real train step (`lora_jax.train.steps.make_train_step`) and
 times it: median of `--steps` steps after warm-up, tokens/s, model FLOPs per step (XLA's cost
 analysis of the compiled step), the fraction of this machine's float32 matmul peak (measured in
 the same run), optimizer-state bytes and the process's peak RSS. Then merged-adapter inference
@@ -212,9 +212,9 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
     from lora_jax import data as data_lib
     from lora_jax import models
     from lora_jax.lora import LoRAConfig
-    from lora_jax.objectives import classification
     from lora_jax.partition import count_params, label_params, make_optimizer, split
-    from lora_jax.steps import make_train_step, tree_bytes
+    from lora_jax.train.objectives import classification
+    from lora_jax.train.steps import make_train_step, tree_bytes
 
     spec = MODES[mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")

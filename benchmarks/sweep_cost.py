@@ -10,7 +10,7 @@ persistent compilation cache, as a first sweep would:
 
 - sequential: `lora_jax.train.run` for one rank after another in one process (what the basic
   launcher does);
-- fused: `lora_jax.fused.train_fused` on the four runs (what `hydra/launcher=fused` does), by
+- fused: `lora_jax.train.fused.train_fused` on the four runs (what `hydra/launcher=fused` does), by
   default a loop over the members inside one program on CPU (`chunk=1`);
 - fused_vmap: the same with all members vmapped together (the accelerator default).
 
@@ -68,7 +68,7 @@ def run_engine(engine: str, ranks: list[int], steps: int, extra: list[str]) -> d
     """Train the sweep with one engine in this process; time it (see the module docstring)."""
     import jax
 
-    from lora_jax.compile_cache import enable_compilation_cache
+    from lora_jax.train.compile_cache import enable_compilation_cache
 
     compile_s: dict[str, float] = defaultdict(float)
     compiles: dict[str, int] = defaultdict(int)
@@ -88,7 +88,7 @@ def run_engine(engine: str, ranks: list[int], steps: int, extra: list[str]) -> d
 
             results = [run(cfg, cfg.workdir) for cfg in cfgs]
         else:
-            from lora_jax.fused import plan_groups, train_fused
+            from lora_jax.train.fused import plan_groups, train_fused
 
             groups = plan_groups(cfgs)
             assert groups == [list(range(len(cfgs)))], groups

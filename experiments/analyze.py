@@ -35,7 +35,7 @@ def main() -> None:
         parser.error("--base and --out go with --adapters")
     # Bad input: one message and exit status 2 (the traceback too with HYDRA_FULL_ERROR=1).
     with user_errors(errors=(*USER_ERRORS, KeyError)):
-        from lora_jax.compile_cache import enable_compilation_cache
+        from lora_jax.train.compile_cache import enable_compilation_cache
 
         enable_compilation_cache()  # a re-analysis loads the compiled programs
         if args.adapters is None:

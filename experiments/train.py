@@ -19,12 +19,13 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: `job` is r
 
 def job(cfg: DictConfig) -> float:
     """One run into `cfg.workdir`; returns its final main metric (for Hydra sweepers)."""
-    from lora_jax.compile_cache import enable_compilation_cache
+    from lora_jax.reporting import print_summary
     from lora_jax.train import run
+    from lora_jax.train.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()
 
-    result = run(cfg, cfg.workdir)
+    result = run(cfg, cfg.workdir, on_result=print_summary)
     return result["final"][result["main_metric"]]
 
 

@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lora_jax.config import Config, check_batch_size, check_config, value_error
-from lora_jax.run_identity import check_jobs
+from lora_jax.train.run_identity import check_jobs
 
 # What validation raises for bad input; raised there, never a bug's symptom.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)

@@ -14,17 +14,17 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, SI, DictConfig, OmegaConf
+from omegaconf import MISSING, SI, DictConfig, OmegaConf, open_dict
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "minilm"  # a registered model name or a Hugging Face-format folder
     pooling: str | None = None  # None = the checkpoint's own (mean for MiniLM, cls for BERT)
     head_dropout: float = 0.1
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     task: str = "mr"
     max_len: int = 64
@@ -37,7 +37,7 @@ class DataConfig:
     prompt: str | None = None  # generation tasks: prompt template; None = the task's own
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoRASection:
     rank: int = SI("${rank}")
     alpha: float = SI("${alpha}")
@@ -57,20 +57,27 @@ class LoRASection:
     init_from: str | None = None
 
 
-@dataclass
+# The optimizers `optim.name` may pick (`lora_jax.train.optim.OPTIMIZERS` builds them); one
+# conf/optim/<name>.yaml each.
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
 class OptimConfig:
+    name: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06  # linear warmup, then linear decay to 0 (as the paper)
     warmup_steps: int | None = None  # overrides warmup_ratio (the paper's E2E: 500)
     b1: float = 0.9
     b2: float = 0.999
+    momentum: float = 0.9  # sgd only (0 = plain SGD)
     clip_norm: float | None = 1.0
     lr_multipliers: dict[str, float] = field(default_factory=dict)  # e.g. {lora_b: 16} (LoRA+)
     label_smoothing: float = 0.0  # generation tasks (the paper uses 0.1 on E2E)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainerConfig:
     steps: int = 200
     # Paper-style training: `epochs` passes over the train split (steps = epochs x batches per
@@ -83,11 +90,11 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     progress: bool = True
     # A run folder holding results of another config is cleared and trained again (without
-    # it such a rerun stops with an error; `lora_jax.run_identity`).
+    # it such a rerun stops with an error; `lora_jax.train.run_identity`).
     restart: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoggerConfig:
     backend: str = "wandb"  # wandb | none
     project: str = "lora_jax"
@@ -97,7 +104,7 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlantedConfig:
     """The ground-truth task (`data=planted`): a teacher with a rank-k update planted."""
 
@@ -108,7 +115,7 @@ class PlantedConfig:
     seed: int = 1234
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerateConfig:
     """End-of-run decoding of generation tasks (BLEU, ROUGE-L); defaults: the paper's E2E."""
 
@@ -120,7 +127,7 @@ class GenerateConfig:
     batch_size: int = 8  # prompts per decoding call
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     rank: int = 8
     alpha: float = 8.0
@@ -141,7 +148,8 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     planted: PlantedConfig = field(default_factory=PlantedConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
-    workdir: str = MISSING
+    # The run folder; None for a config composed outside a Hydra app (no folder yet).
+    workdir: str | None = MISSING
 
 
 # Typed maps whose keys the user chooses: `lora.rank_pattern={q:8,v:2}` must add keys. Hydra
@@ -153,13 +161,47 @@ OPEN_MAPS = ("lora.rank_pattern", "optim.lr_multipliers")
 def register_configs() -> None:
     """Register the root schema as `schema`; the group files merge into its typed fields."""
     node = OmegaConf.structured(Config)
+    _writable(node)
     for key in OPEN_MAPS:
         OmegaConf.set_struct(OmegaConf.select(node, key), False)
     ConfigStore.instance().store(name="schema", node=node)
 
 
+def _writable(node: DictConfig) -> None:
+    """Hydra composes the groups into the schema node: lift the read-only flag that frozen
+    dataclasses give every level of it (the run's own typed copy, `run_config`, stays frozen)."""
+    OmegaConf.set_readonly(node, False)
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _writable(child)
+
+
+def run_config(cfg: DictConfig | Config) -> Config:
+    """The typed, frozen config of a run, made once from Hydra's after `check_config`; library
+    code takes this, never a `DictConfig`. A `Config` is returned as it is.
+
+    Example:
+        >>> c = run_config(compose("config", ["rank=4", "workdir=out"]))
+        >>> c.lora.rank, c.optim.name
+        (4, 'adamw')
+    """
+    if isinstance(cfg, Config):
+        return cfg
+    check_config(cfg)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        if "hydra" in cfg:  # a job config composed by Hydra's loader: Hydra's own node
+            del cfg["hydra"]
+        if OmegaConf.select(cfg, "workdir", throw_on_resolution_failure=False) is None:
+            # Composed outside a Hydra app (tests, notebooks): `${hydra:runtime.output_dir}`
+            # has no folder to resolve to.
+            cfg.workdir = None
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
 def to_dict(cfg: DictConfig | Config) -> dict[str, Any]:
-    """A plain, resolved dict (for JSON files and W&B)."""
+    """A plain, resolved dict (for JSON and YAML files and W&B)."""
     if isinstance(cfg, Config):
         cfg = OmegaConf.structured(cfg)
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
@@ -223,6 +265,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str, str], ...] = (
         f"null (no budget) or {_POS_INT}",
         "lora.budget_rank=8",
     ),
+    ("optim.name", _one_of(*OPTIMIZERS), ", ".join(OPTIMIZERS), "optim=adamw"),
     ("optim.lr", _above(0), "a number > 0", "optim.lr=1e-3"),
     ("optim.weight_decay", _at_least(0), "a number >= 0", "optim.weight_decay=0.01"),
     ("optim.warmup_ratio", _rate, _RATE, "optim.warmup_ratio=0.06"),
@@ -234,6 +277,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str, str], ...] = (
     ),
     ("optim.b1", _rate, _RATE, "optim.b1=0.9"),
     ("optim.b2", _rate, _RATE, "optim.b2=0.999"),
+    ("optim.momentum", _rate, _RATE, "optim.momentum=0.9"),
     (
         "optim.clip_norm",
         _or_null(_above(0)),
@@ -289,14 +333,22 @@ def value_error(key: str, value: Any, allowed: str, example: str) -> ValueError:
     return ValueError(f"{key}={value!r} is not valid; allowed: {allowed}. Use e.g. `{example}`.")
 
 
-def check_config(cfg: DictConfig) -> None:
+def check_config(cfg: DictConfig | Config) -> None:
     """Raise `ValueError` for the first config value out of range (`RULES`) or key the schema
     lacks (a `+key=...` override). Reads no files; keys absent from `cfg` are skipped."""
+    if isinstance(cfg, Config):
+        cfg = OmegaConf.structured(cfg)
     _check_keys(cfg, Config(), "")
     for key, test, allowed, example in RULES:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not test(value):
             raise value_error(key, value, allowed, example)
+    rank, lora_rank = (OmegaConf.select(cfg, k, default=_ABSENT) for k in ("rank", "lora.rank"))
+    if _ABSENT not in (rank, lora_rank) and lora_rank != rank:
+        # One source: the sweep axis `rank`; `lora.rank` interpolates it.
+        raise value_error(
+            "lora.rank", lora_rank, f"the top-level rank ({rank})", f"rank={lora_rank}"
+        )
     for name, rank in (OmegaConf.select(cfg, "lora.rank_pattern") or {}).items():
         if rank < 0:  # the names are checked against `targets` in `train.plan`
             raise value_error(

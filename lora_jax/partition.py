@@ -1,19 +1,21 @@
-"""Which parameters train: label every leaf, split the tree, and build a freezing optimizer.
+"""The one freezing mechanism: label every leaf, split the tree, optimize the trainable half.
 
-Every leaf of a parameter tree gets one label:
+`label_params` applies ordered rules, the first match wins, and checks that every parameter is
+covered by exactly one rule and every given rule covers some parameter (big_vision's check):
 
+- ``trainable``: the "/"-joined path matches one of the `trainable` regular expressions
+  (e.g. ``"head/"`` for a new task head; ``.*`` under full fine-tuning);
 - ``lora``: a `lora_a` or `lora_b` leaf of a `LoRADense`;
-- ``trainable``: a leaf whose "/"-joined path matches one of the `trainable` rules (regular
-  expressions searched in the path, e.g. ``"head/"`` for a new task head);
 - ``frozen``: everything else (the pretrained base).
 
 The train step differentiates only ``split(params, labels).trainable`` and closes over the
-frozen subtree, so frozen weights get neither gradients nor optimizer state.
+frozen half, so frozen weights get neither gradients nor optimizer state; `make_optimizer`
+is built over the trainable half only.
 
 Example:
     >>> labels = label_params(params, trainable=["head/"])
     >>> parts = split(params, labels)
-    >>> tx = make_optimizer(labels, optax.adamw, learning_rate=1e-3)
+    >>> tx = make_optimizer(split(labels, labels).trainable, optax.adamw, 1e-3)
     >>> opt_state = tx.init(parts.trainable)  # state only for lora + head leaves
 """
 
@@ -47,6 +49,16 @@ def _unflat(flat: Mapping[str, Any]) -> dict:
     return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
+def freeze_rules(
+    trainable: Iterable[str] = (), full_finetune: bool = False
+) -> list[tuple[str, str]]:
+    """The ordered (regular expression, label) rules of `label_params`; the first match wins
+    and the last matches every path, so each leaf is covered by exactly one rule."""
+    every = [(".*", "trainable")] if full_finetune else []
+    lora = f"(^|/)({'|'.join(LORA_LEAVES)})$"
+    return [(r, "trainable") for r in trainable] + every + [(lora, "lora"), (".*", "frozen")]
+
+
 def label_params(
     params: Mapping[str, Any], trainable: Iterable[str] = (), *, full_finetune: bool = False
 ) -> dict:
@@ -58,24 +70,16 @@ def label_params(
         full_finetune: label every leaf `trainable` (the paper's full fine-tuning baseline).
 
     Raises:
-        ValueError: a rule matches no leaf; the message lists the nearest paths.
+        ValueError: a `trainable` rule matches no leaf; the message lists the nearest paths.
     """
-    flat = _flat(params)
-    rules = list(trainable)
-    compiled = [re.compile(rule) for rule in rules]
-    used = [False] * len(rules)
-    labels = {}
-    for path in flat:
-        hits = [i for i, rx in enumerate(compiled) if rx.search(path)]
-        for i in hits:
-            used[i] = True
-        if full_finetune or hits:
-            labels[path] = "trainable"
-        elif path.rsplit("/", 1)[-1] in LORA_LEAVES:
-            labels[path] = "lora"
-        else:
-            labels[path] = "frozen"
-    unused = [rule for rule, u in zip(rules, used, strict=True) if not u]
+    flat, given = _flat(params), list(trainable)
+    rules = [(re.compile(rule), label) for rule, label in freeze_rules(given, full_finetune)]
+    labels = {path: next(lb for rx, lb in rules if rx.search(path)) for path in flat}
+    unused = [
+        r
+        for r, (rx, _) in zip(given, rules[: len(given)], strict=True)
+        if not any(map(rx.search, flat))
+    ]
     if unused:
         near = difflib.get_close_matches(unused[0], list(flat), n=5, cutoff=0.3)
         raise ValueError(
@@ -122,19 +126,26 @@ def make_optimizer(
     lr_multipliers: Mapping[str, float] | None = None,
     **tx_kwargs: Any,
 ) -> optax.GradientTransformation:
-    """An optimizer over the groups of `optimizer_groups(labels)`.
-
-    Each group gets ``make_tx(learning_rate * multiplier, **tx_kwargs)``; `frozen` leaves get
-    `optax.set_to_zero()`, which keeps no state. Pass either the full tree's labels or only the
-    trainable subtree's (then no frozen group exists at all).
+    """An optimizer over the trainable half, ``make_tx(learning_rate * multiplier, **tx_kwargs)``
+    per group of `optimizer_groups(labels)` (`lora_a`, `lora_b`, `trainable`).
 
     Args:
-        labels: the tree from `label_params` (or its trainable part).
+        labels: the trainable half's labels, ``split(labels, labels).trainable``: frozen leaves
+            are not differentiated, so they have no place in the optimizer.
         make_tx: e.g. `optax.adamw`.
         learning_rate: a float or an optax schedule.
         lr_multipliers: per-group factors, e.g. ``{"lora_b": 16.0}`` for LoRA+.
+
+    Raises:
+        ValueError: `labels` holds frozen leaves, or a multiplier names no group.
     """
     groups = optimizer_groups(labels)
+    present = set(_flat(groups).values())
+    if "frozen" in present:
+        raise ValueError(
+            "make_optimizer takes the trainable half's labels, `split(labels, labels).trainable`; "
+            "frozen leaves get no gradient and no optimizer state."
+        )
     multipliers = dict(lr_multipliers or {})
     unknown = set(multipliers) - {"lora_a", "lora_b", "trainable"}
     if unknown:
@@ -149,11 +160,5 @@ def make_optimizer(
             return lambda step: m * learning_rate(step)
         return m * learning_rate
 
-    present = set(_flat(groups).values())
-    transforms = {
-        g: make_tx(scaled(multipliers.get(g, 1.0)), **tx_kwargs)
-        for g in sorted(present - {"frozen"})
-    }
-    if "frozen" in present:
-        transforms["frozen"] = optax.set_to_zero()
+    transforms = {g: make_tx(scaled(multipliers.get(g, 1.0)), **tx_kwargs) for g in sorted(present)}
     return optax.partition(transforms, groups)

@@ -1,4 +1,5 @@
-"""What a person sees in the terminal: a progress bar and a one-screen run summary."""
+"""What a person sees in the terminal after a run: a one-screen summary (the progress bar is
+`lora_jax.train.loop.progress_bar`)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from tqdm.auto import tqdm
-
-
-def progress_bar(total: int, *, initial: int = 0, enabled: bool = True, desc: str = "") -> tqdm:
-    """A tqdm bar over training steps (silent when `enabled` is False)."""
-    return tqdm(
-        total=total,
-        initial=initial,
-        disable=not enabled,
-        desc=desc,
-        unit="step",
-        dynamic_ncols=True,
-    )
 
 
 def _fmt(value: Any) -> str:

@@ -77,7 +77,7 @@ def adapter_base(base: str | None = None) -> Callable[[Update], Path]:
 
 def _log_to_wandb(sweep_dir: Path, runs: list[RunRecord]) -> None:
     """An `analysis` run in the sweep's W&B group: the results table and every figure."""
-    from lora_jax.tracking import Tracker
+    from lora_jax.train.tracking import Tracker
 
     logger = OmegaConf.create(runs[0].config.get("logger") or {"backend": "none"})
     if logger.backend == "none":

@@ -38,6 +38,10 @@ TRAIN_CASES = [
     # Nonsense numbers used to run to completion.
     (["optim.lr=0"], ["optim.lr=0", "allowed: a number > 0", "`optim.lr=1e-3`"]),
     (["optim.lr=-1"], ["optim.lr=-1", "allowed: a number > 0"]),
+    (["optim.name=lion"], ["optim.name='lion'", "allowed: adamw, sgd", "`optim=adamw`"]),
+    (["optim.momentum=1.5"], ["optim.momentum=1.5", "[0, 1)"]),
+    # One source for the rank: `lora.rank` follows the sweep axis `rank`.
+    (["lora.rank=4"], ["lora.rank=4", "the top-level rank (8)", "`rank=4`"]),
     (["alpha=0"], ["alpha=0", "allowed: a number > 0", "`alpha=8`"]),
     (["alpha=-2"], ["alpha=-2", "allowed: a number > 0"]),
     (["lora.alpha=0"], ["lora.alpha=0", "allowed: a number > 0"]),

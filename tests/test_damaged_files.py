@@ -14,7 +14,7 @@ from conftest import FINISHED_RUN, run_module
 
 from lora_jax.report.wandb_report import spectrum_keys
 from lora_jax.run_record import read_jsonl, read_run, write_atomic
-from lora_jax.tracking import Tracker
+from lora_jax.train.tracking import Tracker
 
 
 def _truncate(path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The fused rank-sweep engine (`lora_jax.fused`, `hydra/launcher=fused`): every member of a
+"""The fused rank-sweep engine (`lora_jax.train.fused`, `hydra/launcher=fused`): every member of a
 fused group ends as its separate run, within float tolerance.
 
 Tolerance: A, B and the head within atol 1e-6 + rtol 1e-5, losses and gradient norms within
@@ -22,9 +22,10 @@ from conftest import run_module
 from hydra import compose, initialize_config_dir
 from safetensors.numpy import load_file
 
-from lora_jax import fused, train
+from lora_jax import train
 from lora_jax.adapter_io import HEAD_FILE, read_adapter
 from lora_jax.config import register_configs
+from lora_jax.train import fused
 
 ROOT = Path(__file__).resolve().parents[1]
 # debug=fast; every batch max_len long so that seeds fuse, and head dropout on (as the

@@ -19,11 +19,11 @@ import optax
 import pytest
 from conftest import run_module
 
-from lora_jax import lm
 from lora_jax.data import get_task, make_loader
 from lora_jax.data.e2e import E2EFormatError, assign_splits, parse_task_json
 from lora_jax.data.pipeline import CausalLMCollate, CausalLMTokenize
 from lora_jax.models.tiny import tiny_tokenizer
+from lora_jax.train import lm
 
 # Words the tiny tokenizer knows, so synthetic E2E text is not all [UNK].
 _NAMES = ["the movie", "the film", "the story", "the plot", "the actor", "the music", "the scene"]

@@ -21,7 +21,7 @@ from lora_jax.lora import (
     unmerge,
 )
 from lora_jax.partition import label_params, make_optimizer, split
-from lora_jax.steps import make_train_step
+from lora_jax.train.steps import make_train_step
 
 IN, OUT = 24, 16
 X = jax.random.normal(jax.random.key(1), (8, IN))

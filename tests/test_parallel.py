@@ -1,4 +1,4 @@
-"""Data parallelism (`lora_jax.parallel`) on 4 fake CPU devices against 1 device.
+"""Data parallelism (`lora_jax.train.parallel`) on 4 fake CPU devices against 1 device.
 
 Each check runs in a subprocess: the fake devices (`XLA_FLAGS`) must be set before JAX is
 imported and must not leak into other tests. `NPROC=8` keeps XLA's CPU thread pools from
@@ -39,7 +39,7 @@ def test_shard_batch_splits_replicates_and_rejects(tmp_path):
     code = textwrap.dedent(
         """
         import jax, numpy as np
-        from lora_jax import parallel
+        from lora_jax.train import parallel
         assert jax.device_count() == 4
         mesh = parallel.data_mesh()
         batch = {"input_ids": np.arange(8 * 3).reshape(8, 3), "labels": np.arange(8)}

@@ -12,11 +12,12 @@ from lora_jax.lora import LoRAConfig
 from lora_jax.partition import (
     combine,
     count_params,
+    freeze_rules,
     label_params,
     make_optimizer,
     split,
 )
-from lora_jax.steps import make_train_step, tree_bytes
+from lora_jax.train.steps import make_train_step, tree_bytes
 
 
 class _Net(nn.Module):
@@ -87,15 +88,25 @@ def test_only_trainable_leaves_change_and_frozen_have_no_state():
     assert np.isfinite(metrics["grad_norm"])
 
 
-def test_full_tree_optimizer_sets_frozen_to_zero_without_state():
+def test_optimizer_takes_only_the_trainable_half():
+    """One freezing mechanism: frozen leaves are never differentiated, so an optimizer over the
+    full tree's labels (the removed `set_to_zero` path) is refused."""
     params, labels, _loss_fn = _setup(trainable=["head/"])
-    tx = make_optimizer(labels, optax.adam, 1e-2)
-    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"split\(labels, labels\).trainable"):
+        make_optimizer(labels, optax.adam, 1e-2)
+    tx = make_optimizer(split(labels, labels).trainable, optax.adam, 1e-2)
     parts = split(params, labels)
+    state = tx.init(parts.trainable)
     assert tree_bytes(state) == pytest.approx(2 * 4 * count_params(parts.trainable), abs=64)
-    grads = jax.tree.map(jnp.ones_like, params)
-    updates, _ = tx.update(grads, state, params)
-    assert not np.any(updates["q"]["kernel"]) and np.any(updates["q"]["lora_a"])
+
+
+def test_every_leaf_is_covered_by_exactly_one_rule():
+    params, _, _ = _setup()
+    rules = freeze_rules(["head/"])
+    assert rules[-1] == (".*", "frozen")  # the last rule covers what the others leave
+    labels = label_params(params, trainable=["head/", "q/lora_a"])
+    assert labels["q"]["lora_a"] == "trainable"  # the first matching rule wins
+    assert labels["q"]["lora_b"] == "lora" and labels["v"]["kernel"] == "frozen"
 
 
 def test_lr_multipliers_lora_plus():

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from lora_jax import models, planted
+from lora_jax import models
 from lora_jax.analysis.adapters import find_adapters
 from lora_jax.analysis.updates import planted_recovery
 from lora_jax.lora import LoRAConfig, lora_scale
 from lora_jax.partition import combine, label_params, split
+from lora_jax.train import planted
 
 
 def _factors_by_key(factors: dict) -> dict:

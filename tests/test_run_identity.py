@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import FAST, FINISHED_RUN, compose_config, run_module
 
-from lora_jax.run_identity import (
+from lora_jax.train.run_identity import (
     IDENTITY_FILE,
     RunIdentityError,
     check_jobs,

@@ -17,7 +17,7 @@ from lora_jax import models
 from lora_jax.adapter_io import export_adapter, init_adapters
 from lora_jax.analysis.adapters import find_adapters
 from lora_jax.budget import budget_rank, lora_param_count, solve_rank
-from lora_jax.config import register_configs
+from lora_jax.config import check_config, register_configs
 from lora_jax.lora import LoRAConfig
 from lora_jax.partition import label_params, split
 from lora_jax.train import epochs_to_steps, lr_schedule, plan
@@ -130,3 +130,17 @@ def test_epochs_and_init_from_through_the_entry_point(tmp_path: Path) -> None:
     # The rank the budget gives (8 on one type = 2 on four) is the one recorded everywhere.
     assert json.loads((budget / "metrics.json").read_text())["rank"] == 2
     assert "  rank: 2\n" in (budget / "config.yaml").read_text()
+
+
+def test_sgd_with_momentum_trains_a_tiny_run(tmp_path: Path) -> None:
+    """`optim=sgd` (conf/optim/sgd.yaml): a run trains with optax's SGD, one momentum per
+    trainable scalar in its optimizer state (AdamW keeps two)."""
+    run = tmp_path / "sgd"
+    run_module("experiments.train", *FAST, "optim=sgd", f"hydra.run.dir={run}", cwd=tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and np.isfinite(metrics["final"]["accuracy"])
+    state = metrics["optimizer_state_bytes"]
+    assert state == pytest.approx(4 * metrics["trainable_params"], abs=64)
+    assert "name: sgd" in (run / "config.yaml").read_text()
+    with pytest.raises(ValueError, match=re.escape("optim.name='lion' is not valid")):
+        check_config(_config("optim.name=lion"))

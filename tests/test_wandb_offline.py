@@ -4,7 +4,7 @@ takes no longer than with a working one, and looks no name up.
 The resolver that never answers is a `sitecustomize` on the subprocess's PYTHONPATH: every
 lookup of a non-local name sleeps 15 s, then fails (what a DNS server that drops queries
 does), and is written to a log. wandb 0.31 given offline only in `wandb.init` posts usage
-telemetry from a thread and waited ~15 s at exit here; `lora_jax.tracking` sets the mode
+telemetry from a thread and waited ~15 s at exit here; `lora_jax.train.tracking` sets the mode
 process-wide.
 """
 

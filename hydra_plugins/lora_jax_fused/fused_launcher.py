@@ -2,7 +2,7 @@
 
     python -m experiments.sweep rank=1,2,4,8 hydra/launcher=fused
 
-Selected by `conf/hydra/launcher/fused.yaml`. The training is `lora_jax.fused`; this module
+Selected by `conf/hydra/launcher/fused.yaml`. The training is `lora_jax.train.fused`; this module
 is the Hydra side: compose the jobs, give each its run folder (`.hydra/` included) as Hydra's
 `run_job` does, fuse what can be fused, run the rest as the basic launcher does, and report a
 `JobReturn` per job.
@@ -22,13 +22,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 
 class FusedLauncher(Launcher):
-    """A Hydra launcher that fuses compatible jobs (`lora_jax.fused`).
+    """A Hydra launcher that fuses compatible jobs (`lora_jax.train.fused`).
 
     Args:
         max_members: the most runs trained as one program (larger groups are split); None
             fuses every compatible job together.
         chunk: members computed together (vmapped); the chunks run one after another in the
-            program. None: one on CPU, all on accelerators (`lora_jax.fused.default_chunk`).
+            program. None: one on CPU, all on accelerators (`lora_jax.train.fused.default_chunk`).
     """
 
     def __init__(self, max_members: int | None = None, chunk: int | None = None, **_: Any) -> None:
@@ -47,8 +47,9 @@ class FusedLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         """Fuse what can be fused, run the rest as the basic launcher does; one `JobReturn`
         per job, in job order."""
-        from lora_jax.compile_cache import enable_compilation_cache
-        from lora_jax.fused import plan_groups, train_fused
+        from lora_jax.reporting import print_summary
+        from lora_jax.train.compile_cache import enable_compilation_cache
+        from lora_jax.train.fused import plan_groups, train_fused
 
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
@@ -75,7 +76,7 @@ class FusedLauncher(Launcher):
                 print(f"[lora_jax] fused: training {len(group)} runs as one: {names}")
                 configure_log(jobs[group[0]].hydra.job_logging, config.hydra.verbose)
                 try:
-                    outcomes = train_fused([tasks[i] for i in group], self.chunk)
+                    outcomes = train_fused([tasks[i] for i in group], self.chunk, print_summary)
                 except Exception as err:  # the whole group failed: every member reports it
                     outcomes = [err] * len(group)
                 task_functions = {i: _report(o) for i, o in zip(group, outcomes, strict=True)}

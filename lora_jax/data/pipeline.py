@@ -78,11 +78,11 @@ def bucket_length(length: int, max_len: int, multiple: int) -> int:
     return min(max_len, max(multiple, math.ceil(length / multiple) * multiple))
 
 
-def _as_text(value: Any) -> str:
+def as_text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8")
     if isinstance(value, np.ndarray):  # 0-d object/bytes array
-        return _as_text(value.item())
+        return as_text(value.item())
     return str(value)
 
 
@@ -99,7 +99,7 @@ class Tokenize(grain.transforms.Map):
         self._label_dtype = np.float32 if task.is_regression else np.int32
 
     def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
-        texts = [_as_text(element[k]) for k in self._text_keys]
+        texts = [as_text(element[k]) for k in self._text_keys]
         enc = self._tokenizer.encode(*texts)
         return {
             "input_ids": np.asarray(enc.ids, dtype=np.int32),
@@ -155,7 +155,7 @@ def format_prompt(template: str, element: dict[str, Any]) -> tuple[str, str]:
     trailing spaces are ``carry``, which goes before the target. A byte-level BPE attaches a
     space to the word after it (" Blue"), so ``"MR ||| "`` trains and decodes as ``"MR |||"``
     followed by ``" Blue ..."``, as in running text, instead of a lone-space token."""
-    text = template.format(**{k: _as_text(element[k]) for k in _fields(template)})
+    text = template.format(**{k: as_text(element[k]) for k in _fields(template)})
     prompt = text.rstrip(" ")
     return prompt, text[len(prompt) :]
 
@@ -191,7 +191,7 @@ class CausalLMTokenize(grain.transforms.Map):
         enc = lambda text: self._tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
         prompt, carry = format_prompt(self._prompt, element)
         prompt = enc(prompt)
-        target = [*enc(carry + _as_text(element[self._target_key])), self._eos]
+        target = [*enc(carry + as_text(element[self._target_key])), self._eos]
         prompt = prompt[max(0, len(prompt) - (self._max_len - 1)) :]
         target = target[: self._max_len - len(prompt)]
         ids = np.asarray(prompt + target, dtype=np.int32)

@@ -35,8 +35,9 @@ class TaskSpec:
         extra_eval_splits: further labelled eval splits (MNLI mismatched).
         test_has_labels: False for GLUE, whose test labels are hidden (-1).
         needs_network: True when preparing the data needs internet access.
-        kind: "classification" (labels; regression when num_labels == 1) or "generation"
-            (a causal LM writes ``label_key`` after ``prompt``; see ``lora_jax.lm``).
+        kind: the objective that trains on it (``lora_jax.train.objectives.OBJECTIVES``):
+            "classification" (labels; regression when num_labels == 1), "generation" (a causal
+            LM writes ``label_key`` after ``prompt``) or "planted" (a planted-rank teacher).
         prompt: generation only: the prompt template, formatted with the example's fields.
         select_metric: the per-eval metric that picks the best step (higher is better; a
             leading "-" means lower is better); None = ``main_metric``. Generation tasks
@@ -64,8 +65,10 @@ class TaskSpec:
     def __post_init__(self):
         if len(self.text_keys) not in (1, 2):
             raise ValueError(f"text_keys must hold 1 or 2 fields, got {self.text_keys}")
-        if self.kind not in ("classification", "generation"):
-            raise ValueError(f"kind must be 'classification' or 'generation', got {self.kind!r}")
+        if self.kind not in ("classification", "generation", "planted"):
+            raise ValueError(
+                f"kind must be 'classification', 'generation' or 'planted', got {self.kind!r}"
+            )
         if self.num_labels < 1 and self.kind == "classification":
             raise ValueError(f"num_labels must be >= 1 (1 = regression), got {self.num_labels}")
         if self.main_metric not in self.metrics:
@@ -139,7 +142,7 @@ _ALL: Sequence[TaskSpec] = (
         metrics=("pearson", "spearman"),
         main_metric="pearson",
     ),
-    # Ground truth (lora_jax.planted): match a teacher with a planted rank-k update on the MR
+    # Ground truth (lora_jax.train.planted): match a teacher with a planted rank-k update on the MR
     # sentences; the labels are unused.
     TaskSpec(
         name="planted",
@@ -150,8 +153,9 @@ _ALL: Sequence[TaskSpec] = (
         num_labels=2,
         metrics=("gap_closed", "mse"),
         main_metric="gap_closed",
+        kind="planted",
     ),
-    # Table-to-text (lora_jax.lm): meaning representation -> reference sentence. `e2e` is the
+    # Table-to-text (lora_jax.train.lm): meaning representation -> reference sentence. `e2e` is the
     # offline BIG-bench copy (`python -m lora_jax.assets e2e`), `e2e_gem` TFDS's gem/e2e_nlg.
     TaskSpec(
         name="e2e",

@@ -26,7 +26,7 @@ from wandb_workspaces import expr
 from lora_jax.report.document import Document, Figure, table_markdown
 from lora_jax.report.document import Table as DocTable
 from lora_jax.run_record import RunRecord, read_jsonl
-from lora_jax.tracking import wandb_mode
+from lora_jax.train.tracking import wandb_mode
 
 SPECTRUM_SUMMARIES = ("effective_rank", "stable_rank", "energy_rank_90")
 

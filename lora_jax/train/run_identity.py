@@ -17,6 +17,7 @@ and a refused start puts them back: the folder still describes its own results.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lora_jax.config import Config, to_dict
 from lora_jax.run_record import METRICS_FILE, NOT_RESULT_GROUPS, NOT_RESULTS, write_atomic
 
 IDENTITY_FILE = "run_identity.json"
@@ -64,8 +66,10 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def identity(config: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+def identity(config: Config | DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The result-changing part of a run config, as {dotted key: value}."""
+    if isinstance(config, Config):
+        config = to_dict(config)
     if isinstance(config, DictConfig):
         config = config.copy()
         with open_dict(config):  # unresolvable before Hydra starts the job (`workdir`)
@@ -107,10 +111,18 @@ def _recorded(workdir: Path) -> tuple[dict[str, Any], bool] | None:
     return (identity(config), False) if isinstance(config, dict) else None
 
 
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return identity(Config())
+
+
 def differences(old: Mapping[str, Any], new: Mapping[str, Any], exact: bool) -> list[str]:
     """`key: old -> new` for every differing key. Keys on one side only are compared exactly
-    when `exact` (a schema key added since an older folder was written is not)."""
+    when `exact` (a schema key added since an older folder was written is not), except a key
+    the schema added since, at its default, which changes nothing (`optim.name: adamw`)."""
     keys = sorted(set(old) | set(new)) if exact else sorted(set(old) & set(new))
+    added = _defaults()
+    keys = [k for k in keys if k in old or k not in added or new.get(k) != added[k]]
     if not exact:
         if new.get("trainer.epochs") is not None:
             keys = [k for k in keys if k not in ("trainer.steps", "trainer.eval_every")]

@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lora_jax import generate
-from lora_jax.data.pipeline import _as_text, format_prompt
-from lora_jax.objectives import Objective
+from lora_jax.data.pipeline import as_text, format_prompt
+from lora_jax.train import generate
+from lora_jax.train.steps import Objective
 
 GENERATIONS_FILE = "generations.jsonl"
 
@@ -120,8 +120,8 @@ def references_by_prompt(
     refs: dict[str, list[str]] = {}
     for i in range(len(source)):
         element = source[i]
-        texts = [_as_text(element[task.label_key])]
-        texts += [_as_text(r) for r in element.get("references", ())]
+        texts = [as_text(element[task.label_key])]
+        texts += [as_text(r) for r in element.get("references", ())]
         key, _ = format_prompt(prompt, element)
         if key not in refs and limit is not None and len(refs) >= limit:
             continue
@@ -193,10 +193,10 @@ def special_ids(pre: Any) -> tuple[int, int]:
     return int(eos), int(eos if pad is None else pad)
 
 
-def loader_kwargs(cfg: Any, pre: Any) -> dict[str, Any]:
+def loader_kwargs(pre: Any, prompt: str | None) -> dict[str, Any]:
     """The extra `make_loader` arguments of a generation task (prompt, EOS and pad ids)."""
     eos, pad = special_ids(pre)
-    return {"prompt": cfg.data.get("prompt"), "eos_id": eos, "pad_id": pad}
+    return {"prompt": prompt, "eos_id": eos, "pad_id": pad}
 
 
 def objective(
@@ -266,33 +266,6 @@ def objective(
     return Objective(loss_fn, predict_fn, metrics, final=final)
 
 
-def objective_from_config(cfg: Any, task: Any, pre: Any) -> Objective:
-    """`objective` for a run's config (`data.prompt`, `optim.label_smoothing`, `generate.*`)."""
-    from lora_jax import data as data_lib
-
-    g = cfg.generate
-    eos, pad = special_ids(pre)
-    return objective(
-        pre.module,
-        task,
-        tokenizer=pre.tokenizer,
-        eval_source=data_lib.load_split(task, cfg.data.eval_split),
-        prompt=cfg.data.get("prompt") or task.prompt,
-        eos_id=eos,
-        pad_id=pad,
-        label_smoothing=cfg.optim.label_smoothing,
-        decode={
-            "num_beams": g.num_beams,
-            "max_new_tokens": g.max_new_tokens,
-            "length_penalty": g.length_penalty,
-            "no_repeat_ngram_size": g.no_repeat_ngram_size,
-            "batch_size": g.batch_size,
-        },
-        eval_limit=g.eval_limit,
-        out_dir=cfg.workdir,
-    )
-
-
 __all__: list[str] = [
     "GENERATIONS_FILE",
     "causal_lm_loss",
@@ -300,7 +273,6 @@ __all__: list[str] = [
     "generation_metrics",
     "loader_kwargs",
     "objective",
-    "objective_from_config",
     "references_by_prompt",
     "rouge_l",
     "special_ids",

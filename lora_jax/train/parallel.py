@@ -71,7 +71,7 @@ def data_parallel(
     """`train.py`'s hook: replicate the state once and wrap the steps to shard their batches.
 
     `parts` is a `Partition`; its frozen half comes back replicated. The steps are the ones
-    from `lora_jax.steps` (`train_step(trainable, frozen, opt_state, batch, rng)`,
+    from `lora_jax.train.steps` (`train_step(trainable, frozen, opt_state, batch, rng)`,
     `eval_step(trainable, frozen, batch)`).
     """
     mesh = data_mesh()

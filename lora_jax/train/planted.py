@@ -22,8 +22,8 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 from lora_jax.lora import LoRAConfig, layer_index, parse_targets
-from lora_jax.objectives import Objective
 from lora_jax.run_record import PLANTED_FILE
+from lora_jax.train.steps import Objective
 
 
 def _orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:

@@ -1,23 +1,41 @@
-"""Pure, jitted training and evaluation steps over (trainable, frozen) parameter halves.
-
-Gradients are taken with respect to the trainable half only; the frozen half is an ordinary
-argument the loss closes over, so XLA never computes weight gradients for it and the
-optimizer never sees it.
+"""Pure, jitted training and evaluation steps over (trainable, frozen) parameter halves, and
+the `Objective` they run. Gradients are taken with respect to the trainable half only; the
+frozen half is an argument the loss closes over, so it gets no gradient and no optimizer state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lora_jax.partition import combine
 
 # loss_fn(params, batch, rng) -> (scalar loss, dict of scalar aux metrics)
 LossFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+class Objective(NamedTuple):
+    """The task-specific pieces of a run.
+
+    Attributes:
+        loss_fn: (params, batch, rng) -> (scalar loss, aux dict); differentiated.
+        predict_fn: (params, batch) -> per-example outputs (B, ...); jitted for eval.
+        metrics: (predictions, labels) -> dict of floats, over a whole split.
+        prepare: host-side batch transform applied before both steps (e.g. teacher targets).
+        final: optional params -> dict of metrics measured once, at the end of a run (e.g.
+            BLEU of decoded text); merged into the run's final metrics.
+    """
+
+    loss_fn: LossFn
+    predict_fn: Callable
+    metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+    prepare: Callable[[dict], dict] = lambda batch: batch
+    final: Callable[[Any], dict[str, float]] | None = None
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation) -> Callable:

@@ -1,0 +1,133 @@
+"""What a run optimises, chosen by the task spec's `kind`: `OBJECTIVES[task.kind]` says which
+parameters besides the adapters train, what the loaders add and how the `Objective` is built
+(classification; causal-LM generation, `lm`; the planted-rank ground truth, `planted`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from lora_jax import data as data_lib
+from lora_jax import models
+from lora_jax.config import Config
+from lora_jax.partition import combine
+from lora_jax.train import lm, planted
+from lora_jax.train.steps import Objective, classification_loss
+
+
+def _logits(
+    module: Any, params: dict, batch: dict, deterministic: bool, rng: jax.Array | None = None
+):
+    return module.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["token_type_ids"],
+        deterministic=deterministic,
+        rngs={"dropout": rng} if rng is not None else None,
+    )
+
+
+def classification(module: Any, task: data_lib.TaskSpec) -> Objective:
+    """Cross-entropy (MSE when `task.num_labels == 1`) on the head's logits."""
+
+    def loss_fn(params, batch, rng):
+        return classification_loss(_logits(module, params, batch, False, rng), batch["labels"]), {}
+
+    def predict_fn(params, batch):
+        logits = _logits(module, params, batch, True)
+        return logits[..., 0] if task.num_labels == 1 else logits
+
+    return Objective(
+        loss_fn, predict_fn, lambda preds, labels: data_lib.compute_metrics(task, preds, labels)
+    )
+
+
+def evaluate(
+    eval_step: Callable, objective: Objective, batches: Iterable[dict], *params: Any
+) -> dict[str, float]:
+    """`objective.metrics` over every batch of `batches` (`eval_step(*params, batch)`)."""
+    preds, labels = [], []
+    for batch in batches:
+        batch = objective.prepare(batch)
+        preds.append(np.asarray(eval_step(*params, batch)))
+        labels.append(np.asarray(batch["labels"]))
+    return objective.metrics(np.concatenate(preds), np.concatenate(labels))
+
+
+def _generation(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objective:
+    g = cfg.generate
+    eos, pad = lm.special_ids(pre)
+    return lm.objective(
+        pre.module,
+        p.task,
+        tokenizer=pre.tokenizer,
+        eval_source=data_lib.load_split(p.task, cfg.data.eval_split),
+        prompt=cfg.data.prompt or p.task.prompt,
+        eos_id=eos,
+        pad_id=pad,
+        label_smoothing=cfg.optim.label_smoothing,
+        decode={
+            "num_beams": g.num_beams,
+            "max_new_tokens": g.max_new_tokens,
+            "length_penalty": g.length_penalty,
+            "no_repeat_ngram_size": g.no_repeat_ngram_size,
+            "batch_size": g.batch_size,
+        },
+        eval_limit=g.eval_limit,
+        out_dir=cfg.workdir,
+    )
+
+
+def _planted(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objective:
+    c = cfg.planted
+    teacher, factors = planted.plant(parts.frozen, c.k, c.targets, c.layers, c.strength, c.seed)
+    planted.save_factors(cfg.workdir, factors)
+    return planted.objective(
+        pre.config, p.lora, teacher, models.BertEncoder, combine(*parts), data.eval_batches()
+    )
+
+
+class ObjectiveSpec(NamedTuple):
+    """How a kind of task trains.
+
+    Attributes:
+        build: (cfg, plan, loaded model, Partition, Data) -> the run's `Objective`.
+        head_rules: loaded model -> the `label_params` rules of the non-adapter leaves that train.
+        loader_kwargs: (cfg, loaded model) -> extra `make_loader` arguments.
+        fusable: whether runs of this kind may join a fused group (`train.fused`).
+    """
+
+    build: Callable[..., Objective]
+    head_rules: Callable[[Any], tuple[str, ...]] = lambda pre: pre.head_rules
+    loader_kwargs: Callable[[Config, Any], dict] = lambda cfg, pre: {}
+    fusable: bool = False
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    "classification": ObjectiveSpec(
+        lambda cfg, p, pre, parts, data: classification(pre.module, p.task), fusable=True
+    ),
+    "generation": ObjectiveSpec(
+        _generation, loader_kwargs=lambda cfg, pre: lm.loader_kwargs(pre, cfg.data.prompt)
+    ),
+    # The student matches the teacher's hidden states: the loss never reaches the head.
+    "planted": ObjectiveSpec(_planted, head_rules=lambda pre: ()),
+}
+
+
+def objective_spec(task: data_lib.TaskSpec) -> ObjectiveSpec:
+    """The `ObjectiveSpec` that `task.kind` names."""
+    if task.kind not in OBJECTIVES:
+        raise ValueError(
+            f"task {task.name!r} has kind={task.kind!r}; allowed: {', '.join(OBJECTIVES)}."
+        )
+    return OBJECTIVES[task.kind]
+
+
+def make_objective(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objective:
+    """The `Objective` of a run, built as its task's kind says."""
+    return objective_spec(p.task).build(cfg, p, pre, parts, data)

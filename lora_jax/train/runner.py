@@ -1,0 +1,233 @@
+"""One run: `run(cfg, workdir)` trains into a run folder (config, history, metrics, Orbax
+checkpoints, PEFT adapter), skips it if complete, resumes it from its newest intact checkpoint,
+and refuses a folder holding another config's results (`run_identity`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import jax
+from omegaconf import DictConfig
+
+from lora_jax import models
+from lora_jax.adapter_io import export_adapter, family_of
+from lora_jax.config import Config, run_config, to_dict
+from lora_jax.partition import combine
+from lora_jax.run_record import read_metrics, write_atomic
+from lora_jax.train import parallel
+from lora_jax.train.checkpoint import Checkpointer
+from lora_jax.train.loop import Engine, RunLog, train_loop
+from lora_jax.train.objectives import evaluate
+from lora_jax.train.run_identity import RunIdentityError, claim, exit_on_error
+from lora_jax.train.setup import RunSetup, plan, prepare_run, step_rng
+from lora_jax.train.steps import make_eval_step, make_train_step
+from lora_jax.train.tracking import Tracker
+from lora_jax.weights.base_kernels import FULL_UPDATE_FILE, layer_kernels, save_kernels
+
+
+def completed(workdir: str | Path) -> dict[str, Any] | None:
+    """The metrics of a finished run in `workdir` (its `metrics.json` says complete), else None
+    (a damaged `metrics.json` warns and counts as unfinished: the run resumes)."""
+    metrics = read_metrics(workdir) or {}
+    return metrics if metrics.get("status") == "complete" else None
+
+
+def claim_or_exit(runs: Sequence[tuple[Config | DictConfig, str | Path]]) -> None:
+    """Stop (exit 2) before anything is written if a run folder holds another config's
+    results (`run_identity`), else mark each folder as its config's."""
+    try:
+        claim(runs)
+    except RunIdentityError as err:
+        exit_on_error(err)
+
+
+def open_tracker(cfg: Config, workdir: Path, sizes: dict[str, int]) -> Tracker:
+    """The run's tracker: `history.jsonl`, and W&B unless `logger=none`."""
+    log = cfg.logger
+    return Tracker(
+        workdir,
+        log.backend,
+        config={**to_dict(cfg), **sizes},
+        name=workdir.name,
+        group=log.group or workdir.parent.name,
+        project=log.project,
+        entity=log.entity,
+        mode=log.mode,
+        tags=list(log.tags),
+    )
+
+
+class OneRun:
+    """The `Engine` of a single run: its own jitted steps, data parallel over several devices."""
+
+    members = 1
+
+    def __init__(self, s: RunSetup) -> None:
+        self.s, self.parts, self.opt_state = s, s.parts, s.opt_state
+        self.trainable = s.parts.trainable
+        self.train_step = make_train_step(s.objective.loss_fn, s.tx)
+        self.eval_step = make_eval_step(s.objective.predict_fn)
+        self.key = step_rng(s.cfg.seed)
+
+    def load(self, states: list[dict[str, Any]]) -> None:
+        self.trainable, self.opt_state = states[0]["trainable"], states[0]["opt_state"]
+
+    def ready(self) -> None:
+        if jax.device_count() > 1:  # data parallel: state replicated, batches split
+            self.trainable, self.opt_state, self.parts, self.train_step, self.eval_step = (
+                parallel.data_parallel(
+                    self.trainable, self.opt_state, self.parts, self.train_step, self.eval_step
+                )
+            )
+
+    def next_batch(self) -> tuple[list[dict], dict]:
+        batch = self.s.objective.prepare(next(self.s.data.train_iter))
+        return [batch], batch
+
+    def train(self, batch: dict, step: int) -> list[dict]:
+        self.trainable, self.opt_state, out = self.train_step(
+            self.trainable,
+            self.parts.frozen,
+            self.opt_state,
+            batch,
+            jax.random.fold_in(self.key, step),
+        )
+        return [out]
+
+    def evaluate(self) -> list[dict[str, float]]:
+        batches = self.s.data.eval_batches()
+        return [
+            evaluate(self.eval_step, self.s.objective, batches, self.trainable, self.parts.frozen)
+        ]
+
+    def member_trainable(self, i: int) -> dict:
+        return self.trainable
+
+    def member_state(self, i: int) -> dict[str, Any]:
+        return {"trainable": self.trainable, "opt_state": self.opt_state}
+
+    def member_iter(self, i: int) -> Any:
+        return self.s.data.train_iter
+
+    def member_params(self, i: int) -> dict:
+        return combine(self.trainable, self.parts.frozen)
+
+
+def train_members(
+    engine: Engine,
+    setups: Sequence[RunSetup],
+    workdirs: Sequence[Path],
+    start: float,
+    desc: str,
+    extra: dict[str, Any] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any] | Exception]:
+    """Train the members of `engine` and finish their run folders; per member its
+    `metrics.json` record (with `extra`) or the exception that stopped it. `on_result` sees
+    each record once its `metrics.json` is written (the entry points print a summary)."""
+    with ExitStack() as stack:
+        logs = []
+        for s, workdir in zip(setups, workdirs, strict=True):
+            keep = s.cfg.trainer.keep_checkpoints
+            ckpt = stack.enter_context(Checkpointer(workdir / "checkpoints", keep=keep))
+            tracker = stack.enter_context(open_tracker(s.cfg, workdir, s.sizes))
+            logs.append(RunLog(s.cfg, s.plan, tracker, ckpt))
+        steps, errors = train_loop(engine, logs, desc)
+        if len(errors) == len(setups) == 1:
+            raise errors[0]
+        live = [i for i in range(len(setups)) if i not in errors]
+        # Members resumed at their last step have not evaluated in this process.
+        finals = None if all(logs[i].metrics for i in live) else engine.evaluate()
+        results: list[dict[str, Any] | Exception] = []
+        for i, (s, log) in enumerate(zip(setups, logs, strict=True)):
+            if i in errors:
+                results.append(errors[i])
+                continue
+            final, best = log.metrics or finals[i], log.best
+            if s.objective.final is not None:  # once, at the end (e.g. BLEU of decoded text)
+                once = s.objective.final(engine.member_params(i))
+                log.tracker.log({f"eval/{k}": v for k, v in once.items()}, steps)
+                final = {**final, **once}
+                # The best step's own values are known only if it is the last step.
+                best = {**best, **(once if best["step"] == steps else dict.fromkeys(once))}
+            trainable = engine.member_trainable(i)
+            result = finish_run(workdirs[i], log.tracker, trainable, s, final, best, steps, start)
+            results.append({**result, **(extra or {})})
+    for workdir, result in zip(workdirs, results, strict=True):
+        if isinstance(result, dict):
+            write_atomic(workdir / "metrics.json", json.dumps(result, indent=2))
+            if on_result is not None:
+                on_result(result)
+    return results
+
+
+def run(
+    cfg: Config | DictConfig,
+    workdir: str | Path,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one run into `workdir` and return its metrics (see the module docstring);
+    `on_result(metrics)` once `metrics.json` is written."""
+    workdir = Path(workdir)
+    claim_or_exit([(cfg, workdir)])  # before anything is written
+    done = completed(workdir)
+    if done is not None:
+        print(f"[lora_jax] {workdir} is complete; skipping (delete metrics.json to rerun).")
+        return done
+    cfg = run_config(cfg)  # Hydra's config, typed once
+    p = plan(cfg)
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    s = prepare_run(cfg, p, workdir)
+    engine = OneRun(s)
+    (result,) = train_members(engine, [s], [workdir], start, workdir.name, on_result=on_result)
+    return result
+
+
+def finish_run(
+    workdir: Path,
+    tracker: Tracker,
+    trainable: dict,
+    s: RunSetup,
+    final: dict[str, Any],
+    best: dict[str, Any],
+    steps: int,
+    start: float,
+) -> dict[str, Any]:
+    """Export the adapter, log the summary and return the run's `metrics.json` record."""
+    cfg, sizes, p = s.cfg, s.sizes, s.plan
+    export_adapter(workdir / "adapter", trainable, p.lora, s.pre, models.hub_id(cfg.model.name))
+    if p.full_finetune:
+        # The full update W_ft - W_0 of every matrix a LoRA could adapt, for the rank analysis.
+        w_ft = layer_kernels(trainable)
+        update = {k: w_ft[k] - w0 for k, w0 in s.initial_kernels.items()}
+        save_kernels(workdir / FULL_UPDATE_FILE, update, family_of(s.pre))
+    result = {
+        "status": "complete",
+        "final": final,
+        "best": best,
+        **sizes,
+        "steps": steps,
+        "devices": jax.device_count(),
+        "wall_time_s": time.perf_counter() - start,
+        "rank": p.lora.rank,
+        "targets": list(p.lora.targets),
+        "alpha": p.lora.alpha,
+        "scaling": p.lora.scaling,
+        "seed": cfg.seed,
+        "full_finetune": p.full_finetune,
+        "model": cfg.model.name,
+        "task": p.task.name,
+        "main_metric": p.task.main_metric,
+    }
+    tracker.summary(
+        {f"final/{k}": v for k, v in final.items()}
+        | {f"best/{k}": v for k, v in best.items()}
+        | sizes
+    )
+    return result
