@@ -272,7 +272,7 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
         }
     spectra_s = None
     if spec["rank"]:  # the live rank logging: one jitted call every trainer.spectrum_every steps
-        from lora_jax.analysis.adapters import adapter_spectra
+        from lora_jax.analysis.adapter_spectra import adapter_spectra
 
         def spectra():
             jax.block_until_ready(

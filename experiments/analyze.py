@@ -15,7 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from lora_jax.cli import USER_ERRORS, check_output_dir, user_errors
+from lora_jax.sweep.validate import USER_ERRORS, check_output_dir, user_errors
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
 
         enable_compilation_cache()  # a re-analysis loads the compiled programs
         if args.adapters is None:
-            from lora_jax.sweep import finish_sweep
+            from lora_jax.sweep.finish import finish_sweep
 
             if Path(args.sweep_dir).is_dir():  # the analysis rewrites files in it
                 check_output_dir(args.sweep_dir, "sweep_dir", "a copy of it that you can write")
@@ -47,7 +47,7 @@ def main() -> None:
         else:
             from lora_jax.analysis.updates import analyze_adapters
             from lora_jax.report import make_adapters_report
-            from lora_jax.sweep import adapter_base
+            from lora_jax.sweep.finish import adapter_base
 
             out = Path(args.out or f"outputs/analysis/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
             check_output_dir(out, "--out", "--out outputs/analysis/mine")

@@ -11,9 +11,9 @@ of the sweep's group and saves it when W&B is online; prints the path of report.
 
 import argparse
 
-from lora_jax.cli import check_output_dir, user_errors
 from lora_jax.report import ReportInputError, make_report, paper
 from lora_jax.run_record import RunFolderError
+from lora_jax.sweep.validate import check_output_dir, user_errors
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from lora_jax.cli import hydra_main
 from lora_jax.config import register_configs
+from lora_jax.sweep.validate import hydra_main
 
 register_configs()
 CONF = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: `job` is reused by sweep.py
@@ -19,7 +19,7 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: `job` is r
 
 def job(cfg: DictConfig) -> float:
     """One run into `cfg.workdir`; returns its final main metric (for Hydra sweepers)."""
-    from lora_jax.reporting import print_summary
+    from lora_jax.report.console import print_summary
     from lora_jax.train import run
     from lora_jax.train.compile_cache import enable_compilation_cache
 
@@ -29,7 +29,7 @@ def job(cfg: DictConfig) -> float:
     return result["final"][result["main_metric"]]
 
 
-# Every value is checked before Hydra makes the run folder (lora_jax.cli.CheckCallback); a
+# Every value is checked before Hydra makes the run folder (lora_jax.sweep.validate.CheckCallback); a
 # bad one prints one message and exits 2.
 main = hydra_main(job, CONF, "config")
 

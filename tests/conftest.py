@@ -42,7 +42,7 @@ def compose_config(*overrides: str, hydra: bool = False):
 
 def compose_jobs(*overrides: str) -> list:
     """The job configs `python -m experiments.sweep OVERRIDES` would launch, in order."""
-    from lora_jax.sweep import job_configs
+    from lora_jax.sweep.grid import job_configs
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return list(job_configs(compose("sweep", list(overrides), return_hydra_config=True)))

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import FAST, compose_config, compose_jobs, run_module, write_run
 
-from lora_jax.cli import check_output_dir
 from lora_jax.lora import parse_targets
+from lora_jax.sweep.validate import check_output_dir
 from lora_jax.train import plan
 
 TRAIN, SWEEP = "experiments.train", "experiments.sweep"

@@ -1,5 +1,10 @@
 """The import layering of DESIGN.md, stated as a test.
 
+Every module sits in a room (its first name under `lora_jax`), and the rooms in layers:
+experiments -> sweep, report -> train -> models, data, partition, config -> adapter_io,
+analysis -> weights, run_record -> lora. A module imports only its own layer and those below;
+no private name (`_x`) crosses modules; no two files share a name.
+
 The analysis reads files: it may import the LoRA math, the checkpoint and adapter readers and
 the run record, never training, models, data, planted tasks, sweeps or reports. The readers
 below it import only each other. Checked on the source (every import statement, module-level
@@ -26,8 +31,16 @@ READERS = {
     "lora_jax.weights.gguf",
     "lora_jax.weights.safetensors",
 }
-# What adapter_io's export may look up lazily: the model registry (hub ids of registry names).
-LAZY_EXCEPTIONS = {"lora_jax.adapter_io": {"lora_jax.models"}}
+# Lowest first; the package face (`lora_jax/__init__.py`) re-exports from every layer.
+LAYERS = (
+    ("lora",),
+    ("weights", "run_record"),
+    ("adapter_io", "analysis"),
+    ("models", "data", "assets", "partition", "config", "budget"),
+    ("train",),
+    ("report", "sweep"),
+)
+LAYER_OF = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
 ABOVE_ANALYSIS = ("train", "models", "data", "planted", "sweep", "report", "fused")
 
 
@@ -66,7 +79,7 @@ def test_analysis_imports_only_the_math_and_the_readers(path):
 @pytest.mark.parametrize("module", sorted(READERS))
 def test_readers_import_only_each_other(module):
     path = PACKAGE.parent / Path(*module.split(".")).with_suffix(".py")
-    allowed = READERS | LAZY_EXCEPTIONS.get(module, set())
+    allowed = READERS
     bad = {m for m in _imports(path) if m not in allowed and m != module}
     assert not bad, f"{module} imports {sorted(bad)}; allowed: {sorted(allowed)}"
 
@@ -89,3 +102,41 @@ def test_public_face_reexports_the_verbs():
     assert set(lora_jax.__all__) <= set(dir(lora_jax))
     for name in ("LoRADense", "LoRAConfig", "merge", "label_params", "split", "phi_grid_a"):
         assert name in lora_jax.__all__
+
+
+def _room(module: str) -> str:
+    return module.split(".")[1]
+
+
+@pytest.mark.parametrize("path", _files(), ids=lambda p: _module(p))
+def test_no_module_imports_a_layer_above_its_own(path):
+    module = _module(path)
+    if module == "lora_jax":
+        return
+    assert _room(module) in LAYER_OF, f"{module} is in no layer of LAYERS"
+    up = {m for m in _imports(path) if LAYER_OF.get(_room(m), -1) > LAYER_OF[_room(module)]}
+    assert not up, f"{module} (layer {LAYER_OF[_room(module)]}) imports {sorted(up)} from above"
+
+
+@pytest.mark.parametrize("path", [*_files(), *Path(PACKAGE.parent, "experiments").glob("*.py")])
+def test_no_private_name_crosses_modules(path):
+    crossing = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lora_jax"):
+            crossing += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+            crossing += (
+                [node.module] if any(p.startswith("_") for p in node.module.split(".")) else []
+            )
+        elif isinstance(node, ast.Import):
+            crossing += [
+                a.name for a in node.names if a.name.startswith("lora_jax") and "._" in a.name
+            ]
+    assert not crossing, f"{path.name} imports private names {crossing}"
+
+
+def test_no_two_files_share_a_name():
+    stems: dict[str, list[str]] = {}
+    for path in _files():
+        if path.name != "__init__.py":
+            stems.setdefault(path.stem, []).append(_module(path))
+    assert not {k: v for k, v in stems.items() if len(v) > 1}

@@ -9,7 +9,7 @@ import pytest
 from flax import traverse_util
 
 from lora_jax import models
-from lora_jax.analysis.adapters import find_adapters
+from lora_jax.analysis.adapter_spectra import find_adapters
 from lora_jax.analysis.updates import planted_recovery
 from lora_jax.lora import LoRAConfig, lora_scale
 from lora_jax.partition import combine, label_params, split

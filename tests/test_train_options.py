@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 
 from lora_jax import models
 from lora_jax.adapter_io import export_adapter, init_adapters
-from lora_jax.analysis.adapters import find_adapters
+from lora_jax.analysis.adapter_spectra import find_adapters
 from lora_jax.budget import budget_rank, lora_param_count, solve_rank
 from lora_jax.config import check_config, register_configs
 from lora_jax.lora import LoRAConfig

@@ -15,8 +15,8 @@ import lora_jax.report.paper as paper
 from lora_jax.report.cells import Cell
 from lora_jax.report.document import Block, Table
 from lora_jax.report.format import MISSING, fmt_values, paper_num
+from lora_jax.report.our_setup import lora_cells, setup_lines, variant_label
 from lora_jax.report.rank_analysis import figure, input_dim, load_analysis, mean_phi
-from lora_jax.report.setup import lora_cells, setup_lines, variant_label
 
 W = paper.weight_label
 _TABLE7_ROWS = (

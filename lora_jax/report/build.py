@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lora_jax.report.paper as paper
-from lora_jax.report import analysis_tables, compare, setup
+from lora_jax.report import analysis_tables, compare, our_setup
 from lora_jax.report.cells import Cell, group_cells, varying_axes
 from lora_jax.report.document import Document, Figure, Section, Table, to_html, to_markdown
 from lora_jax.report.format import fmt_stats, num, scale, unit
@@ -96,7 +96,7 @@ def _setup(cells: list[Cell], runs: list[RunRecord], items: list[str], source: s
         f"{len(runs)} finished runs in {len(cells)} cells (runs that differ only in `seed` share a "
         f"cell). Varying: {varying}. Shared: {common}.",
     ]
-    lines.append(setup.ours_setup(cells))
+    lines.append(our_setup.ours_setup(cells))
     if any(c.end_only for c in cells):
         lines.append(
             "The main metric was evaluated only once, at the end of training (BLEU of decoded "
@@ -189,7 +189,7 @@ def make_report(
         from lora_jax.report import wandb_report as wb
 
         target = wb.wandb_target(runs, sweep_dir)
-        metric_key = f"{setup.value_point(cells)}/{cells[0].main_metric}"
+        metric_key = f"{our_setup.value_point(cells)}/{cells[0].main_metric}"
         media, spectra = wb.media_keys(sweep_dir), wb.spectrum_keys(runs)
         result.wandb_report, result.wandb_message = wb.publish_wandb_report(
             target,

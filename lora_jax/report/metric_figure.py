@@ -17,9 +17,9 @@ import numpy as np
 
 from lora_jax.report.cells import Cell, Stats
 from lora_jax.report.format import scale, unit
+from lora_jax.report.our_setup import lora_cells, value_point, variant_label
 from lora_jax.report.paper import weight_label
 from lora_jax.report.seed_stats import CONFIDENCE, MIN_SEEDS, summarize
-from lora_jax.report.setup import lora_cells, value_point, variant_label
 
 ERROR_BARS = (
     f"mean and {int(CONFIDENCE * 100)}% bootstrap CI over seeds where every point of a line has "

@@ -13,6 +13,7 @@ import json
 from lora_jax.report.cells import Cell, cell_label, varying_axes
 from lora_jax.report.document import Block, Table
 from lora_jax.report.format import fmt_stats, num, scale, unit
+from lora_jax.report.our_setup import value_point
 from lora_jax.report.seed_stats import (
     CONFIDENCE,
     MIN_SEEDS,
@@ -22,7 +23,6 @@ from lora_jax.report.seed_stats import (
     summarize,
     verdict,
 )
-from lora_jax.report.setup import value_point
 
 
 def _groups(cells: list[Cell], axis: str) -> list[list[Cell]]:

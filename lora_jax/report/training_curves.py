@@ -22,8 +22,8 @@ import numpy as np
 from lora_jax.report.cells import Cell
 from lora_jax.report.document import Block, Figure, Table
 from lora_jax.report.format import MISSING, num, scale, unit
+from lora_jax.report.our_setup import value_point
 from lora_jax.report.seed_stats import LOWER_IS_BETTER
-from lora_jax.report.setup import value_point
 from lora_jax.run_record import read_jsonl
 
 LR = "optim.lr"

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from lora_jax.analysis.adapters import adapter_spectra
+from lora_jax.analysis.adapter_spectra import adapter_spectra
 from lora_jax.config import Config
 from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.train.optim import schedule

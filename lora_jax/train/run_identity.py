@@ -152,7 +152,7 @@ def check(cfg: DictConfig, workdir: str | Path) -> list[str]:
 def check_jobs(jobs: Sequence[DictConfig], multirun: bool) -> None:
     """`check` for job configs composed by Hydra (with their `hydra` node) before Hydra makes
     or touches their folders (`hydra.run.dir`, or `hydra.sweep.dir`/`subdir` of sweep jobs):
-    for the validation pass before any job (`lora_jax.cli.CheckCallback`). Each job checks
+    for the validation pass before any job (`lora_jax.sweep.validate.CheckCallback`). Each job checks
     again when it starts (`claim`).
 
     Raises:

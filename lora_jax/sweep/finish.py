@@ -1,8 +1,8 @@
-"""Sweep-level work: check every job before the first trains, then summarise and report.
+"""The end of a sweep: summary, rank analysis and the one report.
 
-`SweepCallback` is a Hydra callback (`conf/sweep.yaml`). Every job is validated before the
-first trains by `lora_jax.cli.CheckCallback` (`job_configs` gives it the grid), so
-`rank=1,2,999` fails in seconds, not after two runs. At the end (`finish_sweep`) it writes
+`SweepCallback` is a Hydra callback (`conf/sweep.yaml`). Every job was validated before the
+first trained by `lora_jax.sweep.validate.CheckCallback` (`sweep.grid.job_configs` gives it the
+grid), so `rank=1,2,999` fails in seconds, not after two runs. At the end (`finish_sweep`) it writes
 `sweep_summary.json`, runs the rank analysis over the run folders, writes the one report and
 prints the path of `report.html` as the last line.
 """
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,20 +22,6 @@ from lora_jax.run_record import RunRecord, read_runs, write_atomic
 
 if TYPE_CHECKING:
     from lora_jax.analysis.updates import Update
-
-
-def job_configs(config: DictConfig) -> Iterator[DictConfig]:
-    """Every job config a multirun of `config` will launch (the basic sweeper's grid)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    loader = GlobalHydra.instance().config_loader()
-    sweep_params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {})
-    arguments = [f"{k}={v}" for k, v in sweep_params.items()] + list(config.hydra.overrides.task)
-    overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
-    for batch in BasicSweeper.split_arguments(overrides, max_batch_size=None):
-        for job_overrides in batch:
-            yield loader.load_sweep_config(config, list(job_overrides))
 
 
 def _saved_or_checkpoint(folder: Path, name: str, fix: str, use_saved: bool = True) -> Path:
@@ -135,7 +120,7 @@ def finish_sweep(sweep_dir: str | Path, analyze: bool = True, use_wandb: bool = 
 
 
 class SweepCallback(Callback):
-    """Summarise, analyse and report at the end (validation: `lora_jax.cli.CheckCallback`)."""
+    """Summarise, analyse and report at the end (validation: `lora_jax.sweep.validate.CheckCallback`)."""
 
     def __init__(self, analyze: bool = True) -> None:
         self.analyze = analyze

@@ -154,7 +154,7 @@ class CheckCallback(Callback):
             check_jobs([config], multirun=False)  # the folder's results, same config?
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from lora_jax.sweep import job_configs
+        from lora_jax.sweep.grid import job_configs
 
         with user_errors():
             check_choices(config)
