@@ -283,7 +283,7 @@ try:
     info["device_memory_bytes_limit"] = stats.get("bytes_limit")
 except Exception as e:
     info["device_memory_bytes_limit"] = repr(e)
-import lora_jax, lora_jax.steps  # noqa: the package imports on this stack
+import lora_jax, lora_jax.train.steps  # noqa: the package imports on this stack
 info["lora_jax_imports"] = True
 print(json.dumps(info, indent=1)[:3000])
 (pathlib.Path(os.environ["GPU_CHECK_WORK"]) / "env.json").write_text(json.dumps(info))
