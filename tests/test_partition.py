@@ -140,3 +140,27 @@ def test_train_step_compiles_once_per_shape():
         trainable, opt_state, _ = step(
             trainable, parts.frozen, opt_state, {"x": X, "y": Y}, jax.random.key(i)
         )
+
+
+def test_train_step_reports_the_adapters_gradient_norm_apart():
+    """grad_norm_lora covers lora_a and lora_b only: the rsLoRA experiments read it."""
+    import optax
+
+    from lora_jax.train.steps import make_train_step
+
+    params = {
+        "dense": {
+            "kernel": jnp.zeros((2, 2)),
+            "lora_a": jnp.zeros((2, 1)),
+            "lora_b": jnp.zeros((1, 2)),
+        }
+    }
+
+    def loss_fn(p, batch, rng):  # gradients 1 (kernel), 3 (lora_a), 4 (lora_b) everywhere
+        d = p["dense"]
+        return jnp.sum(d["kernel"]) + 3 * jnp.sum(d["lora_a"]) + 4 * jnp.sum(d["lora_b"]), {}
+
+    step = make_train_step(loss_fn, optax.sgd(0.0))
+    _, _, out = step(params, {}, optax.sgd(0.0).init(params), {}, jax.random.key(0))
+    assert float(out["grad_norm_lora"]) == pytest.approx(np.sqrt(2 * 9 + 2 * 16))
+    assert float(out["grad_norm"]) == pytest.approx(np.sqrt(4 * 1 + 2 * 9 + 2 * 16))

@@ -126,6 +126,7 @@ class RunLog:
         row = {
             "train/loss": loss,
             "train/grad_norm": float(out["grad_norm"]),
+            **({"train/grad_norm_lora": float(out["grad_norm_lora"])} if self.lora.rank else {}),
             "train/lr": float(self.schedule(step - 1)),
             "train/tokens_per_s": tok_s,
         }

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lora_jax.lora import LORA_LEAVES
 from lora_jax.partition import combine
 
 # loss_fn(params, batch, rng) -> (scalar loss, dict of scalar aux metrics)
@@ -38,11 +39,23 @@ class Objective(NamedTuple):
     final: Callable[[Any], dict[str, float]] | None = None
 
 
+def _lora_norm(grads: dict) -> jax.Array:
+    """The global norm of the LoRA factors' gradients (0 when nothing is a factor)."""
+    leaves = [
+        g
+        for path, g in jax.tree_util.tree_leaves_with_path(grads)
+        if getattr(path[-1], "key", None) in LORA_LEAVES
+    ]
+    return optax.global_norm(leaves)
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation) -> Callable:
     """A jitted `train_step(trainable, frozen, opt_state, batch, rng)`.
 
-    Returns `(trainable, opt_state, metrics)` with `loss`, `grad_norm` and the loss's aux
-    entries in `metrics`. The trainable params and optimizer state are donated.
+    Returns `(trainable, opt_state, metrics)` with `loss`, `grad_norm` (every trainable leaf),
+    `grad_norm_lora` (the adapters' factors alone: what rsLoRA's argument is about, without the
+    head) and the loss's aux entries in `metrics`. The trainable params and optimizer state are
+    donated.
     """
 
     def train_step(trainable, frozen, opt_state, batch, rng):
@@ -52,7 +65,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation) -> Callab
         (loss, aux), grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable)
         updates, opt_state = tx.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
-        return trainable, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        norms = {"grad_norm": optax.global_norm(grads), "grad_norm_lora": _lora_norm(grads)}
+        return trainable, opt_state, {"loss": loss, **norms, **aux}
 
     return jax.jit(train_step, donate_argnums=(0, 2))
 
