@@ -32,7 +32,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.timing import timed
+from benchmarks.timing import step_summary, timed
 
 BATCH, LENGTH = 32, 64  # = benchmarks.run
 MODES = ("lora_r8", "full_ft")
@@ -126,18 +126,12 @@ def bench_step(mode: str, dtype: str, steps: int) -> dict:
 
     cpu: list[float] = []
     times = timed(one, steps, cpu=cpu)
-    median = statistics.median(times)
     return {
         "side": "peft",
         "mode": mode,
         "dtype": dtype,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "step_s_median": median,
-        "step_s_min": min(times),
-        "step_s_max": max(times),
-        "cpu_s_per_step_median": statistics.median(cpu),
-        "steps": steps,
-        "tokens_per_s": BATCH * LENGTH / median,
+        **step_summary(times, cpu, steps, BATCH * LENGTH),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "loss_first_last": [losses[0], losses[-1]],
         "attn_implementation": getattr(model.config, "_attn_implementation", None),

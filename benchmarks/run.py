@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.timing import timed
+from benchmarks.timing import step_summary, timed
 
 MODES = {
     "lora_r1": {"rank": 1},
@@ -246,12 +246,7 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
             "mode": mode,
             "dtype": dtype,
             "trainable_params": count_params(parts.trainable),
-            "step_s_median": median,
-            "step_s_min": min(times),
-            "step_s_max": max(times),
-            "cpu_s_per_step_median": statistics.median(cpu),
-            "steps": steps,
-            "tokens_per_s": BATCH * LENGTH / median,
+            **step_summary(times, cpu, steps, BATCH * LENGTH),
             "flops_per_step": flops,
             "minor_page_faults_per_step": faults,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
