@@ -18,6 +18,7 @@ from lora_jax.report.seed_stats import (
     CONFIDENCE,
     MIN_SEEDS,
     SIGNIFICANCE,
+    SeedSummary,
     best_cell_index,
     compare,
     summarize,
@@ -36,19 +37,20 @@ def _groups(cells: list[Cell], axis: str) -> list[list[Cell]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def comparisons(cells: list[Cell], at: str) -> list[list[str]]:
+def comparisons(cells: list[Cell], at: str, summaries: dict[int, SeedSummary]) -> list[list[str]]:
     """Rows (axis, the other axes' values, verdict): each cell against the best cell of its
-    group, along each varying axis."""
+    group, along each varying axis. `summaries`: id(cell) -> its summary, for the cells with
+    MIN_SEEDS seeds (each bootstrap made once per report)."""
     rows = []
     axes = varying_axes(cells)
     for axis in axes:
         others = [k for k in axes if k != axis]
         for group in _groups(cells, axis):
-            group = [c for c in group if summarize(c.stats(at)) is not None]
+            group = [c for c in group if id(c) in summaries]
             if len(group) < 2:
                 continue
             metric = group[0].main_metric
-            best = group[best_cell_index([summarize(c.stats(at)) for c in group], metric)]
+            best = group[best_cell_index([summaries[id(c)] for c in group], metric)]
             for c in group:
                 result = None if c is best else compare(best.stats(at), c.stats(at))
                 if result is None:
@@ -98,7 +100,7 @@ def seed_section(cells: list[Cell]) -> list[Block]:
         "not as 'equal'.",
         Table(["cell", "metric", "seeds", "mean ± sd", f"{pct}% CI", "median [min–max] (n)"], rows),
     ]
-    rows = comparisons(cells, at)
+    rows = comparisons(cells, at, {id(c): s for c, s in counted})
     if rows:
         caption = (
             "Each cell against the best of the cells that differ from it in one axis only "
