@@ -134,25 +134,26 @@ def scaling_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
     lora = sorted((c for c in cells if c.rank > 0 and not c.full_finetune), key=_method_key)
     metric = cells[0].main_metric
     grad_key = next((g for g in GRAD_KEYS if any(len(curve(c, g)[0]) for c in lora)), GRAD_KEYS[-1])
-    rows = []
+    rows: list[list[str]] = []
+    early: dict[int, float | None] = {}  # id(cell) -> the early gradient norm, read once
     fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(11, 4))
     scalings = sorted({c.axes["scaling"] for c in lora})
     for c in lora:
         steps, loss = curve(c, "train/loss")
-        early, mean = _first(c, grad_key), _mean(c, at)
+        early[id(c)], mean = _first(c, grad_key), _mean(c, at)
         rows.append(
             [
                 str(c.rank),
                 c.axes["scaling"],
                 num(mean * scale(metric), metric) if mean is not None else MISSING,
                 f"{loss[-1]:.4f}" if len(loss) else MISSING,
-                f"{early:.3g}" if early is not None else MISSING,
+                f"{early[id(c)]:.3g}" if early[id(c)] is not None else MISSING,
             ]
         )
         style = "-" if c.axes["scaling"] == scalings[0] else "--"
         ax_loss.plot(steps, loss, style, label=f"r={c.rank}, {c.axes['scaling']}")
     for s in scalings:
-        pts = [(c.rank, _first(c, grad_key)) for c in lora if c.axes["scaling"] == s]
+        pts = [(c.rank, early[id(c)]) for c in lora if c.axes["scaling"] == s]
         pts = [(r, g) for r, g in pts if g is not None]
         if pts:
             ax_grad.plot(*zip(*pts, strict=True), marker="o", label=s)
