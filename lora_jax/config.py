@@ -78,6 +78,16 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+    """The device mesh of a run on several devices (`lora_jax.train.parallel`)."""
+
+    # Devices that share one copy of the frozen base, each holding 1/fsdp of it (FSDP); the
+    # data axis is the rest, devices / fsdp. 1 = plain data parallelism (every weight whole on
+    # every device); it must divide the device count.
+    fsdp: int = 1
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     steps: int = 200
     # Paper-style training: `epochs` passes over the train split (steps = epochs x batches per
@@ -92,6 +102,7 @@ class TrainerConfig:
     # A run folder holding results of another config is cleared and trained again (without
     # it such a rerun stops with an error; `lora_jax.train.run_identity`).
     restart: bool = False
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
 @dataclass(frozen=True)
@@ -298,6 +309,13 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str, str], ...] = (
     ("trainer.spectrum_every", _at_least(0), f"0 (off) or {_POS_INT}", "trainer.spectrum_every=0"),
     # 0 would keep no checkpoint, which silently turns resume off.
     ("trainer.keep_checkpoints", _at_least(1), _POS_INT, "trainer.keep_checkpoints=2"),
+    # That it divides the device count is checked with the devices (`train.parallel`).
+    (
+        "trainer.mesh.fsdp",
+        _at_least(1),
+        f"{_POS_INT} dividing the device count",
+        "trainer.mesh.fsdp=1",
+    ),
     ("logger.backend", _one_of("wandb", "none"), "wandb, none", "logger=none"),
     (
         "logger.mode",

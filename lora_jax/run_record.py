@@ -51,6 +51,7 @@ NOT_RESULTS = (
     "trainer.keep_checkpoints",
     "trainer.spectrum_every",
     "trainer.restart",
+    "trainer.mesh.fsdp",  # where the weights live; the numbers agree to float tolerance
     "generate.batch_size",
 )
 # `hparams` is a lookup table that experiment files index; the values used land in their keys.

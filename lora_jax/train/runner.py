@@ -63,7 +63,7 @@ def open_tracker(cfg: Config, workdir: Path, sizes: dict[str, int]) -> Tracker:
 
 
 class OneRun:
-    """The `Engine` of a single run: its own jitted steps, data parallel over several devices."""
+    """The `Engine` of a single run: its own jitted steps, on a mesh of several devices if any."""
 
     members = 1
 
@@ -78,10 +78,15 @@ class OneRun:
         self.trainable, self.opt_state = states[0]["trainable"], states[0]["opt_state"]
 
     def ready(self) -> None:
-        if jax.device_count() > 1:  # data parallel: state replicated, batches split
+        if jax.device_count() > 1:  # batches split, the frozen base sharded over fsdp
             self.trainable, self.opt_state, self.parts, self.train_step, self.eval_step = (
                 parallel.data_parallel(
-                    self.trainable, self.opt_state, self.parts, self.train_step, self.eval_step
+                    self.trainable,
+                    self.opt_state,
+                    self.parts,
+                    self.train_step,
+                    self.eval_step,
+                    fsdp=self.s.cfg.trainer.mesh.fsdp,
                 )
             )
 
