@@ -55,6 +55,9 @@ TRAIN_CASES = [
     (["trainer.log_every=-5"], ["trainer.log_every=-5", "an integer >= 1"]),
     (["trainer.checkpoint_every=0"], ["trainer.checkpoint_every=0", "an integer >= 1"]),
     (["trainer.epochs=0"], ["trainer.epochs=0", "null (use steps)"]),
+    (["trainer.mesh.fsdp=0"], ["trainer.mesh.fsdp=0", "an integer >= 1 dividing the device"]),
+    # Checked against the devices (one here) before the model loads.
+    (["trainer.mesh.fsdp=3"], ["trainer.mesh.fsdp=3", "a divisor of the device count"]),
     (["data.batch_size=0"], ["data.batch_size=0", "an integer >= 1"]),
     (["data.eval_batch_size=0"], ["data.eval_batch_size=0", "an integer >= 1"]),
     (["data.max_len=0"], ["data.max_len=0", "an integer >= 1"]),
@@ -112,6 +115,10 @@ SWEEP_CASES = [
     (["optim.lr=1e-3,0"], ["Error in sweep job `", "optim.lr=0.0 is not valid", "> 0"]),
     (["seed=0,-1"], ["seed=-1", "an integer >= 0"]),
     (["trainer.keep_checkpoints=0"], ["trainer.keep_checkpoints=0", "an integer >= 1"]),
+    (
+        ["trainer.mesh.fsdp=1,3"],
+        ["fsdp=3`: trainer.mesh.fsdp=3 is not valid", "a divisor of the device"],
+    ),
     (["rank=abc,2"], ["rank=abc", "Integer"]),
     (["hydra.sweep.dir={file}/sw"], ["hydra.sweep.dir=", "is a file"]),
     pytest.param(["rank=1,999"], ["sweep job `rank=999", "allowed: 0..32"], marks=slow),
