@@ -122,6 +122,13 @@ def bytes_per_device(tree: Any) -> dict[Any, int]:
     return dict(held)
 
 
+def _share(tree: Any) -> str:
+    """What the fullest device holds of `tree`, e.g. '22.78 of 90.86 MB'."""
+    held = max(bytes_per_device(tree).values(), default=0)
+    total = sum(x.nbytes for x in jax.tree.leaves(tree))
+    return f"{held / 1e6:.2f} of {total / 1e6:.2f} MB"
+
+
 def shard_batch(batch: dict, mesh: Mesh, *, allow_replicated: bool = False) -> dict:
     """Split a host batch (arrays with the batch dimension first) over all devices of `mesh`.
 
@@ -165,12 +172,11 @@ def data_parallel(
     state = (trainable, parts.frozen, opt_state)
     shardings = tuple(param_sharding(x, mesh) for x in state)
     trainable, frozen, opt_state = jax.device_put(state, shardings)
-    held = max(bytes_per_device(frozen).values(), default=0)  # full fine-tuning: none frozen
-    total = sum(x.nbytes for x in jax.tree.leaves(frozen))
     rows, cols = mesh.shape[AXES[0]], mesh.shape[AXES[1]]
     print(
         f"[lora_jax] data parallel over {jax.device_count()} devices (mesh data={rows} x "
-        f"fsdp={cols}); frozen weights per device: {held / 2**20:.2f} of {total / 2**20:.2f} MiB"
+        f"fsdp={cols}); per device: parameters {_share((trainable, frozen))}, optimizer state "
+        f"{_share(opt_state)}"
     )
     t_sh, f_sh, o_sh = shardings
     # The steps are jitted already; jitting again with the shardings pins them, so the state
