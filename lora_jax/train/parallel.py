@@ -16,8 +16,9 @@ Why the factors are whole, where qwix (`_get_or_create_lora_params`) gives A the
 the kernel's input dimension and B that of its output, and levanter shards A's `In` axis as the
 kernel's: the factors are small (MiniLM, r=8 on Wq, Wv: 0.3% of the parameters; r=64: 2.6%),
 so sharding them saves little and costs a gather per adapted matrix per step, and whole factors
-are what the adapter export, the spectra and every process read without a gather. Full fine-tuning trains the base
-itself: those weights (and their optimizer state) are sharded by the same rule.
+are what the adapter export, the spectra and every process read without a gather. Full
+fine-tuning trains the base itself: those weights (and their optimizer state) are sharded by
+the same rule.
 
 Multi-host (TPU pods, SLURM): `jax.distributed.initialize()` runs in every process before any
 other JAX call. Each process reads its own shard of the data (the Grain loader shards by
