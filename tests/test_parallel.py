@@ -116,31 +116,36 @@ s = prepare_run(cfg, plan(cfg), workdir)
 batches = [s.objective.prepare(next(s.data.train_iter)) for _ in range(3)]
 init = jax.device_get((s.parts.trainable, s.opt_state))  # host copies: the steps donate
 key = step_rng(cfg.seed)
+nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))
+factor = lambda t: np.asarray(t["encoder"]["layer_0"]["attention"]["q"]["lora_a"]).tolist()
 
 def train(trainable, opt_state, frozen, step):
     losses = []
     for i, batch in enumerate(batches):
-        trainable, opt_state, out = step(trainable, frozen, opt_state, batch, jax.random.fold_in(key, i))
+        rng = jax.random.fold_in(key, i)
+        trainable, opt_state, out = step(trainable, frozen, opt_state, batch, rng)
         losses.append(float(out["loss"]))
     return trainable, opt_state, losses
 
 train_step = make_train_step(s.objective.loss_fn, s.tx)
+eval_step = make_eval_step(s.objective.predict_fn)
 trainable, _, losses = train(*jax.device_put(init), s.parts.frozen, train_step)
-runs = {"1": {"losses": losses, "a": np.asarray(trainable["encoder"]["layer_0"]["attention"]["q"]["lora_a"]).tolist()}}
+runs = {"1": {"losses": losses, "a": factor(trainable)}}
 for data, fsdp in meshes:
     t, o, parts, step, _ = parallel.data_parallel(
-        *jax.device_put(init), s.parts, train_step, make_eval_step(s.objective.predict_fn), fsdp=fsdp
+        *jax.device_put(init), s.parts, train_step, eval_step, fsdp=fsdp
     )
     t, o, losses = train(t, o, parts.frozen, step)
+    frozen = jax.tree.leaves(parts.frozen)
     runs[f"{data}x{fsdp}"] = {
         "losses": losses,
-        "a": np.asarray(t["encoder"]["layer_0"]["attention"]["q"]["lora_a"]).tolist(),
-        "frozen_total": sum(x.nbytes for x in jax.tree.leaves(parts.frozen)),
-        "frozen_per_device": sorted(parallel.bytes_per_device(parts.frozen).values()),
-        "frozen_whole": sum(x.nbytes for x in jax.tree.leaves(parts.frozen) if x.sharding.is_fully_replicated),
-        "factors_whole": all(x.sharding.is_fully_replicated for x in jax.tree.leaves(t)),
+        "a": factor(t),
+        "frozen_total": nbytes(frozen),
+        "frozen_per_device": sorted(parallel.bytes_per_device(frozen).values()),
+        "frozen_whole": nbytes([x for x in frozen if x.sharding.is_fully_replicated]),
+        "trainable_whole": all(x.sharding.is_fully_replicated for x in jax.tree.leaves(t)),
         "opt_state_per_device": sorted(parallel.bytes_per_device(o).values()),
-        "opt_state_total": sum(x.nbytes for x in jax.tree.leaves(o)),
+        "opt_state_total": nbytes(o),
     }
 print("RESULT " + json.dumps(runs))
 """
@@ -150,6 +155,8 @@ def test_fsdp_meshes_train_like_one_device(tmp_path):
     """(8, 1), (2, 4) and (1, 8) give one device's losses; each device holds ~1/fsdp of the base."""
     args = ["-c", MESH_RUNS, str(ROOT), str(tmp_path / "run"), json.dumps(MESHES)]
     out = _python(args, DEVICES, tmp_path).stdout
+    for data, fsdp in MESHES:
+        assert f"data parallel over {DEVICES} devices (mesh data={data} x fsdp={fsdp})" in out
     runs = json.loads(out.split("RESULT ", 1)[1])
     one = runs.pop("1")
     for (data, fsdp), run in zip(MESHES, runs.values(), strict=True):
@@ -162,7 +169,7 @@ def test_fsdp_meshes_train_like_one_device(tmp_path):
         whole = run["frozen_whole"]
         assert held[0] == (total - whole) // fsdp + whole, run
         assert whole < 0.05 * total if fsdp > 1 else whole == total
-        assert run["factors_whole"]  # the LoRA factors (and the head) on every device
+        assert run["trainable_whole"]  # the LoRA factors (and the head) on every device
         # The optimizer state (adapters and head only) follows them: whole on each device.
         assert run["opt_state_per_device"] == [run["opt_state_total"]] * DEVICES
     print(json.dumps({k: (v["frozen_total"], v["frozen_per_device"][0]) for k, v in runs.items()}))

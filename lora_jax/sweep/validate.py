@@ -108,9 +108,10 @@ def check_choices(config: DictConfig) -> None:
 
 def check_job(cfg: DictConfig) -> None:
     """The validation pass of one job, before any work: every value's range
-    (`config.check_config`), the mesh against the devices, the names that depend on the model and task (`train.plan`: rank,
-    targets, layers, model and task files, `lora.init_from`), the data (cache present, splits,
-    a batch that fits) and the logger. Raises one of `USER_ERRORS`."""
+    (`config.check_config`), `trainer.mesh.fsdp` against the devices, the names that depend on
+    the model and task (`train.plan`: rank, targets, layers, model and task files,
+    `lora.init_from`), the data (cache present, splits, a batch that fits) and the logger.
+    Raises one of `USER_ERRORS`."""
     check_config(cfg)  # first: no heavy imports for a bad number
     from lora_jax.train import plan
     from lora_jax.train.parallel import check_mesh
