@@ -4,6 +4,9 @@ split over ("data", "fsdp"), the frozen base sharded over "fsdp" (FSDP), the sam
 Each check runs in a subprocess: the fake devices (`XLA_FLAGS`) must be set before JAX is
 imported and must not leak into other tests. `NPROC=8` keeps XLA's CPU thread pools from
 deadlocking the fake devices on a 2-core machine.
+
+Runtime: the 3 tests take 43-50 s of CPU (most of it compiling tiny BERT's step for 1 device
+and each mesh); on 2 cores shared with other jobs (load 8-11) 1.7-2.6 min of wall time.
 """
 
 from __future__ import annotations
