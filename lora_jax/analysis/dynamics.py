@@ -169,3 +169,39 @@ def run_labels(runs: dict[str, dict]) -> dict[str, str]:
     if len(set(short.values())) < len(short):
         return {name: name for name in runs}
     return short
+
+
+def dynamics_rows(dynamics: dict[str, Any]) -> dict[int, dict[str, float]]:
+    """{step: {key: value}}: the curves as logged metrics (W&B), averaged over layers per
+    target. Keys: `dynamics/<quantity>/W<target>/<run or pair>`, quantity one of phi11 (pairs),
+    amplification, dw_over_w, effective_rank (runs); undefined points are left out."""
+    rows: dict[int, dict[str, float]] = {}
+
+    def add(quantity: str, label: str, steps: list[int], per_matrix: dict[str, list]) -> None:
+        for target, curve in target_means(per_matrix).items():
+            for step, value in zip(steps, curve, strict=True):
+                if np.isfinite(value):
+                    rows.setdefault(step, {})[f"dynamics/{quantity}/W{target}/{label}"] = float(
+                        value
+                    )
+
+    for p in dynamics["rank_pairs"]:
+        add(
+            "phi11",
+            f"r={p['ranks'][0]} vs {p['ranks'][1]}, seed={p['seeds'][0]}",
+            p["steps"],
+            p["phi11"],
+        )
+    for p in dynamics["seed_pairs"]:
+        add(
+            "phi11",
+            f"seed={p['seeds'][0]} vs {p['seeds'][1]}, r={p['ranks'][0]}",
+            p["steps"],
+            p["phi11"],
+        )
+    labels = run_labels(dynamics["runs"])
+    for name, entry in dynamics["runs"].items():
+        for quantity in ("amplification", "dw_over_w", "effective_rank"):
+            curves = {m: c[quantity] for m, c in entry["adapters"].items()}
+            add(quantity, labels[name], entry["steps"], curves)
+    return dict(sorted(rows.items()))
