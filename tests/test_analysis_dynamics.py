@@ -32,7 +32,7 @@ from lora_jax.lora import LoRAConfig, lora_scale
 from lora_jax.models import Pretrained
 from lora_jax.models.bert import HEAD_RULES, BertConfig
 from lora_jax.report.document import Table
-from lora_jax.report.dynamics import dynamics_section
+from lora_jax.report.over_training import dynamics_section
 from lora_jax.run_record import read_run, read_runs
 from lora_jax.sweep.finish import run_base
 from lora_jax.train.checkpoint import Checkpointer

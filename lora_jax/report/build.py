@@ -17,11 +17,11 @@ import lora_jax.report.paper as paper
 from lora_jax.report import analysis_tables, compare, our_setup
 from lora_jax.report.cells import Cell, group_cells, varying_axes
 from lora_jax.report.document import Document, Figure, Section, Table, to_html, to_markdown
-from lora_jax.report.dynamics import dynamics_section
 from lora_jax.report.format import fmt_stats, num, scale, unit
 from lora_jax.report.full_finetuning import versus_full
 from lora_jax.report.items import check_paper_items, paper_items
 from lora_jax.report.metric_figure import ERROR_BARS, metric_vs_rank
+from lora_jax.report.over_training import dynamics_section
 from lora_jax.report.rank_analysis import load_analysis, rank_analysis
 from lora_jax.report.seed_section import seed_section
 from lora_jax.report.training_curves import (
