@@ -66,6 +66,8 @@ def run_curves(update: Update, by_step: dict[int, Factors], bases: BaseKernels) 
     steps = sorted(by_step)
     adapters = {}
     for i, key in enumerate(update.adapter.factors):  # i: the final analysis's random key
+        if any(key not in by_step[step] for step in steps):
+            continue  # not in every checkpoint (the adapter's own files name it otherwise)
         w, scale = kernels[key], update.adapter.scales[key]
         w_svd = bases.svd(source, key, w)
         curves: dict[str, list] = {name: [] for name in CURVES}
