@@ -98,6 +98,7 @@ def pair_curves(lo: Update, hi: Update, by_step: dict[Path, dict[int, Factors]])
     lo_steps, hi_steps = by_step[lo.folder], by_step[hi.folder]
     steps = sorted(set(lo_steps) & set(hi_steps))
     shared = sorted(set(lo.adapter.factors) & set(hi.adapter.factors), key=lambda k: (k[1], k[0]))
+    shared = [k for k in shared if all(k in lo_steps[s] and k in hi_steps[s] for s in steps)]
     phi11: dict[str, list] = {matrix_name(k): [] for k in shared}
     phi_mean: dict[str, list] = {matrix_name(k): [] for k in shared}
     for step in steps:
