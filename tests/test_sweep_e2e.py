@@ -103,10 +103,23 @@ def test_sweep_analysis_follows_the_rank_measurements_over_training(fast_sweep, 
     ]
     steps = {row["step"] for row in logged if any(k.startswith("dynamics/") for k in row)}
     assert steps == {10, 20}
+    wandb_file = sorted((sweep_dir / "analysis_run").glob("wandb/offline-run-*/run-*.wandb"))[-1]
+    wandb = str(Path(sys.executable).parent / "wandb")
+    out = subprocess.run(
+        [wandb, "leet", "inspect", "--summary", "--json", str(wandb_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    summary = json.loads(out.stdout)["summary"]  # the curves' x axis is the training step
+    assert summary["dynamics/step"] == 20 and "dynamics/phi11/Wq/r=1 vs 4, seed=0" in summary
     rep = make_report(sweep_dir, out=tmp_path).wandb_report
     plots = [p for b in rep.blocks if isinstance(b, wr.PanelGrid) for p in b.panels]
     ys = {k for p in plots if isinstance(p, wr.LinePlot) for k in p.y}
     assert "dynamics/phi11/Wq/r=1 vs 4, seed=0" in ys
+    assert {p.x for p in plots if isinstance(p, wr.LinePlot) and "dynamics/" in p.y[0]} == {
+        "dynamics/step"
+    }
     assert "dynamics/amplification/Wv/r=4, seed=0" in ys
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 Key = tuple[int, str]  # (layer, target)
 Factors = dict[Key, tuple[np.ndarray, np.ndarray]]
 DYNAMICS_FIGURE = "dynamics.png"
+DYNAMICS_STEP = "dynamics/step"  # the x axis of the logged curves: the training step
 # Per run and matrix, one value per kept step.
 CURVES = ("dw_norm", "dw_over_w", "proj_dw", "amplification", "effective_rank", "stable_rank")
 

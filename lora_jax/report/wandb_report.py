@@ -24,7 +24,7 @@ from pathlib import Path
 import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
 
-from lora_jax.analysis.dynamics import dynamics_rows
+from lora_jax.analysis.dynamics import DYNAMICS_STEP, dynamics_rows
 from lora_jax.report.document import Document, Figure, table_markdown
 from lora_jax.report.document import Table as DocTable
 from lora_jax.run_record import RunRecord, read_jsonl
@@ -210,7 +210,7 @@ def build_wandb_report(
             wr.PanelGrid(
                 runsets=[_runset(target, "analysis run", "analysis")],
                 panels=[
-                    wr.LinePlot(title=f"{q}, mean over layers", x="Step", y=keys)
+                    wr.LinePlot(title=f"{q}, mean over layers", x=DYNAMICS_STEP, y=keys)
                     for q, keys in dynamics.items()
                 ],
             ),
