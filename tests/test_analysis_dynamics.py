@@ -14,6 +14,7 @@ C (r=2, seed 1) kept 10, 20 and 30 (another schedule). With W = P diag(sig) Q^T:
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,7 +27,7 @@ from flax import traverse_util
 
 from lora_jax.adapter_io import export_adapter
 from lora_jax.analysis.bases import BaseKernels
-from lora_jax.analysis.dynamics import measure_dynamics, target_means
+from lora_jax.analysis.dynamics import checkpoint_factors, measure_dynamics, target_means
 from lora_jax.analysis.updates import from_runs
 from lora_jax.lora import LoRAConfig, lora_scale
 from lora_jax.models import Pretrained
@@ -257,3 +258,14 @@ def test_one_checkpoint_gives_no_curves_and_a_missing_step_names_the_kept_ones(p
     (once,) = from_runs(read_runs(tmp_path))
     bases = BaseKernels(lambda u: run_base(u.record))
     assert measure_dynamics([once], bases, tmp_path / "figures") == {}
+
+
+def test_an_unreadable_checkpoint_is_left_out_with_a_warning(planted, tmp_path):
+    sweep, _, _ = planted
+    run = Path(shutil.copytree(sweep / "b_r2", tmp_path / "b_r2"))
+    state = run / "checkpoints" / "10" / "state"
+    shutil.rmtree(state)
+    state.mkdir()  # the step's folder stays, its arrays are gone
+    (update,) = from_runs([read_run(run)])
+    with pytest.warns(UserWarning, match="checkpoint step 10 is unreadable"):
+        assert sorted(checkpoint_factors(update)) == [20]
