@@ -215,7 +215,7 @@ def test_phi_between_runs_is_the_planted_overlap_at_the_steps_both_kept(planted)
     by_name = {u.name: read_run(u.folder) for u in updates}
     for pair, closed in ((rank_pair, [0.25, 1.0]), (seed_pair, [0.0, 1.0])):
         lo, hi = (by_name[n] for n in pair["runs"])
-        assert pair["random_phi11"] == pytest.approx(1 / 32)
+        assert pair["random_phi11"] == {f"layer_{i}/{t}": 1 / 32 for i, t in KEYS}
         for layer, target in KEYS:
             curve = pair["phi11"][f"layer_{layer}/{target}"]
             assert curve == pytest.approx(closed, abs=1e-5)
@@ -235,6 +235,7 @@ def test_the_report_section_shows_first_and_last_step(planted):
     rows = {(r[0], r[1]): r for r in pairs.rows}
     assert rows[("r=1 vs r=2 (seed 0)", "Wq")][3] == "0.250 → 1.000"
     assert rows[("seed 0 vs 1 (r=2)", "Wv")][2:4] == ["10 → 20", "0.000 → 1.000"]
+    assert rows[("seed 0 vs 1 (r=2)", "Wv")][5] == "0.031"  # 1/n, n = 32
     run_rows = {(r[0], r[1]): r for r in runs.rows}
     assert run_rows[("r=2, seed=0", "Wq")][4] == "0.10 → 0.30"  # amplification = c
     assert run_rows[("r=2, seed=1", "Wq")][2] == "10, 20, 30"

@@ -108,7 +108,6 @@ def pair_curves(lo: Update, hi: Update, by_step: dict[Path, dict[int, Factors]])
             phi11[matrix_name(key)].append(float(grid[0, 0]))
             defined = grid[np.isfinite(grid)]
             phi_mean[matrix_name(key)].append(float(defined.mean()) if defined.size else None)
-    n = next(iter(lo.adapter.factors.values()))[0].shape[0] if shared else None
     return {
         "runs": [lo.name, hi.name],
         "ranks": [lo.rank, hi.rank],
@@ -117,8 +116,9 @@ def pair_curves(lo: Update, hi: Update, by_step: dict[Path, dict[int, Factors]])
         "unshared_steps": sorted(set(lo_steps) ^ set(hi_steps)),
         "phi11": phi11,
         "phi_mean": phi_mean,
-        # E phi(1, 1) of independent random directions in R^n (`expected_random_phi`).
-        "random_phi11": None if n is None else 1.0 / n,
+        # E phi(1, 1) = 1/n of independent random directions in R^n (`expected_random_phi`),
+        # n the matrix's input dimension.
+        "random_phi11": {matrix_name(k): 1.0 / lo.adapter.factors[k][0].shape[0] for k in shared},
     }
 
 
@@ -184,10 +184,9 @@ def dynamics_rows(dynamics: dict[str, Any]) -> dict[int, dict[str, float]]:
     def add(quantity: str, label: str, steps: list[int], per_matrix: dict[str, list]) -> None:
         for target, curve in target_means(per_matrix).items():
             for step, value in zip(steps, curve, strict=True):
+                key = f"dynamics/{quantity}/W{target}/{label}"
                 if np.isfinite(value):
-                    rows.setdefault(step, {})[f"dynamics/{quantity}/W{target}/{label}"] = float(
-                        value
-                    )
+                    rows.setdefault(step, {})[key] = float(value)
 
     for p in dynamics["rank_pairs"]:
         add(

@@ -317,7 +317,7 @@ def dynamics_plot(dynamics: Mapping, path: str | Path) -> str:
         for p in dynamics["seed_pairs"]
     ]
     _curves(axes[0, 0], [(label, p["steps"], target_means(p["phi11"])) for label, p in pairs])
-    for level in sorted({p["random_phi11"] for _, p in pairs} - {None}):
+    for level in sorted({v for _, p in pairs for v in p["random_phi11"].values()}):
         axes[0, 0].axhline(level, color="grey", linestyle=":", linewidth=1)
     axes[0, 0].set_title("phi(1, 1) between the A factors of two runs (random: dotted)")
     labels = run_labels(dynamics["runs"])

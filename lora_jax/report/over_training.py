@@ -33,7 +33,7 @@ def _pairs_table(dynamics: dict[str, Any]) -> Table:
                 else f"seed {p['seeds'][0]} vs {p['seeds'][1]} (r={p['ranks'][0]})"
             )
             steps = f"{p['steps'][0]} → {p['steps'][-1]}" if p["steps"] else "none shared"
-            random = p["random_phi11"]
+            random = {m.split("/")[1]: v for m, v in p["random_phi11"].items()}  # 1/n
             for target, curve in target_means(p["phi11"]).items():
                 rows.append(
                     [
@@ -42,7 +42,7 @@ def _pairs_table(dynamics: dict[str, Any]) -> Table:
                         steps,
                         _moved(curve, ".3f"),
                         _moved(target_means(p["phi_mean"])[target], ".3f"),
-                        "—" if random is None else f"{random:.3f}",
+                        f"{random[target]:.3f}",
                     ]
                 )
     columns = ["pair", "matrix", "steps", "phi(1,1)", "mean phi", "random phi(1,1)"]
