@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -32,6 +33,7 @@ from safetensors.numpy import load_file
 METRICS_FILE = "metrics.json"
 ADAPTER_DIR = "adapter"
 PLANTED_FILE = "planted.safetensors"  # written by `lora_jax.planted`
+CHECKPOINTS_DIR = "checkpoints"  # Orbax steps, written by `lora_jax.train.checkpoint`
 # Config keys that do not change a run's results: paths, logging, progress, checkpoint cadence,
 # the restart switch; the top-level axes (`rank`, `alpha`, ...) only feed the `lora` keys that
 # hold the values the run uses; `paper` labels report items. Run identity
@@ -265,6 +267,51 @@ class RunRecord:
             layer, target, part = key.split("/")
             out.setdefault((int(layer.removeprefix("layer_")), target), {})[part] = value
         return dict(sorted(out.items()))
+
+    @property
+    def checkpoint_steps(self) -> list[int]:
+        """The steps of the checkpoints the run kept (`trainer.keep_checkpoints` newest), sorted.
+
+        Orbax names a finished step `<step>/` and one being written `<step>.orbax-checkpoint-tmp*`,
+        so only all-digit folders with a `state/` count.
+        """
+        folder = self.run_dir / CHECKPOINTS_DIR
+        if not folder.is_dir():
+            return []
+        found = (p for p in folder.iterdir() if p.name.isdigit() and (p / "state").is_dir())
+        return sorted(int(p.name) for p in found)
+
+    def checkpoint_trainable(self, step: int) -> dict[str, Any]:
+        """The trainable parameters saved at `step` (adapters and head; no optimizer state),
+        as a nested dict of numpy arrays, read from the Orbax files without building a model.
+
+        Raises:
+            FileNotFoundError: no checkpoint of that step (`checkpoint_steps` lists them).
+        """
+        import jax
+        import orbax.checkpoint as ocp
+
+        path = (self.run_dir / CHECKPOINTS_DIR / str(step) / "state").absolute()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"{self.run_dir} has no checkpoint of step {step}; allowed: the steps it kept, "
+                f"{self.checkpoint_steps} (`trainer.keep_checkpoints` sets how many)."
+            )
+        absl = logging.getLogger("absl")  # Orbax logs 3 INFO lines per read (Hydra shows INFO)
+        level = absl.level
+        absl.setLevel(max(level, logging.WARNING))
+        reader = ocp.PyTreeCheckpointHandler()
+        try:
+            tree = reader.metadata(path).tree
+            # Only the trainable subtree, as host numpy arrays: whatever devices or sharding
+            # the run saved from, and without reading the optimizer's moments.
+            item = {"trainable": tree["trainable"]}
+            numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+            args = ocp.args.PyTreeRestore(item=item, restore_args=numpy, partial_restore=True)
+            return reader.restore(path, args=args)["trainable"]
+        finally:
+            reader.close()
+            absl.setLevel(level)
 
     def summary(self) -> dict[str, Any]:
         """The run's entry in `sweep_summary.json`."""

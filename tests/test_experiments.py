@@ -102,3 +102,24 @@ def test_table5_shares_one_budget() -> None:
         ranks[_resolved(job)["targets"]] = plan(job).lora.rank
     # The paper's Table 5: rank 8 on one type = rank 4 on two = rank 2 on four.
     assert ranks == {"q": 8, "k": 8, "v": 8, "o": 8, "qk": 4, "qv": 4, "qkvo": 2}
+
+
+@pytest.mark.parametrize("name", ["table7_cpu_long", "fig3_fig4_cpu_long"])
+def test_long_experiments_keep_one_checkpoint_per_epoch_for_the_dynamics(name: str) -> None:
+    """`trainer.epochs` checkpoints at the end of every epoch (`epochs_to_steps`), the last
+    one at the last step; `keep_checkpoints` keeps them all, so the sweep's analysis draws
+    the rank measurements over the whole training (`analysis.dynamics`)."""
+    from lora_jax.train import epochs_to_steps
+    from lora_jax.train.loop import Every
+
+    for job in _jobs(name):
+        epochs = job.trainer.epochs
+        t = epochs_to_steps(job, train_size=8_484).trainer  # any train split size
+        per_epoch = 8_484 // job.data.batch_size
+        assert (t.checkpoint_every, t.steps) == (per_epoch, epochs * per_epoch)
+        saved: list[int] = []
+        hook = Every(t.checkpoint_every, saved.append, last=t.steps)  # the loop's own hook
+        for step in range(1, t.steps + 1):
+            hook(step)
+        assert saved == [per_epoch * (e + 1) for e in range(epochs)]
+        assert t.keep_checkpoints >= epochs >= 2  # every epoch kept: a curve of `epochs` points

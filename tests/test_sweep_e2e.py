@@ -72,6 +72,57 @@ def test_sweep_html_report_shows_the_rank_analysis(fast_sweep):
     )
 
 
+def test_sweep_analysis_follows_the_rank_measurements_over_training(fast_sweep, tmp_path):
+    """The runs kept two checkpoints (steps 10 and 20): the sweep's analysis adds the dynamics
+    by itself, ending at the final analysis's numbers, into the report and the W&B run."""
+    import wandb_workspaces.reports.v2 as wr
+
+    from lora_jax.report import make_report
+
+    sweep_dir, _ = fast_sweep
+    analysis = json.loads((sweep_dir / "analysis.json").read_text())
+    dyn = analysis["dynamics"]
+    assert {e["steps"] == [10, 20] for e in dyn["runs"].values()} == {True}
+    assert dyn["without_checkpoints"] == [] and dyn["seed_pairs"] == []
+    (pair,) = dyn["rank_pairs"]
+    (final_pair,) = analysis["rank_pairs"]
+    assert pair["ranks"] == [1, 4] and pair["steps"] == [10, 20]
+    for matrix, curve in pair["phi11"].items():  # the last checkpoint is the exported adapter
+        assert curve[-1] == pytest.approx(final_pair["phi"][matrix][0][0], abs=1e-6)
+    for name, entry in dyn["runs"].items():
+        for matrix, curves in entry["adapters"].items():
+            final = analysis["runs"][name]["adapters"][matrix]
+            assert curves["amplification"][-1] == final["dw_vs_w"]["amplification"]
+            assert curves["dw_norm"][-1] == final["dw_vs_w"]["dw_norm"]
+            assert curves["effective_rank"][-1] == final["effective_rank"]
+    report = (sweep_dir / "report.md").read_text()
+    assert "## Rank measurements over training" in report and "figures/dynamics.png" in report
+    logged = [
+        json.loads(line)
+        for line in (sweep_dir / "analysis_run" / "history.jsonl").read_text().splitlines()
+    ]
+    steps = {row["step"] for row in logged if any(k.startswith("dynamics/") for k in row)}
+    assert steps == {10, 20}
+    wandb_file = sorted((sweep_dir / "analysis_run").glob("wandb/offline-run-*/run-*.wandb"))[-1]
+    wandb = str(Path(sys.executable).parent / "wandb")
+    out = subprocess.run(
+        [wandb, "leet", "inspect", "--summary", "--json", str(wandb_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    summary = json.loads(out.stdout)["summary"]  # the curves' x axis is the training step
+    assert summary["dynamics/step"] == 20 and "dynamics/phi11/Wq/r=1 vs 4, seed=0" in summary
+    rep = make_report(sweep_dir, out=tmp_path).wandb_report
+    plots = [p for b in rep.blocks if isinstance(b, wr.PanelGrid) for p in b.panels]
+    ys = {k for p in plots if isinstance(p, wr.LinePlot) for k in p.y}
+    assert "dynamics/phi11/Wq/r=1 vs 4, seed=0" in ys
+    assert {p.x for p in plots if isinstance(p, wr.LinePlot) and "dynamics/" in p.y[0]} == {
+        "dynamics/step"
+    }
+    assert "dynamics/amplification/Wv/r=4, seed=0" in ys
+
+
 class _HTMLOutline(HTMLParser):
     """Headings, and per <h2> section the images and the captions of figures and tables."""
 

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.collections import LineCollection
 
-__all__ = ["phi_figure", "phi_heatmap", "spectrum_plot"]
+__all__ = ["dynamics_plot", "phi_figure", "phi_heatmap", "spectrum_plot"]
 
 DPI = 100
 _CHAR_IN = 0.085  # width of an average character at 10 pt (DejaVu Sans), inches
@@ -271,3 +271,66 @@ def spectrum_plot(
     if path is not None:
         return _save(fig, path)
     return ax
+
+
+# dynamics_plot's panels after phi: (title, key of a run's curves).
+_DYNAMICS_PANELS = (
+    ("amplification ||dW|| / ||U^T W V||", "amplification"),
+    ("||dW||_F / ||W||_F", "dw_over_w"),
+    ("effective rank of dW", "effective_rank"),
+)
+_TARGET_STYLES = ("-", "--", ":", "-.")
+
+
+def _curves(ax, lines: list[tuple[str, list, dict]]) -> None:
+    """One colour per run (or pair), one line style per target: (label, steps, {target: y})."""
+    colors = plt.get_cmap("tab10").colors
+    targets = sorted({t for _, _, by_target in lines for t in by_target})
+    for i, (label, steps, by_target) in enumerate(lines):
+        for target, y in by_target.items():
+            style = _TARGET_STYLES[targets.index(target) % len(_TARGET_STYLES)]
+            ax.plot(
+                steps,
+                y,
+                style,
+                color=colors[i % 10],
+                marker="o",
+                markersize=3,
+                label=f"{label}, W{target}",
+            )
+
+
+def dynamics_plot(dynamics: Mapping, path: str | Path) -> str:
+    """The `dynamics` block of analysis.json as four panels against the training step:
+    phi(1, 1) of every rank and seed pair (random directions dotted), and per run the
+    amplification, ||dW|| / ||W|| and effective rank of dW; one colour per run (or pair), one
+    line style per target, averaged over layers. Saved as PNG to `path`; returns it."""
+    from lora_jax.analysis.dynamics import run_labels, target_means
+
+    fig, axes = plt.subplots(2, 2, figsize=(11.0, 7.5), dpi=DPI)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.91, wspace=0.22, hspace=0.32)
+    pairs = [
+        (f"r={p['ranks'][0]} vs {p['ranks'][1]} (seed {p['seeds'][0]})", p)
+        for p in dynamics["rank_pairs"]
+    ] + [
+        (f"seed {p['seeds'][0]} vs {p['seeds'][1]} (r={p['ranks'][0]})", p)
+        for p in dynamics["seed_pairs"]
+    ]
+    _curves(axes[0, 0], [(label, p["steps"], target_means(p["phi11"])) for label, p in pairs])
+    for level in sorted({v for _, p in pairs for v in p["random_phi11"].values()}):
+        axes[0, 0].axhline(level, color="grey", linestyle=":", linewidth=1)
+    axes[0, 0].set_title("phi(1, 1) between the A factors of two runs (random: dotted)")
+    labels = run_labels(dynamics["runs"])
+    for ax, (title, key) in zip(axes.flat[1:], _DYNAMICS_PANELS, strict=True):
+        lines = [
+            (labels[name], e["steps"], target_means({m: c[key] for m, c in e["adapters"].items()}))
+            for name, e in dynamics["runs"].items()
+        ]
+        _curves(ax, lines)
+        ax.set_title(title)
+    for ax in axes.flat:
+        ax.set_xlabel("training step")
+        if ax.lines:
+            ax.legend(fontsize="x-small")
+    fig.suptitle("Rank measurements at each kept checkpoint (mean over layers)")
+    return _save(fig, path)

@@ -27,8 +27,10 @@ import jax
 import numpy as np
 
 from lora_jax.adapter_io import Adapter, read_adapter
+from lora_jax.analysis.bases import BaseKernels
+from lora_jax.analysis.dynamics import measure_dynamics
 from lora_jax.analysis.jsonable import finite_or_none, json_grid, matrix_name
-from lora_jax.analysis.projection import dw_vs_w, kernel_svd
+from lora_jax.analysis.projection import dw_vs_w
 from lora_jax.analysis.similarity import (
     expected_random_phi,
     phi_grid_a,
@@ -40,7 +42,6 @@ from lora_jax.analysis.similarity import (
 from lora_jax.analysis.spectrum import dw_svd, spectrum, summarize_spectrum
 from lora_jax.analysis.versus_full import versus_full
 from lora_jax.run_record import RunRecord, pairs_differing_in, write_atomic
-from lora_jax.weights.base_kernels import read_kernels
 
 Key = tuple[int, str]  # (layer, target)
 ANALYSIS_FILE = "analysis.json"
@@ -132,29 +133,7 @@ def _slug(name: str) -> str:
     return f"{name[:32].replace('/', '_')}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
-class _Bases:
-    """W and its SVD per (base checkpoint, family, matrix), each read and decomposed once."""
-
-    def __init__(self, base_of: Callable[[Update], Path]) -> None:
-        self.base_of = base_of
-        self.kernels: dict[tuple[Path, str], dict[Key, np.ndarray]] = {}
-        self.svds: dict[tuple[Path, Key], Any] = {}
-
-    def kernels_of(self, update: Update) -> tuple[Path, dict[Key, np.ndarray]]:
-        source, family = Path(self.base_of(update)), update.adapter.family
-        cached = self.kernels.setdefault((source, family), {})
-        missing = [k for k in update.adapter.factors if k not in cached]
-        if missing:
-            cached.update(read_kernels(source, family, missing))
-        return source, cached
-
-    def svd(self, source: Path, key: Key, kernel: np.ndarray) -> Any:
-        if (source, key) not in self.svds:
-            self.svds[(source, key)] = kernel_svd(kernel)
-        return self.svds[(source, key)]
-
-
-def measure(update: Update, bases: _Bases) -> dict[str, dict]:
+def measure(update: Update, bases: BaseKernels) -> dict[str, dict]:
     """Spectra, their summaries and the Table 7 numbers of every matrix of one update."""
     source, kernels = bases.kernels_of(update)
     out = {}
@@ -317,8 +296,7 @@ def _planted_rows(updates: list[Update]) -> list[dict]:
     return sorted(rows, key=lambda r: r["rank"])
 
 
-def _measure_all(updates: list[Update], base_of: Callable[[Update], Path]) -> dict[str, dict]:
-    bases = _Bases(base_of)
+def _measure_all(updates: list[Update], bases: BaseKernels) -> dict[str, dict]:
     return {u.name: measure(u, bases) for u in updates}
 
 
@@ -333,7 +311,8 @@ def analyze_runs(
     sweep_dir: str | Path, runs: list[RunRecord], base_of: Callable[[RunRecord], Path]
 ) -> dict[str, Any]:
     """Analyse the LoRA runs of a sweep: every run, every pair of runs that differ only in
-    rank (Fig. 3) or only in seed (Fig. 4), planted-rank recovery where a run planted one.
+    rank (Fig. 3) or only in seed (Fig. 4), planted-rank recovery where a run planted one,
+    and the same measurements at every checkpoint the runs kept (`dynamics`).
 
     Writes `<sweep_dir>/analysis.json` and `<sweep_dir>/figures/*.png`; returns the JSON.
     """
@@ -342,7 +321,8 @@ def analyze_runs(
     updates = from_runs(runs)
     by_run = {u.record.run_dir: u for u in updates}
     lora_runs = [u.record for u in updates]
-    measured = _measure_all(updates, lambda u: base_of(u.record))
+    bases = BaseKernels(lambda u: base_of(u.record))
+    measured = _measure_all(updates, bases)
     spectra = _spectra_figures(updates, measured, fig_dir)
     result: dict[str, Any] = {
         "sweep_dir": str(sweep_dir),
@@ -373,6 +353,10 @@ def analyze_runs(
     )
     if full:
         result["versus_full"] = full
+    # The same measurements at every checkpoint the runs kept (when one kept two or more).
+    dynamics = measure_dynamics(updates, bases, fig_dir)
+    if dynamics:
+        result["dynamics"] = dynamics
     return _write(sweep_dir, result)
 
 
@@ -390,7 +374,7 @@ def analyze_adapters(
     out_dir = Path(out_dir)
     fig_dir = out_dir / FIGURES_DIR
     fig_dir.mkdir(parents=True, exist_ok=True)
-    measured = _measure_all(updates, base_of)
+    measured = _measure_all(updates, BaseKernels(base_of))
     spectra = _spectra_figures(updates, measured, fig_dir)
     first = updates[0].adapter
     result = {

@@ -21,6 +21,7 @@ from lora_jax.report.format import fmt_stats, num, scale, unit
 from lora_jax.report.full_finetuning import versus_full
 from lora_jax.report.items import check_paper_items, paper_items
 from lora_jax.report.metric_figure import ERROR_BARS, metric_vs_rank
+from lora_jax.report.over_training import dynamics_section
 from lora_jax.report.rank_analysis import load_analysis, rank_analysis
 from lora_jax.report.seed_section import seed_section
 from lora_jax.report.training_curves import (
@@ -141,6 +142,9 @@ def build_document(
         sections.append(Section("Scaling: alpha/r against alpha/sqrt(r) (rsLoRA)", blocks))
     sections.append(Section("Rank analysis", rank_analysis(sweep_dir)))
     analysis = load_analysis(sweep_dir) or {}
+    if analysis.get("dynamics"):
+        blocks = dynamics_section(analysis, sweep_dir)
+        sections.append(Section("Rank measurements over training", blocks))
     if analysis.get("versus_full"):
         blocks = versus_full(analysis, out / FIGURES_DIR)
         sections.append(Section("LoRA vs full fine-tuning", blocks))
@@ -191,9 +195,12 @@ def make_report(
         target = wb.wandb_target(runs, sweep_dir)
         metric_key = f"{our_setup.value_point(cells)}/{cells[0].main_metric}"
         media, spectra = wb.media_keys(sweep_dir), wb.spectrum_keys(runs)
+        dynamics = wb.dynamics_keys(load_analysis(sweep_dir) or {})
         result.wandb_report, result.wandb_message = wb.publish_wandb_report(
             target,
-            lambda entity: wb.build_wandb_report(doc, target, metric_key, media, spectra, entity),
+            lambda entity: wb.build_wandb_report(
+                doc, target, metric_key, media, spectra, entity, dynamics
+            ),
             sweep_dir,
         )
     else:

@@ -11,7 +11,8 @@ report's own project is used). `publish_wandb_report` saves only when W&B is onl
 The report shows, for the sweep's W&B group: the main metric of every training run against
 its rank (scatter, median bars with the seed range, run comparer), the tables of the local
 report as Markdown, the phi heatmaps and spectra the sweep's `analysis` run logged (media
-browsers) and the dW spectrum summaries logged during training (line plots).
+browsers), its curves of the rank measurements at each kept checkpoint (line plots against
+the training step) and the dW spectrum summaries logged during training (line plots).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
 
+from lora_jax.analysis.dynamics import DYNAMICS_STEP, dynamics_rows
 from lora_jax.report.document import Document, Figure, table_markdown
 from lora_jax.report.document import Table as DocTable
 from lora_jax.run_record import RunRecord, read_jsonl
@@ -82,6 +84,17 @@ def spectrum_keys(runs: list[RunRecord]) -> dict[tuple[str, str], list[str]]:
     return {k: sorted(v, key=layer_of) for k, v in sorted(out.items())}
 
 
+def dynamics_keys(analysis: dict) -> dict[str, list[str]]:
+    """{quantity: keys} of the rank measurements over training the sweep's `analysis` run
+    logged (`lora_jax.analysis.dynamics.dynamics_rows`); {} without dynamics."""
+    dynamics = analysis.get("dynamics")
+    keys = {k for row in (dynamics_rows(dynamics) if dynamics else {}).values() for k in row}
+    out: dict[str, list[str]] = {}
+    for key in sorted(keys):
+        out.setdefault(key.split("/")[1], []).append(key)
+    return out
+
+
 def _runset(
     target: WandbTarget, name: str, job_type: str, groupby: list[str] | None = None
 ) -> wr.Runset:
@@ -128,6 +141,7 @@ def build_wandb_report(
     media: dict[str, list[str]],
     spectra: dict[tuple[str, str], list[str]],
     entity: str | None = None,
+    dynamics: dict[str, list[str]] | None = None,
 ) -> wr.Report:
     """The W&B Report of a sweep, built without network.
 
@@ -138,6 +152,7 @@ def build_wandb_report(
         media: image keys of the `analysis` run (`media_keys`).
         spectra: training-time spectrum keys (`spectrum_keys`).
         entity: the report's entity; default the logger's, else "" (resolved when saving).
+        dynamics: the `analysis` run's curves over training (`dynamics_keys`).
 
     Returns:
         An unsaved `wandb_workspaces.reports.v2.Report`.
@@ -187,6 +202,17 @@ def build_wandb_report(
             wr.H1("Rank analysis figures"),
             wr.PanelGrid(
                 runsets=[_runset(target, "analysis run", "analysis")], panels=analysis_panels
+            ),
+        ]
+    if dynamics:
+        blocks += [
+            wr.H1("Rank measurements over training"),
+            wr.PanelGrid(
+                runsets=[_runset(target, "analysis run", "analysis")],
+                panels=[
+                    wr.LinePlot(title=f"{q}, mean over layers", x=DYNAMICS_STEP, y=keys)
+                    for q, keys in dynamics.items()
+                ],
             ),
         ]
     if spectra:

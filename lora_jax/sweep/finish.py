@@ -62,6 +62,8 @@ def adapter_base(base: str | None = None) -> Callable[[Update], Path]:
 
 def _log_to_wandb(sweep_dir: Path, runs: list[RunRecord]) -> None:
     """An `analysis` run in the sweep's W&B group: the results table and every figure."""
+    from lora_jax.analysis.dynamics import DYNAMICS_STEP, dynamics_rows
+    from lora_jax.analysis.updates import ANALYSIS_FILE
     from lora_jax.train.tracking import Tracker
 
     logger = OmegaConf.create(runs[0].config.get("logger") or {"backend": "none"})
@@ -91,6 +93,10 @@ def _log_to_wandb(sweep_dir: Path, runs: list[RunRecord]) -> None:
         job_type="analysis",
         config={"sweep_dir": str(sweep_dir)},
     ) as tracker:
+        # The rank measurements over training, against the training step of each checkpoint.
+        dynamics = json.loads((sweep_dir / ANALYSIS_FILE).read_text()).get("dynamics")
+        if dynamics:
+            tracker.log_curves(dynamics_rows(dynamics), DYNAMICS_STEP)
         tracker.log_table("results", columns, rows)
         tracker.log_images({p.stem: p for p in sorted((sweep_dir / "figures").glob("*.png"))})
 

@@ -114,6 +114,22 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=step)
 
+    def log_curves(self, rows: Mapping[int, Mapping[str, Any]], x: str) -> None:
+        """Log `rows` ({x value: {key: value}}) as curves against their own axis `x` (a key
+        such as `dynamics/step`), not W&B's step: a resumed run (a re-analysis) appends them
+        again, where W&B would drop rows whose step is not past its last one. Every key shares
+        `x`'s prefix; `history.jsonl` gets each row with `step` = its x value."""
+        prefix = x.rsplit("/", 1)[0]
+        if self.wandb_run is not None:
+            self.wandb_run.define_metric(x)
+            self.wandb_run.define_metric(f"{prefix}/*", step_metric=x)
+        for at, row in rows.items():
+            plain = {k: _plain(v) for k, v in row.items()}
+            self._history.write(json.dumps({"step": at, **plain}) + "\n")
+            if self.wandb_run is not None:
+                self.wandb_run.log({x: at, **plain})
+        self._history.flush()
+
     def log_images(self, images: Mapping[str, str | Path]) -> None:
         """Log PNG files as W&B images (ignored without W&B)."""
         if self.wandb_run is not None:
