@@ -6,9 +6,10 @@
 **Versus PEFT (the default).** lora_jax's train step and PEFT's (`benchmarks/peer_peft.py`,
 torch CPU) on the same MiniLM from the same local files, the same batch, dropout 0 everywhere,
 AdamW, HF's head (pooler + classifier: `pooling="cls"` on our side): LoRA r=8 on Wq,Wv and full
-fine-tuning, float32 and bfloat16 (PEFT: `torch.autocast("cpu", dtype=torch.bfloat16)`; ours:
-the projections computed in bfloat16 through `LoRADense.dtype`, set by a benchmark-only
-`LoRAConfig` subclass, since lora_jax has no switch for it). `--rounds` rounds; in each, every
+fine-tuning, float32 and bfloat16 (PEFT: `torch.autocast("cpu", dtype=torch.bfloat16)`, weights
+and optimizer float32; ours: `model.dtype=bfloat16`, the projections as bf16 x bf16 -> float32
+dots, the frozen base stored in bfloat16, what trains and the optimizer float32; under full
+fine-tuning float32 master weights). `--rounds` rounds; in each, every
 (mode, dtype) runs once per side, the two sides back to back, each in a fresh process, the side
 that goes first alternating, so drift in machine load hits both alike. Each process reports
 the median of `--steps` steps after 3 warm-up steps and its own peak RSS; each round also
@@ -49,11 +50,7 @@ MODES = {
 }
 BATCH, LENGTH = 32, 64
 VERSUS_MODES = ("lora_r8", "full_ft")  # the modes PEFT runs too (benchmarks/peer_peft.py)
-DTYPES = ("float32", "bfloat16")
-# Ours only, paired with PEFT's bfloat16: a PROTOTYPE of a change lora_jax does not have (bf16
-# operands, float32 accumulation and results in every projection's dot, forward and backward;
-# see `_mixed_lora`). Opt-in: --dtypes float32,bfloat16,bf16_f32acc.
-PROTOTYPES = {"bf16_f32acc": "bfloat16"}
+DTYPES = ("float32", "bfloat16")  # model.dtype on our side, autocast or not on PEFT's
 CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
 
@@ -102,94 +99,12 @@ def _batch():
     }
 
 
-def _bf16_lora(lora):
-    """`lora` whose every projection computes in bfloat16 (params stay float32): the nearest
-    thing to torch's CPU autocast without a dtype switch in lora_jax (benchmark-only)."""
-    import dataclasses
-
-    import jax.numpy as jnp
-
-    from lora_jax.lora import LoRAConfig
-
-    class BF16LoRAConfig(LoRAConfig):
-        def dense(self, target, layer, features, **kwargs):
-            return super().dense(target, layer, features, dtype=jnp.bfloat16, **kwargs)
-
-    return BF16LoRAConfig(**{f.name: getattr(lora, f.name) for f in dataclasses.fields(lora)})
-
-
-def _mixed_lora(lora):
-    """PROTOTYPE (benchmark-only): `lora` whose projections multiply in bfloat16 with float32
-    accumulation, `dot(x.bf16, W.bf16, preferred_element_type=f32)`, and a custom VJP that does
-    the backward dots the same way. XLA:CPU sends bf16 x bf16 -> f32 dots to AMX / AVX512-BF16
-    kernels; bf16 x bf16 -> bf16 dots (what `LoRADense.dtype=bfloat16` gives) run at float32
-    speed or below. Params, LayerNorm, softmax, the LoRA path and the optimizer stay float32."""
-    import dataclasses
-
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from lora_jax import lora as lora_lib
-
-    bf16, f32 = jnp.bfloat16, jnp.float32
-
-    @jax.custom_vjp
-    def mixed_dot(x, w):
-        return jnp.dot(x.astype(bf16), w.astype(bf16), preferred_element_type=f32)
-
-    def fwd(x, w):
-        x16, w16 = x.astype(bf16), w.astype(bf16)
-        return jnp.dot(x16, w16, preferred_element_type=f32), (x16, w16)
-
-    def bwd(res, g):
-        x16, w16 = res
-        g16, lead = g.astype(bf16), tuple(range(x16.ndim - 1))
-        dx = jnp.dot(g16, w16.T, preferred_element_type=f32)
-        dw = jnp.tensordot(x16, g16, axes=(lead, lead), preferred_element_type=f32)
-        return dx, dw  # dw of a frozen kernel is never used: XLA drops it
-
-    mixed_dot.defvjp(fwd, bwd)
-
-    class MixedDense(lora_lib.LoRADense):
-        @nn.compact
-        def __call__(self, x, deterministic: bool = True):
-            n_in = x.shape[-1]
-            kernel = self.param("kernel", self.kernel_init, (n_in, self.features), self.param_dtype)
-            y = mixed_dot(x, kernel) + self.param(
-                "bias", self.bias_init, (self.features,), self.param_dtype
-            )
-            if self.rank == 0:
-                return y
-            a_init = lora_lib._a_initializer(self.a_init)
-            a = self.param("lora_a", a_init, (n_in, self.rank), self.param_dtype)
-            zeros = nn.initializers.zeros_init()
-            b = self.param("lora_b", zeros, (self.rank, self.features), self.param_dtype)
-            scale = lora_lib.lora_scale(self.rank, self.alpha, self.scaling)
-            return y + scale * jnp.dot(jnp.dot(x, a), b)
-
-    class MixedLoRAConfig(lora_lib.LoRAConfig):
-        def dense(self, target, layer, features, **kwargs):
-            assert not self.dropout, "the prototype has no LoRA dropout"
-            return MixedDense(
-                features=features,
-                rank=self.rank_for(target, layer),
-                alpha=self.alpha,
-                scaling=self.scaling,
-                a_init=self.a_init,
-                name=target,
-                **kwargs,
-            )
-
-    return MixedLoRAConfig(**{f.name: getattr(lora, f.name) for f in dataclasses.fields(lora)})
-
-
 def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float32") -> dict:
     """Time the real train step of one mode (run in its own process for a clean peak RSS).
 
     `versus`: PEFT's setting (benchmarks/peer_peft.py): dropout 0 everywhere and HF's head
-    (pooler + classifier); `dtype="bfloat16"` computes the projections in bfloat16
-    (`LoRADense.dtype`), `"bf16_f32acc"` with the prototype `_mixed_lora`.
+    (pooler + classifier). `dtype`: lora_jax's `model.dtype` (float32 or bfloat16: mixed
+    precision, the frozen half stored in bfloat16 as `lora_jax.train.setup` does).
     """
     import dataclasses
 
@@ -201,24 +116,23 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
     from lora_jax.lora import LoRAConfig
     from lora_jax.partition import count_params, label_params, make_optimizer, split
     from lora_jax.train.objectives import classification
+    from lora_jax.train.precision import cast_frozen
     from lora_jax.train.steps import make_train_step, tree_bytes
 
     spec = MODES[mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")
     if versus:
-        pre = models.load_pretrained("minilm", lora, num_labels=2, pooling="cls", head_dropout=0.0)
+        pre = models.load_pretrained(
+            "minilm", lora, num_labels=2, pooling="cls", head_dropout=0.0, dtype=dtype
+        )
         config = dataclasses.replace(pre.config, hidden_dropout=0.0, attention_dropout=0.0)
-        wrap = {"float32": lambda x: x, "bfloat16": _bf16_lora, "bf16_f32acc": _mixed_lora}
-        module = pre.module.clone(config=config, lora=wrap[dtype](lora))
-        pre = pre._replace(module=module, config=config)
-    elif dtype != "float32":
-        raise ValueError("dtype other than float32 only with versus=True")
+        pre = pre._replace(module=pre.module.clone(config=config), config=config)
     else:
-        pre = models.load_pretrained("minilm", lora, num_labels=2)
+        pre = models.load_pretrained("minilm", lora, num_labels=2, dtype=dtype)
     labels = label_params(
         pre.params, trainable=pre.head_rules, full_finetune=spec.get("full_finetune", False)
     )
-    parts = split(pre.params, labels)
+    parts = cast_frozen(split(pre.params, labels), dtype)
     tx = make_optimizer(split(labels, labels).trainable, optax.adamw, 1e-4)
     opt_state = tx.init(parts.trainable)
     objective = classification(pre.module, data_lib.get_task("mr"))
@@ -374,14 +288,12 @@ def _median_row(rows: list[dict]) -> dict:
 def versus(args, env: dict) -> dict:
     """lora_jax vs PEFT, interleaved rounds of fresh processes (see the module docstring)."""
     modes, dtypes = args.modes.split(","), args.dtypes.split(",")
-    bad = set(modes) - set(VERSUS_MODES) or set(dtypes) - set(DTYPES) - set(PROTOTYPES)
+    bad = set(modes) - set(VERSUS_MODES) or set(dtypes) - set(DTYPES)
     if bad:
         raise SystemExit(
             f"{sorted(bad)} not valid here; modes: {', '.join(VERSUS_MODES)}; dtypes: "
-            f"{', '.join((*DTYPES, *PROTOTYPES))}."
+            f"{', '.join(DTYPES)}."
         )
-    if any(d in dtypes and PROTOTYPES[d] not in dtypes for d in PROTOTYPES):
-        raise SystemExit("--dtypes bf16_f32acc is compared with PEFT's bfloat16: add bfloat16.")
     module = {"ours": "benchmarks.run", "peer": "benchmarks.peer_peft"}
     # --cpus 0: both sides on one core (torch then runs 1 thread, XLA one worker): on a shared
     # machine the CPU seconds of a 1-core step hardly depend on the other load.
@@ -424,7 +336,7 @@ def versus(args, env: dict) -> dict:
             jobs.append({"round": r, **child(side, "matmul")})
         for mode in modes:
             for dtype in dtypes:
-                for side in order if dtype in DTYPES else ("ours",):
+                for side in order:
                     jobs.append({"round": r, **child(side, f"{mode}:{dtype}")})
     load_after = os.getloadavg()
 
@@ -437,10 +349,7 @@ def versus(args, env: dict) -> dict:
                     [
                         j
                         for j in jobs
-                        if j["side"] == side
-                        and j.get("mode") == mode
-                        and j.get("dtype")
-                        == (dtype if side == "ours" else PROTOTYPES.get(dtype, dtype))
+                        if j["side"] == side and j.get("mode") == mode and j.get("dtype") == dtype
                     ]
                 )
                 for side in ("ours", "peer")
@@ -448,7 +357,6 @@ def versus(args, env: dict) -> dict:
             ours, peer = sides["ours"], sides["peer"]
             steps[key] = {
                 **sides,
-                "peer_dtype": PROTOTYPES.get(dtype, dtype),
                 "ratio_step_time_ours_over_peer": ours["step_s_median"] / peer["step_s_median"],
                 "ratio_step_time_paired_rounds": [
                     o / p for o, p in zip(ours["step_s_rounds"], peer["step_s_rounds"], strict=True)
@@ -564,7 +472,7 @@ def main() -> None:
     parser.add_argument(
         "--dtypes",
         default=",".join(DTYPES),
-        help="versus: float32,bfloat16 (+ bf16_f32acc: ours only, a prototype)",
+        help="versus: float32,bfloat16 (ours: model.dtype; PEFT: torch.autocast bfloat16)",
     )
     parser.add_argument(
         "--cpus", default=None, help="versus: pin both sides' processes to these cores, e.g. 0"

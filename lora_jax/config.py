@@ -22,6 +22,9 @@ class ModelConfig:
     name: str = "minilm"  # a registered model name or a Hugging Face-format folder
     pooling: str | None = None  # None = the checkpoint's own (mean for MiniLM, cls for BERT)
     head_dropout: float = 0.1
+    # float32, or bfloat16: mixed precision (projections as bf16 x bf16 -> float32 dots, the
+    # frozen base stored in bf16; LoRA factors, a trainable head and the optimizer float32).
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class LoRASection:
     init_from: str | None = None
 
 
+# The compute dtypes `model.dtype` may pick (= lora_jax.lora.COMPUTE_DTYPES; not imported:
+# this module loads no JAX).
+DTYPES = ("float32", "bfloat16")
 # The optimizers `optim.name` may pick (`lora_jax.train.optim.OPTIMIZERS` builds them); one
 # conf/optim/<name>.yaml each.
 OPTIMIZERS = ("adamw", "sgd")
@@ -253,6 +259,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str, str], ...] = (
         "model.pooling=null",
     ),
     ("model.head_dropout", _rate, _RATE, "model.head_dropout=0.1"),
+    ("model.dtype", _one_of(*DTYPES), ", ".join(DTYPES), "model.dtype=bfloat16"),
     ("data.max_len", _at_least(1), _POS_INT, "data.max_len=64"),
     ("data.batch_size", _at_least(1), _POS_INT, "data.batch_size=32"),
     ("data.eval_batch_size", _at_least(1), _POS_INT, "data.eval_batch_size=128"),

@@ -18,11 +18,16 @@ Example:
     >>> merged = merge(params, alpha=8.0)  # a plain nn.Dense accepts these
     >>> sorted(merged)
     ['bias', 'kernel']
+
+Mixed precision: `LoRADense(dtype="bfloat16")` computes x @ kernel as a bfloat16 x bfloat16
+product accumulated and returned in float32 (`mixed_dot`), forward and backward; the LoRA path,
+its factors and the output stay float32.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -48,6 +53,8 @@ _LAYER_SCOPE = re.compile(r"layer_(\d+)")
 TARGET_NAMES = ("q", "k", "v", "o", "ffn_in", "ffn_out", "ffn_gate")
 # Short forms used in sweeps: `targets=q,qv,qkvo`.
 _SHORT_TARGETS = {c: c for c in "qkvo"}
+# The compute dtypes of the projections (`LoRADense.dtype`, a model config's `dtype`).
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def _error(value: Any, what: str, allowed: Iterable[Any], fix: str = "") -> ValueError:
@@ -192,6 +199,51 @@ class LoRAConfig:
         )
 
 
+def check_dtype(dtype: Any) -> str:
+    """The name of a compute dtype in `COMPUTE_DTYPES` (a name or a jnp dtype); raises otherwise."""
+    name = dtype if isinstance(dtype, str) else getattr(jnp.dtype(dtype), "name", str(dtype))
+    if name not in COMPUTE_DTYPES:
+        raise _error(dtype, "dtype", COMPUTE_DTYPES, "Use e.g. `model.dtype=bfloat16`.")
+    return name
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mixed_dot(x: jax.Array, w: jax.Array, dtypes: tuple) -> jax.Array:
+    return _mixed_dot_fwd(x, w, dtypes)[0]
+
+
+def _mixed_dot_fwd(x, w, dtypes):
+    x16, w16 = x.astype(dtypes[0]), w.astype(dtypes[0])
+    # The residuals are the low-precision copies: half the bytes of float32 activations.
+    return jnp.dot(x16, w16, preferred_element_type=jnp.float32), (x16, w16)
+
+
+def _mixed_dot_bwd(dtypes, res, g):
+    (x16, w16), (low, x_dtype, w_dtype) = res, dtypes
+    # Autodiff of the forward would multiply the float32 cotangent with the low-precision
+    # operand, which XLA:CPU computes as a float32 GEMM; rounding g first keeps the backward's
+    # two GEMMs on the fast bf16 x bf16 -> f32 kernels too (AMX, AVX512-BF16).
+    g16, lead = g.astype(low), tuple(range(x16.ndim - 1))
+    dx = jnp.dot(g16, w16.T, preferred_element_type=jnp.float32)
+    dw = jnp.tensordot(x16, g16, axes=(lead, lead), preferred_element_type=jnp.float32)
+    return dx.astype(x_dtype), dw.astype(w_dtype)  # dw of a frozen kernel is unused: XLA drops it
+
+
+_mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
+
+
+def mixed_dot(x: jax.Array, w: jax.Array, dtype: Any = jnp.bfloat16) -> jax.Array:
+    """x (..., in) @ w (in, out) with both operands rounded to `dtype` and the products
+    accumulated and returned in float32, in the forward and in both backward products.
+
+    Example:
+        >>> x, w = jnp.ones((2, 3)), jnp.ones((3, 4))
+        >>> mixed_dot(x, w).dtype
+        dtype('float32')
+    """
+    return _mixed_dot(x, w, (jnp.dtype(dtype), x.dtype, w.dtype))
+
+
 def layer_index(path: Iterable[str]) -> int | None:
     """The i of the `layer_<i>` element of a parameter path, or None outside the layers."""
     found = [int(m[1]) for p in path if (m := _LAYER_SCOPE.fullmatch(p))]
@@ -217,6 +269,9 @@ class LoRADense(nn.Module):
         alpha, scaling: the scale of A @ B is `SCALINGS[scaling](alpha, rank)`.
         a_init: initialisation of `lora_a` ("gaussian" or "kaiming_uniform"); `lora_b` starts at 0.
         dropout: dropout rate applied to the input of the LoRA path only.
+        dtype: compute dtype of the base product x @ kernel: None or "float32" (exact float32),
+            "bfloat16" (`mixed_dot`: bf16 operands, float32 accumulation and output). The
+            LoRA path computes in its factors' dtype (float32) either way.
     """
 
     features: int
@@ -244,8 +299,12 @@ class LoRADense(nn.Module):
             if self.use_bias
             else None
         )
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = jnp.dot(x, kernel, precision=self.precision)
+        mixed = self.dtype is not None and check_dtype(self.dtype) != "float32"
+        if mixed:  # the base product in low precision; the LoRA path below stays float32
+            y = mixed_dot(x, kernel, self.dtype)
+        else:
+            x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+            y = jnp.dot(x, kernel, precision=self.precision)
         if bias is not None:
             y = y + bias
         if self.rank == 0:
@@ -258,7 +317,9 @@ class LoRADense(nn.Module):
             "lora_b", nn.initializers.zeros_init(), (self.rank, self.features), self.param_dtype
         )
         h = nn.Dropout(self.dropout)(x, deterministic=deterministic) if self.dropout else x
-        h, lora_a, lora_b = nn.dtypes.promote_dtype(h, lora_a, lora_b, dtype=self.dtype)
+        h, lora_a, lora_b = nn.dtypes.promote_dtype(
+            h, lora_a, lora_b, dtype=None if mixed else self.dtype
+        )
         return y + scale * jnp.dot(
             jnp.dot(h, lora_a, precision=self.precision), lora_b, precision=self.precision
         )

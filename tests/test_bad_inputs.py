@@ -69,6 +69,7 @@ TRAIN_CASES = [
     (["lora.dropout=-0.1"], ["lora.dropout=-0.1", "[0, 1)"]),
     (["model.head_dropout=1.5"], ["model.head_dropout=1.5", "[0, 1)"]),
     (["model.pooling=max"], ["model.pooling='max'", "cls, mean"]),
+    (["model.dtype=float16"], ["model.dtype='float16'", "allowed: float32, bfloat16"]),
     (["optim.weight_decay=-0.01"], ["optim.weight_decay=-0.01", "a number >= 0"]),
     (["optim.b2=1.0"], ["optim.b2=1.0", "[0, 1)"]),
     (["optim.clip_norm=0"], ["optim.clip_norm=0", "null (no clipping) or a number > 0"]),

@@ -72,6 +72,7 @@ class BertConfig:
     Attributes:
         family: "bert" (BERT, MiniLM) or "roberta"; decides position ids.
         add_pooler: whether the encoder has the pretrained [CLS] pooler (dense + tanh).
+        dtype: compute dtype of every projection, "float32" or "bfloat16" (mixed precision).
         position_offset: RoBERTa's padding_idx + 1 (positions start there); 0 for BERT.
     """
 
@@ -89,6 +90,9 @@ class BertConfig:
     pad_token_id: int = 0
     family: str = "bert"
     add_pooler: bool = True
+    # The projections' compute dtype (`LoRADense.dtype`): float32, or bfloat16 (bf16 x bf16
+    # -> float32 dots); the residual stream, LayerNorm and softmax stay float32 either way.
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -201,7 +205,12 @@ class Embeddings(nn.Module):
         types = nn.Embed(
             cfg.type_vocab_size, cfg.hidden_size, embedding_init=init, name="token_type_embeddings"
         )
-        x = words(input_ids) + positions(position_ids(input_ids, cfg)) + types(token_type_ids)
+        # float32 lookups: the tables may be stored in bfloat16 (a frozen base, model.dtype).
+        x = (
+            words(input_ids).astype(jnp.float32)
+            + positions(position_ids(input_ids, cfg)).astype(jnp.float32)
+            + types(token_type_ids).astype(jnp.float32)
+        )
         x = _layer_norm(cfg, "layer_norm")(x)
         return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
 
@@ -217,19 +226,22 @@ class SelfAttention(nn.Module):
         init = nn.initializers.normal(cfg.initializer_range)
         b, length, _ = x.shape
 
-        def heads(t):
-            return t.reshape(b, length, cfg.num_heads, cfg.head_dim)
+        def proj(name, h):
+            return lora.dense(name, self.layer, cfg.hidden_size, kernel_init=init, dtype=cfg.dtype)(
+                h, deterministic
+            )
 
-        q = heads(lora.dense("q", self.layer, cfg.hidden_size, kernel_init=init)(x, deterministic))
-        k = heads(lora.dense("k", self.layer, cfg.hidden_size, kernel_init=init)(x, deterministic))
-        v = heads(lora.dense("v", self.layer, cfg.hidden_size, kernel_init=init)(x, deterministic))
+        def heads(name):
+            return proj(name, x).reshape(b, length, cfg.num_heads, cfg.head_dim)
+
+        q, k, v = heads("q"), heads("k"), heads("v")
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.float32(cfg.head_dim)).astype(
             q.dtype
         )
         probs = jax.nn.softmax(scores + mask_bias, axis=-1)
         probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, length, cfg.hidden_size)
-        out = lora.dense("o", self.layer, cfg.hidden_size, kernel_init=init)(ctx, deterministic)
+        out = proj("o", ctx)
         out = nn.Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)
         return _layer_norm(cfg, "layer_norm")(out + x)
 
@@ -243,11 +255,13 @@ class FeedForward(nn.Module):
     def __call__(self, x, deterministic: bool = True):
         cfg, lora = self.config, self.lora
         init = nn.initializers.normal(cfg.initializer_range)
-        h = lora.dense("ffn_in", self.layer, cfg.intermediate_size, kernel_init=init)(
-            x, deterministic
-        )
+        h = lora.dense(
+            "ffn_in", self.layer, cfg.intermediate_size, kernel_init=init, dtype=cfg.dtype
+        )(x, deterministic)
         h = nn.gelu(h, approximate=False)
-        h = lora.dense("ffn_out", self.layer, cfg.hidden_size, kernel_init=init)(h, deterministic)
+        h = lora.dense("ffn_out", self.layer, cfg.hidden_size, kernel_init=init, dtype=cfg.dtype)(
+            h, deterministic
+        )
         h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
         return _layer_norm(cfg, "layer_norm")(h + x)
 

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lora_jax.lora import LoRAConfig
+from lora_jax.lora import LoRAConfig, LoRADense, check_dtype, mixed_dot
 
 # Decoders have no task head: every base weight is frozen, only adapters train.
 HEAD_RULES: tuple[str, ...] = ()
@@ -130,6 +130,14 @@ def causal_attention(
     return out.reshape(b, length, h * d)
 
 
+def tied_logits(embed: nn.Embed, x: jax.Array, dtype: str) -> jax.Array:
+    """The tied LM head x @ table.T: `embed.attend` in float32; in bfloat16 a `mixed_dot`
+    (the table may be stored in bfloat16: `attend` would cast all of it to float32)."""
+    if check_dtype(dtype) == "float32":
+        return embed.attend(x)
+    return mixed_dot(x, embed.embedding.T, dtype)
+
+
 def write_cache(cache_arr: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
     """`cache_arr` (B, T, H, D) with this chunk's keys or values `new` written at slot `index`."""
     return jax.lax.dynamic_update_slice(cache_arr, new.astype(cache_arr.dtype), (0, index, 0, 0))
@@ -187,10 +195,12 @@ class CausalLM(nn.Module):
     def setup(self) -> None:
         self.decoder = self.stack(self.config, self.lora)
         if not self.config.tie_word_embeddings:
-            self.lm_head = nn.Dense(
+            # rank 0: exactly nn.Dense's params and float32 product, plus `dtype`'s mixed one
+            self.lm_head = LoRADense(
                 self.config.vocab_size,
                 use_bias=False,
                 kernel_init=nn.initializers.normal(self.config.initializer_range),
+                dtype=self.config.dtype,
             )
 
     def __call__(

@@ -30,14 +30,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Collection, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from lora_jax.lora import LoRAConfig
-from lora_jax.models.decoder import CausalLM, DecoderStack, cached_attention
+from lora_jax.models.decoder import CausalLM, DecoderStack, cached_attention, tied_logits
 from lora_jax.weights.params import GPT2_ANCHOR, fill_params, find_prefix, gpt2_source
 
 # The family contract (see `lora_jax.models.registry`): HF model types, name map.
@@ -64,6 +66,9 @@ class GPT2Config:
     bos_token_id: int | None = 50256
     eos_token_id: int | None = 50256
     pad_token_id: int | None = None
+    # The projections' compute dtype (`LoRADense.dtype`): float32, or bfloat16 (bf16 x bf16
+    # -> float32 dots, the LM head too); the residual stream and norms stay float32.
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -154,14 +159,14 @@ class GPT2Attention(nn.Module):
         b, length, d = x.shape
 
         def proj(name):
-            y = lora.dense(name, i, d, kernel_init=init)(x, deterministic)
+            y = lora.dense(name, i, d, kernel_init=init, dtype=cfg.dtype)(x, deterministic)
             return y.reshape(b, length, cfg.num_heads, cfg.head_dim)
 
         q, k, v = proj("q"), proj("k"), proj("v")
         ctx, kv = cached_attention(
             q, k, v, kv, kv_mask, index, cfg.attention_dropout, deterministic
         )
-        out = lora.dense("o", i, d, kernel_init=init)(ctx, deterministic)
+        out = lora.dense("o", i, d, kernel_init=init, dtype=cfg.dtype)(ctx, deterministic)
         return nn.Dropout(cfg.resid_dropout)(out, deterministic=deterministic), kv
 
 
@@ -174,9 +179,10 @@ class GPT2MLP(nn.Module):
     def __call__(self, x, deterministic=True):
         cfg, lora, i = self.config, self.lora, self.layer
         init = nn.initializers.normal(cfg.initializer_range)
-        h = lora.dense("ffn_in", i, cfg.intermediate_size, kernel_init=init)(x, deterministic)
+        dense = functools.partial(lora.dense, layer=i, kernel_init=init, dtype=cfg.dtype)
+        h = dense("ffn_in", features=cfg.intermediate_size)(x, deterministic)
         h = nn.gelu(h, approximate=True)
-        h = lora.dense("ffn_out", i, cfg.hidden_size, kernel_init=init)(h, deterministic)
+        h = dense("ffn_out", features=cfg.hidden_size)(h, deterministic)
         return nn.Dropout(cfg.resid_dropout)(h, deterministic=deterministic)
 
 
@@ -219,14 +225,15 @@ class GPT2Decoder(DecoderStack):
         self.ln_f = _ln(cfg, "ln_f")
 
     def embed(self, input_ids, positions, deterministic):
-        x = self.wte(input_ids) + self.wpe(positions)
+        # float32 lookups: the tables may be stored in bfloat16 (a frozen base, model.dtype).
+        x = self.wte(input_ids).astype(jnp.float32) + self.wpe(positions).astype(jnp.float32)
         return self.drop(x, deterministic=deterministic)
 
     def final_norm(self, x: jax.Array) -> jax.Array:
         return self.ln_f(x)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return self.wte.attend(x)
+        return tied_logits(self.wte, x, self.config.dtype)
 
 
 class GPT2LMHeadModel(CausalLM):

@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -45,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax.lora import LoRAConfig
-from lora_jax.models.decoder import CausalLM, DecoderStack, cached_attention
+from lora_jax.models.decoder import CausalLM, DecoderStack, cached_attention, tied_logits
 from lora_jax.weights.params import fill_params, llama_source
 
 # The family contract (see `lora_jax.models.registry`): HF model types, name map. GGUF files
@@ -83,6 +84,9 @@ class LlamaConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
     pad_token_id: int | None = None
+    # The projections' compute dtype (`LoRADense.dtype`): float32, or bfloat16 (bf16 x bf16
+    # -> float32 dots, the LM head too); the residual stream and norms stay float32.
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -213,7 +217,9 @@ class LlamaAttention(nn.Module):
         hd, bias = cfg.head_dim, cfg.attention_bias
 
         def proj(name, heads):
-            y = lora.dense(name, i, heads * hd, use_bias=bias, kernel_init=init)(x, deterministic)
+            y = lora.dense(name, i, heads * hd, use_bias=bias, kernel_init=init, dtype=cfg.dtype)(
+                x, deterministic
+            )
             return y.reshape(b, length, heads, hd)
 
         q = rope(proj("q", cfg.num_heads), positions, cfg.rope_theta)
@@ -222,7 +228,7 @@ class LlamaAttention(nn.Module):
         ctx, kv = cached_attention(
             q, k, v, kv, kv_mask, index, cfg.attention_dropout, deterministic
         )
-        out = lora.dense("o", i, cfg.hidden_size, use_bias=bias, kernel_init=init)
+        out = lora.dense("o", i, cfg.hidden_size, use_bias=bias, kernel_init=init, dtype=cfg.dtype)
         return out(ctx, deterministic), kv
 
 
@@ -235,10 +241,12 @@ class LlamaMLP(nn.Module):
     def __call__(self, x, deterministic=True):
         cfg, lora, i = self.config, self.lora, self.layer
         init = nn.initializers.normal(cfg.initializer_range)
-        width = cfg.intermediate_size
-        gate = lora.dense("ffn_gate", i, width, use_bias=False, kernel_init=init)(x, deterministic)
-        up = lora.dense("ffn_in", i, width, use_bias=False, kernel_init=init)(x, deterministic)
-        down = lora.dense("ffn_out", i, cfg.hidden_size, use_bias=False, kernel_init=init)
+        dense = functools.partial(
+            lora.dense, layer=i, use_bias=False, kernel_init=init, dtype=cfg.dtype
+        )
+        gate = dense("ffn_gate", features=cfg.intermediate_size)(x, deterministic)
+        up = dense("ffn_in", features=cfg.intermediate_size)(x, deterministic)
+        down = dense("ffn_out", features=cfg.hidden_size)
         return down(nn.silu(gate) * up, deterministic)
 
 
@@ -276,13 +284,15 @@ class LlamaDecoder(DecoderStack):
         self.norm = RMSNorm(cfg.rms_norm_eps)
 
     def embed(self, input_ids, positions, deterministic):
-        return self.embed_tokens(input_ids)  # positions enter through RoPE in each layer
+        # positions enter through RoPE in each layer; a float32 lookup (the table may be
+        # stored in bfloat16: a frozen base, model.dtype)
+        return self.embed_tokens(input_ids).astype(jnp.float32)
 
     def final_norm(self, x: jax.Array) -> jax.Array:
         return self.norm(x)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return self.embed_tokens.attend(x)
+        return tied_logits(self.embed_tokens, x, self.config.dtype)
 
 
 class LlamaForCausalLM(CausalLM):

@@ -9,6 +9,7 @@ Example (ids, mask: int arrays (B, L) from `pre.tokenizer`):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lora_jax.lora import LORA_LEAVES, LoRAConfig
+from lora_jax.lora import LORA_LEAVES, LoRAConfig, check_dtype
 from lora_jax.models.bert import POOLINGS
 from lora_jax.models.registry import (
     FAMILIES,
@@ -67,6 +68,7 @@ def load_model(
     num_labels: int = 1,
     pooling: str | None = None,
     head_dropout: float = 0.1,
+    dtype: str = "float32",
 ) -> Pretrained:
     """Build a model of any family from a registry name (`lora_jax.models.MODELS`), a HF folder
     (config.json + model.safetensors [+ tokenizer.json]) or a `.gguf` file (llama).
@@ -83,8 +85,12 @@ def load_model(
         num_labels, pooling, head_dropout: an encoder's new head (classes, 1 = regression;
             "cls" or "mean", None = the model's default; dropout before its output layer).
             A decoder has no head and ignores them.
+        dtype: the projections' compute dtype, "float32" or "bfloat16" (the config's `dtype`).
+            The params come back float32 either way: which leaves to store in bfloat16 (the
+            frozen ones) is the trainer's choice, `lora_jax.train.precision.cast_frozen`.
     """
     rng = jax.random.key(0) if rng is None else rng
+    dtype = check_dtype(dtype)
     name = str(name_or_path)
     if name not in MODELS and not Path(name).exists():
         get_spec(name)  # raises listing the valid names
@@ -106,11 +112,13 @@ def load_model(
             raise ValueError(f"pooling={pooling!r} is not valid; allowed: {', '.join(POOLINGS)}.")
         head = dict(num_labels=num_labels, pooling=pooling, head_dropout=head_dropout)
     if tensors is None:
-        config = module_of.Config.tiny()
+        config = module_of.Config.tiny(dtype=dtype)
         module = module_of.build(config, lora, **head)
         params = _params(module, rng)
     else:
-        module, params, config = model_from_tensors(hf, tensors, lora, rng, where, **head)
+        module, params, config = model_from_tensors(
+            hf, tensors, lora, rng, where, dtype=dtype, **head
+        )
     del tensors
     tok = _tokenizer(location, module_of.DECODER) if tokenizer else None
     return Pretrained(module, params, tok, config, module.head_rules, pooling, name)
@@ -125,9 +133,10 @@ def load_pretrained(
     head_dropout: float = 0.1,
     rng: jax.Array | None = None,
     tokenizer: bool = True,
+    dtype: str = "float32",
 ) -> Pretrained:
     """`load_model` of an encoder with its new head: num_labels (1 = regression), pooling
-    ("cls" or "mean"; None = the model's default, mean for minilm), head_dropout."""
+    ("cls" or "mean"; None = the model's default, mean for minilm), head_dropout, dtype."""
     _check_kind(name_or_path, decoder=False)
     return load_model(
         name_or_path,
@@ -137,6 +146,7 @@ def load_pretrained(
         num_labels=num_labels,
         pooling=pooling,
         head_dropout=head_dropout,
+        dtype=dtype,
     )
 
 
@@ -146,11 +156,12 @@ def load_decoder(
     *,
     rng: jax.Array | None = None,
     tokenizer: bool = True,
+    dtype: str = "float32",
 ) -> Pretrained:
     """`load_model` of a causal LM (smollm2, gpt2*, tiny_gpt2, tiny_llama, a HF folder or a
     `.gguf` file)."""
     _check_kind(name_or_path, decoder=True)
-    return load_model(name_or_path, lora, rng=rng, tokenizer=tokenizer)
+    return load_model(name_or_path, lora, rng=rng, tokenizer=tokenizer, dtype=dtype)
 
 
 def _check_kind(name_or_path: str | Path, decoder: bool) -> None:
@@ -171,13 +182,15 @@ def model_from_tensors(
     lora: LoRAConfig,
     rng: jax.Array | None = None,
     where: str = "the checkpoint",
+    dtype: str = "float32",
     **head: Any,
 ) -> tuple[Any, dict, Any]:
-    """`(module, params, config)` from a HF config dict and `{HF name: array}`; `head` as
-    `load_model`'s (an encoder's num_labels, pooling, head_dropout)."""
+    """`(module, params, config)` from a HF config dict and `{HF name: array}`; `dtype` and
+    `head` as `load_model`'s (an encoder's num_labels, pooling, head_dropout)."""
     rng = jax.random.key(0) if rng is None else rng
     module_of = family_module(dict(hf_config))
     config = module_of.config_for(hf_config, set(tensors))
+    config = dataclasses.replace(config, dtype=check_dtype(dtype))
     module = module_of.build(config, lora, **head)
     return module, _params(module, rng, tensors, module_of.load_base, where), config
 

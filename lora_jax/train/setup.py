@@ -23,6 +23,7 @@ from lora_jax.run_record import write_atomic
 from lora_jax.train.loaders import Data, make_data
 from lora_jax.train.objectives import Objective, make_objective, objective_spec
 from lora_jax.train.optim import make_tx
+from lora_jax.train.precision import cast_frozen, warn_if_slow
 from lora_jax.train.steps import tree_bytes
 from lora_jax.weights.base_kernels import BASE_KERNELS_FILE, layer_kernels, save_kernels
 
@@ -136,12 +137,15 @@ def prepare_run(cfg: Config, p: Plan, workdir: Path) -> RunSetup:
         pooling=cfg.model.pooling,
         head_dropout=cfg.model.head_dropout,
         rng=model_rng(cfg.seed),
+        dtype=cfg.model.dtype,
     )
+    warn_if_slow(cfg.model.dtype)
     spec = objective_spec(p.task)
     labels = label_params(pre.params, trainable=spec.head_rules(pre), full_finetune=p.full_finetune)
     parts = split(pre.params, labels)
     if p.init_from is not None:
         parts = parts._replace(trainable=init_adapters(parts.trainable, p.init_from, p.lora))
+    parts = cast_frozen(parts, cfg.model.dtype)  # bfloat16: the frozen base in bf16
     data = make_data(cfg, p.task, pre.tokenizer, **spec.loader_kwargs(cfg, pre))
     # config.yaml and W&B get what the run really uses: epochs as steps, a budget's rank.
     cfg = epochs_to_steps(cfg, data.train_size)
