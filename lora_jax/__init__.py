@@ -7,8 +7,18 @@ The verbs a researcher uses, in small groups (each module's docstring has the de
 
 # ruff: noqa: I001 (the groups below are ordered by what a researcher reaches for)
 
-# The layer and the weight math (dW = scale * lora_a @ lora_b; lora_a is the paper's A^T).
-from lora_jax.lora import LoRAConfig, LoRADense, adapters, delta_w, lora_scale, merge, unmerge
+# The layer and the weight math (dW = scale * lora_a @ lora_b; lora_a is the paper's A^T);
+# mixed_dot: the bf16 x bf16 -> float32 product of `LoRADense(dtype="bfloat16")`.
+from lora_jax.lora import (
+    LoRAConfig,
+    LoRADense,
+    adapters,
+    delta_w,
+    lora_scale,
+    merge,
+    mixed_dot,
+    unmerge,
+)
 
 # Freezing: label every leaf trainable or frozen, split/combine, the optimizer over trainables.
 from lora_jax.partition import combine, count_params, label_params, make_optimizer, split
@@ -56,6 +66,7 @@ __all__ = [
     "lora_scale",
     "make_optimizer",
     "merge",
+    "mixed_dot",
     "phi_grid_a",
     "phi_grid_b",
     "random_baseline",
