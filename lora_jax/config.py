@@ -63,6 +63,8 @@ class LoRASection:
 # The compute dtypes `model.dtype` may pick (= lora_jax.lora.COMPUTE_DTYPES; not imported:
 # this module loads no JAX).
 DTYPES = ("float32", "bfloat16")
+# `trainer.distributed`: when a run starts JAX's multi-process runtime (`lora_jax.train.distributed`).
+DISTRIBUTED = ("auto", "on", "off")
 # The optimizers `optim.name` may pick (`lora_jax.train.optim.OPTIMIZERS` builds them); one
 # conf/optim/<name>.yaml each.
 OPTIMIZERS = ("adamw", "sgd")
@@ -109,6 +111,13 @@ class TrainerConfig:
     # it such a rerun stops with an error; `lora_jax.train.run_identity`).
     restart: bool = False
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    # Several processes, one run (`lora_jax.train.distributed`): auto starts JAX's runtime
+    # when the environment or the three keys below name several processes; on always; off never.
+    distributed: str = "auto"
+    coordinator: str | None = None  # host:port of process 0; None = the cluster's
+    num_processes: int | None = None  # None = the cluster's (SLURM, TPU)
+    process_id: int | None = None  # None = the cluster's
+    distributed_timeout: int = 300  # seconds the processes wait for each other at start and exit
 
 
 @dataclass(frozen=True)
@@ -323,6 +332,30 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str, str], ...] = (
         f"{_POS_INT} dividing the device count",
         "trainer.mesh.fsdp=1",
     ),
+    (
+        "trainer.distributed",
+        _one_of(*DISTRIBUTED),
+        "auto (start jax.distributed when there are several processes), on, off",
+        "trainer.distributed=auto",
+    ),
+    (
+        "trainer.num_processes",
+        _or_null(_at_least(1)),
+        f"null (the cluster's) or {_POS_INT}",
+        "trainer.num_processes=2",
+    ),
+    (
+        "trainer.process_id",
+        _or_null(_at_least(0)),
+        f"null (the cluster's) or {_INT} below trainer.num_processes",
+        "trainer.process_id=0",
+    ),
+    (
+        "trainer.distributed_timeout",
+        _at_least(1),
+        f"{_POS_INT} (seconds)",
+        "trainer.distributed_timeout=300",
+    ),
     ("logger.backend", _one_of("wandb", "none"), "wandb, none", "logger=none"),
     (
         "logger.mode",
@@ -373,6 +406,14 @@ def check_config(cfg: DictConfig | Config) -> None:
         # One source: the sweep axis `rank`; `lora.rank` interpolates it.
         raise value_error(
             "lora.rank", lora_rank, f"the top-level rank ({rank})", f"rank={lora_rank}"
+        )
+    pid, count = (OmegaConf.select(cfg, f"trainer.{k}") for k in ("process_id", "num_processes"))
+    if None not in (pid, count) and pid >= count:
+        raise value_error(
+            "trainer.process_id",
+            pid,
+            f"0..{count - 1} (trainer.num_processes={count})",
+            "trainer.process_id=0",
         )
     for name, rank in (OmegaConf.select(cfg, "lora.rank_pattern") or {}).items():
         if rank < 0:  # the names are checked against `targets` in `train.plan`

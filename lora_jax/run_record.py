@@ -54,6 +54,11 @@ NOT_RESULTS = (
     "trainer.spectrum_every",
     "trainer.restart",
     "trainer.mesh.fsdp",  # where the weights live; the numbers agree to float tolerance
+    # Which process this is and how the processes meet; their number stays (the global batch).
+    "trainer.distributed",
+    "trainer.coordinator",
+    "trainer.process_id",
+    "trainer.distributed_timeout",
     "generate.batch_size",
 )
 # `hparams` is a lookup table that experiment files index; the values used land in their keys.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import pathlib
 
 import numpy as np
@@ -187,26 +188,59 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches(tokenizer):
             np.testing.assert_array_equal(x[k], y[k])
 
 
-def test_sharding_disjoint_and_complete(tokenizer):
+def _side_by_side(shards, key="labels"):
+    """The shards' k-th batches joined in shard order (what a multi-process step sees)."""
+    return [np.concatenate([b[key] for b in step]) for step in zip(*shards, strict=True)]
+
+
+def test_shards_together_read_the_one_shard_batches(tokenizer):
+    """Shard i reads block i of every global batch: side by side, the shards' batches are the
+    one-shard batches of the global size, row for row (shuffled too), with no record twice."""
     src = _source(100)
-    seen = []
-    for shard in range(3):
-        loader = make_loader(src, tokenizer, "mr_rating", batch_size=11, max_len=24, seed=0,
-                             shuffle=False, shard_index=shard, shard_count=3)  # fmt: skip
-        batches = _all(loader)
-        assert len(batches) == steps_per_epoch(100, 11, shard_count=3) == 3
-        seen.append({float(x) for b in batches for x in b["labels"]})
-    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
-    # Without drop_remainder the last batch is partial; Grain's DataLoader still reads
-    # num_records // shard_count records per shard (here 33, so 1 of 100 is skipped).
-    count = 0
-    for shard in range(3):
-        loader = make_loader(src, tokenizer, "mr", batch_size=11, max_len=24, shuffle=False,
-                             shard_index=shard, shard_count=3, drop_remainder=False)  # fmt: skip
-        batches = _all(loader)
-        assert len(batches) == steps_per_epoch(100, 11, shard_count=3, drop_remainder=False)
-        count += sum(len(b["labels"]) for b in batches)
-    assert count == 99
+    kw = dict(max_len=24, pad="max_len")
+    for shuffle, epochs in ((False, 1), (True, None)):
+        shards = []
+        for shard in range(3):
+            loader = make_loader(src, tokenizer, "mr_rating", batch_size=11, seed=0,
+                                 shuffle=shuffle, num_epochs=epochs, shard_index=shard,
+                                 shard_count=3, **kw)  # fmt: skip
+            shards.append(list(itertools.islice(loader, 3)))
+        one = make_loader(src, tokenizer, "mr_rating", batch_size=33, seed=0, shuffle=shuffle,
+                          num_epochs=epochs, shard_index=0, shard_count=1, **kw)  # fmt: skip
+        for key in ("labels", "input_ids"):
+            for joined, whole in zip(_side_by_side(shards, key), one, strict=False):
+                np.testing.assert_array_equal(joined, whole[key])
+        labels = np.concatenate(_side_by_side(shards))
+        assert len(set(labels.tolist())) == len(labels) == 99
+    assert len(shards[0]) == steps_per_epoch(100, 11, shard_count=3) == 3
+
+
+def test_shards_fill_the_last_eval_batch(tokenizer):
+    """Without drop_remainder every shard reads the same whole batches: the first 100 rows
+    side by side are the split in order, the rest repeat its last record."""
+    src = _source(100)
+    shards = [
+        _all(
+            make_loader(
+                src,
+                tokenizer,
+                "mr_rating",
+                batch_size=11,
+                max_len=24,
+                shuffle=False,
+                shard_index=shard,
+                shard_count=3,
+                drop_remainder=False,
+            )
+        )
+        for shard in range(3)
+    ]
+    assert {len(b["labels"]) for s in shards for b in s} == {11}
+    assert len(shards[0]) == steps_per_epoch(100, 11, shard_count=3, drop_remainder=False) == 4
+    labels = np.concatenate(_side_by_side(shards))
+    expected = np.array([r["rating"] for r in src], np.float32)
+    np.testing.assert_array_equal(labels[:100], expected)
+    np.testing.assert_array_equal(labels[100:], np.full(32, expected[-1]))
     loader = make_loader(src, tokenizer, "mr", batch_size=11, max_len=24, shuffle=False,
                          shard_index=0, shard_count=1, drop_remainder=False)  # fmt: skip
     assert sum(len(b["labels"]) for b in loader) == 100
@@ -215,8 +249,9 @@ def test_sharding_disjoint_and_complete(tokenizer):
 def test_steps_per_epoch():
     assert steps_per_epoch(8485, 32) == 265
     assert steps_per_epoch(1060, 32, drop_remainder=False) == 34
-    assert steps_per_epoch(100, 11, shard_count=3, drop_remainder=False) == 3
-    assert steps_per_epoch(100, 10, shard_count=3, drop_remainder=False) == 4
+    assert steps_per_epoch(100, 11, shard_count=3, drop_remainder=False) == 4  # 3 + a filled one
+    assert steps_per_epoch(99, 11, shard_count=3, drop_remainder=False) == 3
+    assert steps_per_epoch(100, 11, shard_count=3) == 3
 
 
 def test_bad_arguments(tokenizer):

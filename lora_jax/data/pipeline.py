@@ -42,6 +42,7 @@ import grain
 import numpy as np
 import tokenizers
 
+from lora_jax.data.shards import BlockSampler
 from lora_jax.data.tasks import TaskSpec, get_task
 
 PadMode = Literal["max_len", "bucket", "longest"]
@@ -263,10 +264,14 @@ def make_loader(
         num_epochs: passes over the data; None repeats forever.
         drop_remainder: drop the last partial batch. Use True for training, False for
             evaluation (the last batch is then smaller: one more shape to compile).
-            With several shards Grain reads ``len(source) // shard_count`` records per
-            shard, so evaluate exactly on one shard (``shard_count=1``).
         shard_index / shard_count: this process's shard; default
-            ``jax.process_index()`` / ``jax.process_count()``.
+            ``jax.process_index()`` / ``jax.process_count()``. With several shards, shard i
+            reads the i-th block of ``batch_size`` of every global batch of
+            ``batch_size * shard_count`` (``lora_jax.data.shards``): side by side the shards'
+            batches are one shard's batches of the global size. With ``drop_remainder=False``
+            the last global batch is filled up with repeats of the last record, so every
+            shard reads the same number of whole batches; the first ``len(source)`` rows of
+            the gathered batches are the split in order.
         worker_count: Grain worker processes (0 = in-process).
         pad: ``"bucket"`` (default), ``"max_len"`` or ``"longest"``; see the module doc.
         pad_multiple: bucket size for ``pad="bucket"``.
@@ -287,11 +292,17 @@ def make_loader(
     shard_options = _shard_options(shard_index, shard_count, drop_remainder)
     sampler = grain.samplers.IndexSampler(
         num_records=len(source),
-        shard_options=shard_options,
+        shard_options=shard_options
+        if shard_options.shard_count == 1
+        else grain.sharding.NoSharding(),
         shuffle=shuffle,
         num_epochs=num_epochs,
         seed=seed,
     )
+    if shard_options.shard_count > 1:  # each shard its block of every global batch
+        sampler = BlockSampler(
+            sampler, batch_size, shard_options.shard_count, fill=not drop_remainder
+        )
     if task.is_generation:
         if eos_id is None:
             raise ValueError(f"task {task.name!r} is a generation task: pass eos_id=...")
@@ -324,12 +335,9 @@ def steps_per_epoch(
 ) -> int:
     """Batches one shard yields per epoch from ``make_loader(..., num_epochs=1)``.
 
-    ``num_records`` is ``len(source)``. Grain's DataLoader reads
-    ``num_records // shard_count`` records on every shard (with several shards up to
-    ``shard_count - 1`` records per epoch are skipped, whatever ``drop_remainder``);
-    ``drop_remainder`` then decides whether the last partial batch is kept.
+    ``num_records`` is ``len(source)``; every shard reads the same number: a block of each
+    global batch of ``batch_size * shard_count`` records, the last partial global batch
+    dropped (``drop_remainder``) or filled up (see ``make_loader``).
     """
-    per_shard = num_records // shard_count
-    if drop_remainder:
-        return per_shard // batch_size
-    return math.ceil(per_shard / batch_size)
+    whole, rest = divmod(num_records, batch_size * shard_count)
+    return whole + (0 if drop_remainder or rest == 0 else 1)
