@@ -132,6 +132,10 @@ class SweepCallback(Callback):
         self.analyze = analyze
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from lora_jax.train.distributed import is_primary
+
+        if not is_primary():  # every process of a multi-process sweep gets here; one analyses
+            return
         try:
             report = finish_sweep(config.hydra.sweep.dir, analyze=self.analyze)
         except Exception:

@@ -19,10 +19,23 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _distributed_barriers() -> None:
+    """Orbax's barriers between processes through the JAX distributed client (a key-value
+    wait with a timeout) instead of a compiled all-reduce per barrier (~18 per save, 0.5 s
+    each on a busy CPU, and no timeout). The switch is an absl flag of Orbax's."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # outside an absl app: defaults, as Grain's workers need
+        flags.FLAGS.mark_as_parsed()
+    flags.FLAGS.experimental_orbax_use_distributed_barrier = True
+
+
 class Checkpointer:
     """Save and restore array state, JSON metadata and a Grain iterator's position together."""
 
     def __init__(self, directory: str | Path, keep: int = 2) -> None:
+        if jax.process_count() > 1:
+            _distributed_barriers()
         self.directory = Path(directory).absolute()
         self._options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=False

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import jax
+
 from lora_jax import data as data_lib
 from lora_jax.config import Config, check_batch_size
 
@@ -16,6 +18,9 @@ class Data:
     train_iter: Any  # a checkpointable Grain DataLoaderIterator
     eval_batches: Callable[[], Any]  # a fresh pass over the eval split
     train_size: int  # examples in the train split
+    # Examples in the eval split: with several processes a pass is filled up to whole global
+    # batches (`lora_jax.data.shards`), and the gathered rows past this are repeats.
+    eval_size: int = 0
 
 
 def make_data(cfg: Config, task: Any, tokenizer: Any, **extra: Any) -> Data:
@@ -26,7 +31,9 @@ def make_data(cfg: Config, task: Any, tokenizer: Any, **extra: Any) -> Data:
         tokenizer=tokenizer,
         task=task,
         max_len=d.max_len,
-        pad=d.pad,
+        # Processes put their batches side by side into one array, so every process's batch
+        # must have the same length: one fixed length, whatever each batch's longest.
+        pad=d.pad if jax.process_count() == 1 else "max_len",
         worker_count=d.worker_count,
         **extra,
     )
@@ -57,4 +64,4 @@ def make_data(cfg: Config, task: Any, tokenizer: Any, **extra: Any) -> Data:
             **common,
         )
 
-    return Data(iter(train), eval_batches, len(train_source))
+    return Data(iter(train), eval_batches, len(train_source), len(source))

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from lora_jax.analysis.adapter_spectra import adapter_spectra
 from lora_jax.config import Config
 from lora_jax.train.checkpoint import Checkpointer
+from lora_jax.train.distributed import is_primary
 from lora_jax.train.optim import schedule
 from lora_jax.train.tracking import Tracker
 
@@ -196,7 +197,7 @@ def train_loop(engine: Engine, logs: list[RunLog], desc: str) -> tuple[int, dict
     engine.ready()
     errors: dict[int, Exception] = {}
     live = lambda: [i for i in range(n) if i not in errors]  # noqa: E731
-    bar = progress_bar(t.steps, initial=step, enabled=t.progress, desc=desc)
+    bar = progress_bar(t.steps, initial=step, enabled=t.progress and is_primary(), desc=desc)
     postfix: dict[str, str] = {}  # the last logged loss and evaluation, per member
 
     def spectra(step: int) -> None:

@@ -14,7 +14,7 @@ from lora_jax import data as data_lib
 from lora_jax import models
 from lora_jax.config import Config
 from lora_jax.partition import combine
-from lora_jax.train import lm, planted
+from lora_jax.train import distributed, lm, planted
 from lora_jax.train.steps import Objective, classification_loss
 
 
@@ -47,15 +47,22 @@ def classification(module: Any, task: data_lib.TaskSpec) -> Objective:
 
 
 def evaluate(
-    eval_step: Callable, objective: Objective, batches: Iterable[dict], *params: Any
+    eval_step: Callable,
+    objective: Objective,
+    batches: Iterable[dict],
+    *params: Any,
+    size: int | None = None,
 ) -> dict[str, float]:
-    """`objective.metrics` over every batch of `batches` (`eval_step(*params, batch)`)."""
+    """`objective.metrics` over every batch of `batches` (`eval_step(*params, batch)`), on the
+    first `size` rows (None: all). With several processes each reads its block of every
+    global batch; the predictions and labels of all are gathered in order, so the metric is
+    the one-process one (the rows past `size` fill the last global batch)."""
     preds, labels = [], []
     for batch in batches:
         batch = objective.prepare(batch)
-        preds.append(np.asarray(eval_step(*params, batch)))
-        labels.append(np.asarray(batch["labels"]))
-    return objective.metrics(np.concatenate(preds), np.concatenate(labels))
+        preds.append(distributed.gather(eval_step(*params, batch)))
+        labels.append(distributed.gather(batch["labels"]))
+    return objective.metrics(np.concatenate(preds)[:size], np.concatenate(labels)[:size])
 
 
 def _generation(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objective:
@@ -78,14 +85,15 @@ def _generation(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objecti
             "batch_size": g.batch_size,
         },
         eval_limit=g.eval_limit,
-        out_dir=cfg.workdir,
+        out_dir=cfg.workdir if distributed.is_primary() else None,  # process 0 writes
     )
 
 
 def _planted(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objective:
     c = cfg.planted
     teacher, factors = planted.plant(parts.frozen, c.k, c.targets, c.layers, c.strength, c.seed)
-    planted.save_factors(cfg.workdir, factors)
+    if distributed.is_primary():
+        planted.save_factors(cfg.workdir, factors)
     return planted.objective(
         pre.config, p.lora, teacher, models.BertEncoder, combine(*parts), data.eval_batches()
     )

@@ -19,7 +19,7 @@ from lora_jax.adapter_io import export_adapter, family_of
 from lora_jax.config import Config, run_config, to_dict
 from lora_jax.partition import combine
 from lora_jax.run_record import read_metrics, write_atomic
-from lora_jax.train import parallel
+from lora_jax.train import distributed, parallel
 from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.train.loop import Engine, RunLog, train_loop
 from lora_jax.train.objectives import evaluate
@@ -52,6 +52,7 @@ def open_tracker(cfg: Config, workdir: Path, sizes: dict[str, int]) -> Tracker:
     return Tracker(
         workdir,
         log.backend,
+        write=distributed.is_primary(),
         config={**to_dict(cfg), **sizes},
         name=workdir.name,
         group=log.group or workdir.parent.name,
@@ -75,7 +76,12 @@ class OneRun:
         self.key = step_rng(s.cfg.seed)
 
     def load(self, states: list[dict[str, Any]]) -> None:
-        self.trainable, self.opt_state = states[0]["trainable"], states[0]["opt_state"]
+        state = states[0]
+        if jax.process_count() > 1:
+            # Restored onto this process's device; `ready` places host copies on every
+            # process's devices (a device-to-device copy across processes is not supported).
+            state = jax.device_get(state)
+        self.trainable, self.opt_state = state["trainable"], state["opt_state"]
 
     def ready(self) -> None:
         if jax.device_count() > 1:  # batches split, the frozen base sharded over fsdp
@@ -105,10 +111,9 @@ class OneRun:
         return [out]
 
     def evaluate(self) -> list[dict[str, float]]:
-        batches = self.s.data.eval_batches()
-        return [
-            evaluate(self.eval_step, self.s.objective, batches, self.trainable, self.parts.frozen)
-        ]
+        batches, size = self.s.data.eval_batches(), self.s.data.eval_size
+        params = (self.trainable, self.parts.frozen)
+        return [evaluate(self.eval_step, self.s.objective, batches, *params, size=size)]
 
     def member_trainable(self, i: int) -> dict:
         return self.trainable
@@ -165,7 +170,8 @@ def train_members(
             results.append({**result, **(extra or {})})
     for workdir, result in zip(workdirs, results, strict=True):
         if isinstance(result, dict):
-            write_atomic(workdir / "metrics.json", json.dumps(result, indent=2))
+            if distributed.is_primary():
+                write_atomic(workdir / "metrics.json", json.dumps(result, indent=2))
             if on_result is not None:
                 on_result(result)
     return results
@@ -179,6 +185,7 @@ def run(
     """Train one run into `workdir` and return its metrics (see the module docstring);
     `on_result(metrics)` once `metrics.json` is written."""
     workdir = Path(workdir)
+    distributed.initialize(run_config(cfg).trainer)  # before any other JAX call
     claim_or_exit([(cfg, workdir)])  # before anything is written
     done = completed(workdir)
     if done is not None:
@@ -206,8 +213,11 @@ def finish_run(
 ) -> dict[str, Any]:
     """Export the adapter, log the summary and return the run's `metrics.json` record."""
     cfg, sizes, p = s.cfg, s.sizes, s.plan
-    export_adapter(workdir / "adapter", trainable, p.lora, s.pre, models.hub_id(cfg.model.name))
-    if p.full_finetune:
+    primary = distributed.is_primary()  # process 0 writes the run folder
+    if primary:
+        hub = models.hub_id(cfg.model.name)
+        export_adapter(workdir / "adapter", trainable, p.lora, s.pre, hub)
+    if primary and p.full_finetune:
         # The full update W_ft - W_0 of every matrix a LoRA could adapt, for the rank analysis.
         w_ft = layer_kernels(trainable)
         update = {k: w_ft[k] - w0 for k, w0 in s.initial_kernels.items()}
@@ -219,6 +229,7 @@ def finish_run(
         **sizes,
         "steps": steps,
         "devices": jax.device_count(),
+        "processes": jax.process_count(),
         "wall_time_s": time.perf_counter() - start,
         "rank": p.lora.rank,
         "targets": list(p.lora.targets),

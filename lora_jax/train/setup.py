@@ -20,6 +20,7 @@ from lora_jax.config import Config, run_config, to_dict, value_error
 from lora_jax.lora import LoRAConfig, adapters
 from lora_jax.partition import count_params, label_params, split
 from lora_jax.run_record import write_atomic
+from lora_jax.train import distributed
 from lora_jax.train.loaders import Data, make_data
 from lora_jax.train.objectives import Objective, make_objective, objective_spec
 from lora_jax.train.optim import make_tx
@@ -88,7 +89,8 @@ def epochs_to_steps(cfg: Config | DictConfig, train_size: int) -> Config:
     t = cfg.trainer
     if t.epochs is None:
         return cfg
-    per_epoch = train_size // cfg.data.batch_size  # the loader drops the last partial batch
+    # The loader drops the last partial global batch (data.batch_size from every process).
+    per_epoch = train_size // (cfg.data.batch_size * jax.process_count())
     if per_epoch == 0:
         raise ValueError(
             f"data.batch_size={cfg.data.batch_size} exceeds the {train_size} training examples; "
@@ -150,8 +152,10 @@ def prepare_run(cfg: Config, p: Plan, workdir: Path) -> RunSetup:
     # config.yaml and W&B get what the run really uses: epochs as steps, a budget's rank.
     cfg = epochs_to_steps(cfg, data.train_size)
     cfg = replace(cfg, lora=replace(cfg.lora, rank=p.lora.rank))
-    write_atomic(workdir / "config.yaml", OmegaConf.to_yaml(to_dict(cfg)))
-    if models.is_random(cfg.model.name):
+    primary = distributed.is_primary()  # process 0 writes the run folder
+    if primary:
+        write_atomic(workdir / "config.yaml", OmegaConf.to_yaml(to_dict(cfg)))
+    if primary and models.is_random(cfg.model.name):
         # A random-init base has no checkpoint to read W_0 from later: the analysis reads these.
         save_kernels(workdir / BASE_KERNELS_FILE, layer_kernels(pre.params), family_of(pre))
     tx = make_tx(cfg, split(labels, labels).trainable)

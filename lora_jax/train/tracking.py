@@ -56,6 +56,7 @@ class Tracker:
         backend: "wandb" or "none".
         config: the resolved run config, logged as W&B config.
         name, group, project, entity, mode, tags: W&B run settings.
+        write: False logs nothing (the other processes of a multi-process run).
     """
 
     def __init__(
@@ -71,15 +72,19 @@ class Tracker:
         mode: str | None = None,
         tags: list[str] | None = None,
         job_type: str = "train",
+        write: bool = True,
     ) -> None:
         if backend not in ("wandb", "none"):
             raise ValueError(f"logger.backend={backend!r} is not valid; allowed: wandb, none.")
         self.run_dir = Path(run_dir)
+        self.wandb_run = None
+        self._history = None
+        if not write:  # another process of a multi-process run: process 0 logs
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         history = self.run_dir / "history.jsonl"
         _drop_cut_line(history)
         self._history = open(history, "a")  # noqa: SIM115 (closed in finish)
-        self.wandb_run = None
         if backend == "wandb":
             import wandb
 
@@ -108,6 +113,8 @@ class Tracker:
             )
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        if self._history is None:
+            return
         row = {k: _plain(v) for k, v in metrics.items()}
         self._history.write(json.dumps({"step": step, **row}) + "\n")
         self._history.flush()
@@ -151,7 +158,8 @@ class Tracker:
             self.wandb_run.summary.update({k: _plain(v) for k, v in values.items()})
 
     def finish(self) -> None:
-        self._history.close()
+        if self._history is not None:
+            self._history.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
