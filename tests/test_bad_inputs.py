@@ -58,6 +58,11 @@ TRAIN_CASES = [
     (["trainer.mesh.fsdp=0"], ["trainer.mesh.fsdp=0", "an integer >= 1 dividing the device"]),
     # Checked against the devices (one here) before the model loads.
     (["trainer.mesh.fsdp=3"], ["trainer.mesh.fsdp=3", "a divisor of the device count"]),
+    (["trainer.distributed=yes"], ["trainer.distributed='yes'", "auto (start", "on, off"]),
+    (
+        ["trainer.num_processes=2", "trainer.process_id=2"],
+        ["trainer.process_id=2", "0..1 (trainer.num_processes=2)", "`trainer.process_id=0`"],
+    ),
     (["data.batch_size=0"], ["data.batch_size=0", "an integer >= 1"]),
     (["data.eval_batch_size=0"], ["data.eval_batch_size=0", "an integer >= 1"]),
     (["data.max_len=0"], ["data.max_len=0", "an integer >= 1"]),
