@@ -166,9 +166,10 @@ def test_two_processes_train_like_one(tmp_path):
 def test_auto_starts_jax_distributed_only_for_several_processes():
     one = TrainerConfig()
     assert several_processes(one, {}) == ""
-    assert several_processes(one, {"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) == ""
+    assert several_processes(one, {"SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}) == ""
+    assert several_processes(one, {"SLURM_NTASKS": "4"}) == ""  # an allocation, not a step
     assert several_processes(one, {"TPU_WORKER_HOSTNAMES": "localhost"}) == ""
-    assert "SLURM" in several_processes(one, {"SLURM_NTASKS": "4"})
+    assert "SLURM" in several_processes(one, {"SLURM_STEP_NUM_TASKS": "4"})
     assert "TPU" in several_processes(one, {"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"})
     assert "TPU" in several_processes(one, {"MEGASCALE_COORDINATOR_ADDRESS": "t0:8080"})
     assert several_processes(one, {"JAX_COORDINATOR_ADDRESS": "h:1234"}) != ""

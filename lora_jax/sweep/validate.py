@@ -28,7 +28,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lora_jax.config import Config, check_batch_size, check_config, value_error
+from lora_jax.config import Config, check_batch_size, check_config, run_config, value_error
 from lora_jax.train.run_identity import check_jobs
 
 # What validation raises for bad input; raised there, never a bug's symptom.
@@ -114,8 +114,11 @@ def check_job(cfg: DictConfig) -> None:
     Raises one of `USER_ERRORS`."""
     check_config(cfg)  # first: no heavy imports for a bad number
     from lora_jax.train import plan
+    from lora_jax.train.distributed import initialize
     from lora_jax.train.parallel import check_mesh
 
+    # One of several processes: JAX's multi-process runtime first, before the device count.
+    initialize(run_config(cfg).trainer)
     check_mesh(cfg.trainer.mesh.fsdp)  # divides the device count (fsdp=1 starts no backend)
 
     task = plan(cfg).task

@@ -28,8 +28,9 @@ from jax.experimental import multihost_utils
 
 from lora_jax.config import TrainerConfig
 
-# A SLURM step's task count: srun and submitit set it; JAX's SLURM detection reads the same.
-SLURM_TASKS = "SLURM_NTASKS"
+# The task count of a SLURM job step (srun, and submitit through srun): unlike SLURM_NTASKS it
+# is not set in an allocation's own shell, where a sweep's launcher may run.
+SLURM_TASKS = "SLURM_STEP_NUM_TASKS"
 # Host lists of a multi-host TPU slice (GKE, multislice); a TPU VM pod answers through its
 # metadata server instead, which only `trainer.distributed=on` asks (JAX does).
 TPU_HOSTS = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES")
