@@ -107,7 +107,16 @@ def gather(x: Any) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def barrier(name: str) -> None:
-    """Wait until every process gets here (a no-op for one process)."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
+def put(tree: Any, shardings: Any) -> Any:
+    """`jax.device_put(tree, shardings)`; with several processes, each holding the whole value
+    of every leaf (the same model, the same restored state), each builds its own devices'
+    shards from host memory: device_put would copy between processes' devices, which the CPU
+    backend does not support, and its arrays' shards cannot be listed."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def place(x: Any, sharding: Any) -> jax.Array:
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(place, tree, shardings)

@@ -43,6 +43,7 @@ from jax.sharding import PartitionSpec as P
 
 from lora_jax.config import value_error
 from lora_jax.lora import LORA_LEAVES
+from lora_jax.train import distributed
 
 AXES = ("data", "fsdp")
 # Leaves smaller than this (biases, norms, a small head) stay whole: sharding them would save
@@ -172,7 +173,7 @@ def data_parallel(
     mesh = data_mesh(fsdp=fsdp)
     state = (trainable, parts.frozen, opt_state)
     shardings = tuple(param_sharding(x, mesh) for x in state)
-    trainable, frozen, opt_state = jax.device_put(state, shardings)
+    trainable, frozen, opt_state = distributed.put(state, shardings)
     rows, cols = mesh.shape[AXES[0]], mesh.shape[AXES[1]]
     print(
         f"[lora_jax] data parallel over {jax.device_count()} devices (mesh data={rows} x "

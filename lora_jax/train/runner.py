@@ -76,12 +76,7 @@ class OneRun:
         self.key = step_rng(s.cfg.seed)
 
     def load(self, states: list[dict[str, Any]]) -> None:
-        state = states[0]
-        if jax.process_count() > 1:
-            # Restored onto this process's device; `ready` places host copies on every
-            # process's devices (a device-to-device copy across processes is not supported).
-            state = jax.device_get(state)
-        self.trainable, self.opt_state = state["trainable"], state["opt_state"]
+        self.trainable, self.opt_state = states[0]["trainable"], states[0]["opt_state"]
 
     def ready(self) -> None:
         if jax.device_count() > 1:  # batches split, the frozen base sharded over fsdp
