@@ -5,7 +5,8 @@ Two `experiments.train` processes meet through `jax.distributed` on a free local
 same run with 16. The losses, evaluations, final metrics and exported adapter must agree
 (float tolerance), process 0 alone must write the run folder, and a resumed 2-process run
 (both restore their Orbax checkpoint and Grain position) must finish as the uninterrupted
-one. Every wait has a timeout; a stuck process is killed, never waited on.
+one, here with the frozen base split between the processes (FSDP). Every wait has a timeout;
+a stuck process is killed, never waited on.
 """
 
 from __future__ import annotations
@@ -87,12 +88,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(out: Path, cwd: Path) -> list[subprocess.Popen]:
+def _two_processes(out: Path, cwd: Path, *extra: str) -> list[subprocess.Popen]:
     port = _free_port()
     return [
         _start(
             [
                 *RUN,
+                *extra,
                 "data.batch_size=8",
                 f"trainer.coordinator=127.0.0.1:{port}",
                 "trainer.num_processes=2",
@@ -153,11 +155,13 @@ def test_two_processes_train_like_one(tmp_path):
 
     # Resume: without step 6 and the results, both processes restore step 3 (arrays, the
     # best step, each its Grain position) and train on; the end is the uninterrupted run's.
+    # On a (1 x 2) mesh this time: the frozen base split between the processes (FSDP), and
+    # the validation pass counts the devices, so it starts jax.distributed itself.
     shutil.rmtree(two / "checkpoints" / "6")
     shutil.rmtree(two / "adapter")
     (two / "metrics.json").unlink()
-    outs = _finish(_two_processes(two, tmp_path))
-    assert all("resuming two from step 3" in out for out in outs)
+    outs = _finish(_two_processes(two, tmp_path, "trainer.mesh.fsdp=2"))
+    assert all("resuming two from step 3" in out and "fsdp=2" in out for out in outs)
     losses, _ = _history(two)
     assert losses[6:] == pytest.approx(ref_losses[3:], rel=1e-5)
     _assert_same_run(two, one)
