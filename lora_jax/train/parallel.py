@@ -20,10 +20,10 @@ are what the adapter export, the spectra and every process read without a gather
 fine-tuning trains the base itself: those weights (and their optimizer state) are sharded by
 the same rule.
 
-Multi-host (TPU pods, SLURM): `jax.distributed.initialize()` runs in every process before any
-other JAX call. Each process reads its own shard of the data (the Grain loader shards by
-`jax.process_index()`), so `data.batch_size` is per process; `shard_batch` assembles the global
-array with `jax.make_array_from_process_local_data`.
+Several processes (TPU pods, SLURM): `lora_jax.train.distributed` starts `jax.distributed`
+before any other JAX call and places the state (`distributed.put`). Each process reads its
+block of every global batch (`lora_jax.data.shards`), so `data.batch_size` is per process;
+`shard_batch` assembles the global array with `jax.make_array_from_process_local_data`.
 
     mesh = data_mesh(fsdp=4)               # 8 devices: data=2 x fsdp=4
     frozen = shard_params(frozen, mesh)    # a (384, 1536) kernel: a (384, 384) shard per device
