@@ -20,7 +20,7 @@ class Data:
     train_size: int  # examples in the train split
     # Examples in the eval split: with several processes a pass is filled up to whole global
     # batches (`lora_jax.data.shards`), and the gathered rows past this are repeats.
-    eval_size: int = 0
+    eval_size: int
 
 
 def make_data(cfg: Config, task: Any, tokenizer: Any, **extra: Any) -> Data:
