@@ -126,6 +126,8 @@ class Tracker:
         such as `dynamics/step`), not W&B's step: a resumed run (a re-analysis) appends them
         again, where W&B would drop rows whose step is not past its last one. Every key shares
         `x`'s prefix; `history.jsonl` gets each row with `step` = its x value."""
+        if self._history is None:
+            return
         prefix = x.rsplit("/", 1)[0]
         if self.wandb_run is not None:
             self.wandb_run.define_metric(x)
