@@ -161,6 +161,8 @@ def train_members(
                 # The best step's own values are known only if it is the last step.
                 best = {**best, **(once if best["step"] == steps else dict.fromkeys(once))}
             trainable = engine.member_trainable(i)
+            if jax.process_count() > 1:  # whole on every process (FSDP shards a full FT's)
+                trainable = jax.tree.map(distributed.gather, trainable)
             result = finish_run(workdirs[i], log.tracker, trainable, s, final, best, steps, start)
             results.append({**result, **(extra or {})})
     for workdir, result in zip(workdirs, results, strict=True):
