@@ -1,10 +1,12 @@
 """Redo the rank analysis of a finished sweep from its files, or analyse any PEFT LoRA adapters.
 
-    python -m experiments.analyze outputs/sweeps/<id>
+    python -m experiments.analyze outputs/sweeps/<id> [--eval-limit N | --no-model-evals]
     python -m experiments.analyze --adapters A/ B/ [C/ ...] [--base minilm] [--out DIR]
 
 A sweep folder: rewrites sweep_summary.json, analysis.json, figures/ and the report
-(report.md, report.html) in that folder. Adapters (ours, or any PEFT LoRA adapter folders on
+(report.md, report.html) in that folder; beside a full fine-tuning run it also evaluates models
+(truncation curves, forgetting, the intruder intervention: `lora_jax.sweep.model_evals`),
+on at most --eval-limit eval examples per evaluation if given. Adapters (ours, or any PEFT LoRA adapter folders on
 one base): every adapter's spectra and dW vs W, and phi of A and of B for every pair, into
 --out (default outputs/analysis/<time>). W is read from the base checkpoint (--base: a
 registry name, hub id or path; default: what the adapters name). Prints the HTML report's
@@ -28,11 +30,25 @@ def main() -> None:
     parser.add_argument(
         "--out", help="output folder of --adapters (default outputs/analysis/<time>)"
     )
+    parser.add_argument(
+        "--eval-limit",
+        type=int,
+        help="model evaluations against full fine-tuning: at most this many eval examples",
+    )
+    parser.add_argument(
+        "--no-model-evals",
+        action="store_true",
+        help="skip the model evaluations against full fine-tuning (truncation, forgetting)",
+    )
     args = parser.parse_args()
     if (args.sweep_dir is None) == (args.adapters is None):
         parser.error("give a sweep folder or --adapters DIR [DIR ...], not both or neither")
     if args.adapters is None and (args.base or args.out):
         parser.error("--base and --out go with --adapters")
+    if args.adapters is not None and (args.eval_limit or args.no_model_evals):
+        parser.error("--eval-limit and --no-model-evals go with a sweep folder")
+    if args.eval_limit is not None and args.eval_limit < 1:
+        parser.error(f"--eval-limit {args.eval_limit} is not valid; allowed: a positive integer")
     # Bad input: one message and exit status 2 (the traceback too with HYDRA_FULL_ERROR=1).
     with user_errors(errors=(*USER_ERRORS, KeyError)):
         from lora_jax.train.compile_cache import enable_compilation_cache
@@ -43,7 +59,9 @@ def main() -> None:
 
             if Path(args.sweep_dir).is_dir():  # the analysis rewrites files in it
                 check_output_dir(args.sweep_dir, "sweep_dir", "a copy of it that you can write")
-            html = finish_sweep(args.sweep_dir)
+            html = finish_sweep(
+                args.sweep_dir, model_evals=not args.no_model_evals, eval_limit=args.eval_limit
+            )
         else:
             from lora_jax.analysis.updates import analyze_adapters
             from lora_jax.report import make_adapters_report

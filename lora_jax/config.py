@@ -184,13 +184,23 @@ class Config:
 OPEN_MAPS = ("lora.rank_pattern", "optim.lr_multipliers")
 
 
-def register_configs() -> None:
-    """Register the root schema as `schema`; the group files merge into its typed fields."""
+def _schema() -> DictConfig:
     node = OmegaConf.structured(Config)
     _writable(node)
     for key in OPEN_MAPS:
         OmegaConf.set_struct(OmegaConf.select(node, key), False)
-    ConfigStore.instance().store(name="schema", node=node)
+    return node
+
+
+def register_configs() -> None:
+    """Register the root schema as `schema`; the group files merge into its typed fields."""
+    ConfigStore.instance().store(name="schema", node=_schema())
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """The typed config of a plain dict, e.g. a finished run's `config.yaml`, checked as
+    Hydra's would be (`run_config`)."""
+    return run_config(OmegaConf.merge(_schema(), values))
 
 
 def _writable(node: DictConfig) -> None:

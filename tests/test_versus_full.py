@@ -61,3 +61,48 @@ def test_analysis_and_report_compare_lora_with_full_finetuning(full_and_lora):
         "## LoRA vs full fine-tuning" in report and "Rank of the full fine-tuning update" in report
     )
     assert (full_and_lora / "figures" / f"versus_full_energy_{full_dir.name}.png").exists()
+
+
+def test_model_evals_reproduce_the_run_at_full_rank_and_the_base_at_zero(full_and_lora):
+    analysis = json.loads((full_and_lora / "analysis.json").read_text())
+    (entry,) = analysis["versus_full"]
+    evals = entry["model_evals"]["runs"]
+    assert sorted(e["rank"] for e in evals.values()) == [0, 2]
+    for e in evals.values():
+        assert e["eval_examples"] == 256  # debug=fast's data.eval_limit, as the run's own eval
+        # W_0 + dW in every matrix is the run itself: its own final metric, from training.
+        assert e["value"] == pytest.approx(e["run_value"], abs=1e-9)
+        curve = e["truncation"]  # full fine-tuning and the highest LoRA rank
+        # Eckart-Young: at full k, SVD_k(dW) = dW; the LoRA curve stops at its rank.
+        assert curve["ks"] == ([0, 1, 2] if e["rank"] else [0, 1, 2, 4, 8, 16, 32])
+        assert curve["values"][-1] == pytest.approx(e["run_value"], abs=1e-9)
+        assert len(curve["similarity_kept"]) == len(curve["ks"])
+        assert -1 <= e["similarity_kept"] <= 1 and e["intervention"]["lambdas"] == [0.75, 0.5, 0]
+    (lora,) = [e for e in evals.values() if e["rank"] == 2]
+    # k = 0 for LoRA is the pretrained model with the run's trained head.
+    assert lora["truncation"]["values"][0] == pytest.approx(lora["pretrained_with_head"], abs=1e-9)
+    report = (full_and_lora / "report.md").read_text()
+    assert "Truncation curve" in report and "Forgetting: Spearman" in report
+    (full_dir,) = [p for p in full_and_lora.iterdir() if p.name.startswith("lora=full")]
+    for kind in ("truncation", "forgetting"):
+        assert (full_and_lora / "figures" / f"versus_full_{kind}_{full_dir.name[:40]}.png").exists()
+
+
+def test_run_model_with_w0_is_the_pretrained_encoder(full_and_lora):
+    from lora_jax.analysis.truncation import similarity_kept
+    from lora_jax.run_record import read_runs
+    from lora_jax.train.kernel_eval import load_run_model
+    from lora_jax.weights.base_kernels import load_kernels
+
+    for run in read_runs(full_and_lora):
+        model = load_run_model(run, forget_sentences=32)
+        base = model.embed_pretrained()
+        if not run.full_finetune:  # full FT keeps its own embeddings and LayerNorms at W_0
+            np.testing.assert_array_equal(model.embed(model.w0), base)
+            assert similarity_kept(base, model.embed(model.w0)) == pytest.approx(1.0, abs=1e-12)
+        else:  # W_0 + dW is the trained kernel, and dW the update the run saved
+            saved = load_kernels(run.run_dir / "full_update.safetensors")
+            assert sorted(saved) == sorted(model.dw)
+            for key, dw in model.dw.items():
+                np.testing.assert_allclose(dw, saved[key], atol=1e-6)
+        assert base.shape == (32, 32)  # tiny BERT's hidden size

@@ -3,8 +3,11 @@
 Reads the `versus_full` entries that `lora_jax.analysis.versus_full` wrote: per target type
 (medians over layers), the energy ranks of the full update beside a random matrix of the
 same shape and norm, the intruder counts of each LoRA rank beside full fine-tuning's, and
-phi between their top directions. Two figures: cumulative energy against k (full, random,
-each LoRA rank), and intruders against epsilon (each LoRA rank, full as the reference).
+phi between their top directions; where the models were evaluated (`model_evals`), the
+truncation curves, the forgetting measure and the intruder intervention. Figures: cumulative
+energy against k (full, random, each LoRA rank), intruders against epsilon (each LoRA rank,
+full as the reference), the task metric against the truncation rank k, and the task metric
+against forgetting.
 """
 
 from __future__ import annotations
@@ -117,6 +120,133 @@ def _figures(entry: dict[str, Any], analysis: dict[str, Any], out: Path) -> list
     ]
 
 
+def _label(e: dict[str, Any]) -> str:
+    return "full FT" if e["full_finetune"] else f"LoRA r={e['rank']}"
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3g}"
+
+
+def _eval_tables(evals: dict[str, Any]) -> list[Block]:
+    runs = sorted(evals["runs"].values(), key=lambda e: (e["full_finetune"], e["rank"]))
+    metric = runs[0]["metric"]
+    curves = [e for e in runs if e.get("truncation")]
+    ks = sorted({k for e in curves for k in e["truncation"]["ks"]})
+    truncation = Table(
+        ["update", *(f"k={k}" for k in ks), "k for 90% of the gain"],
+        [
+            [
+                _label(e),
+                *(
+                    _num(
+                        dict(
+                            zip(e["truncation"]["ks"], e["truncation"]["values"], strict=True)
+                        ).get(k)
+                    )
+                    for k in ks
+                ),
+                _num(e["truncation"]["rank_for_90"]),
+            ]
+            for e in curves
+        ],
+        caption=f"Truncation curve: {metric} with W_0 + SVD_k(dW) in every adapted matrix "
+        "(k = 0: the run's model with every matrix at W_0)",
+    )
+    lambdas = runs[0]["intervention"]["lambdas"]
+    rows = []
+    for e in runs:
+        iv = e["intervention"]
+        scaled = [
+            f"{_num(v)} / {_num(kept)}"
+            for v, kept in zip(iv["values"] or [], iv["similarity_kept"] or [], strict=True)
+        ] or ["no intruder"] * len(lambdas)
+        rows.append(
+            [_label(e), _num(e["value"]), _num(e["similarity_kept"]), str(iv["intruders"]), *scaled]
+        )
+    forgetting = Table(
+        [
+            "update",
+            metric,
+            "similarity kept (Spearman)",
+            f"intruders (top {runs[0]['intervention']['top_k']}, eps {runs[0]['intervention']['epsilon']})",
+            *(f"intruders x {lam}: {metric} / kept" for lam in lambdas),
+        ],
+        rows,
+        caption="Forgetting: Spearman correlation of the pairwise cosine similarities of "
+        f"{evals['forget_text']} sentences' mean-pooled embeddings, fine-tuned against "
+        "pretrained (1 = nothing lost); and the intruder intervention",
+    )
+    return [truncation, forgetting]
+
+
+def _eval_figures(entry: dict[str, Any], out: Path) -> list[Figure]:
+    runs = sorted(
+        entry["model_evals"]["runs"].values(), key=lambda e: (e["full_finetune"], e["rank"])
+    )
+    metric = runs[0]["metric"]
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    for e in runs:
+        curve = e.get("truncation")
+        if curve:
+            (line,) = ax.plot(curve["ks"], curve["values"], marker="o", ms=3, label=_label(e))
+            if curve["rank_for_90"] is not None:
+                ax.axvline(curve["rank_for_90"], color=line.get_color(), ls=":", lw=0.8)
+    ax.set_xscale("symlog", base=2, linthresh=1)
+    ax.set_xlabel("k (rank kept in every matrix; dotted: 90% of the gain)")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    trunc = out / f"versus_full_truncation_{entry['run'][:40]}.png"
+    fig.savefig(trunc, dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    for e in runs:
+        (dot,) = ax.plot(1 - e["similarity_kept"], e["value"], "o", label=_label(e))
+        curve = e.get("truncation")
+        if curve:
+            ax.plot(
+                [1 - x for x in curve["similarity_kept"]],
+                curve["values"],
+                color=dot.get_color(),
+                lw=0.8,
+                alpha=0.5,
+            )
+        iv = e["intervention"]
+        if iv["values"]:
+            ax.plot(
+                [1 - x for x in iv["similarity_kept"]],
+                iv["values"],
+                "x",
+                color=dot.get_color(),
+            )
+    ax.set_xlabel("forgetting: 1 - Spearman of pairwise similarities")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    forget = out / f"versus_full_forgetting_{entry['run'][:40]}.png"
+    fig.savefig(forget, dpi=90)
+    plt.close(fig)
+    return [
+        Figure(trunc, f"{metric} against the rank k kept in every matrix (W_0 + SVD_k(dW))"),
+        Figure(
+            forget,
+            f"{metric} against forgetting: each run (dot), along its truncation curve (line), "
+            "with its intruders scaled down (x)",
+        ),
+    ]
+
+
+def _model_evals(entry: dict[str, Any], figures: Path) -> list[Block]:
+    evals = entry.get("model_evals")
+    if not evals:
+        return []
+    if "skipped" in evals:
+        return [f"Model evaluations skipped: {evals['skipped']}"]
+    return [*_eval_tables(evals), *_eval_figures(entry, figures)]
+
+
 def versus_full(analysis: dict[str, Any], figures: Path) -> list[Block]:
     """The blocks of the "LoRA vs full fine-tuning" section ([] when no full FT run)."""
     blocks: list[Block] = []
@@ -174,5 +304,6 @@ def versus_full(analysis: dict[str, Any], figures: Path) -> list[Block]:
             energy,
             intruders,
             *_figures(entry, analysis, figures),
+            *_model_evals(entry, figures),
         ]
     return blocks

@@ -60,10 +60,11 @@ def adapter_base(base: str | None = None) -> Callable[[Update], Path]:
     return base_of
 
 
-def _log_to_wandb(sweep_dir: Path, runs: list[RunRecord]) -> None:
-    """An `analysis` run in the sweep's W&B group: the results table and every figure."""
+def _log_to_wandb(sweep_dir: Path, runs: list[RunRecord], analysis: dict[str, Any]) -> None:
+    """An `analysis` run in the sweep's W&B group: the results table, the model evaluations
+    against full fine-tuning (truncation curves, forgetting) and every figure."""
     from lora_jax.analysis.dynamics import DYNAMICS_STEP, dynamics_rows
-    from lora_jax.analysis.updates import ANALYSIS_FILE
+    from lora_jax.sweep.model_evals import model_eval_rows
     from lora_jax.train.tracking import Tracker
 
     logger = OmegaConf.create(runs[0].config.get("logger") or {"backend": "none"})
@@ -94,19 +95,33 @@ def _log_to_wandb(sweep_dir: Path, runs: list[RunRecord]) -> None:
         config={"sweep_dir": str(sweep_dir)},
     ) as tracker:
         # The rank measurements over training, against the training step of each checkpoint.
-        dynamics = json.loads((sweep_dir / ANALYSIS_FILE).read_text()).get("dynamics")
+        dynamics = analysis.get("dynamics")
         if dynamics:
             tracker.log_curves(dynamics_rows(dynamics), DYNAMICS_STEP)
         tracker.log_table("results", columns, rows)
+        evals = model_eval_rows(analysis)
+        if evals:
+            tracker.log_table(
+                "versus_full_model_evals", list(evals[0]), [list(r.values()) for r in evals]
+            )
         tracker.log_images({p.stem: p for p in sorted((sweep_dir / "figures").glob("*.png"))})
 
 
-def finish_sweep(sweep_dir: str | Path, analyze: bool = True, use_wandb: bool = True) -> Path:
+def finish_sweep(
+    sweep_dir: str | Path,
+    analyze: bool = True,
+    use_wandb: bool = True,
+    model_evals: bool = True,
+    eval_limit: int | None = None,
+) -> Path:
     """Summarise, analyse and report a sweep folder; return the path of `report.html`.
 
     Writes `sweep_summary.json` first, so a failing analysis loses nothing, then
-    `analysis.json` + `figures/` (`lora_jax.analysis.updates.analyze_runs`), then the one report
-    (`report.md`, `report.html`, the W&B report when online) through `make_report`.
+    `analysis.json` + `figures/` (`lora_jax.analysis.updates.analyze_runs`), with, where a full
+    fine-tuning run is beside LoRA runs, the model evaluations (`sweep.model_evals`: truncation
+    curves, forgetting, intruder intervention; `model_evals=False` skips them, `eval_limit`
+    caps their eval examples), then the one report (`report.md`, `report.html`, the W&B report
+    when online) through `make_report`.
     """
     from lora_jax.report import make_report
 
@@ -117,8 +132,12 @@ def finish_sweep(sweep_dir: str | Path, analyze: bool = True, use_wandb: bool = 
     if analyze:
         from lora_jax.analysis.updates import analyze_runs
 
-        analyze_runs(sweep_dir, runs, run_base)
-        _log_to_wandb(sweep_dir, runs)
+        analysis = analyze_runs(sweep_dir, runs, run_base)
+        if model_evals and analysis.get("versus_full"):
+            from lora_jax.sweep.model_evals import add_model_evals
+
+            analysis = add_model_evals(sweep_dir, analysis, runs, eval_limit)
+        _log_to_wandb(sweep_dir, runs, analysis)
     result = make_report(sweep_dir, use_wandb=use_wandb, runs=runs)  # each folder read once
     print(result.wandb_message)
     print(result.markdown.absolute())
@@ -128,8 +147,10 @@ def finish_sweep(sweep_dir: str | Path, analyze: bool = True, use_wandb: bool = 
 class SweepCallback(Callback):
     """Summarise, analyse and report at the end (validation: `lora_jax.sweep.validate.CheckCallback`)."""
 
-    def __init__(self, analyze: bool = True) -> None:
-        self.analyze = analyze
+    def __init__(
+        self, analyze: bool = True, model_evals: bool = True, eval_limit: int | None = None
+    ) -> None:
+        self.analyze, self.model_evals, self.eval_limit = analyze, model_evals, eval_limit
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from lora_jax.train.distributed import is_primary
@@ -137,7 +158,12 @@ class SweepCallback(Callback):
         if not is_primary():  # every process of a multi-process sweep gets here; one analyses
             return
         try:
-            report = finish_sweep(config.hydra.sweep.dir, analyze=self.analyze)
+            report = finish_sweep(
+                config.hydra.sweep.dir,
+                analyze=self.analyze,
+                model_evals=self.model_evals,
+                eval_limit=self.eval_limit,
+            )
         except Exception:
             # Hydra turns callback errors into warnings; a failed analysis must fail the sweep.
             traceback.print_exc()

@@ -8,11 +8,14 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from lora_jax import data as data_lib
 from lora_jax import models
 from lora_jax.config import Config
+from lora_jax.lora import LORA_LEAVES
 from lora_jax.partition import combine
 from lora_jax.train import distributed, lm, planted
 from lora_jax.train.steps import Objective, classification_loss
@@ -91,7 +94,17 @@ def _generation(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objecti
 
 def _planted(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objective:
     c = cfg.planted
-    teacher, factors = planted.plant(parts.frozen, c.k, c.targets, c.layers, c.strength, c.seed)
+    # Plant into the pretrained weights themselves, not into the frozen half: under full
+    # fine-tuning nothing is frozen, and the teacher must be the same whatever trains. Copied:
+    # full fine-tuning's train step donates (deletes) the arrays it started from.
+    base = {
+        path: jnp.array(leaf, copy=True)
+        for path, leaf in traverse_util.flatten_dict(pre.params).items()
+        if path[-1] not in LORA_LEAVES
+    }
+    teacher, factors = planted.plant(
+        traverse_util.unflatten_dict(base), c.k, c.targets, c.layers, c.strength, c.seed
+    )
     if distributed.is_primary():
         planted.save_factors(cfg.workdir, factors)
     return planted.objective(
