@@ -88,6 +88,7 @@ def test_model_evals_reproduce_the_run_at_full_rank_and_the_base_at_zero(full_an
         assert (full_and_lora / "figures" / f"versus_full_{kind}_{full_dir.name[:40]}.png").exists()
 
 
+@pytest.mark.slow  # two more model builds: about a minute on the shared 2-core CPU
 def test_run_model_with_w0_is_the_pretrained_encoder(full_and_lora):
     from lora_jax.analysis.truncation import similarity_kept
     from lora_jax.run_record import read_runs
@@ -106,3 +107,15 @@ def test_run_model_with_w0_is_the_pretrained_encoder(full_and_lora):
             for key, dw in model.dw.items():
                 np.testing.assert_allclose(dw, saved[key], atol=1e-6)
         assert base.shape == (32, 32)  # tiny BERT's hidden size
+
+
+def test_model_eval_rows_flatten_every_evaluated_model(full_and_lora):
+    from lora_jax.sweep.model_evals import model_eval_rows
+
+    analysis = json.loads((full_and_lora / "analysis.json").read_text())
+    rows = model_eval_rows(analysis)
+    evals = analysis["versus_full"][0]["model_evals"]["runs"].values()
+    expected = sum(
+        1 + len(e["truncation"]["ks"]) + len(e["intervention"]["values"] or []) for e in evals
+    )
+    assert len(rows) == expected and all(len(r) == len(rows[0]) for r in rows)
