@@ -117,6 +117,7 @@ def run_evals(run: RunRecord, curve: bool, eval_limit: int | None = None) -> dic
     if curve:
         out["truncation"] = truncation_curve(model, base)
     out["seconds"] = time.perf_counter() - start
+    print(f"[lora_jax] model evaluations of {run.name}: {out['seconds']:.0f} s", flush=True)
     return out
 
 
