@@ -193,6 +193,9 @@ def _eval_figures(entry: dict[str, Any], out: Path) -> list[Figure]:
             if curve["rank_for_90"] is not None:
                 ax.axvline(curve["rank_for_90"], color=line.get_color(), ls=":", lw=0.8)
     ax.set_xscale("symlog", base=2, linthresh=1)
+    ks = sorted({k for e in runs if e.get("truncation") for k in e["truncation"]["ks"]})
+    ax.set_xticks(ks, [str(k) for k in ks], fontsize=7)
+    ax.set_xlim(-0.1, max(ks) * 1.2)
     ax.set_xlabel("k (rank kept in every matrix; dotted: 90% of the gain)")
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
