@@ -14,7 +14,9 @@ update dW of every adapted matrix (LoRA: scale * A @ B; full fine-tuning: W_ft -
 
 The kernels are jit arguments and the eval batches are prepared once, so a truncation curve
 compiles the model once per batch shape and then costs one forward pass over the eval split
-per point. Encoder tasks only (classification and the planted-rank task).
+per point. Encoder tasks only (classification and the planted-rank task). A bfloat16 run
+(`model.dtype`) is rebuilt in bf16 as it trained, so it is reproduced up to bf16 rounding of
+W_0 + dW, not bit for bit.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from lora_jax import data as data_lib
 from lora_jax import models
 from lora_jax.config import config_from_dict
 from lora_jax.lora import delta_w, layer_index
-from lora_jax.partition import label_params, split
+from lora_jax.partition import combine, label_params, split
 from lora_jax.run_record import RunRecord
 from lora_jax.train.loaders import make_data
 from lora_jax.train.objectives import make_objective, objective_spec
+from lora_jax.train.precision import cast_frozen
 from lora_jax.train.setup import model_rng, plan
 from lora_jax.weights.base_kernels import layer_kernels
 
@@ -83,7 +86,10 @@ class RunModel:
         if unknown:
             raise KeyError(f"{self.name}: no adapted matrix {sorted(unknown)}.")
         flat = traverse_util.flatten_dict(self.params)
-        flat.update({self._paths[k]: jnp.asarray(w) for k, w in kernels.items()})
+        # In the dtype the run held that kernel in (bfloat16 for a frozen one under bf16).
+        flat.update(
+            {self._paths[k]: jnp.asarray(w, flat[self._paths[k]].dtype) for k, w in kernels.items()}
+        )
         return traverse_util.unflatten_dict(flat)
 
     def evaluate(self, kernels: Mapping[Key, np.ndarray] | None = None) -> dict[str, float]:
@@ -169,8 +175,13 @@ def load_run_model(
         pooling=typed.model.pooling,
         head_dropout=typed.model.head_dropout,
         rng=model_rng(typed.seed),
+        dtype=typed.model.dtype,
     )
-    flat = traverse_util.flatten_dict(pre.params)
+    spec = objective_spec(p.task)
+    labels = label_params(pre.params, trainable=spec.head_rules(pre), full_finetune=p.full_finetune)
+    parts = split(pre.params, labels)
+    # As the run held it: model.dtype=bfloat16 keeps the frozen half in bf16.
+    flat = traverse_util.flatten_dict(combine(*cast_frozen(parts, typed.model.dtype)))
     trained = _trained_leaves(run)
     stray = set(trained) - set(flat)
     if stray:
@@ -198,10 +209,8 @@ def load_run_model(
     base.update({q: jnp.zeros_like(v) for q, v in base.items() if q[-1] == "lora_b"})
     head = {q: v for q, v in trained.items() if q[0] not in ("encoder", "decoder")}
 
-    spec = objective_spec(p.task)
-    labels = label_params(pre.params, trainable=spec.head_rules(pre), full_finetune=p.full_finetune)
     data = make_data(typed, p.task, pre.tokenizer, **spec.loader_kwargs(typed, pre))
-    objective = make_objective(typed, p, pre, split(pre.params, labels), data)
+    objective = make_objective(typed, p, pre, parts, data)
     scratch.cleanup()
     batches = [objective.prepare(b) for b in data.eval_batches()]
     forget_task = data_lib.get_task(FORGET_TASK)
