@@ -104,7 +104,8 @@ class RunModel:
     def _metrics(self, params: dict) -> dict[str, float]:
         preds = [np.asarray(self._predict(params, b)) for b in self._batches]
         labels = [np.asarray(b["labels"]) for b in self._batches]
-        return self._objective.metrics(np.concatenate(preds), np.concatenate(labels))
+        n = self.eval_examples  # a pass may be filled up to whole batches: not scored
+        return self._objective.metrics(np.concatenate(preds)[:n], np.concatenate(labels)[:n])
 
     def embed(self, kernels: Mapping[Key, np.ndarray] | None = None) -> np.ndarray:
         """(n, d) mean-pooled last hidden states of the held-out sentences."""
@@ -242,7 +243,7 @@ def load_run_model(
         name=run.name,
         main_metric=p.task.main_metric,
         full_rank=full_rank,
-        eval_examples=sum(len(b["labels"]) for b in batches),
+        eval_examples=data.eval_size,
         w0=w0,
         dw=dw,
         params=params,
