@@ -55,6 +55,16 @@ def test_rank_for_gain():
         rank_for_gain([1, 2], [0.1, 0.2])
 
 
+def test_rank_for_gain_of_a_loss_counts_its_drop():
+    ks = [0, 1, 2, 4, 8]
+    # A generation task's eval loss: 5 -> 0 is the gain; 90% of it is a drop of 4.5, at k = 4.
+    assert rank_for_gain(ks, [5.0, 3.0, 1.0, 0.5, 0.0], lower_is_better=True) == 4
+    assert rank_for_gain(ks, [5.0, 0.4, 0.3, 0.2, 0.0], lower_is_better=True) == 1
+    assert rank_for_gain(ks, [5.0, 4.0, 3.0, 2.0, 5.5], lower_is_better=True) is None  # rose
+    # The same curve as a score (higher is better) gives the same rank.
+    assert rank_for_gain(ks, [-5.0, -3.0, -1.0, -0.5, 0.0]) == 4
+
+
 def test_similarity_kept_is_one_for_the_same_geometry():
     rng = np.random.default_rng(1)
     base = rng.standard_normal((40, 16))

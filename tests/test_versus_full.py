@@ -76,13 +76,14 @@ def test_model_evals_reproduce_the_run_at_full_rank_and_the_base_at_zero(full_an
         # Eckart-Young: at full k, SVD_k(dW) = dW; the LoRA curve stops at its rank.
         assert curve["ks"] == ([0, 1, 2] if e["rank"] else [0, 1, 2, 4, 8, 16, 32])
         assert curve["values"][-1] == pytest.approx(e["run_value"], abs=1e-9)
-        assert len(curve["similarity_kept"]) == len(curve["ks"])
+        assert len(curve["similarity_kept"]) == len(curve["forgetting"]) == len(curve["ks"])
         assert -1 <= e["similarity_kept"] <= 1 and e["intervention"]["lambdas"] == [0.75, 0.5, 0]
+        assert e["forgetting"] == 1 - e["similarity_kept"] and not e["lower_is_better"]
     (lora,) = [e for e in evals.values() if e["rank"] == 2]
     # k = 0 for LoRA is the pretrained model with the run's trained head.
     assert lora["truncation"]["values"][0] == pytest.approx(lora["pretrained_with_head"], abs=1e-9)
     report = (full_and_lora / "report.md").read_text()
-    assert "Truncation curve" in report and "Forgetting: Spearman" in report
+    assert "Truncation curve" in report and "Forgetting: 1 - the Spearman" in report
     (full_dir,) = [p for p in full_and_lora.iterdir() if p.name.startswith("lora=full")]
     for kind in ("truncation", "forgetting"):
         assert (full_and_lora / "figures" / f"versus_full_{kind}_{full_dir.name[:40]}.png").exists()

@@ -3,10 +3,11 @@
 - `truncation_ranks`, `truncated_kernels`: the ranks k = 0, 1, 2, 4, ... up to full, and
   W_0 + SVD_k(dW) of every matrix (Eckart-Young: at full k that is W_0 + dW exactly);
 - `rank_for_gain`: the smallest k whose task metric keeps a share (90%) of the gain of the
-  whole update over k = 0 (the task's own rank, read off the curve);
+  whole update over k = 0 (the task's own rank, read off the curve; for a loss, its drop);
 - `similarity_kept`: how well the pairwise cosine similarities of sentence embeddings keep
   their order under a fine-tuned model (Spearman against the pretrained model's), the
-  forgetting measure of a sentence encoder: 1 keeps everything, 1 - it is what was lost.
+  forgetting measure of a sentence encoder: 1 keeps everything, 1 - it is what was lost
+  (a decoder's is its LM loss increase on held-out text: `sweep.model_evals`).
 
 The models themselves are evaluated above this layer (`lora_jax.train.kernel_eval`).
 
@@ -52,19 +53,25 @@ def truncated_kernels(w0: Mapping, svds: Mapping, k: int) -> dict:
 
 
 def rank_for_gain(
-    ks: Sequence[int], values: Sequence[float], share: float = GAIN_SHARE
+    ks: Sequence[int],
+    values: Sequence[float],
+    share: float = GAIN_SHARE,
+    lower_is_better: bool = False,
 ) -> int | None:
     """The smallest k whose value keeps `share` of the whole update's gain over k = 0.
 
     Args:
         ks: ascending ranks, starting at 0 and ending at the full rank.
-        values: the task metric (higher is better) at each k.
+        values: the task metric at each k, higher is better (a loss: `lower_is_better`,
+            the gain is then the drop of the loss).
 
     Returns:
         That k (only the ks evaluated count), or None when the update gains nothing.
     """
     if len(ks) != len(values) or not ks or ks[0] != 0:
         raise ValueError(f"ks={list(ks)} must start at 0 and match values={list(values)}.")
+    if lower_is_better:
+        values = [-v for v in values]
     gain = values[-1] - values[0]
     if not gain > 0:
         return None

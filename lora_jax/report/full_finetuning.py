@@ -4,7 +4,8 @@ Reads the `versus_full` entries that `lora_jax.analysis.versus_full` wrote: per 
 (medians over layers), the energy ranks of the full update beside a random matrix of the
 same shape and norm, the intruder counts of each LoRA rank beside full fine-tuning's, and
 phi between their top directions; where the models were evaluated (`model_evals`), the
-truncation curves, the forgetting measure and the intruder intervention. Figures: cumulative
+truncation curves, the forgetting measure (an encoder's lost similarity order, a decoder's LM
+loss increase on held-out text) and the intruder intervention. Figures: cumulative
 energy against k (full, random, each LoRA rank), intruders against epsilon (each LoRA rank,
 full as the reference), the task metric against the truncation rank k, and the task metric
 against forgetting.
@@ -128,6 +129,36 @@ def _num(x: float | None) -> str:
     return "—" if x is None else f"{x:.3g}"
 
 
+def _forgetting(e: dict[str, Any], key: str = "forgetting") -> Any:
+    """`e[key]`; an analysis.json written before decoders were measured has only the
+    encoder's `similarity_kept`, whose forgetting is 1 - it."""
+    if key in e:
+        return e[key]
+    kept = e.get("similarity_kept")
+    return None if kept is None else [1 - x for x in kept] if isinstance(kept, list) else 1 - kept
+
+
+def _measure(evals: dict[str, Any]) -> tuple[str, str, str]:
+    """(the measure's own column key, its header, the forgetting table's caption)."""
+    text = evals["forget_text"]
+    if any("held_out_loss" in e for e in evals["runs"].values()):
+        pre = next(iter(evals["runs"].values()))["pretrained_held_out_loss"]
+        return (
+            "held_out_loss",
+            "held-out LM loss",
+            f"Forgetting: the increase of the LM loss (mean next-token cross-entropy, nats per "
+            f"token) on {text} sentences over the pretrained model's {pre:.4g} (0 = nothing "
+            "lost); and the intruder intervention",
+        )
+    return (
+        "similarity_kept",
+        "similarity kept (Spearman)",
+        f"Forgetting: 1 - the Spearman correlation of the pairwise cosine similarities of {text} "
+        "sentences' mean-pooled embeddings, fine-tuned against pretrained (0 = nothing lost); "
+        "and the intruder intervention",
+    )
+
+
 def _eval_tables(evals: dict[str, Any]) -> list[Block]:
     runs = sorted(evals["runs"].values(), key=lambda e: (e["full_finetune"], e["rank"]))
     metric = runs[0]["metric"]
@@ -151,31 +182,43 @@ def _eval_tables(evals: dict[str, Any]) -> list[Block]:
             for e in curves
         ],
         caption=f"Truncation curve: {metric} with W_0 + SVD_k(dW) in every adapted matrix "
-        "(k = 0: the run's model with every matrix at W_0)",
+        "(k = 0: the run's model with every matrix at W_0)"
+        + (
+            f"; {metric} is the eval split's LM loss (lower is better; no decoding)"
+            if runs[0].get("lower_is_better")
+            else ""
+        ),
     )
     lambdas = runs[0]["intervention"]["lambdas"]
+    own, header, caption = _measure(evals)
     rows = []
     for e in runs:
         iv = e["intervention"]
         scaled = [
-            f"{_num(v)} / {_num(kept)}"
-            for v, kept in zip(iv["values"] or [], iv["similarity_kept"] or [], strict=True)
+            f"{_num(v)} / {_num(lost)}"
+            for v, lost in zip(iv["values"] or [], _forgetting(iv) or [], strict=True)
         ] or ["no intruder"] * len(lambdas)
         rows.append(
-            [_label(e), _num(e["value"]), _num(e["similarity_kept"]), str(iv["intruders"]), *scaled]
+            [
+                _label(e),
+                _num(e["value"]),
+                _num(e[own]),
+                _num(_forgetting(e)),
+                str(iv["intruders"]),
+                *scaled,
+            ]
         )
     forgetting = Table(
         [
             "update",
             metric,
-            "similarity kept (Spearman)",
+            header,
+            "forgetting",
             f"intruders (top {runs[0]['intervention']['top_k']}, eps {runs[0]['intervention']['epsilon']})",
-            *(f"intruders x {lam}: {metric} / kept" for lam in lambdas),
+            *(f"intruders x {lam}: {metric} / forgetting" for lam in lambdas),
         ],
         rows,
-        caption="Forgetting: Spearman correlation of the pairwise cosine similarities of "
-        f"{evals['forget_text']} sentences' mean-pooled embeddings, fine-tuned against "
-        "pretrained (1 = nothing lost); and the intruder intervention",
+        caption=caption,
     )
     return [truncation, forgetting]
 
@@ -206,25 +249,19 @@ def _eval_figures(entry: dict[str, Any], out: Path) -> list[Figure]:
 
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     for e in runs:
-        (dot,) = ax.plot(1 - e["similarity_kept"], e["value"], "o", label=_label(e))
+        (dot,) = ax.plot(_forgetting(e), e["value"], "o", label=_label(e))
         curve = e.get("truncation")
         if curve:
-            ax.plot(
-                [1 - x for x in curve["similarity_kept"]],
-                curve["values"],
-                color=dot.get_color(),
-                lw=0.8,
-                alpha=0.5,
-            )
+            ax.plot(_forgetting(curve), curve["values"], color=dot.get_color(), lw=0.8, alpha=0.5)
         iv = e["intervention"]
         if iv["values"]:
-            ax.plot(
-                [1 - x for x in iv["similarity_kept"]],
-                iv["values"],
-                "x",
-                color=dot.get_color(),
-            )
-    ax.set_xlabel("forgetting: 1 - Spearman of pairwise similarities")
+            ax.plot(_forgetting(iv), iv["values"], "x", color=dot.get_color())
+    decoder = any("held_out_loss" in e for e in runs)
+    ax.set_xlabel(
+        "forgetting: held-out LM loss - pretrained's"
+        if decoder
+        else "forgetting: 1 - Spearman of pairwise similarities"
+    )
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     fig.tight_layout()

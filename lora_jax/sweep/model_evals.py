@@ -3,17 +3,21 @@
 
 - **truncation curve** (full fine-tuning and the highest-rank LoRA): the task metric with
   W_0 + SVD_k(dW) in every adapted matrix, k = 0, 1, 2, 4, ... up to the update's full rank,
-  and the smallest k keeping 90% of the gain over k = 0 (the task's own rank);
-- **forgetting** (every run, and along the truncation curve): the Spearman correlation of the
-  pairwise cosine similarities of held-out sentences' mean-pooled embeddings under the
-  fine-tuned model and the pretrained one (`similarity_kept`; forgetting = 1 - it);
+  and the smallest k keeping 90% of the gain over k = 0 (the task's own rank); for a
+  generation task the metric is the eval LM loss (lower is better), not BLEU;
+- **forgetting** (every run, and along the truncation curve), one number, higher = more lost:
+  encoders, 1 - the Spearman correlation of the pairwise cosine similarities of held-out
+  sentences' mean-pooled embeddings under the fine-tuned model and the pretrained one
+  (`similarity_kept`); decoders, the increase of the LM loss on the held-out sentences over
+  the pretrained model's (`held_out_loss` - `pretrained_held_out_loss`, nats per token);
 - **intruder intervention** (every run): each intruder's singular value scaled by lambda
   (`analysis.scale_intruders`, PEFT's top 10 and epsilon 0.5), task metric and forgetting again.
 
 k = 0 is the run's model with every adapted matrix back at W_0; the rest stays as the run left
 it: the trained head, and for full fine-tuning also its biases, LayerNorms and embeddings (so
 the curve is about the matrices' rank). `pretrained_with_head` is the model with nothing of
-the run but its head. Encoder tasks only; cost: `seconds` per run in the JSON.
+the run but its head (a decoder's LM head is pretrained: there it is the pretrained model).
+Cost: `seconds` per run in the JSON.
 """
 
 from __future__ import annotations
@@ -23,8 +27,6 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from lora_jax.analysis.full_update import update_svd
 from lora_jax.analysis.intruders import EPSILON, TOP_K, scale_intruders
@@ -46,34 +48,61 @@ from lora_jax.train.kernel_eval import (
 )
 
 LAMBDAS = (0.75, 0.5, 0.0)  # PEFT's default, then stronger
+MEASURES = {  # the forgetting of each kind of model, as analysis.json names it
+    "encoder": "1 - Spearman of the pairwise cosine similarities of mean-pooled embeddings",
+    "decoder": "LM loss increase over the pretrained model (nats per token)",
+}
 
 
-def truncation_curve(model: RunModel, base_embedding: np.ndarray) -> dict[str, Any]:
-    """The task metric and `similarity_kept` at every k of `truncation_ranks(full rank)`."""
+class Forgetting:
+    """A run's forgetting measure: the pretrained model's side computed once, then
+    `forgetting(kernels)` -> {"forgetting": x, and the measure's own number} for any kernels
+    (None: the run's W_0 + dW)."""
+
+    def __init__(self, model: RunModel):
+        self.model = model
+        self.base = model.lm_loss_pretrained() if model.decoder else model.embed_pretrained()
+        self.keys = ("forgetting", "held_out_loss" if model.decoder else "similarity_kept")
+
+    def __call__(self, kernels: dict | None = None) -> dict[str, float]:
+        if self.model.decoder:
+            loss = self.model.lm_loss(kernels)["loss"]
+            return {"forgetting": loss - self.base["loss"], "held_out_loss": loss}
+        kept = similarity_kept(self.base, self.model.embed(kernels))
+        return {"forgetting": 1.0 - kept, "similarity_kept": kept}
+
+
+def _columns(points: list[dict[str, float]]) -> dict[str, list[float]]:
+    """[{key: x}] per point -> {key: [x per point]}."""
+    return {key: [p[key] for p in points] for key in points[0]} if points else {}
+
+
+def truncation_curve(model: RunModel, forgetting: Forgetting) -> dict[str, Any]:
+    """The task metric and the forgetting at every k of `truncation_ranks(full rank)`."""
     svds = {key: update_svd(dw) for key, dw in model.dw.items()}
     ks = truncation_ranks(model.full_rank)
-    values, kept = [], []
+    values, points = [], []
     for k in ks:
         kernels = truncated_kernels(model.w0, svds, k)
         values.append(model.evaluate(kernels)[model.main_metric])
-        kept.append(similarity_kept(base_embedding, model.embed(kernels)))
+        points.append(forgetting(kernels))
     return {
         "ks": ks,
         "values": values,
-        "similarity_kept": kept,
-        "rank_for_90": rank_for_gain(ks, values),
+        **_columns(points),
+        "rank_for_90": rank_for_gain(ks, values, lower_is_better=model.lower_is_better),
     }
 
 
 def intruder_intervention(
     model: RunModel,
-    base_embedding: np.ndarray,
+    forgetting: Forgetting,
     lambdas: Iterable[float] = LAMBDAS,
     top_k: int = TOP_K,
     epsilon: float = EPSILON,
 ) -> dict[str, Any]:
-    """Task metric and `similarity_kept` with the intruders' singular values scaled by each
-    lambda (no evaluation when there is no intruder: the model is the run's)."""
+    """Task metric and forgetting with the intruders' singular values scaled by each lambda
+    (no evaluation when there is no intruder: the model is the run's)."""
     lambdas = list(lambdas)
     out: dict[str, Any] = {"top_k": top_k, "epsilon": epsilon, "lambdas": lambdas}
     merged = model.merged()
@@ -82,40 +111,45 @@ def intruder_intervention(
     }
     out["intruders"] = int(sum(counts.values()))
     if out["intruders"] == 0:
-        return {**out, "values": None, "similarity_kept": None}
-    values, kept = [], []
+        return {**out, "values": None, **dict.fromkeys(forgetting.keys)}
+    values, points = [], []
     for lam in lambdas:
         kernels = {
             key: scale_intruders(model.w0[key], w, top_k, epsilon, lam)[0] if counts[key] else w
             for key, w in merged.items()
         }
         values.append(model.evaluate(kernels)[model.main_metric])
-        kept.append(similarity_kept(base_embedding, model.embed(kernels)))
-    return {**out, "values": values, "similarity_kept": kept}
+        points.append(forgetting(kernels))
+    return {**out, "values": values, **_columns(points)}
 
 
 def run_evals(run: RunRecord, curve: bool, eval_limit: int | None = None) -> dict[str, Any]:
     """Every model evaluation of one run (module docstring); `curve`: also the truncation."""
     start = time.perf_counter()
     model = load_run_model(run, eval_limit)
-    base = model.embed_pretrained()
+    forgetting = Forgetting(model)
     own = model.evaluate()
     out: dict[str, Any] = {
         "run_dir": str(run.run_dir),
         "rank": run.rank,
         "full_finetune": run.full_finetune,
         "metric": model.main_metric,
+        "lower_is_better": model.lower_is_better,
         "run_value": (run.metrics.get("final") or {}).get(model.main_metric),
         "value": own[model.main_metric],
         "eval_examples": model.eval_examples,
-        "similarity_kept": similarity_kept(base, model.embed()),
-        "intervention": intruder_intervention(model, base),
+        **forgetting(),
+        "intervention": intruder_intervention(model, forgetting),
     }
+    if model.decoder:
+        out["held_out_perplexity"] = model.lm_loss()["perplexity"]
+        out["pretrained_held_out_loss"] = forgetting.base["loss"]
+        out["pretrained_held_out_perplexity"] = forgetting.base["perplexity"]
     # The base model: for LoRA the same as k = 0; for full fine-tuning without its changes to
     # biases, LayerNorms and embeddings.
     out["pretrained_with_head"] = model.evaluate_pretrained()[model.main_metric]
     if curve:
-        out["truncation"] = truncation_curve(model, base)
+        out["truncation"] = truncation_curve(model, forgetting)
     out["seconds"] = time.perf_counter() - start
     print(f"[lora_jax] model evaluations of {run.name}: {out['seconds']:.0f} s", flush=True)
     return out
@@ -124,7 +158,7 @@ def run_evals(run: RunRecord, curve: bool, eval_limit: int | None = None) -> dic
 def model_evals(
     analysis: dict[str, Any], runs: list[RunRecord], eval_limit: int | None = None
 ) -> dict[str, Any]:
-    """`analysis` with `model_evals` added to each `versus_full` entry of an encoder task."""
+    """`analysis` with `model_evals` added to each `versus_full` entry."""
     # By folder name: the JSON's folders are as the sweep was given (maybe relative, or moved).
     by_name = {r.name: r for r in runs}
     for entry in analysis.get("versus_full", []):
@@ -136,11 +170,13 @@ def model_evals(
                 r.name: run_evals(r, curve=r is full or r is top, eval_limit=eval_limit)
                 for r in [full, *peers]
             }
-        except NotImplementedError as err:  # a decoder task: said in the JSON, not fatal
+        except NotImplementedError as err:  # a task of another kind: said in the JSON
             entry["model_evals"] = {"skipped": str(err)}
             continue
+        kind = "decoder" if "held_out_loss" in evals[full.name] else "encoder"
         entry["model_evals"] = {
             "forget_text": f"{FORGET_TASK} {FORGET_SPLIT}[:{FORGET_SENTENCES}]",
+            "forgetting_measure": MEASURES[kind],
             "runs": evals,
         }
     return analysis
@@ -160,8 +196,8 @@ def add_model_evals(
 
 
 def model_eval_rows(analysis: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat row per evaluated model (run, what was done to it, metric, similarity kept):
-    the W&B table of the sweep's `analysis` run."""
+    """One flat row per evaluated model (run, what was done to it, metric, forgetting): the
+    W&B table of the sweep's `analysis` run."""
     rows = []
     for entry in analysis.get("versus_full", []):
         for name, e in (entry.get("model_evals") or {}).get("runs", {}).items():
@@ -172,35 +208,30 @@ def model_eval_rows(analysis: dict[str, Any]) -> list[dict[str, Any]]:
                 "metric": e["metric"],
             }
             rows.append(
-                {
-                    **row,
-                    "change": "none",
-                    "value": e["value"],
-                    "similarity_kept": e["similarity_kept"],
-                }
+                {**row, "change": "none", "value": e["value"], "forgetting": e["forgetting"]}
             )
             curve = e.get("truncation") or {}
-            for k, v, kept in zip(
+            for k, v, lost in zip(
                 curve.get("ks", []),
                 curve.get("values", []),
-                curve.get("similarity_kept", []),
+                curve.get("forgetting", []),
                 strict=True,
             ):
                 rows.append(
-                    {**row, "change": f"truncated to k={k}", "value": v, "similarity_kept": kept}
+                    {**row, "change": f"truncated to k={k}", "value": v, "forgetting": lost}
                 )
             iv = e["intervention"]
-            for lam, v, kept in zip(
-                iv["lambdas"], iv["values"] or [], iv["similarity_kept"] or [], strict=False
+            for lam, v, lost in zip(
+                iv["lambdas"], iv["values"] or [], iv["forgetting"] or [], strict=False
             ):
-                rows.append(
-                    {**row, "change": f"intruders x {lam}", "value": v, "similarity_kept": kept}
-                )
+                rows.append({**row, "change": f"intruders x {lam}", "value": v, "forgetting": lost})
     return rows
 
 
 __all__ = [
     "LAMBDAS",
+    "MEASURES",
+    "Forgetting",
     "add_model_evals",
     "intruder_intervention",
     "model_eval_rows",

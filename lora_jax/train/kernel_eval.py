@@ -8,20 +8,25 @@ update dW of every adapted matrix (LoRA: scale * A @ B; full fine-tuning: W_ft -
 - `evaluate(kernels)`: the run's own task metric on its eval split, with {(layer, target): W}
   in place of the adapted kernels and LoRA switched off (lora_b = 0), everything else as the
   run left it; `evaluate(w0 + dw)` is the run itself;
-- `embed(kernels)`: mean-pooled last hidden states of held-out sentences (the forgetting
-  measure, `analysis.truncation.similarity_kept`); `embed_pretrained()` the same under the
-  untouched pretrained model.
+- encoders: `embed(kernels)`, mean-pooled last hidden states of held-out sentences (the
+  forgetting measure, `analysis.truncation.similarity_kept`); `embed_pretrained()` the same
+  under the untouched pretrained model;
+- decoders (generation tasks): `lm_loss(kernels)`, the language-model loss of the held-out
+  sentences (each scored as `sentence + EOS`, every token after the first, by the run's own
+  LM objective, `train.lm`); `lm_loss_pretrained()` the same under the pretrained model.
 
-The kernels are jit arguments and the eval batches are prepared once, so a truncation curve
-compiles the model once per batch shape and then costs one forward pass over the eval split
-per point. Encoder tasks only (classification and the planted-rank task). A bfloat16 run
-(`model.dtype`) is rebuilt in bf16 as it trained, so it is reproduced up to bf16 rounding of
-W_0 + dW, not bit for bit.
+A generation task's metric here is its eval `loss` (lower is better), not BLEU: decoding at
+every point of a curve would cost far more than one forward pass. The kernels are jit
+arguments and the eval batches are prepared once, so a truncation curve compiles the model
+once per batch shape and then costs one forward pass over the eval split per point. A
+bfloat16 run (`model.dtype`) is rebuilt in bf16 as it trained, so it is reproduced up to bf16
+rounding of W_0 + dW, not bit for bit.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ from lora_jax.config import config_from_dict
 from lora_jax.lora import delta_w, layer_index
 from lora_jax.partition import combine, label_params, split
 from lora_jax.run_record import RunRecord
+from lora_jax.train import lm
 from lora_jax.train.loaders import make_data
 from lora_jax.train.objectives import make_objective, objective_spec
 from lora_jax.train.precision import cast_frozen
@@ -50,6 +56,7 @@ Key = tuple[int, str]
 # on `train` and evaluate on `validation`); available offline wherever MR is prepared.
 FORGET_TASK, FORGET_SPLIT, FORGET_SENTENCES = "mr", "test", 256
 ENCODER_KINDS = ("classification", "planted")
+DECODER_KINDS = ("generation",)
 
 
 @dataclass
@@ -57,7 +64,9 @@ class RunModel:
     """A finished run's model with swappable kernels (see the module docstring).
 
     Attributes:
-        name: the run's folder name. main_metric: the task's main metric.
+        name: the run's folder name. main_metric: the metric `evaluate` is read by (the
+            task's main one; a generation task's eval `loss`). lower_is_better: of it.
+        decoder: a causal LM (forgetting by `lm_loss`) rather than an encoder (by `embed`).
         full_rank: the largest rank of its updates (LoRA: r; full fine-tuning: min(in, out)).
         eval_examples: how many eval examples `evaluate` scores.
         w0, dw: {(layer, target): (in, out)} of every adapted matrix.
@@ -66,6 +75,8 @@ class RunModel:
 
     name: str
     main_metric: str
+    lower_is_better: bool
+    decoder: bool
     full_rank: int
     eval_examples: int
     w0: dict[Key, np.ndarray]
@@ -108,18 +119,36 @@ class RunModel:
         return self._objective.metrics(np.concatenate(preds)[:n], np.concatenate(labels)[:n])
 
     def embed(self, kernels: Mapping[Key, np.ndarray] | None = None) -> np.ndarray:
-        """(n, d) mean-pooled last hidden states of the held-out sentences."""
+        """(n, d) mean-pooled last hidden states of the held-out sentences (encoders)."""
         return self._pool(self.with_kernels(self.merged() if kernels is None else kernels))
 
     def embed_pretrained(self) -> np.ndarray:
         """The same under the pretrained model (no leaf of the run)."""
         return self._pool(self.pretrained)
 
+    def lm_loss(self, kernels: Mapping[Key, np.ndarray] | None = None) -> dict[str, float]:
+        """Mean next-token cross-entropy (`loss`), `perplexity` and `token_accuracy` of the
+        held-out sentences (decoders), with `kernels` (default: W_0 + dW, the run itself)."""
+        return self._text_loss(self.with_kernels(self.merged() if kernels is None else kernels))
+
+    def lm_loss_pretrained(self) -> dict[str, float]:
+        """The same under the pretrained model (no leaf of the run)."""
+        return self._text_loss(self.pretrained)
+
+    def _text_loss(self, params: dict) -> dict[str, float]:
+        if not self.decoder:
+            raise TypeError(f"{self.name}: an encoder has no LM loss; use `embed`.")
+        # The LM objective's own per-row (NLL sum, tokens, correct): a token-weighted mean.
+        preds = [np.asarray(self._predict(params, b)) for b in self._forget_batches]
+        return self._objective.metrics(np.concatenate(preds), None)
+
     def merged(self) -> dict[Key, np.ndarray]:
         """{key: W_0 + dW}."""
         return {k: self.w0[k] + self.dw[k] for k in self.dw}
 
     def _pool(self, params: dict) -> np.ndarray:
+        if self.decoder:
+            raise TypeError(f"{self.name}: a decoder is measured by `lm_loss`, not `embed`.")
         out = []
         for b in self._forget_batches:
             h = np.asarray(self._hidden(params["encoder"], b), np.float64)
@@ -148,12 +177,13 @@ def load_run_model(
     """The run's model with swappable kernels (module docstring).
 
     Args:
-        run: a finished LoRA or full fine-tuning run of an encoder task.
+        run: a finished LoRA or full fine-tuning run (encoder or generation task).
         eval_limit: evaluate on at most this many eval examples (default: the run's own).
-        forget_sentences: held-out sentences for `embed` (MR's test split, from the start).
+        forget_sentences: held-out sentences for `embed` / `lm_loss` (MR's test split, from
+            the start).
 
     Raises:
-        NotImplementedError: a decoder task. FileNotFoundError: no final checkpoint.
+        NotImplementedError: a task of another kind. FileNotFoundError: no final checkpoint.
     """
     raw = copy.deepcopy(run.config)
     if eval_limit:
@@ -164,11 +194,12 @@ def load_run_model(
     raw["workdir"] = scratch.name
     typed = config_from_dict(raw)
     p = plan(typed)
-    if p.task.kind not in ENCODER_KINDS:
+    if p.task.kind not in ENCODER_KINDS + DECODER_KINDS:
         raise NotImplementedError(
             f"{run.name}: task {p.task.name!r} is of kind {p.task.kind!r}; the model "
-            f"evaluations support {', '.join(ENCODER_KINDS)} (encoder) tasks only."
+            f"evaluations support {', '.join(ENCODER_KINDS + DECODER_KINDS)} tasks only."
         )
+    decoder = p.task.kind in DECODER_KINDS
     pre = models.load_model(
         typed.model.name,
         p.lora,
@@ -208,7 +239,9 @@ def load_run_model(
     params = traverse_util.unflatten_dict(flat)
     base = traverse_util.flatten_dict(pre.params)
     base.update({q: jnp.zeros_like(v) for q, v in base.items() if q[-1] == "lora_b"})
-    head = {q: v for q, v in trained.items() if q[0] not in ("encoder", "decoder")}
+    # An encoder's head is new (the base model has none); a decoder's LM head is pretrained,
+    # so its base is the pretrained model itself.
+    head = {} if decoder else {q: v for q, v in trained.items() if q[0] != "encoder"}
 
     data = make_data(typed, p.task, pre.tokenizer, **spec.loader_kwargs(typed, pre))
     objective = make_objective(typed, p, pre, parts, data)
@@ -216,6 +249,15 @@ def load_run_model(
     batches = [objective.prepare(b) for b in data.eval_batches()]
     forget_task = data_lib.get_task(FORGET_TASK)
     source = data_lib.load_split(forget_task, f"{FORGET_SPLIT}[:{forget_sentences}]")
+    text_kwargs = {}
+    if decoder:
+        # Each sentence as the target of an empty prompt: `sentence + EOS`, right-padded,
+        # every token after the first scored (the loss mask), as the task's own sequences are.
+        forget_task = dataclasses.replace(
+            forget_task, kind="generation", label_key=forget_task.text_keys[0], prompt=""
+        )
+        eos, pad = lm.special_ids(pre)
+        text_kwargs = {"eos_id": eos, "pad_id": pad}
     forget_batches = list(
         data_lib.make_loader(
             source,
@@ -226,9 +268,10 @@ def load_run_model(
             shuffle=False,
             drop_remainder=False,
             pad=typed.data.pad,
+            **text_kwargs,
         )
     )
-    encoder = models.BertEncoder(pre.config, p.lora)
+    encoder = None if decoder else models.BertEncoder(pre.config, p.lora)
 
     def hidden(encoder_params, batch):
         return encoder.apply(
@@ -241,7 +284,10 @@ def load_run_model(
 
     return RunModel(
         name=run.name,
-        main_metric=p.task.main_metric,
+        # A generation task's main metric (BLEU) needs decoding: its eval loss instead.
+        main_metric="loss" if decoder else p.task.main_metric,
+        lower_is_better=decoder,
+        decoder=decoder,
         full_rank=full_rank,
         eval_examples=data.eval_size,
         w0=w0,
@@ -254,7 +300,7 @@ def load_run_model(
         _batches=batches,
         _forget_batches=forget_batches,
         _predict=jax.jit(objective.predict_fn),
-        _hidden=jax.jit(hidden),
+        _hidden=None if decoder else jax.jit(hidden),
     )
 
 
