@@ -47,7 +47,7 @@ import jax.numpy as jnp
 
 from lora_jax.lora import LoRAConfig
 from lora_jax.models.decoder import CausalLM, DecoderStack, cached_attention, tied_logits
-from lora_jax.weights.params import fill_params, llama_source
+from lora_jax.weights.params import Place, fill_params, llama_source
 
 # The family contract (see `lora_jax.models.registry`): HF model types, name map. GGUF files
 # (llama architecture) are read with HF's names by `lora_jax.weights.gguf`.
@@ -408,9 +408,12 @@ def config_for(hf: Mapping[str, Any], names: Collection[str]) -> LlamaConfig:
     return config
 
 
-def load_base(reader: Mapping[str, Any], template: Mapping[str, Any], where: Any) -> dict:
-    """Every non-LoRA leaf of `template` from the checkpoint (HF names, no prefix)."""
-    return fill_params(reader, template, hf_source, "", where)
+def load_base(
+    reader: Mapping[str, Any], template: Mapping[str, Any], where: Any, place: Place | None = None
+) -> dict:
+    """Every non-LoRA leaf of `template` from the checkpoint (HF names, no prefix), each put on
+    its device(s) by `place` (`fill_params`)."""
+    return fill_params(reader, template, hf_source, "", where, place)
 
 
 Config = LlamaConfig
