@@ -1,7 +1,8 @@
-"""Llama-family decoders (Llama 2/3, SmolLM, Mistral-style GQA) in Flax linen, with LoRA.
+"""Llama-family decoders (Llama 2/3, SmolLM, Mistral, Qwen2) in Flax linen, with LoRA.
 
-Pre-RMSNorm decoder layers with rotary positions (HF's "rotate-half" layout), grouped-query
-attention (`num_kv_heads` <= `num_heads`), a SwiGLU MLP, and tied or untied embeddings.
+Pre-RMSNorm decoder layers with rotary positions (HF's "rotate-half" layout; Llama 3.1's
+`llama3` frequency scaling), grouped-query attention (`num_kv_heads` <= `num_heads`), q/k/v
+biases (Qwen2), a SwiGLU MLP, and tied or untied embeddings.
 Every projection is a `LoRADense` named by its LoRA target, so the parameter tree reads
 
     decoder/embed_tokens/embedding                     (V, d)
