@@ -47,6 +47,7 @@ from lora_jax.lora import LoRAConfig
 from lora_jax.models.heads import ClassificationHead, mean_pool
 from lora_jax.weights.params import (
     ENCODER_ANCHOR,
+    Place,
     encoder_source,
     fill_params,
     find_prefix,
@@ -406,10 +407,13 @@ def config_for(hf: Mapping[str, Any], names: Collection[str]) -> BertConfig:
     return config
 
 
-def load_base(reader: Mapping[str, Any], template: Mapping[str, Any], where: Any) -> dict:
-    """Every non-LoRA leaf under `encoder/` of `template` from the checkpoint (the head is new)."""
+def load_base(
+    reader: Mapping[str, Any], template: Mapping[str, Any], where: Any, place: Place | None = None
+) -> dict:
+    """Every non-LoRA leaf under `encoder/` of `template` from the checkpoint (the head is new),
+    each put on its device(s) by `place` (`fill_params`)."""
     prefix = find_prefix(set(reader), ENCODER_ANCHOR, "BERT-family", where)
-    flat = fill_params(reader, template["encoder"], hf_source, prefix, where)
+    flat = fill_params(reader, template["encoder"], hf_source, prefix, where, place)
     return {("encoder", *path): leaf for path, leaf in flat.items()}
 
 

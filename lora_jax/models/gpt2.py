@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 from lora_jax.lora import LoRAConfig
 from lora_jax.models.decoder import CausalLM, DecoderStack, cached_attention, tied_logits
-from lora_jax.weights.params import GPT2_ANCHOR, fill_params, find_prefix, gpt2_source
+from lora_jax.weights.params import GPT2_ANCHOR, Place, fill_params, find_prefix, gpt2_source
 
 # The family contract (see `lora_jax.models.registry`): HF model types, name map.
 MODEL_TYPES = ("gpt2",)
@@ -262,10 +262,13 @@ def config_for(hf: Mapping[str, Any], names: Collection[str]) -> GPT2Config:
     return GPT2Config.from_hf(hf)
 
 
-def load_base(reader: Mapping[str, Any], template: Mapping[str, Any], where: Any) -> dict:
-    """Every non-LoRA leaf of `template` from the checkpoint (`transformer.` prefix or none)."""
+def load_base(
+    reader: Mapping[str, Any], template: Mapping[str, Any], where: Any, place: Place | None = None
+) -> dict:
+    """Every non-LoRA leaf of `template` from the checkpoint (`transformer.` prefix or none),
+    each put on its device(s) by `place` (`fill_params`)."""
     prefix = find_prefix(set(reader), GPT2_ANCHOR, "GPT-2", where)
-    return fill_params(reader, template, hf_source, prefix, where)
+    return fill_params(reader, template, hf_source, prefix, where, place)
 
 
 Config = GPT2Config

@@ -1,7 +1,8 @@
-"""Llama-family decoders (Llama 2/3, SmolLM, Mistral-style GQA) in Flax linen, with LoRA.
+"""Llama-family decoders (Llama 2/3, SmolLM, Mistral, Qwen2) in Flax linen, with LoRA.
 
-Pre-RMSNorm decoder layers with rotary positions (HF's "rotate-half" layout), grouped-query
-attention (`num_kv_heads` <= `num_heads`), a SwiGLU MLP, and tied or untied embeddings.
+Pre-RMSNorm decoder layers with rotary positions (HF's "rotate-half" layout; Llama 3.1's
+`llama3` frequency scaling), grouped-query attention (`num_kv_heads` <= `num_heads`), q/k/v
+biases (Qwen2), a SwiGLU MLP, and tied or untied embeddings.
 Every projection is a `LoRADense` named by its LoRA target, so the parameter tree reads
 
     decoder/embed_tokens/embedding                     (V, d)
@@ -47,7 +48,7 @@ import jax.numpy as jnp
 
 from lora_jax.lora import LoRAConfig
 from lora_jax.models.decoder import CausalLM, DecoderStack, cached_attention, tied_logits
-from lora_jax.weights.params import fill_params, llama_source
+from lora_jax.weights.params import Place, fill_params, llama_source
 
 # The family contract (see `lora_jax.models.registry`): HF model types, name map. GGUF files
 # (llama architecture) are read with HF's names by `lora_jax.weights.gguf`.
@@ -64,7 +65,10 @@ class LlamaConfig:
         num_kv_heads: key/value heads (GQA); equal to `num_heads` for plain multi-head.
         head_dim: per-head width; None = hidden_size // num_heads.
         tie_word_embeddings: the LM head reuses `embed_tokens` (no `lm_head` param).
-        attention_bias: q/k/v/o have biases (Qwen2-style); False for Llama.
+        attention_bias: q/k/v have biases (Qwen2; Llama with `attention_bias: true`).
+        o_bias: o has a bias; None = as `attention_bias` (Llama). Qwen2 has none on o.
+        rope_llama3: Llama 3.1's RoPE frequency scaling, (factor, low_freq_factor,
+            high_freq_factor, original_max_position_embeddings); None = plain RoPE.
     """
 
     vocab_size: int = 32000
@@ -79,6 +83,8 @@ class LlamaConfig:
     head_dim: int | None = None
     tie_word_embeddings: bool = False
     attention_bias: bool = False
+    o_bias: bool | None = None
+    rope_llama3: tuple[float, float, float, float] | None = None
     attention_dropout: float = 0.0
     initializer_range: float = 0.02
     bos_token_id: int | None = 1
@@ -99,26 +105,35 @@ class LlamaConfig:
                     f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}."
                 )
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.o_bias is None:
+            object.__setattr__(self, "o_bias", self.attention_bias)
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
-        """Read a Hugging Face `config.json` dict (model_type llama, mistral without sliding
-        window, qwen2)."""
+        """Read a Hugging Face `config.json` dict: model_type llama (Llama 2/3, SmolLM),
+        mistral, qwen2; RoPE as transformers 4 writes it (`rope_theta`, `rope_scaling`) or 5
+        (`rope_parameters`). What we cannot compute exactly (another RoPE scaling, a sliding
+        window shorter than the model's positions, MLP biases) raises naming the value."""
         model_type = hf.get("model_type", "llama")
-        if model_type not in ("llama", "mistral", "qwen2"):
+        if model_type not in MODEL_TYPES:
             raise ValueError(
-                f"model_type={model_type!r} is not a Llama-family decoder; allowed: llama, "
-                "mistral, qwen2."
+                f"model_type={model_type!r} is not a Llama-family decoder; allowed: "
+                f"{', '.join(MODEL_TYPES)}."
             )
         act = hf.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"hidden_act={act!r} is not supported; allowed: silu (SwiGLU).")
-        scaling = hf.get("rope_scaling")
-        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+        if hf.get("mlp_bias"):
             raise ValueError(
-                f"rope_scaling={scaling!r} is not supported; allowed: none (plain RoPE)."
+                "mlp_bias=true is not supported (gate/up/down without biases); allowed: false."
             )
-        theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta")
+        max_pos = hf.get("max_position_embeddings", 4096)
+        _check_sliding_window(hf, model_type, max_pos)
+        theta, llama3 = _rope(hf)
+        if model_type == "qwen2":  # Qwen2Attention: biases on q/k/v always, never on o
+            bias, o_bias = True, False
+        else:
+            bias = o_bias = bool(hf.get("attention_bias") or False)
         eos = hf.get("eos_token_id", 2)
         kw = dict(
             vocab_size=hf["vocab_size"],
@@ -127,12 +142,14 @@ class LlamaConfig:
             num_heads=hf["num_attention_heads"],
             num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
             intermediate_size=hf["intermediate_size"],
-            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            max_position_embeddings=max_pos,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-            rope_theta=float(theta or 10000.0),
+            rope_theta=theta,
+            rope_llama3=llama3,
             head_dim=hf.get("head_dim"),
-            tie_word_embeddings=hf.get("tie_word_embeddings", False),
-            attention_bias=hf.get("attention_bias", model_type == "qwen2"),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attention_bias=bias,
+            o_bias=o_bias,
             attention_dropout=hf.get("attention_dropout", 0.0),
             initializer_range=hf.get("initializer_range", 0.02),
             bos_token_id=hf.get("bos_token_id"),
@@ -162,6 +179,54 @@ class LlamaConfig:
         return cls(**kw)
 
 
+# Llama 3.1's scaling: the four fields of its `rope_scaling` / `rope_parameters`, in order.
+LLAMA3_ROPE_FIELDS = (
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+)
+
+
+def _rope(hf: Mapping[str, Any]) -> tuple[float, tuple[float, ...] | None]:
+    """(rope_theta, Llama 3 scaling or None) of a config.json: transformers 4 writes
+    `rope_theta` + `rope_scaling`, transformers 5 one `rope_parameters` dict."""
+    params = {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
+    theta = float(hf.get("rope_theta") or params.get("rope_theta") or 10000.0)
+    kind = params.get("rope_type", params.get("type")) or "default"
+    if kind == "default":
+        return theta, None
+    if kind != "llama3":
+        raise ValueError(
+            f"rope_scaling rope_type={kind!r} is not supported; allowed: default (plain RoPE), "
+            "llama3. Positions beyond the original context need that scaling, so the model "
+            "would be wrong; use a checkpoint without it."
+        )
+    missing = [k for k in LLAMA3_ROPE_FIELDS if k not in params]
+    if missing:
+        raise ValueError(
+            f"rope_scaling of type 'llama3' lacks {', '.join(missing)}; it needs all of "
+            f"{', '.join(LLAMA3_ROPE_FIELDS)} (as Llama 3.1's config.json has them)."
+        )
+    return theta, tuple(float(params[k]) for k in LLAMA3_ROPE_FIELDS)
+
+
+def _check_sliding_window(hf: Mapping[str, Any], model_type: str, max_pos: int) -> None:
+    """Raise if attention is windowed within the model's positions: we attend to all of them.
+    A window >= max_position_embeddings never masks anything, so it reads as full attention."""
+    window = hf.get("sliding_window")
+    if model_type == "qwen2" and not hf.get("use_sliding_window", False):
+        return  # Qwen2 keeps sliding_window in its config but uses it only with this flag
+    if model_type == "llama" or window is None or window >= max_pos:
+        return
+    raise ValueError(
+        f"sliding_window={window} < max_position_embeddings={max_pos} ({model_type}); allowed: "
+        "null or >= max_position_embeddings (we compute full causal attention). If your "
+        f'sequences are at most {window} tokens the two agree: set "sliding_window": null '
+        "in the folder's config.json."
+    )
+
+
 def lora_shapes(config: LlamaConfig) -> dict[str, tuple[int, int]]:
     """The LoRA targets of a Llama layer and each one's kernel shape (in, out)."""
     d, i = config.hidden_size, config.intermediate_size
@@ -180,11 +245,31 @@ def lora_shapes(config: LlamaConfig) -> dict[str, tuple[int, int]]:
 # ---- Llama --------------------------------------------------------------------------------------
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_frequencies(
+    head_dim: int, theta: float, llama3: tuple[float, ...] | None = None
+) -> jax.Array:
+    """RoPE's inverse frequencies (head_dim / 2,), rescaled as Llama 3.1's `llama3` type when
+    given (transformers' `_compute_llama3_parameters`): wavelengths longer than the original
+    context / low_freq_factor slow down by `factor`, shorter than context / high_freq_factor
+    stay, and those between blend the two smoothly."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if llama3 is None:
+        return inv_freq
+    factor, low, high, original = llama3
+    wavelen = 2 * jnp.pi / inv_freq
+    scaled = jnp.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return jnp.where(medium, blended, scaled)
+
+
+def rope(
+    x: jax.Array, positions: jax.Array, theta: float, llama3: tuple[float, ...] | None = None
+) -> jax.Array:
     """Rotary embedding, HF layout: pairs (i, i + D/2) rotate together. x: (B, L, H, D)."""
     d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, L, D/2)
+    freqs = positions.astype(jnp.float32)[..., None] * rope_frequencies(d, theta, llama3)
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
     cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2 :]
@@ -222,13 +307,15 @@ class LlamaAttention(nn.Module):
             )
             return y.reshape(b, length, heads, hd)
 
-        q = rope(proj("q", cfg.num_heads), positions, cfg.rope_theta)
-        k = rope(proj("k", cfg.num_kv_heads), positions, cfg.rope_theta)
+        q = rope(proj("q", cfg.num_heads), positions, cfg.rope_theta, cfg.rope_llama3)
+        k = rope(proj("k", cfg.num_kv_heads), positions, cfg.rope_theta, cfg.rope_llama3)
         v = proj("v", cfg.num_kv_heads)
         ctx, kv = cached_attention(
             q, k, v, kv, kv_mask, index, cfg.attention_dropout, deterministic
         )
-        out = lora.dense("o", i, cfg.hidden_size, use_bias=bias, kernel_init=init, dtype=cfg.dtype)
+        out = lora.dense(
+            "o", i, cfg.hidden_size, use_bias=cfg.o_bias, kernel_init=init, dtype=cfg.dtype
+        )
         return out(ctx, deterministic), kv
 
 
@@ -322,9 +409,12 @@ def config_for(hf: Mapping[str, Any], names: Collection[str]) -> LlamaConfig:
     return config
 
 
-def load_base(reader: Mapping[str, Any], template: Mapping[str, Any], where: Any) -> dict:
-    """Every non-LoRA leaf of `template` from the checkpoint (HF names, no prefix)."""
-    return fill_params(reader, template, hf_source, "", where)
+def load_base(
+    reader: Mapping[str, Any], template: Mapping[str, Any], where: Any, place: Place | None = None
+) -> dict:
+    """Every non-LoRA leaf of `template` from the checkpoint (HF names, no prefix), each put on
+    its device(s) by `place` (`fill_params`)."""
+    return fill_params(reader, template, hf_source, "", where, place)
 
 
 Config = LlamaConfig

@@ -33,6 +33,7 @@ from lora_jax.models.registry import (
 from lora_jax.models.tiny import tiny_tokenizer
 from lora_jax.weights.gguf import gguf_tokenizer, read_gguf
 from lora_jax.weights.hf_folder import load_hf_folder, load_tokenizer
+from lora_jax.weights.params import Place
 
 
 class Pretrained(NamedTuple):
@@ -69,6 +70,7 @@ def load_model(
     pooling: str | None = None,
     head_dropout: float = 0.1,
     dtype: str = "float32",
+    place: Place | None = None,
 ) -> Pretrained:
     """Build a model of any family from a registry name (`lora_jax.models.MODELS`), a HF folder
     (config.json + model.safetensors [+ tokenizer.json]) or a `.gguf` file (llama).
@@ -88,6 +90,9 @@ def load_model(
         dtype: the projections' compute dtype, "float32" or "bfloat16" (the config's `dtype`).
             The params come back float32 either way: which leaves to store in bfloat16 (the
             frozen ones) is the trainer's choice, `lora_jax.train.precision.cast_frozen`.
+        place: puts each checkpoint tensor on its device(s) as it is read, e.g. sharded over
+            a mesh (`lora_jax.train.parallel.placer`); default: the default device. The host
+            holds one tensor at a time, never the whole model (`fill_params`).
     """
     rng = jax.random.key(0) if rng is None else rng
     dtype = check_dtype(dtype)
@@ -117,7 +122,7 @@ def load_model(
         params = _params(module, rng)
     else:
         module, params, config = model_from_tensors(
-            hf, tensors, lora, rng, where, dtype=dtype, **head
+            hf, tensors, lora, rng, where, dtype=dtype, place=place, **head
         )
     del tensors
     tok = _tokenizer(location, module_of.DECODER) if tokenizer else None
@@ -134,9 +139,11 @@ def load_pretrained(
     rng: jax.Array | None = None,
     tokenizer: bool = True,
     dtype: str = "float32",
+    place: Place | None = None,
 ) -> Pretrained:
     """`load_model` of an encoder with its new head: num_labels (1 = regression), pooling
-    ("cls" or "mean"; None = the model's default, mean for minilm), head_dropout, dtype."""
+    ("cls" or "mean"; None = the model's default, mean for minilm), head_dropout, dtype,
+    place."""
     _check_kind(name_or_path, decoder=False)
     return load_model(
         name_or_path,
@@ -147,6 +154,7 @@ def load_pretrained(
         pooling=pooling,
         head_dropout=head_dropout,
         dtype=dtype,
+        place=place,
     )
 
 
@@ -157,11 +165,12 @@ def load_decoder(
     rng: jax.Array | None = None,
     tokenizer: bool = True,
     dtype: str = "float32",
+    place: Place | None = None,
 ) -> Pretrained:
     """`load_model` of a causal LM (smollm2, gpt2*, tiny_gpt2, tiny_llama, a HF folder or a
     `.gguf` file)."""
     _check_kind(name_or_path, decoder=True)
-    return load_model(name_or_path, lora, rng=rng, tokenizer=tokenizer, dtype=dtype)
+    return load_model(name_or_path, lora, rng=rng, tokenizer=tokenizer, dtype=dtype, place=place)
 
 
 def _check_kind(name_or_path: str | Path, decoder: bool) -> None:
@@ -183,19 +192,20 @@ def model_from_tensors(
     rng: jax.Array | None = None,
     where: str = "the checkpoint",
     dtype: str = "float32",
+    place: Place | None = None,
     **head: Any,
 ) -> tuple[Any, dict, Any]:
-    """`(module, params, config)` from a HF config dict and `{HF name: array}`; `dtype` and
-    `head` as `load_model`'s (an encoder's num_labels, pooling, head_dropout)."""
+    """`(module, params, config)` from a HF config dict and `{HF name: array}`; `dtype`, `place`
+    and `head` as `load_model`'s (an encoder's num_labels, pooling, head_dropout)."""
     rng = jax.random.key(0) if rng is None else rng
     module_of = family_module(dict(hf_config))
     config = module_of.config_for(hf_config, set(tensors))
     config = dataclasses.replace(config, dtype=check_dtype(dtype))
     module = module_of.build(config, lora, **head)
-    return module, _params(module, rng, tensors, module_of.load_base, where), config
+    return module, _params(module, rng, tensors, module_of.load_base, where, place), config
 
 
-def _params(module, rng, tensors=None, load_base=None, where=None) -> dict:
+def _params(module, rng, tensors=None, load_base=None, where=None, place=None) -> dict:
     """The module's param tree: base leaves from `tensors` by `load_base` (all init when there
     are none), the rest initialised from `rng`."""
     ids = jnp.zeros((1, 2), jnp.int32)
@@ -211,7 +221,7 @@ def _params(module, rng, tensors=None, load_base=None, where=None) -> dict:
         flat = tu.flatten_dict(init(key))
         return {p: v for p, v in flat.items() if p[-1] in LORA_LEAVES or p[0] == "head"}
 
-    flat = load_base(tensors, template, where)
+    flat = load_base(tensors, template, where, place)
     flat.update(jax.jit(fresh)(rng))
     params = tu.unflatten_dict(flat)
     got = jax.tree_util.tree_structure(params)

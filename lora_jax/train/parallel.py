@@ -110,6 +110,19 @@ def shard_params(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, param_sharding(tree, mesh))
 
 
+def placer(mesh: Mesh, min_size: int = MIN_SHARD_SIZE) -> Callable[[np.ndarray], jax.Array]:
+    """Puts one host array of the base (a checkpoint tensor, `load_model(place=...)`) where
+    `param_sharding` would: each tensor reaches its devices as it is read, so neither the host
+    nor one device ever holds the whole model."""
+    fsdp = mesh.shape[AXES[1]]
+
+    def place(array: np.ndarray) -> jax.Array:
+        sharding = NamedSharding(mesh, _spec(None, np.shape(array), fsdp, min_size))
+        return distributed.put(array, sharding)
+
+    return place
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Place every array of `tree` whole on every device of `mesh`."""
     return jax.device_put(tree, NamedSharding(mesh, P()))

