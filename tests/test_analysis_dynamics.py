@@ -27,7 +27,8 @@ from flax import traverse_util
 
 from lora_jax.adapter_io import export_adapter
 from lora_jax.analysis.bases import BaseKernels
-from lora_jax.analysis.dynamics import checkpoint_factors, measure_dynamics, target_means
+from lora_jax.analysis.curves import target_means
+from lora_jax.analysis.dynamics import checkpoint_factors, measure_dynamics
 from lora_jax.analysis.updates import from_runs
 from lora_jax.lora import LoRAConfig, lora_scale
 from lora_jax.models import Pretrained

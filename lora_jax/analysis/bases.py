@@ -22,7 +22,7 @@ class BaseKernels:
     """W and its SVD per (base checkpoint, family, matrix), each read and decomposed once.
 
     Args:
-        base_of: the base checkpoint of an update (`lora_jax.analysis.updates.Update`): its
+        base_of: the base checkpoint of an update (`lora_jax.analysis.lora_update.Update`): its
             file or folder, or the `base_kernels.safetensors` a random-init run saved.
     """
 

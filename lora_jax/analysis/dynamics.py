@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 
 from lora_jax.analysis.adapter_spectra import find_adapters
 from lora_jax.analysis.bases import BaseKernels
+from lora_jax.analysis.curves import run_labels, target_means
 from lora_jax.analysis.jsonable import matrix_name
+from lora_jax.analysis.lora_update import Update
 from lora_jax.analysis.projection import dw_vs_w
 from lora_jax.analysis.similarity import phi_grid_a
 from lora_jax.analysis.spectrum import spectrum, summarize_spectrum
 from lora_jax.run_record import pairs_differing_in
-
-if TYPE_CHECKING:
-    from lora_jax.analysis.updates import Update
 
 Key = tuple[int, str]  # (layer, target)
 Factors = dict[Key, tuple[np.ndarray, np.ndarray]]
@@ -153,26 +152,6 @@ def measure_dynamics(updates: list[Update], bases: BaseKernels, fig_dir: Path) -
     }
     result["figure"] = figures.dynamics_plot(result, fig_dir / DYNAMICS_FIGURE)
     return result
-
-
-def target_means(per_matrix: dict[str, list]) -> dict[str, np.ndarray]:
-    """{target: curve} averaged over layers (`layer_<i>/<target>` keys); undefined points
-    (null: amplification where dW has fewer than r directions) are left out of the mean."""
-    by_target: dict[str, list] = {}
-    for name, curve in per_matrix.items():
-        values = [np.nan if v is None else float(v) for v in curve]
-        by_target.setdefault(name.split("/")[1], []).append(values)
-    with warnings.catch_warnings():  # a step undefined in every layer stays NaN, silently
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return {t: np.nanmean(np.array(c, float), axis=0) for t, c in sorted(by_target.items())}
-
-
-def run_labels(runs: dict[str, dict]) -> dict[str, str]:
-    """A short label per run: `r=<rank>, seed=<seed>`, or its name where those repeat."""
-    short = {name: f"r={e['rank']}, seed={e['seed']}" for name, e in runs.items()}
-    if len(set(short.values())) < len(short):
-        return {name: name for name in runs}
-    return short
 
 
 def dynamics_rows(dynamics: dict[str, Any]) -> dict[int, dict[str, float]]:

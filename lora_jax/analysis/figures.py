@@ -305,7 +305,7 @@ def dynamics_plot(dynamics: Mapping, path: str | Path) -> str:
     phi(1, 1) of every rank and seed pair (random directions dotted), and per run the
     amplification, ||dW|| / ||W|| and effective rank of dW; one colour per run (or pair), one
     line style per target, averaged over layers. Saved as PNG to `path`; returns it."""
-    from lora_jax.analysis.dynamics import run_labels, target_means
+    from lora_jax.analysis.curves import run_labels, target_means
 
     fig, axes = plt.subplots(2, 2, figsize=(11.0, 7.5), dpi=DPI)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.91, wspace=0.22, hspace=0.32)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from lora_jax.adapter_io import Adapter, read_adapter
 from lora_jax.analysis.bases import BaseKernels
 from lora_jax.analysis.dynamics import measure_dynamics
 from lora_jax.analysis.jsonable import finite_or_none, json_grid, matrix_name
+from lora_jax.analysis.lora_update import Update
 from lora_jax.analysis.projection import dw_vs_w
 from lora_jax.analysis.similarity import (
     expected_random_phi,
@@ -47,30 +47,6 @@ Key = tuple[int, str]  # (layer, target)
 ANALYSIS_FILE = "analysis.json"
 FIGURES_DIR = "figures"
 RANDOM_DRAWS = 32  # random pairs per seed pair: the spread of the random baseline
-
-
-@dataclass(frozen=True)
-class Update:
-    """One LoRA update to analyse: an adapter and, for our runs, the run that trained it."""
-
-    name: str
-    adapter: Adapter
-    record: RunRecord | None = None
-
-    @property
-    def rank(self) -> int:
-        """The run's rank, or the largest rank of the adapter's matrices."""
-        if self.record is not None:
-            return self.record.rank
-        return max(a.shape[1] for a, _ in self.adapter.factors.values())
-
-    @property
-    def seed(self) -> int | None:
-        return None if self.record is None else self.record.seed
-
-    @property
-    def folder(self) -> Path:
-        return self.record.run_dir if self.record is not None else self.adapter.folder
 
 
 def from_runs(runs: Iterable[RunRecord]) -> list[Update]:

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lora_jax.analysis.dynamics import run_labels, target_means
+from lora_jax.analysis.curves import run_labels, target_means
 from lora_jax.report.document import Block, Table
 from lora_jax.report.rank_analysis import figure
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lora_jax.run_record import RunRecord, read_runs, write_atomic
 
 if TYPE_CHECKING:
-    from lora_jax.analysis.updates import Update
+    from lora_jax.analysis.lora_update import Update
 
 
 def _saved_or_checkpoint(folder: Path, name: str, fix: str, use_saved: bool = True) -> Path:
