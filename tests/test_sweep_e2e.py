@@ -406,3 +406,25 @@ def test_analysis_of_runs_that_adapt_different_matrices(tmp_path):
         sorted({key.split("/")[1] for key in run["adapters"]}) for run in analysis["runs"].values()
     ]
     assert sorted(adapted) == [["q"], ["v"]]
+
+
+def test_the_sweep_report_options_are_overridable_from_the_command_line():
+    """`hydra.callbacks.sweep_report.model_evals=false` / `.eval_limit=N` (the README's way to
+    skip or cap the model evaluations): keys absent from conf/sweep.yaml made Hydra refuse the
+    override, and it then reported every comma list of the grid as ambiguous."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    overrides = [
+        "hydra.callbacks.sweep_report.model_evals=false",
+        "hydra.callbacks.sweep_report.eval_limit=5",
+    ]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("sweep", overrides, return_hydra_config=True)
+    callback = instantiate(cfg.hydra.callbacks.sweep_report)
+    assert (callback.model_evals, callback.eval_limit) == (False, 5)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        default = instantiate(
+            compose("sweep", return_hydra_config=True).hydra.callbacks.sweep_report
+        )
+    assert (default.model_evals, default.eval_limit) == (True, None)
