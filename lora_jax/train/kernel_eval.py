@@ -48,7 +48,7 @@ from lora_jax.train import lm
 from lora_jax.train.loaders import make_data
 from lora_jax.train.objectives import make_objective, objective_spec
 from lora_jax.train.precision import cast_frozen
-from lora_jax.train.setup import model_rng, plan
+from lora_jax.train.setup import initial_model, plan
 from lora_jax.weights.base_kernels import layer_kernels
 
 Key = tuple[int, str]
@@ -200,15 +200,7 @@ def load_run_model(
             f"evaluations support {', '.join(ENCODER_KINDS + DECODER_KINDS)} tasks only."
         )
     decoder = p.task.kind in DECODER_KINDS
-    pre = models.load_model(
-        typed.model.name,
-        p.lora,
-        num_labels=p.task.num_labels,
-        pooling=typed.model.pooling,
-        head_dropout=typed.model.head_dropout,
-        rng=model_rng(typed.seed),
-        dtype=typed.model.dtype,
-    )
+    pre = initial_model(typed, p)
     spec = objective_spec(p.task)
     labels = label_params(pre.params, trainable=spec.head_rules(pre), full_finetune=p.full_finetune)
     parts = split(pre.params, labels)

@@ -128,6 +128,21 @@ class RunSetup:
     initial_kernels: dict | None = None
 
 
+def initial_model(cfg: Config, p: Plan, place: Any = None) -> Any:
+    """The run's model as it was before training: base weights, LoRA and head initialised from
+    `model_rng(cfg.seed)` (`place` puts each base tensor on its devices as it is read)."""
+    return models.load_model(
+        cfg.model.name,
+        p.lora,
+        num_labels=p.task.num_labels,
+        pooling=cfg.model.pooling,
+        head_dropout=cfg.model.head_dropout,
+        rng=model_rng(cfg.seed),
+        dtype=cfg.model.dtype,
+        place=place,
+    )
+
+
 def prepare_run(cfg: Config, p: Plan, workdir: Path) -> RunSetup:
     """Load the model (LoRA and head initialised from `model_rng(cfg.seed)`), split it, build the
     data, optimizer and objective, and write `workdir/config.yaml` (and, for a random-init base,
@@ -140,16 +155,7 @@ def prepare_run(cfg: Config, p: Plan, workdir: Path) -> RunSetup:
     place = None
     if jax.device_count() > 1 and jax.process_count() == 1:
         place = parallel.placer(parallel.data_mesh(fsdp=cfg.trainer.mesh.fsdp))
-    pre = models.load_model(
-        cfg.model.name,
-        p.lora,
-        num_labels=p.task.num_labels,
-        pooling=cfg.model.pooling,
-        head_dropout=cfg.model.head_dropout,
-        rng=model_rng(cfg.seed),
-        dtype=cfg.model.dtype,
-        place=place,
-    )
+    pre = initial_model(cfg, p, place=place)
     warn_if_slow(cfg.model.dtype)
     spec = objective_spec(p.task)
     labels = label_params(pre.params, trainable=spec.head_rules(pre), full_finetune=p.full_finetune)
