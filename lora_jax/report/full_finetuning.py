@@ -65,6 +65,14 @@ def _legend(fig, axes) -> None:
     fig.tight_layout(rect=(0, 0.08, 1, 1))
 
 
+def _save(fig, out: Path, kind: str, entry: dict[str, Any]) -> Path:
+    """Write `fig` as `out/versus_full_<kind>_<run>.png` and free it; returns the path."""
+    path = out / f"versus_full_{kind}_{entry['run'][:40]}.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _figures(entry: dict[str, Any], analysis: dict[str, Any], out: Path) -> list[Figure]:
     targets = _by_target(entry["matrices"])
     lora = _lora_energy(entry, analysis)
@@ -87,9 +95,7 @@ def _figures(entry: dict[str, Any], analysis: dict[str, Any], out: Path) -> list
         ax.set_xlabel("k (top singular values)")
     axes[0][0].set_ylabel("share of ||dW||_F^2")
     _legend(fig, axes[0])
-    energy = out / f"versus_full_energy_{entry['run'][:40]}.png"
-    fig.savefig(energy, dpi=90)
-    plt.close(fig)
+    energy = _save(fig, out, "energy", entry)
 
     eps = entry["epsilons"]
     fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.2), squeeze=False)
@@ -107,9 +113,7 @@ def _figures(entry: dict[str, Any], analysis: dict[str, Any], out: Path) -> list
         ax.set_xlabel("epsilon")
     axes[0][0].set_ylabel(f"intruders of the top {entry['top_k']}")
     _legend(fig, axes[0])
-    intruders = out / f"versus_full_intruders_{entry['run'][:40]}.png"
-    fig.savefig(intruders, dpi=90)
-    plt.close(fig)
+    intruders = _save(fig, out, "intruders", entry)
     return [
         Figure(
             energy, "Cumulative energy of dW against k: full fine-tuning, LoRA (median over layers)"
@@ -243,9 +247,7 @@ def _eval_figures(entry: dict[str, Any], out: Path) -> list[Figure]:
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    trunc = out / f"versus_full_truncation_{entry['run'][:40]}.png"
-    fig.savefig(trunc, dpi=90)
-    plt.close(fig)
+    trunc = _save(fig, out, "truncation", entry)
 
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     for e in runs:
@@ -265,9 +267,7 @@ def _eval_figures(entry: dict[str, Any], out: Path) -> list[Figure]:
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    forget = out / f"versus_full_forgetting_{entry['run'][:40]}.png"
-    fig.savefig(forget, dpi=90)
-    plt.close(fig)
+    forget = _save(fig, out, "forgetting", entry)
     return [
         Figure(trunc, f"{metric} against the rank k kept in every matrix (W_0 + SVD_k(dW))"),
         Figure(
