@@ -120,3 +120,33 @@ def test_model_eval_rows_flatten_every_evaluated_model(full_and_lora):
         1 + len(e["truncation"]["ks"]) + len(e["intervention"]["values"] or []) for e in evals
     )
     assert len(rows) == expected and all(len(r) == len(rows[0]) for r in rows)
+
+
+def test_a_new_analysis_keeps_the_model_evals_of_unchanged_runs(full_and_lora, monkeypatch):
+    from lora_jax.run_record import read_runs
+    from lora_jax.sweep import model_evals
+    from lora_jax.sweep.finish import finish_sweep
+
+    def before():
+        return json.loads((full_and_lora / "analysis.json").read_text())["versus_full"][0]
+
+    def runs_of(entry):  # the records without their keys
+        return {n: {k: v for k, v in e.items() if k != "key"} for n, e in entry.items()}
+
+    old = before()["model_evals"]["runs"]
+    assert all(e["key"]["identity"] and e["key"]["checkpoint"] for e in old.values())
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("an unchanged run was evaluated again")
+
+    monkeypatch.setattr(model_evals, "run_evals", no_evaluation)
+    for evaluate in (False, True):  # model_evals=false keeps them; true keeps them too
+        finish_sweep(full_and_lora, use_wandb=False, model_evals=evaluate)
+        new = before()["model_evals"]["runs"]
+        assert runs_of(new) == runs_of(old) and all(e["key"]["reused"] for e in new.values())
+    # A run whose checkpoint (or identity, eval_limit, curve) differs is not kept.
+    run = next(r for r in read_runs(full_and_lora) if r.rank == 2)
+    changed = {run.name: {**old[run.name], "key": {**old[run.name]["key"], "checkpoint": 1}}}
+    assert model_evals.evals_of(run, True, None, changed, evaluate=False) is None
+    assert model_evals.evals_of(run, True, 8, old, evaluate=False) is None
+    assert model_evals.evals_of(run, True, None, old, evaluate=False)["key"]["reused"]

@@ -119,8 +119,8 @@ def finish_sweep(
     Writes `sweep_summary.json` first, so a failing analysis loses nothing, then
     `analysis.json` + `figures/` (`lora_jax.analysis.updates.analyze_runs`), with, where a full
     fine-tuning run is beside LoRA runs, the model evaluations (`sweep.model_evals`: truncation
-    curves, forgetting, intruder intervention; `model_evals=False` skips them, `eval_limit`
-    caps their eval examples), then the one report (`report.md`, `report.html`, the W&B report
+    curves, forgetting, intruder intervention; `model_evals=False` computes none and keeps
+    those of unchanged runs, `eval_limit` caps their eval examples), then the one report (`report.md`, `report.html`, the W&B report
     when online) through `make_report`.
     """
     from lora_jax.report import make_report
@@ -131,12 +131,14 @@ def finish_sweep(
     write_atomic(sweep_dir / "sweep_summary.json", summary)
     if analyze:
         from lora_jax.analysis.updates import analyze_runs
+        from lora_jax.sweep.model_evals import add_model_evals, previous_evals
 
+        previous = previous_evals(sweep_dir)  # before analyze_runs overwrites analysis.json
         analysis = analyze_runs(sweep_dir, runs, run_base)
-        if model_evals and analysis.get("versus_full"):
-            from lora_jax.sweep.model_evals import add_model_evals
-
-            analysis = add_model_evals(sweep_dir, analysis, runs, eval_limit)
+        if analysis.get("versus_full"):
+            analysis = add_model_evals(
+                sweep_dir, analysis, runs, eval_limit, previous, evaluate=model_evals
+            )
         _log_to_wandb(sweep_dir, runs, analysis)
     result = make_report(sweep_dir, use_wandb=use_wandb, runs=runs)  # each folder read once
     print(result.wandb_message)

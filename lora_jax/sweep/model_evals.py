@@ -17,7 +17,10 @@ k = 0 is the run's model with every adapted matrix back at W_0; the rest stays a
 it: the trained head, and for full fine-tuning also its biases, LayerNorms and embeddings (so
 the curve is about the matrices' rank). `pretrained_with_head` is the model with nothing of
 the run but its head (a decoder's LM head is pretrained: there it is the pretrained model).
-Cost: `seconds` per run in the JSON.
+Cost: `seconds` per run in the JSON. A run whose evaluations the sweep's previous
+`analysis.json` already holds, for the same run identity, last checkpoint, `eval_limit` and
+curve, keeps them (`reused` in its `key`): adding seeds to a sweep evaluates the new runs only,
+and `model_evals=false` keeps the evaluations of the runs that did not change.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from lora_jax.train.kernel_eval import (
     RunModel,
     load_run_model,
 )
+from lora_jax.train.run_identity import IDENTITY_FILE
 
 LAMBDAS = (0.75, 0.5, 0.0)  # PEFT's default, then stronger
 MEASURES = {  # the forgetting of each kind of model, as analysis.json names it
@@ -155,10 +159,66 @@ def run_evals(run: RunRecord, curve: bool, eval_limit: int | None = None) -> dic
     return out
 
 
+def eval_key(run: RunRecord, curve: bool, eval_limit: int | None) -> dict[str, Any] | None:
+    """What a run's evaluations depend on: its identity hash, last checkpoint, `eval_limit`
+    and whether the truncation curve is asked; None where the run has no identity file."""
+    try:
+        identity = json.loads((run.run_dir / IDENTITY_FILE).read_text())["hash"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    steps = run.checkpoint_steps
+    return {
+        "identity": identity,
+        "checkpoint": steps[-1] if steps else None,
+        "eval_limit": eval_limit,
+        "curve": curve,
+    }
+
+
+def previous_evals(sweep_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """The per-run model evaluations of the sweep's current `analysis.json`, by run name
+    (read before a new analysis overwrites it); {} if there are none."""
+    try:
+        analysis = json.loads((Path(sweep_dir) / ANALYSIS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {
+        name: record
+        for entry in analysis.get("versus_full") or []
+        for name, record in ((entry.get("model_evals") or {}).get("runs") or {}).items()
+    }
+
+
+def evals_of(
+    run: RunRecord,
+    curve: bool,
+    eval_limit: int | None,
+    previous: dict[str, dict[str, Any]],
+    evaluate: bool,
+) -> dict[str, Any] | None:
+    """The previous analysis' record of the run where its key is unchanged, else `run_evals`
+    (None when not `evaluate`)."""
+    key = eval_key(run, curve, eval_limit)
+    old = previous.get(run.name) or {}
+    if (
+        key is not None
+        and {k: v for k, v in (old.get("key") or {}).items() if k != "reused"} == key
+    ):
+        print(f"[lora_jax] model evaluations of {run.name}: kept from {ANALYSIS_FILE}", flush=True)
+        return {**old, "key": {**key, "reused": True}}
+    return {**run_evals(run, curve, eval_limit), "key": key} if evaluate else None
+
+
 def model_evals(
-    analysis: dict[str, Any], runs: list[RunRecord], eval_limit: int | None = None
+    analysis: dict[str, Any],
+    runs: list[RunRecord],
+    eval_limit: int | None = None,
+    previous: dict[str, dict[str, Any]] | None = None,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
-    """`analysis` with `model_evals` added to each `versus_full` entry."""
+    """`analysis` with `model_evals` added to each `versus_full` entry. `previous`
+    (`previous_evals`) supplies the records of unchanged runs; with `evaluate=False` nothing
+    is computed and an entry gets `model_evals` only if every one of its runs is unchanged."""
     # By folder name: the JSON's folders are as the sweep was given (maybe relative, or moved).
     by_name = {r.name: r for r in runs}
     for entry in analysis.get("versus_full", []):
@@ -167,11 +227,13 @@ def model_evals(
         top = max(peers, key=lambda r: r.rank, default=None)
         try:
             evals = {
-                r.name: run_evals(r, curve=r is full or r is top, eval_limit=eval_limit)
+                r.name: evals_of(r, r is full or r is top, eval_limit, previous or {}, evaluate)
                 for r in [full, *peers]
             }
         except NotImplementedError as err:  # a task of another kind: said in the JSON
             entry["model_evals"] = {"skipped": str(err)}
+            continue
+        if None in evals.values():  # not evaluated, and not all known from before
             continue
         kind = "decoder" if "held_out_loss" in evals[full.name] else "encoder"
         entry["model_evals"] = {
@@ -187,9 +249,11 @@ def add_model_evals(
     analysis: dict[str, Any],
     runs: list[RunRecord],
     eval_limit: int | None = None,
+    previous: dict[str, dict[str, Any]] | None = None,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     """`model_evals`, written into `<sweep_dir>/analysis.json`; returns the new analysis."""
-    analysis = finite_or_none(model_evals(analysis, runs, eval_limit))
+    analysis = finite_or_none(model_evals(analysis, runs, eval_limit, previous, evaluate))
     text = json.dumps(analysis, indent=1, allow_nan=False)
     write_atomic(Path(sweep_dir) / ANALYSIS_FILE, text)
     return analysis
