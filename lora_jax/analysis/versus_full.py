@@ -88,6 +88,7 @@ def versus_full(
         entry: dict[str, Any] = {
             "run": full_run.name,
             "run_dir": str(full_run.run_dir),
+            "seed": full_run.seed,
             "epsilons": epsilons,
             "top_k": top_k,
             "matrices": {},

@@ -30,6 +30,7 @@ from lora_jax.report.training_curves import (
     scaling_section,
     varies_within_a_method,
 )
+from lora_jax.report.versus_full_seeds import versus_full_over_seeds
 from lora_jax.run_record import RunRecord, read_runs
 
 FIGURES_DIR = "figures"
@@ -146,7 +147,7 @@ def build_document(
         blocks = dynamics_section(analysis, sweep_dir)
         sections.append(Section("Rank measurements over training", blocks))
     if analysis.get("versus_full"):
-        blocks = versus_full(analysis, out / FIGURES_DIR)
+        blocks = versus_full_over_seeds(analysis) + versus_full(analysis, out / FIGURES_DIR)
         sections.append(Section("LoRA vs full fine-tuning", blocks))
     for key in items:
         builder = BUILDERS[key]

@@ -110,7 +110,8 @@ def verdict(label_a: str, label_b: str, c: Comparison, scale: float, unit: str) 
     if not c.significant:
         return f"{label_a} vs {label_b}: within seed noise ({how})"
     word = "higher" if c.diff > 0 else "lower"
-    return f"{label_b} is {word} than {label_a} by {abs(c.diff) * scale:.2f} {unit} ({how})"
+    by = f"{abs(c.diff) * scale:.2f} {unit}".rstrip()
+    return f"{label_b} is {word} than {label_a} by {by} ({how})"
 
 
 def best_cell_index(summaries: list[SeedSummary], metric: str) -> int:

@@ -51,6 +51,8 @@ from lora_jax.train.kernel_eval import (
 )
 from lora_jax.train.run_identity import IDENTITY_FILE
 
+# Part of every record's key: bump it when the records change, so older ones are recomputed.
+RECORD_VERSION = 2
 LAMBDAS = (0.75, 0.5, 0.0)  # PEFT's default, then stronger
 MEASURES = {  # the forgetting of each kind of model, as analysis.json names it
     "encoder": "1 - Spearman of the pairwise cosine similarities of mean-pooled embeddings",
@@ -160,14 +162,16 @@ def run_evals(run: RunRecord, curve: bool, eval_limit: int | None = None) -> dic
 
 
 def eval_key(run: RunRecord, curve: bool, eval_limit: int | None) -> dict[str, Any] | None:
-    """What a run's evaluations depend on: its identity hash, last checkpoint, `eval_limit`
-    and whether the truncation curve is asked; None where the run has no identity file."""
+    """What a run's evaluations depend on: the record's version, the run's identity hash and
+    last checkpoint, `eval_limit` and whether the truncation curve is asked; None where the run
+    has no identity file."""
     try:
         identity = json.loads((run.run_dir / IDENTITY_FILE).read_text())["hash"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     steps = run.checkpoint_steps
     return {
+        "version": RECORD_VERSION,
         "identity": identity,
         "checkpoint": steps[-1] if steps else None,
         "eval_limit": eval_limit,
