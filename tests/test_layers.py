@@ -1,9 +1,9 @@
 """The import layering of DESIGN.md, stated as a test.
 
 Every module sits in a room (its first name under `lora_jax`), and the rooms in layers:
-experiments -> sweep, report -> train -> models, data, partition, config -> adapter_io,
-analysis -> weights, run_record -> lora. A module imports only its own layer and those below;
-no private name (`_x`) crosses modules; no two files share a name.
+experiments -> sweep, report -> train -> models, data, partition, config, config_rules ->
+adapter_io, analysis -> weights, run_record -> lora. A module imports only its own layer and
+those below; no private name (`_x`) crosses modules; no two files share a name.
 
 The analysis reads files: it may import the LoRA math, the checkpoint and adapter readers and
 the run record, never training, models, data, planted tasks, sweeps or reports. The readers
@@ -36,7 +36,7 @@ LAYERS = (
     ("lora",),
     ("weights", "run_record"),
     ("adapter_io", "analysis"),
-    ("models", "data", "assets", "partition", "config", "budget"),
+    ("models", "data", "assets", "partition", "config", "config_rules", "budget"),
     ("train",),
     ("report", "sweep"),
 )

@@ -28,7 +28,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lora_jax.config import Config, check_batch_size, check_config, run_config, value_error
+from lora_jax.config import Config, check_config, run_config
+from lora_jax.config_rules import check_batch_size, value_error
 from lora_jax.train.run_identity import check_jobs
 
 # What validation raises for bad input; raised there, never a bug's symptom.

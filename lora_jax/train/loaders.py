@@ -10,7 +10,8 @@ from typing import Any
 import jax
 
 from lora_jax import data as data_lib
-from lora_jax.config import Config, check_batch_size
+from lora_jax.config import Config
+from lora_jax.config_rules import check_batch_size
 
 
 @dataclass

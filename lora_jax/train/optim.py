@@ -39,7 +39,7 @@ def _sgd(learning_rate: Any, momentum: float, weight_decay: float) -> optax.Grad
 
 
 # optim.name -> (optax constructor, its keyword arguments from cfg.optim). A new optimizer is one
-# entry here, one name in `config.OPTIMIZERS` and one conf/optim/<name>.yaml.
+# entry here, one name in `config_rules.OPTIMIZERS` and one conf/optim/<name>.yaml.
 OPTIMIZERS: dict[str, tuple[Callable[..., optax.GradientTransformation], Callable]] = {
     "adamw": (optax.adamw, lambda o: {"b1": o.b1, "b2": o.b2, "weight_decay": o.weight_decay}),
     "sgd": (_sgd, lambda o: {"momentum": o.momentum, "weight_decay": o.weight_decay}),

@@ -41,7 +41,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lora_jax.config import value_error
+from lora_jax.config_rules import value_error
 from lora_jax.lora import LORA_LEAVES
 from lora_jax.train import distributed
 

@@ -16,7 +16,8 @@ from lora_jax import data as data_lib
 from lora_jax import models
 from lora_jax.adapter_io import adapter_folder, family_of, init_adapters
 from lora_jax.budget import budget_rank
-from lora_jax.config import Config, run_config, to_dict, value_error
+from lora_jax.config import Config, run_config, to_dict
+from lora_jax.config_rules import value_error
 from lora_jax.lora import LoRAConfig, adapters
 from lora_jax.partition import count_params, label_params, split
 from lora_jax.run_record import write_atomic
