@@ -27,7 +27,8 @@ from lora_jax.adapter_io import (
 )
 from lora_jax.lora import LoRAConfig, layer_index, lora_scale
 from lora_jax.models import Pretrained, load_decoder
-from lora_jax.models.bert import HEAD_RULES, BertConfig, BertForSequenceClassification
+from lora_jax.models.bert import HEAD_RULES, BertForSequenceClassification
+from lora_jax.models.bert_config import BertConfig
 from lora_jax.partition import label_params, split
 
 FIXTURES = Path(__file__).parent / "fixtures"

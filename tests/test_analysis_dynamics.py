@@ -32,7 +32,8 @@ from lora_jax.analysis.dynamics import checkpoint_factors, measure_dynamics
 from lora_jax.analysis.updates import from_runs
 from lora_jax.lora import LoRAConfig, lora_scale
 from lora_jax.models import Pretrained
-from lora_jax.models.bert import HEAD_RULES, BertConfig
+from lora_jax.models.bert import HEAD_RULES
+from lora_jax.models.bert_config import BertConfig
 from lora_jax.report.document import Table
 from lora_jax.report.over_training import dynamics_section
 from lora_jax.run_record import read_run, read_runs

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from lora_jax.lora import LoRAConfig
-from lora_jax.models.llama import LlamaConfig
+from lora_jax.models.llama_config import LlamaConfig
 from lora_jax.models.pretrained import load_decoder, model_from_tensors
 from lora_jax.partition import label_params, split
 from lora_jax.weights.hf_folder import load_hf_folder

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from lora_jax.lora import LoRAConfig
-from lora_jax.models.llama import LlamaConfig, LlamaForCausalLM, lora_shapes, rope
+from lora_jax.models.llama import LlamaForCausalLM, lora_shapes, rope
+from lora_jax.models.llama_config import LlamaConfig
 from lora_jax.models.pretrained import load_decoder, model_from_tensors
 from lora_jax.weights.gguf import permute_qk, unpermute_qk
 from lora_jax.weights.params import CheckpointError

@@ -2,10 +2,12 @@
 
 `registry` names the checkpoints (`ModelSpec` by family) and reads their configs; `pretrained`
 loads any of them (`load_model` -> `Pretrained`); `bert`, `gpt2`, `llama` are the families,
-each with the same contract, and `decoder` the code GPT-2 and Llama share.
+each with the same contract (`bert_config`, `llama_config` read their HF `config.json`), and
+`decoder` the code GPT-2 and Llama share.
 """
 
-from lora_jax.models.bert import HEAD_RULES, BertConfig, BertEncoder, BertForSequenceClassification
+from lora_jax.models.bert import HEAD_RULES, BertEncoder, BertForSequenceClassification
+from lora_jax.models.bert_config import BertConfig
 from lora_jax.models.pretrained import (
     Pretrained,
     load_decoder,

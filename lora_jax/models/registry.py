@@ -30,7 +30,9 @@ MINILM_INSTALL = (
 # `MODEL_TYPES` (the HF model types it reads), `DECODER` (a causal LM, else an encoder with a
 # new head), `lora_shapes(config)`, `build(config, lora, **head)`, `config_for(hf_config,
 # tensor_names)` (fitted to the checkpoint), `hf_source` (its HF name map, from
-# `lora_jax.weights.params`) and `load_base(reader, template, where, place=None)`.
+# `lora_jax.weights.params`) and `load_base(reader, template, where, place=None)`. A long
+# family keeps its config reading in a module beside it (`bert_config`, `llama_config`); the
+# family module re-exports `Config` and `MODEL_TYPES` from there.
 FAMILIES: dict[str, ModuleType] = {"bert": bert, "roberta": bert, "gpt2": gpt2, "llama": llama}
 
 
