@@ -156,6 +156,8 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
         pre.params, trainable=pre.head_rules, full_finetune=spec.get("full_finetune", False)
     )
     parts = cast_frozen(split(pre.params, labels), dtype)
+    # bfloat16: the float32 base is not the step's (its frozen half is now a bf16 copy).
+    pre = pre._replace(params=None)
     tx = make_optimizer(split(labels, labels).trainable, optax.adamw, 1e-4)
     opt_state = tx.init(parts.trainable)
     objective = classification(pre.module, data_lib.get_task("mr"))
