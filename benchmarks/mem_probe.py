@@ -125,7 +125,7 @@ def main() -> None:
     from lora_jax.partition import label_params, make_optimizer, split
     from lora_jax.train.objectives import classification
     from lora_jax.train.precision import cast_frozen
-    from lora_jax.train.steps import make_train_step
+    from lora_jax.train.steps import make_train_step, step_compiler_options
 
     mark(
         "import lora_jax",
@@ -149,7 +149,7 @@ def main() -> None:
     tx = make_optimizer(split(labels, labels).trainable, optax.adamw, 1e-4)
     opt_state = tx.init(parts.trainable)
     objective = classification(pre.module, data_lib.get_task("mr"))
-    step = make_train_step(objective.loss_fn, tx)
+    step = make_train_step(objective.loss_fn, tx, step_compiler_options())
     batch = jax.device_put(_batch())
     key = jax.random.key(0)
     mark("params, optimizer, batch", heavy=sorted(m for m in HEAVY if m in sys.modules))

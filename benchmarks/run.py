@@ -140,7 +140,7 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
     from lora_jax.partition import count_params, label_params, make_optimizer, split
     from lora_jax.train.objectives import classification
     from lora_jax.train.precision import cast_frozen
-    from lora_jax.train.steps import make_train_step, tree_bytes
+    from lora_jax.train.steps import make_train_step, step_compiler_options, tree_bytes
 
     spec = MODES[mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")
@@ -161,7 +161,7 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
     tx = make_optimizer(split(labels, labels).trainable, optax.adamw, 1e-4)
     opt_state = tx.init(parts.trainable)
     objective = classification(pre.module, data_lib.get_task("mr"))
-    step = make_train_step(objective.loss_fn, tx)
+    step = make_train_step(objective.loss_fn, tx, step_compiler_options())
     batch = jax.device_put(_batch())
     key = jax.random.key(0)
     rss_before_compile = rss_mb()

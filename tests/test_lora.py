@@ -21,7 +21,7 @@ from lora_jax.lora import (
     unmerge,
 )
 from lora_jax.partition import label_params, make_optimizer, split
-from lora_jax.train.steps import make_train_step
+from lora_jax.train.steps import make_train_step, step_compiler_options
 
 IN, OUT = 24, 16
 X = jax.random.normal(jax.random.key(1), (8, IN))
@@ -200,8 +200,8 @@ def test_train_step_memory_scheduler_keeps_results():
         logits = model.apply({"params": p}, batch["x"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), {}
 
-    step = make_train_step(loss_fn, tx)
-    default = jax.jit(step.__wrapped__, donate_argnums=(0, 2))
+    step = make_train_step(loss_fn, tx, step_compiler_options())
+    default = make_train_step(loss_fn, tx)
     out = {}
     for name, f in (("ours", step), ("default", default)):
         t = jax.tree.map(jnp.copy, parts.trainable)
