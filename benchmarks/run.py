@@ -12,7 +12,9 @@ dots, the frozen base stored in bfloat16, what trains and the optimizer float32;
 fine-tuning float32 master weights). `--rounds` rounds; in each, every
 (mode, dtype) runs once per side, the two sides back to back, each in a fresh process, the side
 that goes first alternating, so drift in machine load hits both alike. Each process reports
-the median of `--steps` steps after 3 warm-up steps and its own peak RSS; each round also
+the median of `--steps` steps after 3 warm-up steps and its own peak RSS (ours also where it
+goes: RSS before and after compiling, after `malloc_trim` hands the compiler's freed heap
+back, and XLA's per-step scratch, `xla_temp_mb`); each round also
 measures both sides' matmul peak (4096², float32 and bfloat16) in fresh processes. The JSON
 (`benchmarks/results/versus_peft-<time>.json`) holds every job, the medians over rounds, the
 ratios ours/peer (step time, peak RSS; of the medians and paired per round), the CPU model and
@@ -87,6 +89,27 @@ def matmul_peaks(n: int = 4096, steps: int = 3) -> dict:
     }
 
 
+def rss_mb() -> float:
+    """This process's resident set now (VmRSS), in MB; 0 where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def trim_malloc() -> None:
+    """Return glibc malloc's free heap pages to the system (`malloc_trim(0)`); no-op elsewhere."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 def _batch():
     import numpy as np
 
@@ -117,7 +140,7 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
     from lora_jax.partition import count_params, label_params, make_optimizer, split
     from lora_jax.train.objectives import classification
     from lora_jax.train.precision import cast_frozen
-    from lora_jax.train.steps import make_train_step, tree_bytes
+    from lora_jax.train.steps import make_train_step, step_compiler_options, tree_bytes
 
     spec = MODES[mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")
@@ -133,15 +156,24 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
         pre.params, trainable=pre.head_rules, full_finetune=spec.get("full_finetune", False)
     )
     parts = cast_frozen(split(pre.params, labels), dtype)
+    # bfloat16: the float32 base is not the step's (its frozen half is now a bf16 copy).
+    pre = pre._replace(params=None)
     tx = make_optimizer(split(labels, labels).trainable, optax.adamw, 1e-4)
     opt_state = tx.init(parts.trainable)
     objective = classification(pre.module, data_lib.get_task("mr"))
-    step = make_train_step(objective.loss_fn, tx)
+    step = make_train_step(objective.loss_fn, tx, step_compiler_options())
     batch = jax.device_put(_batch())
     key = jax.random.key(0)
+    rss_before_compile = rss_mb()
     compiled = step.lower(parts.trainable, parts.frozen, opt_state, batch, key).compile()
     cost = compiled.cost_analysis()
     flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+    memory = compiled.memory_analysis()
+    rss_after_compile = rss_mb()
+    # The compiler's own scratch is freed but stays in malloc's heap: hand it back before the
+    # steps, as a long run's loaders and evaluation would reuse it (glibc only; ~90 MB).
+    trim_malloc()
+    rss_before_steps = rss_mb()
     state = {"t": parts.trainable, "o": opt_state}
     losses = []
 
@@ -164,6 +196,12 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
             "flops_per_step": flops,
             "minor_page_faults_per_step": faults,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # where the peak goes: the process before and after compiling, after handing the
+            # compiler's freed scratch back, and XLA's per-step scratch (one block, each step)
+            "rss_before_compile_mb": rss_before_compile,
+            "rss_after_compile_mb": rss_after_compile,
+            "rss_before_steps_mb": rss_before_steps,
+            "xla_temp_mb": memory.temp_size_in_bytes / 2**20,
             "loss_first_last": [losses[0], losses[-1]],
         }
     spectra_s = None

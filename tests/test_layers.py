@@ -96,6 +96,21 @@ def test_importing_the_analysis_loads_nothing_above_it():
     assert "omegaconf" not in out.stdout and "hydra" not in out.stdout
 
 
+def test_a_train_step_process_loads_no_loader_metrics_or_hydra():
+    """What `benchmarks.run`'s step process imports (a task, the objective, the step) leaves out
+    Grain, SciPy, scikit-learn, Hydra and the heavy frameworks: ~110 MB of its peak RSS."""
+    code = (
+        "import sys; from lora_jax import data, models; "
+        "from lora_jax.train.objectives import classification; "
+        "from lora_jax.train.steps import make_train_step; "
+        "from lora_jax.train.precision import cast_frozen; data.get_task('mr'); "
+        "print(' '.join(m.split('.')[0] for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    heavy = {"grain", "scipy", "sklearn", "hydra", "omegaconf", "orbax", "tensorflow", "torch"}
+    assert not heavy & set(out.stdout.split())
+
+
 def test_public_face_reexports_the_verbs():
     import lora_jax
 

@@ -21,7 +21,7 @@ from lora_jax.lora import (
     unmerge,
 )
 from lora_jax.partition import label_params, make_optimizer, split
-from lora_jax.train.steps import make_train_step
+from lora_jax.train.steps import make_train_step, step_compiler_options
 
 IN, OUT = 24, 16
 X = jax.random.normal(jax.random.key(1), (8, IN))
@@ -180,3 +180,33 @@ def test_parse_targets_short_forms():
     assert parse_targets("v,q,ffn_out") == ("q", "v", "ffn_out")
     assert LoRAConfig(rank=4, targets="qv", rank_pattern={"v": 2}).rank_for("v", 0) == 2
     assert LoRAConfig(rank=4, targets="qv", layers=(1,)).rank_for("q", 0) == 0
+
+
+def test_train_step_memory_scheduler_keeps_results():
+    """On CPU the step is compiled with XLA's memory-minimising scheduler (lora_jax.train.steps):
+    bit-identical to the default (concurrency) schedule. (Its scratch saving is MiniLM's, 529
+    -> 461 MB, `benchmarks.mem_probe`; on this toy the heuristic schedules differ the other way.)"""
+    if jax.default_backend() != "cpu":
+        pytest.skip("a CPU compiler option")
+    cfg = LoRAConfig(rank=4, alpha=8.0, targets="qv")
+    model = _TwoLayer(cfg)
+    params = model.init(jax.random.key(0), X)["params"]
+    labels = label_params(params, trainable=["head/"])
+    parts = split(params, labels)
+    tx = make_optimizer(split(labels, labels).trainable, optax.adam, 1e-2)
+    batch = {"x": X, "y": jnp.arange(X.shape[0]) % 3}
+
+    def loss_fn(p, batch, rng):
+        logits = model.apply({"params": p}, batch["x"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), {}
+
+    step = make_train_step(loss_fn, tx, step_compiler_options())
+    default = make_train_step(loss_fn, tx)
+    out = {}
+    for name, f in (("ours", step), ("default", default)):
+        t = jax.tree.map(jnp.copy, parts.trainable)
+        o = tx.init(t)
+        for _ in range(3):
+            t, o, _ = f(t, parts.frozen, o, batch, jax.random.key(0))
+        out[name] = t
+    jax.tree.map(np.testing.assert_array_equal, out["ours"], out["default"])

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from lora_jax.config import TrainerConfig
+if TYPE_CHECKING:  # Hydra's schemas: not loaded by a train step process
+    from lora_jax.config import TrainerConfig
 
 # The task count of a SLURM job step (srun, and submitit through srun): unlike SLURM_NTASKS it
 # is not set in an allocation's own shell, where a sweep's launcher may run.

@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lora_jax.data.pipeline import as_text, format_prompt
 from lora_jax.train import generate
 from lora_jax.train.steps import Objective
 
@@ -117,6 +116,8 @@ def references_by_prompt(
     """(prompt text, all its references) per distinct prompt of `source`, in order of first
     appearance; a ``references`` field (GEM) adds its entries to the targets. The prompt text is
     what decoding starts from: without the template's trailing spaces (see `format_prompt`)."""
+    from lora_jax.data.pipeline import as_text, format_prompt  # Grain: not for every step process
+
     refs: dict[str, list[str]] = {}
     for i in range(len(source)):
         element = source[i]

@@ -12,7 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from lora_jax.lora import LORA_LEAVES, lora_scale
-from lora_jax.train.steps import Objective, make_eval_step, make_train_step
+from lora_jax.train.steps import (
+    Objective,
+    make_eval_step,
+    make_train_step,
+    step_compiler_options,
+)
 
 # The batch key that carries each member's adapter factors into the loss.
 FACTORS = "__lora_factors__"
@@ -142,7 +147,8 @@ def fused_steps(
         preds = predict_members(effective, frozen, batch)
         return jnp.moveaxis(preds, 0, 1)  # `evaluate` concatenates batches on axis 0
 
-    return jax.jit(train_step, donate_argnums=(0, 2)), jax.jit(predict)
+    options = step_compiler_options()
+    return jax.jit(train_step, donate_argnums=(0, 2), compiler_options=options), jax.jit(predict)
 
 
 def same_tree(a: Any, b: Any) -> bool:

@@ -5,7 +5,7 @@ parameters besides the adapters train, what the loaders add and how the `Objecti
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +14,13 @@ from flax import traverse_util
 
 from lora_jax import data as data_lib
 from lora_jax import models
-from lora_jax.config import Config
 from lora_jax.lora import LORA_LEAVES
 from lora_jax.partition import combine
 from lora_jax.train import distributed, lm, planted
 from lora_jax.train.steps import Objective, classification_loss
+
+if TYPE_CHECKING:
+    from lora_jax.config import Config
 
 
 def _logits(

@@ -25,7 +25,7 @@ from lora_jax.train.loop import Engine, RunLog, train_loop
 from lora_jax.train.objectives import evaluate
 from lora_jax.train.run_identity import RunIdentityError, claim, exit_on_error
 from lora_jax.train.setup import RunSetup, plan, prepare_run, step_rng
-from lora_jax.train.steps import make_eval_step, make_train_step
+from lora_jax.train.steps import make_eval_step, make_train_step, step_compiler_options
 from lora_jax.train.tracking import Tracker
 from lora_jax.weights.base_kernels import FULL_UPDATE_FILE, layer_kernels, save_kernels
 
@@ -71,7 +71,9 @@ class OneRun:
     def __init__(self, s: RunSetup) -> None:
         self.s, self.parts, self.opt_state = s, s.parts, s.opt_state
         self.trainable = s.parts.trainable
-        self.train_step = make_train_step(s.objective.loss_fn, s.tx)
+        # one device: XLA:CPU's memory-minimising schedule (several: `parallel` re-jits the step)
+        options = step_compiler_options() if jax.device_count() == 1 else None
+        self.train_step = make_train_step(s.objective.loss_fn, s.tx, options)
         self.eval_step = make_eval_step(s.objective.predict_fn)
         self.key = step_rng(s.cfg.seed)
 

@@ -1,0 +1,215 @@
+"""Where the peak RSS of the versus-PEFT LoRA step process goes, phase by phase.
+
+    python -m benchmarks.mem_probe --mode lora_r8 --dtype float32 --steps 10
+
+The same work as `benchmarks.run --one lora_r8:float32` (`bench_mode(versus=True)`), with the
+process's VmRSS / VmHWM / RssAnon / RssFile (from /proc/self/status) and glibc's heap in use
+(mallinfo2) after each phase, the heavy modules imported, and XLA's memory analysis of the
+compiled step; then the steps' median time, CPU seconds and minor page faults, and a digest
+of the trained leaves (to check that a change keeps the numerics). One JSON line on stdout,
+the phases on stderr as they happen. Run it under the allocator setting (GLIBC_TUNABLES) and
+XLA_FLAGS you want to study; `--trim` hands malloc's free heap back after compiling, as
+`benchmarks.run` does; `--remat-gelu` recomputes the FFN's GELU in the backward pass (an
+experiment: 144 MB less XLA scratch, not bit-identical).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HEAVY = (
+    "tensorflow",
+    "torch",
+    "tensorflow_datasets",
+    "grain",
+    "orbax",
+    "wandb",
+    "transformers",
+    "pandas",
+    "matplotlib",
+    "scipy",
+    "hydra",
+    "array_record",
+    "sklearn",
+    "PIL",
+)
+
+
+def status() -> dict:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+            out[key] = int(value.split()[0]) // 1024
+    return out
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (n, ctypes.c_size_t)
+        for n in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+_libc = ctypes.CDLL("libc.so.6")
+_libc.mallinfo2.restype = _Mallinfo2
+
+
+def heap() -> dict:
+    m = _libc.mallinfo2()
+    return {
+        "heap_mb": (m.arena + m.hblkhd) >> 20,
+        "in_use_mb": (m.uordblks + m.hblkhd) >> 20,
+        "free_mb": m.fordblks >> 20,
+    }
+
+
+PHASES: list[dict] = []
+T0 = time.perf_counter()
+
+
+def mark(name: str, **extra) -> None:
+    PHASES.append(
+        {"phase": name, "t_s": round(time.perf_counter() - T0, 2), **status(), **heap(), **extra}
+    )
+    print(PHASES[-1], file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--mode", default="lora_r8")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--trim", action="store_true", help="malloc_trim(0) after compile")
+    p.add_argument("--remat-gelu", action="store_true", help="experiment: jax.checkpoint(gelu)")
+    args = p.parse_args()
+    mark("start")
+    import jax
+
+    if args.remat_gelu:
+        import functools
+
+        import flax.linen as nn
+
+        def gelu(x, approximate=True, _gelu=nn.gelu):
+            return jax.checkpoint(functools.partial(_gelu, approximate=approximate))(x)
+
+        nn.gelu = gelu
+
+    mark("import jax")
+    import dataclasses
+
+    import optax
+
+    from lora_jax import data as data_lib
+    from lora_jax import models
+    from lora_jax.lora import LoRAConfig
+    from lora_jax.partition import label_params, make_optimizer, split
+    from lora_jax.train.objectives import classification
+    from lora_jax.train.precision import cast_frozen
+    from lora_jax.train.steps import make_train_step, step_compiler_options
+
+    mark(
+        "import lora_jax",
+        heavy=sorted(m for m in HEAVY if m in sys.modules),
+        n_modules=len(sys.modules),
+    )
+    from benchmarks.run import MODES, _batch
+
+    spec = MODES[args.mode]
+    lora = LoRAConfig(rank=spec["rank"], targets="qv")
+    pre = models.load_pretrained(
+        "minilm", lora, num_labels=2, pooling="cls", head_dropout=0.0, dtype=args.dtype
+    )
+    config = dataclasses.replace(pre.config, hidden_dropout=0.0, attention_dropout=0.0)
+    pre = pre._replace(module=pre.module.clone(config=config), config=config)
+    mark("load model", heavy=sorted(m for m in HEAVY if m in sys.modules))
+    labels = label_params(
+        pre.params, trainable=pre.head_rules, full_finetune=spec.get("full_finetune", False)
+    )
+    parts = cast_frozen(split(pre.params, labels), args.dtype)
+    tx = make_optimizer(split(labels, labels).trainable, optax.adamw, 1e-4)
+    opt_state = tx.init(parts.trainable)
+    objective = classification(pre.module, data_lib.get_task("mr"))
+    step = make_train_step(objective.loss_fn, tx, step_compiler_options())
+    batch = jax.device_put(_batch())
+    key = jax.random.key(0)
+    mark("params, optimizer, batch", heavy=sorted(m for m in HEAVY if m in sys.modules))
+    lowered = step.lower(parts.trainable, parts.frozen, opt_state, batch, key)
+    mark("lower")
+    compiled = lowered.compile()
+    ma = compiled.memory_analysis()
+    mem = {
+        k: getattr(ma, k) >> 20
+        for k in (
+            "temp_size_in_bytes",
+            "argument_size_in_bytes",
+            "output_size_in_bytes",
+            "alias_size_in_bytes",
+            "generated_code_size_in_bytes",
+        )
+        if hasattr(ma, k)
+    }
+    mark("compile", memory_analysis_mb=mem)
+    if args.trim:
+        _libc.malloc_trim(0)
+        mark("malloc_trim")
+    del lowered
+    state = {"t": parts.trainable, "o": opt_state}
+    losses, times, cpu = [], [], []
+    faults = 0
+    for i in range(args.steps + 3):
+        if i == 3:
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start, start_cpu = time.perf_counter(), time.process_time()
+        state["t"], state["o"], out = step(state["t"], parts.frozen, state["o"], batch, key)
+        losses.append(float(out["loss"]))
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        if i in (0, 1, 2) or i == args.steps + 2:
+            mark(f"step {i + 1}")
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(state["t"]):
+        digest.update(np.asarray(leaf).tobytes())
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(args.steps, 1)
+    print(
+        json.dumps(
+            {
+                "step_s_median": statistics.median(times) if times else None,
+                "cpu_s_median": statistics.median(cpu) if cpu else None,
+                "minor_faults_per_step": faults,
+                "mode": args.mode,
+                "dtype": args.dtype,
+                "phases": PHASES,
+                "losses": losses,
+                "trainable_sha256": digest.hexdigest()[:16],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
