@@ -122,6 +122,45 @@ def _batch():
     }
 
 
+def load_minilm(lora, versus: bool, dtype: str):
+    """MiniLM with `lora` for a step benchmark; `versus`: PEFT's setting (dropout 0 everywhere
+    and HF's head, pooler + classifier)."""
+    import dataclasses
+
+    from lora_jax import models
+
+    if not versus:
+        return models.load_pretrained("minilm", lora, num_labels=2, dtype=dtype)
+    pre = models.load_pretrained(
+        "minilm", lora, num_labels=2, pooling="cls", head_dropout=0.0, dtype=dtype
+    )
+    config = dataclasses.replace(pre.config, hidden_dropout=0.0, attention_dropout=0.0)
+    return pre._replace(module=pre.module.clone(config=config), config=config)
+
+
+def step_inputs(pre, spec: dict, dtype: str) -> tuple:
+    """What one train step of `pre` in mode `spec` (`MODES`) takes: (parts, opt_state, step,
+    batch, key), the frozen half cast to `dtype` as `lora_jax.train.setup` does."""
+    import jax
+    import optax
+
+    from lora_jax import data as data_lib
+    from lora_jax.partition import label_params, make_optimizer, split
+    from lora_jax.train.objectives import classification
+    from lora_jax.train.precision import cast_frozen
+    from lora_jax.train.steps import make_train_step, step_compiler_options
+
+    labels = label_params(
+        pre.params, trainable=pre.head_rules, full_finetune=spec.get("full_finetune", False)
+    )
+    parts = cast_frozen(split(pre.params, labels), dtype)
+    tx = make_optimizer(split(labels, labels).trainable, optax.adamw, 1e-4)
+    opt_state = tx.init(parts.trainable)
+    objective = classification(pre.module, data_lib.get_task("mr"))
+    step = make_train_step(objective.loss_fn, tx, step_compiler_options())
+    return parts, opt_state, step, jax.device_put(_batch()), jax.random.key(0)
+
+
 def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float32") -> dict:
     """Time the real train step of one mode (run in its own process for a clean peak RSS).
 
@@ -129,41 +168,19 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
     (pooler + classifier). `dtype`: lora_jax's `model.dtype` (float32 or bfloat16: mixed
     precision, the frozen half stored in bfloat16 as `lora_jax.train.setup` does).
     """
-    import dataclasses
 
     import jax
-    import optax
 
-    from lora_jax import data as data_lib
-    from lora_jax import models
     from lora_jax.lora import LoRAConfig
-    from lora_jax.partition import count_params, label_params, make_optimizer, split
-    from lora_jax.train.objectives import classification
-    from lora_jax.train.precision import cast_frozen
-    from lora_jax.train.steps import make_train_step, step_compiler_options, tree_bytes
+    from lora_jax.partition import count_params
+    from lora_jax.train.steps import tree_bytes
 
     spec = MODES[mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")
-    if versus:
-        pre = models.load_pretrained(
-            "minilm", lora, num_labels=2, pooling="cls", head_dropout=0.0, dtype=dtype
-        )
-        config = dataclasses.replace(pre.config, hidden_dropout=0.0, attention_dropout=0.0)
-        pre = pre._replace(module=pre.module.clone(config=config), config=config)
-    else:
-        pre = models.load_pretrained("minilm", lora, num_labels=2, dtype=dtype)
-    labels = label_params(
-        pre.params, trainable=pre.head_rules, full_finetune=spec.get("full_finetune", False)
-    )
-    parts = cast_frozen(split(pre.params, labels), dtype)
+    pre = load_minilm(lora, versus, dtype)
+    parts, opt_state, step, batch, key = step_inputs(pre, spec, dtype)
     # bfloat16: the float32 base is not the step's (its frozen half is now a bf16 copy).
-    pre = pre._replace(params=None)
-    tx = make_optimizer(split(labels, labels).trainable, optax.adamw, 1e-4)
-    opt_state = tx.init(parts.trainable)
-    objective = classification(pre.module, data_lib.get_task("mr"))
-    step = make_train_step(objective.loss_fn, tx, step_compiler_options())
-    batch = jax.device_put(_batch())
-    key = jax.random.key(0)
+    del pre
     rss_before_compile = rss_mb()
     compiled = step.lower(parts.trainable, parts.frozen, opt_state, batch, key).compile()
     cost = compiled.cost_analysis()
