@@ -2,7 +2,7 @@
 
 Every module sits in a room (its first name under `lora_jax`), and the rooms in layers:
 experiments -> sweep, report -> train -> models, data, partition, config, config_rules ->
-adapter_io, analysis -> weights, run_record -> lora. A module imports only its own layer and
+adapter_io, analysis -> weights, run_record -> lora, lazy. A module imports only its own layer and
 those below; no private name (`_x`) crosses modules; no two files share a name.
 
 The analysis reads files: it may import the LoRA math, the checkpoint and adapter readers and
@@ -33,7 +33,7 @@ READERS = {
 }
 # Lowest first; the package face (`lora_jax/__init__.py`) re-exports from every layer.
 LAYERS = (
-    ("lora",),
+    ("lora", "lazy"),
     ("weights", "run_record"),
     ("adapter_io", "analysis"),
     ("models", "data", "assets", "partition", "config", "config_rules", "budget"),

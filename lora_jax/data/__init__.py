@@ -10,10 +10,8 @@ Typical use from training code::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from lora_jax.data import tfds_compat
+from lora_jax.lazy import lazy_getattr
 
 # Before TFDS is first imported (any builder below or in a caller).
 tfds_compat.install()
@@ -37,8 +35,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'lora_jax.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"lora_jax.data.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

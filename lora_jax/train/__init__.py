@@ -6,8 +6,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lora_jax.lazy import lazy_getattr
 
 # name -> module: imported on first use, so `lora_jax.train.tracking` or `plan` do not load JAX
 # models and loaders they do not need.
@@ -28,8 +27,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'lora_jax.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"lora_jax.train.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
