@@ -24,8 +24,15 @@ matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt
 import numpy as np
 
+from lora_jax.analysis.intruders import EPSILON
 from lora_jax.report.document import Block, Figure, Table
 from lora_jax.report.paper import weight_label
+
+
+def intruder_column(epsilons: list[float]) -> int:
+    """Where the report reads an intruder curve: at PEFT's epsilon
+    (`analysis.intruders.EPSILON`) when the curve has it, else at its middle epsilon."""
+    return epsilons.index(EPSILON) if EPSILON in epsilons else len(epsilons) // 2
 
 
 def _by_target(matrices: dict[str, Any]) -> dict[str, list[Any]]:
@@ -317,7 +324,7 @@ def versus_full(analysis: dict[str, Any], figures: Path) -> list[Block]:
             caption="Rank of the full fine-tuning update (median over layers)",
         )
         eps = entry["epsilons"]
-        at = eps.index(0.5) if 0.5 in eps else len(eps) // 2
+        at = intruder_column(eps)
         rows = [
             [
                 "full FT",

@@ -17,15 +17,14 @@ import numpy as np
 from lora_jax.report.cells import Stats
 from lora_jax.report.document import Block, Table
 from lora_jax.report.format import num, scale, unit
+from lora_jax.report.full_finetuning import intruder_column
 from lora_jax.report.seed_stats import MIN_SEEDS, compare, verdict
 
 FULL = "full FT"
-EPSILON = 0.5  # PEFT's intruder threshold, as in the per-seed tables
 
 
 def _intruders(entry: dict[str, Any], matrices: dict[str, Any]) -> float:
-    eps = entry["epsilons"]
-    at = eps.index(EPSILON) if EPSILON in eps else len(eps) // 2
+    at = intruder_column(entry["epsilons"])
     return float(np.median([m["intruders"][at] for m in matrices.values()]))
 
 
@@ -79,6 +78,7 @@ def versus_full_over_seeds(analysis: dict[str, Any]) -> list[Block]:
     first = next(iter(entry["model_evals"]["runs"].values()))
     metric, k = first["metric"], scale(first["metric"])
     measure = entry["model_evals"].get("forgetting_measure", "forgetting")
+    epsilon = entry["epsilons"][intruder_column(entry["epsilons"])]
     rows = [
         [
             method,
@@ -97,7 +97,7 @@ def versus_full_over_seeds(analysis: dict[str, Any]) -> list[Block]:
             f"{unit(metric)}, mean ± sd",
             "forgetting",
             "truncation rank for 90% of the gain",
-            f"intruders at epsilon {EPSILON} (median over matrices)",
+            f"intruders at epsilon {epsilon} (median over matrices)",
         ],
         rows,
         caption=f"Over seeds (mean ± sample sd). Forgetting: {measure}, higher = more lost.",
