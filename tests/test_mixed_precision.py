@@ -182,3 +182,26 @@ def test_bfloat16_run_end_to_end(tmp_path):
     logged = [v for v in losses if v is not None]
     assert logged and all(np.isfinite(logged))
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_bfloat16_run_keeps_no_float32_base(tmp_path):
+    """A bfloat16 run holds its frozen base once, in bf16: the float32 weights it was loaded in
+    are not kept alive beside it (they were, through `RunSetup.pre.params`)."""
+    from conftest import compose_config
+
+    from lora_jax.config import run_config
+    from lora_jax.train.setup import plan, prepare_run
+    from lora_jax.train.steps import tree_bytes
+
+    def live_f32_bytes() -> int:
+        return sum(a.nbytes for a in jax.live_arrays() if a.dtype == jnp.float32)
+
+    cfg = run_config(compose_config(*FAST, "logger=none", "model.dtype=bfloat16"))
+    before = live_f32_bytes()
+    s = prepare_run(cfg, plan(cfg), tmp_path)
+    grown = live_f32_bytes() - before
+    assert s.pre.params is None
+    assert _dtypes(s.parts.frozen) == {"bfloat16"}
+    # What a bf16 run keeps in float32: the trainable half and AdamW's two moments of it.
+    trainable = tree_bytes(s.parts.trainable)
+    assert grown <= 3 * trainable + 4096, (grown, trainable, tree_bytes(s.parts.frozen))

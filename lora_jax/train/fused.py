@@ -136,9 +136,8 @@ class FusedGroup:
         shared = all(same_tree(f, frozens[0]) for f in frozens[1:])
         self.frozen = frozens[0] if shared else stack_padded(frozens)
         self.frozen_axis = None if shared else 0
-        for s in self.setups:  # keep one base in memory; export needs only pre.config
+        for s in self.setups:  # keep one base in memory
             s.parts = s.parts._replace(frozen=None)
-            s.pre = s.pre._replace(params=None)
         self.trainable = stack_padded([s.parts.trainable for s in self.setups])
         self.opt_state = stack_padded([s.opt_state for s in self.setups])
         padded = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), self.trainable)

@@ -118,7 +118,7 @@ class RunSetup:
 
     cfg: Config  # with `trainer.epochs` turned into steps and a budget's rank
     plan: Plan
-    pre: Any  # the loaded model: module, params, tokenizer, config
+    pre: Any  # the loaded model: module, tokenizer, config (params dropped: they live in `parts`)
     parts: Any  # Partition(trainable, frozen)
     tx: optax.GradientTransformation
     opt_state: Any
@@ -184,4 +184,7 @@ def prepare_run(cfg: Config, p: Plan, workdir: Path) -> RunSetup:
         "optimizer_state_bytes": tree_bytes(opt_state),
     }
     initial = layer_kernels(pre.params) if p.full_finetune else None
+    # From here on the run holds its weights in `parts` only: under bfloat16 `pre.params` would
+    # keep the float32 base alive beside the bf16 copy (export needs only pre.config).
+    pre = pre._replace(params=None)
     return RunSetup(cfg, p, pre, parts, tx, opt_state, data, objective, sizes, initial)
