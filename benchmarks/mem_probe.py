@@ -2,15 +2,15 @@
 
     python -m benchmarks.mem_probe --mode lora_r8 --dtype float32 --steps 10
 
-The same work as `benchmarks.run --one lora_r8:float32` (`bench_mode(versus=True)`), with the
-process's VmRSS / VmHWM / RssAnon / RssFile (from /proc/self/status) and glibc's heap in use
-(mallinfo2) after each phase, the heavy modules imported, and XLA's memory analysis of the
-compiled step; then the steps' median time, CPU seconds and minor page faults, and a digest
-of the trained leaves (to check that a change keeps the numerics). One JSON line on stdout,
-the phases on stderr as they happen. Run it under the allocator setting (GLIBC_TUNABLES) and
-XLA_FLAGS you want to study; `--trim` hands malloc's free heap back after compiling, as
-`benchmarks.run` does; `--remat-gelu` recomputes the FFN's GELU in the backward pass (an
-experiment: 144 MB less XLA scratch, not bit-identical).
+The same work as `benchmarks.run --one lora_r8:float32` (`benchmarks.step.bench_mode`,
+`versus=True`), with the process's VmRSS / VmHWM / RssAnon / RssFile (from /proc/self/status)
+and glibc's heap in use (mallinfo2) after each phase, the heavy modules imported, and XLA's
+memory analysis of the compiled step; then the steps' median time, CPU seconds and minor page
+faults, and a digest of the trained leaves (to check that a change keeps the numerics). One
+JSON line on stdout, the phases on stderr as they happen. Run it under the allocator setting
+(GLIBC_TUNABLES) and XLA_FLAGS you want to study; `--trim` hands malloc's free heap back after
+compiling, as `benchmarks.step.bench_mode` does; `--remat-gelu` recomputes the FFN's GELU in
+the backward pass (an experiment: 144 MB less XLA scratch, not bit-identical).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ HEAVY = (
     "sklearn",
     "PIL",
 )
-# The lora_jax modules `benchmarks.run.load_minilm` and `step_inputs` import.
+# The lora_jax modules `benchmarks.step.load_minilm` and `step_inputs` import.
 STEP_MODULES = (
     "lora_jax.data",
     "lora_jax.models",
@@ -137,7 +137,7 @@ def main() -> None:
         heavy=sorted(m for m in HEAVY if m in sys.modules),
         n_modules=len(sys.modules),
     )
-    from benchmarks.run import MODES, load_minilm, step_inputs, trim_malloc
+    from benchmarks.step import MODES, load_minilm, step_inputs, trim_malloc
 
     spec = MODES[args.mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")

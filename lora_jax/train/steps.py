@@ -80,7 +80,7 @@ def make_train_step(
 def step_compiler_options() -> dict[str, Any] | None:
     """XLA:CPU schedules a program for concurrency by default, which keeps more of the backward
     pass's residuals alive at once; its memory-minimising scheduler cut MiniLM's LoRA r=8 step
-    scratch from 529 to 461 MB with the same results and no slower steps (benchmarks/run.py,
+    scratch from 529 to 461 MB with the same results and no slower steps (benchmarks/step.py,
     README "Against PEFT"). Other backends keep their defaults."""
     if jax.default_backend() != "cpu":
         return None
