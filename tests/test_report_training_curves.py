@@ -4,9 +4,11 @@ scaling table and the figures."""
 
 from __future__ import annotations
 
+import numpy as np
 from conftest import write_run
 
 from lora_jax.report import make_report
+from lora_jax.report.training_curves import smoothed, tail_mean
 
 
 def _train_rows(loss0: float, grad0: float) -> list[dict]:
@@ -43,10 +45,14 @@ def test_best_learning_rate_per_rank_and_full_finetuning(tmp_path):
     make_report(tmp_path, use_wandb=False)
     md = (tmp_path / "report.md").read_text()
     section = _section(md, "Learning rate against rank")
-    assert "| method | lr=1e-05 | lr=0.0001 | lr=0.001 | lr=0.01 | best lr |" in section
-    assert "| r=1 | - | 70.50 | 76.50 | 72.50 | 0.001 |" in section
-    assert "| r=4 | - | 71.50 | 77.50 | 73.50 | 0.001 |" in section
-    assert "| full fine-tuning | 74.50 | 80.50 | 60.50 | - | 0.0001 |" in section
+    header = "| method | lr=1e-05 | lr=0.0001 | lr=0.001 | lr=0.01 | best lr | train loss at best |"
+    assert header in section
+    # Train loss at the best rate: the last quarter of 4 logged steps is the last, loss0 / 4.
+    assert f"| r=1 | - | 70.50 | 76.50 | 72.50 | 0.001 | {1 / 0.76 / 4:.4f} |" in section
+    assert f"| r=4 | - | 71.50 | 77.50 | 73.50 | 0.001 | {1 / 0.77 / 4:.4f} |" in section
+    assert (
+        f"| full fine-tuning | 74.50 | 80.50 | 60.50 | - | 0.0001 | {1 / 0.8 / 4:.4f} |" in section
+    )
     assert "by rank: 10x, 10x" in section
     assert (tmp_path / "figures" / "learning_rate_vs_rank.png").stat().st_size > 0
     assert "## Scaling" not in md  # scaling did not vary
@@ -65,8 +71,20 @@ def test_scaling_section_shows_the_gradient_collapse(tmp_path):
             )
     make_report(tmp_path, use_wandb=False)
     section = _section((tmp_path / "report.md").read_text(), "Scaling")
-    # First 3 logged steps: grad * (1.01 + 1.02 + 1.03) / 3 = 1.02 grad; final loss 0.5 / 4.
+    # First 3 logged steps: grad * (1.01 + 1.02 + 1.03) / 3 = 1.02 grad; the last quarter of the
+    # 4 logged losses is the last, 0.5 / 4.
     assert "| 16 | alpha_over_r | 80.00 | 0.1250 | 0.0638 |" in section
     assert "| 16 | alpha_over_sqrt_r | 80.00 | 0.1250 | 0.255 |" in section
     assert "train/grad_norm_lora, first 3 logged steps" in section
+    assert "train loss, last 25% of steps" in section
     assert (tmp_path / "figures" / "scaling_vs_rank.png").stat().st_size > 0
+
+
+def test_tail_mean_and_trailing_mean_by_hand():
+    values = np.arange(1.0, 21.0)  # 1..20
+    assert tail_mean(values) == np.mean([16, 17, 18, 19, 20])  # the last 25%: 5 of 20
+    assert tail_mean(np.array([3.0])) == 3.0 and tail_mean(np.array([])) is None
+    smooth, window = smoothed(values)
+    assert window == 2  # 10% of 20
+    np.testing.assert_allclose(smooth, [1.0, *(np.arange(2, 21) - 0.5)])
+    assert smoothed(np.array([4.0, 8.0]))[1] == 1  # too few logs to smooth

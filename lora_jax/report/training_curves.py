@@ -30,6 +30,10 @@ LR = "optim.lr"
 # Adapter-only gradient norm when the run logged it, else the norm of every trainable leaf.
 GRAD_KEYS = ("train/grad_norm_lora", "train/grad_norm")
 EARLY_STEPS = 3  # logged steps averaged for "the gradient at the first steps"
+# One batch's loss is noisy (a 200-step run logs one batch every 10 steps): the tables give the
+# mean over the last quarter of the logged steps, the figures a trailing mean.
+TAIL = 0.25
+SMOOTH = 0.1  # the trailing mean's window, as a fraction of the logged steps
 
 
 def curve(cell: Cell, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +46,27 @@ def curve(cell: Cell, key: str) -> tuple[np.ndarray, np.ndarray]:
     steps = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
     values = np.array([[p[s] for s in steps] for p in per_seed], float)
     return np.array(steps), values.mean(axis=0) if steps else np.array([])
+
+
+def tail_mean(values: np.ndarray) -> float | None:
+    """Mean of the last `TAIL` of `values` (at least one)."""
+    n = len(values)
+    return float(np.mean(values[-max(1, int(np.ceil(n * TAIL))) :])) if n else None
+
+
+def smoothed(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """The trailing mean of `values` over a window of `SMOOTH` of them (shorter at the start),
+    and the window."""
+    window = max(1, int(len(values) * SMOOTH))
+    sums = np.cumsum(np.insert(np.asarray(values, float), 0, 0.0))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(0, ends - window)
+    return (sums[ends] - sums[starts]) / (ends - starts), window
+
+
+def _loss_text(cell: Cell) -> str:
+    loss = tail_mean(curve(cell, "train/loss")[1])
+    return f"{loss:.4f}" if loss is not None else MISSING
 
 
 def _mean(cell: Cell, at: str) -> float | None:
@@ -92,11 +117,13 @@ def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
             best[key] = pick(means, key=means.get)
         label = _method(next(iter(by_lr.values())))
         cells_text = [num(means[lr] * k, metric) if lr in means else MISSING for lr in lrs]
-        rows.append([label, *cells_text, f"{best[key]:g}" if key in best else MISSING])
+        at_best = [f"{best[key]:g}", _loss_text(by_lr[best[key]])] if key in best else []
+        rows.append([label, *cells_text, *(at_best or [MISSING, MISSING])])
     blocks: list[Block] = [
         f"{unit(metric)} at the {'best evaluation step' if at == 'best' else 'end'}, mean over "
-        "seeds, for each learning rate; the last column is each method's best rate.",
-        Table(["method", *(f"lr={lr:g}" for lr in lrs), "best lr"], rows),
+        "seeds, for each learning rate; then each method's best rate and its train loss (mean "
+        f"over the last {TAIL:.0%} of the logged steps and over seeds).",
+        Table(["method", *(f"lr={lr:g}" for lr in lrs), "best lr", "train loss at best"], rows),
     ]
     full = [v for (ft, _), v in best.items() if ft]
     lora = [v for (ft, r), v in best.items() if not ft and r > 0]
@@ -107,6 +134,7 @@ def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
             "finding: about 10x, nearly the same for every rank)."
         )
     fig, (ax_lr, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    window = 1
     for key in sorted(methods):
         by_lr = methods[key]
         xs = [lr for lr in lrs if lr in by_lr and _mean(by_lr[lr], at) is not None]
@@ -115,10 +143,11 @@ def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
         ax_lr.plot(xs, [_mean(by_lr[x], at) * k for x in xs], style, marker="o", label=label)
         if key in best:
             steps, loss = curve(by_lr[best[key]], "train/loss")
+            loss, window = smoothed(loss)
             ax_loss.plot(steps, loss, style, label=f"{label}, lr={best[key]:g}")
     ax_lr.set_xscale("log")
     ax_lr.set(xlabel="learning rate", ylabel=unit(metric), title="metric vs learning rate")
-    ax_loss.set(xlabel="step", ylabel="train loss (mean over seeds)", title="at each best rate")
+    ax_loss.set(xlabel="step", ylabel=_loss_label(window), title="at each best rate")
     for ax in (ax_lr, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -138,26 +167,29 @@ def scaling_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
     early: dict[int, float | None] = {}  # id(cell) -> the early gradient norm, read once
     fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(11, 4))
     scalings = sorted({c.axes["scaling"] for c in lora})
+    window = 1
     for c in lora:
         steps, loss = curve(c, "train/loss")
         early[id(c)], mean = _first(c, grad_key), _mean(c, at)
+        tail = tail_mean(loss)
         rows.append(
             [
                 str(c.rank),
                 c.axes["scaling"],
                 num(mean * scale(metric), metric) if mean is not None else MISSING,
-                f"{loss[-1]:.4f}" if len(loss) else MISSING,
+                f"{tail:.4f}" if tail is not None else MISSING,
                 f"{early[id(c)]:.3g}" if early[id(c)] is not None else MISSING,
             ]
         )
         style = "-" if c.axes["scaling"] == scalings[0] else "--"
+        loss, window = smoothed(loss)
         ax_loss.plot(steps, loss, style, label=f"r={c.rank}, {c.axes['scaling']}")
     for s in scalings:
         pts = [(c.rank, early[id(c)]) for c in lora if c.axes["scaling"] == s]
         pts = [(r, g) for r, g in pts if g is not None]
         if pts:
             ax_grad.plot(*zip(*pts, strict=True), marker="o", label=s)
-    ax_loss.set(xlabel="step", ylabel="train loss (mean over seeds)", title="learning curves")
+    ax_loss.set(xlabel="step", ylabel=_loss_label(window), title="learning curves")
     ax_grad.set_xscale("log", base=2)
     ax_grad.set_yscale("log")
     ax_grad.set(
@@ -171,7 +203,7 @@ def scaling_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
         "r",
         "scaling",
         unit(metric),
-        "final train loss",
+        f"train loss, last {TAIL:.0%} of steps",
         f"{grad_key}, first {EARLY_STEPS} logged steps",
     ]
     return [
@@ -180,6 +212,12 @@ def scaling_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
         Table(columns, rows),
         Figure(path, "Learning curves per rank and scaling; early gradient norm against rank"),
     ]
+
+
+def _loss_label(window: int) -> str:
+    return "train loss (mean over seeds" + (
+        f", trailing mean of {window} logs)" if window > 1 else ")"
+    )
 
 
 def _first(cell: Cell, key: str) -> float | None:
