@@ -8,7 +8,7 @@ import numpy as np
 from conftest import write_run
 
 from lora_jax.report import make_report
-from lora_jax.report.training_curves import smoothed, tail_mean
+from lora_jax.report.training_curves import fitted_optimum, smoothed, tail_mean
 
 
 def _train_rows(loss0: float, grad0: float) -> list[dict]:
@@ -45,15 +45,24 @@ def test_best_learning_rate_per_rank_and_full_finetuning(tmp_path):
     make_report(tmp_path, use_wandb=False)
     md = (tmp_path / "report.md").read_text()
     section = _section(md, "Learning rate against rank")
-    header = "| method | lr=1e-05 | lr=0.0001 | lr=0.001 | lr=0.01 | best lr | train loss at best |"
-    assert header in section
-    # Train loss at the best rate: the last quarter of 4 logged steps is the last, loss0 / 4.
-    assert f"| r=1 | - | 70.50 | 76.50 | 72.50 | 0.001 | {1 / 0.76 / 4:.4f} |" in section
-    assert f"| r=4 | - | 71.50 | 77.50 | 73.50 | 0.001 | {1 / 0.77 / 4:.4f} |" in section
-    assert (
-        f"| full fine-tuning | 74.50 | 80.50 | 60.50 | - | 0.0001 | {1 / 0.8 / 4:.4f} |" in section
+    header = (
+        "| method | lr=1e-05 | lr=0.0001 | lr=0.001 | lr=0.01 | best lr | fitted "
+        "| train loss at best |"
     )
-    assert "by rank: 10x, 10x" in section
+    assert header in section
+    # Fitted optimum: the vertex of the parabola through three equally spaced points (x = log10
+    # lr, step 1) lies at x_mid + (y+ - y-) / (2 (2 y_mid - y- - y+)) decades.
+    lora_x = -3 + (0.725 - 0.705) / (2 * (2 * 0.765 - 0.705 - 0.725))  # -2.9 (r=1 and r=4 alike)
+    full_x = -4 + (0.605 - 0.745) / (2 * (2 * 0.805 - 0.745 - 0.605))  # -4.27
+    # Train loss at the best rate: the last quarter of 4 logged steps is the last, loss0 / 4.
+    row = "| r=1 | - | 70.50 | 76.50 | 72.50 | 0.001 | {:.2g} | {:.4f} |"
+    assert row.format(10**lora_x, 1 / 0.76 / 4) in section
+    row = "| r=4 | - | 71.50 | 77.50 | 73.50 | 0.001 | {:.2g} | {:.4f} |"
+    assert row.format(10**lora_x, 1 / 0.77 / 4) in section
+    row = "| full fine-tuning | 74.50 | 80.50 | 60.50 | - | 0.0001 | {:.2g} | {:.4f} |"
+    assert row.format(10**full_x, 1 / 0.8 / 4) in section
+    ratio = f"{10 ** (lora_x - full_x):.2g}x"
+    assert f"by rank: 10x, 10x (fitted optima: {ratio}, {ratio})" in section
     assert (tmp_path / "figures" / "learning_rate_vs_rank.png").stat().st_size > 0
     assert "## Scaling" not in md  # scaling did not vary
 
@@ -78,6 +87,20 @@ def test_scaling_section_shows_the_gradient_collapse(tmp_path):
     assert "train/grad_norm_lora, first 3 logged steps" in section
     assert "train loss, last 25% of steps" in section
     assert (tmp_path / "figures" / "scaling_vs_rank.png").stat().st_size > 0
+
+
+def test_fitted_optimum_is_the_vertex_in_log_lr():
+    # An exact parabola in log10(lr) peaking at 2e-3: three points give its vertex exactly.
+    peak = np.log10(2e-3)
+    grid = {lr: 0.8 - (np.log10(lr) - peak) ** 2 for lr in (1e-4, 1e-3, 3e-3, 1e-2)}
+    assert np.isclose(fitted_optimum(grid), 2e-3)
+    # A loss (lower is better) with its minimum at 5e-4.
+    loss = {lr: 0.3 + (np.log10(lr) - np.log10(5e-4)) ** 2 for lr in (1e-4, 3e-4, 1e-3)}
+    assert np.isclose(fitted_optimum(loss, min), 5e-4)
+    assert fitted_optimum({1e-4: 0.7, 1e-3: 0.8}) is None  # best at the grid's edge
+    assert fitted_optimum({1e-4: 0.8, 1e-3: 0.7, 1e-2: 0.6}) is None
+    # Two tied best rates: the optimum halfway between them in log(lr).
+    assert np.isclose(fitted_optimum({1e-4: 0.7, 1e-3: 0.8, 1e-2: 0.8}), 10**-2.5)
 
 
 def test_tail_mean_and_trailing_mean_by_hand():

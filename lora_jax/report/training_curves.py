@@ -98,6 +98,19 @@ def varies_within_a_method(cells: list[Cell], axis: str) -> bool:
     return any(len(v) > 1 for v in seen.values())
 
 
+def fitted_optimum(means: dict[float, float], pick=max) -> float | None:
+    """The rate at the vertex of the parabola, in log10(lr), through the best grid point and its
+    two neighbours: a finer estimate of the optimum than a half-decade grid. None when the best
+    point is at the grid's edge (the optimum may lie beyond it)."""
+    lrs = sorted(means)
+    i = lrs.index(pick(means, key=means.get))
+    if i in (0, len(lrs) - 1):
+        return None
+    a, b, _ = np.polyfit(np.log10(lrs[i - 1 : i + 2]), [means[lr] for lr in lrs[i - 1 : i + 2]], 2)
+    bends = a < 0 if pick is max else a > 0
+    return float(10 ** (-b / (2 * a))) if bends else None
+
+
 def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
     """The metric over the learning-rate grid per rank (and full fine-tuning), each method's
     best rate, and the loss curves at the best rates."""
@@ -109,30 +122,38 @@ def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
     for c in cells:
         methods.setdefault(_method_key(c), {})[c.axes[LR]] = c
     pick = min if metric in LOWER_IS_BETTER else max
-    rows, best = [], {}
+    rows, best, fitted = [], {}, {}
     for key in sorted(methods):
         by_lr = methods[key]
-        means = {lr: _mean(c, at) for lr, c in by_lr.items() if _mean(c, at) is not None}
+        means = {lr: m for lr, c in by_lr.items() if (m := _mean(c, at)) is not None}
         if means:
-            best[key] = pick(means, key=means.get)
+            best[key], fitted[key] = pick(means, key=means.get), fitted_optimum(means, pick)
         label = _method(next(iter(by_lr.values())))
         cells_text = [num(means[lr] * k, metric) if lr in means else MISSING for lr in lrs]
-        at_best = [f"{best[key]:g}", _loss_text(by_lr[best[key]])] if key in best else []
-        rows.append([label, *cells_text, *(at_best or [MISSING, MISSING])])
+        at_best = [MISSING] * 3
+        if key in best:
+            fit = f"{fitted[key]:.2g}" if fitted[key] else MISSING
+            at_best = [f"{best[key]:g}", fit, _loss_text(by_lr[best[key]])]
+        rows.append([label, *cells_text, *at_best])
     blocks: list[Block] = [
         f"{unit(metric)} at the {'best evaluation step' if at == 'best' else 'end'}, mean over "
-        "seeds, for each learning rate; then each method's best rate and its train loss (mean "
-        f"over the last {TAIL:.0%} of the logged steps and over seeds).",
-        Table(["method", *(f"lr={lr:g}" for lr in lrs), "best lr", "train loss at best"], rows),
+        "seeds, for each learning rate; then each method's best rate, the optimum of a parabola "
+        "in log(lr) through it and its two neighbours (none at the grid's edge), and the train "
+        f"loss at the best rate (mean over the last {TAIL:.0%} of the logged steps and seeds).",
+        Table(
+            ["method", *(f"lr={lr:g}" for lr in lrs), "best lr", "fitted", "train loss at best"],
+            rows,
+        ),
     ]
-    full = [v for (ft, _), v in best.items() if ft]
-    lora = [v for (ft, r), v in best.items() if not ft and r > 0]
+    full = [key for key in best if key[0]]
+    lora = [key for key in best if not key[0] and key[1] > 0]
     if full and lora:
-        ratios = ", ".join(f"{v / full[0]:g}x" for v in lora)
-        blocks.append(
-            f"Best LoRA rate over best full fine-tuning rate, by rank: {ratios} (the 2025 "
-            "finding: about 10x, nearly the same for every rank)."
-        )
+        ratios = ", ".join(f"{best[key] / best[full[0]]:.2g}x" for key in lora)
+        text = f"Best LoRA rate over best full fine-tuning rate, by rank: {ratios}"
+        if fitted[full[0]] and all(fitted[key] for key in lora):
+            fits = ", ".join(f"{fitted[key] / fitted[full[0]]:.2g}x" for key in lora)
+            text += f" (fitted optima: {fits})"
+        blocks.append(f"{text}. The 2025 finding: about 10x, nearly the same for every rank.")
     fig, (ax_lr, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     window = 1
     for key in sorted(methods):
