@@ -64,9 +64,10 @@ def smoothed(values: np.ndarray) -> tuple[np.ndarray, int]:
     return (sums[ends] - sums[starts]) / (ends - starts), window
 
 
-def _loss_text(cell: Cell) -> str:
-    loss = tail_mean(curve(cell, "train/loss")[1])
-    return f"{loss:.4f}" if loss is not None else MISSING
+def _loss_text(loss: np.ndarray) -> str:
+    """A curve's train loss for a table: its mean over the last `TAIL` of the logged steps."""
+    tail = tail_mean(loss)
+    return f"{tail:.4f}" if tail is not None else MISSING
 
 
 def _mean(cell: Cell, at: str) -> float | None:
@@ -122,18 +123,19 @@ def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
     for c in cells:
         methods.setdefault(_method_key(c), {})[c.axes[LR]] = c
     pick = min if metric in LOWER_IS_BETTER else max
-    rows, best, fitted = [], {}, {}
+    rows, means_of, best, fitted, best_loss = [], {}, {}, {}, {}
     for key in sorted(methods):
         by_lr = methods[key]
         means = {lr: m for lr, c in by_lr.items() if (m := _mean(c, at)) is not None}
-        if means:
-            best[key], fitted[key] = pick(means, key=means.get), fitted_optimum(means, pick)
+        means_of[key] = means
         label = _method(next(iter(by_lr.values())))
         cells_text = [num(means[lr] * k, metric) if lr in means else MISSING for lr in lrs]
         at_best = [MISSING] * 3
-        if key in best:
+        if means:
+            best[key], fitted[key] = pick(means, key=means.get), fitted_optimum(means, pick)
+            best_loss[key] = curve(by_lr[best[key]], "train/loss")  # (steps, loss)
             fit = f"{fitted[key]:.2g}" if fitted[key] else MISSING
-            at_best = [f"{best[key]:g}", fit, _loss_text(by_lr[best[key]])]
+            at_best = [f"{best[key]:g}", fit, _loss_text(best_loss[key][1])]
         rows.append([label, *cells_text, *at_best])
     blocks: list[Block] = [
         f"{unit(metric)} at the {'best evaluation step' if at == 'best' else 'end'}, mean over "
@@ -157,13 +159,13 @@ def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
     fig, (ax_lr, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     window = 1
     for key in sorted(methods):
-        by_lr = methods[key]
-        xs = [lr for lr in lrs if lr in by_lr and _mean(by_lr[lr], at) is not None]
+        means = means_of[key]
+        xs = sorted(means)
         style = ":" if key[0] else "-"
-        label = _method(next(iter(by_lr.values())))
-        ax_lr.plot(xs, [_mean(by_lr[x], at) * k for x in xs], style, marker="o", label=label)
+        label = _method(next(iter(methods[key].values())))
+        ax_lr.plot(xs, [means[x] * k for x in xs], style, marker="o", label=label)
         if key in best:
-            steps, loss = curve(by_lr[best[key]], "train/loss")
+            steps, loss = best_loss[key]
             loss, window = smoothed(loss)
             ax_loss.plot(steps, loss, style, label=f"{label}, lr={best[key]:g}")
     ax_lr.set_xscale("log")
@@ -192,13 +194,12 @@ def scaling_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
     for c in lora:
         steps, loss = curve(c, "train/loss")
         early[id(c)], mean = _first(c, grad_key), _mean(c, at)
-        tail = tail_mean(loss)
         rows.append(
             [
                 str(c.rank),
                 c.axes["scaling"],
                 num(mean * scale(metric), metric) if mean is not None else MISSING,
-                f"{tail:.4f}" if tail is not None else MISSING,
+                _loss_text(loss),
                 f"{early[id(c)]:.3g}" if early[id(c)] is not None else MISSING,
             ]
         )
