@@ -17,16 +17,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import FAST, run_module
+from conftest import FAST, compose_config, run_module
 
 from lora_jax import data as data_lib
 from lora_jax import models
+from lora_jax.config import run_config
 from lora_jax.lora import LoRAConfig, LoRADense, mixed_dot
 from lora_jax.partition import label_params, make_optimizer, split
 from lora_jax.train.lm import causal_lm_loss
 from lora_jax.train.objectives import classification
 from lora_jax.train.precision import BF16_CPU_FLAGS, cast_frozen, slow_bf16_notice
-from lora_jax.train.steps import make_train_step
+from lora_jax.train.setup import plan, prepare_run
+from lora_jax.train.steps import make_train_step, tree_bytes
 
 BF16, F32 = jnp.bfloat16, jnp.float32
 # bfloat16 keeps 8 significant bits (relative rounding 2^-9 = 0.002 per operand): after a few
@@ -187,11 +189,6 @@ def test_bfloat16_run_end_to_end(tmp_path):
 def test_bfloat16_run_keeps_no_float32_base(tmp_path):
     """A bfloat16 run holds its frozen base once, in bf16: the float32 weights it was loaded in
     are not kept alive beside it (they were, through `RunSetup.pre.params`)."""
-    from conftest import compose_config
-
-    from lora_jax.config import run_config
-    from lora_jax.train.setup import plan, prepare_run
-    from lora_jax.train.steps import tree_bytes
 
     def live_f32_bytes() -> int:
         return sum(a.nbytes for a in jax.live_arrays() if a.dtype == jnp.float32)
