@@ -138,3 +138,33 @@ def test_phi_across_seeds_beside_the_random_spread(tmp_path):
     ]
     # ours: mean phi 0.3 and 0.2 -> 0.25 ± 0.0707; random: 0.02 ± 0.0141; ratio 12.5.
     assert spread.rows == [["2", "Wq", "0.2500 ± 0.0707 (n=2)", "0.0200 ± 0.0141 (n=2)", "12.5x"]]
+
+
+def test_wq_against_wv_is_counted_over_every_seed_pair(tmp_path):
+    """Fig. 4's Wq-above-Wv verdict over seed pairs: a count, the mean and range of the
+    differences of the per-pair medians, and no test (the pairs share seeds)."""
+    from lora_jax.report import analysis_tables
+
+    for seed in (0, 1, 2):
+        write_run(tmp_path, f"seed={seed}", rank=64, seed=seed)
+    # mean phi of [[top, 0], [0, 0]] is top / 4
+    grid = lambda top: [[top, 0.0], [0.0, 0.0]]  # noqa: E731
+    pair = lambda a, b, q, v: {  # noqa: E731
+        "runs": [str(tmp_path / f"seed={a}"), str(tmp_path / f"seed={b}")],
+        "seeds": [a, b],
+        "phi": {"layer_0/q": grid(q), "layer_0/v": grid(v)},
+        "random_baseline": grid(0.01),
+        "expected_random_mean": 0.005,
+        "random_mean_draws": [0.01],
+        "figure": "absent.png",
+    }
+    # Wq - Wv per pair: (0.8 - 0.4) / 4 = +0.1, (0.4 - 0.8) / 4 = -0.1, (1.0 - 0.2) / 4 = +0.2
+    pairs = [pair(0, 1, 0.8, 0.4), pair(0, 2, 0.4, 0.8), pair(1, 2, 1.0, 0.2)]
+    (tmp_path / "analysis.json").write_text(json.dumps({"runs": {}, "seed_pairs": pairs}))
+    blocks = analysis_tables.fig4(group_cells(read_runs(tmp_path)), tmp_path)
+    (line,) = [b for b in blocks if isinstance(b, str) and b.startswith("**Over ")]
+    assert line == (
+        "**Over 3 seed pairs at r=64:** Wq above Wv in 2 of 3 (mixed: the sign depends on the "
+        "seeds); Wq − Wv in median mean phi +0.067 on average, [-0.100, +0.200] over the pairs "
+        "(pairs share seeds, so no test)."
+    )

@@ -156,6 +156,7 @@ def fig4(cells: list[Cell], sweep_dir: Path) -> list[Block]:
         ]
     label = variant_label(lora_cells(cells), ("rank",))
     rows, figures, verdicts = [], [], []
+    q_minus_v: dict[object, list[float]] = {}  # per rank, one difference per seed pair
     for p in pairs:
         cell = _cell_of(cells, p["runs"][0])
         name = f"seeds {p['seeds'][0]} vs {p['seeds'][1]}" + (
@@ -179,6 +180,7 @@ def fig4(cells: list[Cell], sweep_dir: Path) -> list[Block]:
             q, v = float(np.median(means["q"])), float(np.median(means["v"]))
             agrees = "as in the paper" if q > v else "unlike the paper"
             verdicts.append(f"{name}: median mean phi {q:.3f} for Wq vs {v:.3f} for Wv ({agrees}).")
+            q_minus_v.setdefault(rank, []).append(q - v)
         fig = figure(sweep_dir, p["figure"], f"phi across {name}, with a random Gaussian pair")
         if fig:
             figures.append(fig)
@@ -196,8 +198,26 @@ def fig4(cells: list[Cell], sweep_dir: Path) -> list[Block]:
         Table(columns, rows, caption="Directions shared across seeds (Fig. 4)"),
         _seed_spread(pairs, cells),
         *(["**Ours, Wq vs Wv:** " + " ".join(verdicts)] if verdicts else []),
+        *[_wq_wv_over_pairs(rank, d) for rank, d in q_minus_v.items() if len(d) > 1],
         *figures,
     ]
+
+
+def _wq_wv_over_pairs(rank: object, diffs: list[float]) -> str:
+    """Fig. 4's Wq-above-Wv claim over every seed pair at one rank. The pairs share seeds (4
+    seeds make 6 pairs), so they are not independent samples: a count and the range, no p-value."""
+    n, above = len(diffs), sum(d > 0 for d in diffs)
+    if above == n:
+        word = "in every pair, as in the paper"
+    elif above == 0:
+        word = "in no pair, unlike the paper"
+    else:
+        word = "mixed: the sign depends on the seeds"
+    return (
+        f"**Over {n} seed pairs at r={rank}:** Wq above Wv in {above} of {n} ({word}); "
+        f"Wq − Wv in median mean phi {np.mean(diffs):+.3f} on average, "
+        f"[{min(diffs):+.3f}, {max(diffs):+.3f}] over the pairs (pairs share seeds, so no test)."
+    )
 
 
 def _mean_sd(values: list[float]) -> str:
