@@ -5,6 +5,7 @@ scaling table and the figures."""
 from __future__ import annotations
 
 import numpy as np
+import scipy.stats
 from conftest import write_run
 
 from lora_jax.report import make_report
@@ -65,6 +66,39 @@ def test_best_learning_rate_per_rank_and_full_finetuning(tmp_path):
     assert f"by rank: 10x, 10x (fitted optima: {ratio}, {ratio})" in section
     assert (tmp_path / "figures" / "learning_rate_vs_rank.png").stat().st_size > 0
     assert "## Scaling" not in md  # scaling did not vary
+
+
+def test_each_rank_at_its_best_rate_against_full_finetuning_at_its_own(tmp_path):
+    """With 3 seeds at the best rates, each rank at its best rate gets a verdict against full
+    fine-tuning at its best rate: a paired t-test over the shared seeds."""
+    grid = {
+        (1, False): ({1e-4: 0.70, 1e-3: 0.76, 1e-2: 0.72}, 0.01),
+        (0, True): ({1e-5: 0.74, 1e-4: 0.80, 1e-3: 0.60}, 0.02),
+    }
+    values = {}
+    for (rank, full), (by_lr, per_seed) in grid.items():
+        for lr, acc in by_lr.items():
+            for seed in (0, 1, 2):
+                values[(full, lr, seed)] = acc + per_seed * seed
+                write_run(
+                    tmp_path,
+                    f"rank={rank},full={full},lr={lr},seed={seed}",
+                    rank=rank,
+                    full_finetune=full,
+                    lr=lr,
+                    seed=seed,
+                    best=values[(full, lr, seed)],
+                    train_rows=_train_rows(1.0 / acc, 1.0),
+                )
+    make_report(tmp_path, use_wandb=False)
+    section = _section((tmp_path / "report.md").read_text(), "Learning rate against rank")
+    lora = [values[(False, 1e-3, s)] for s in (0, 1, 2)]
+    full = [values[(True, 1e-4, s)] for s in (0, 1, 2)]
+    p = scipy.stats.ttest_rel(lora, full).pvalue  # differences -4, -5, -6 points
+    assert (
+        f"r=1 at lr=0.001 is lower than full FT at lr=0.0001 by 5.00 points (paired t-test over "
+        f"3 seeds, p = {p:.2g})." in section
+    )
 
 
 def test_scaling_section_shows_the_gradient_collapse(tmp_path):

@@ -23,7 +23,7 @@ from lora_jax.report.cells import Cell
 from lora_jax.report.document import Block, Figure, Table
 from lora_jax.report.format import MISSING, num, scale, unit
 from lora_jax.report.our_setup import value_point
-from lora_jax.report.seed_stats import LOWER_IS_BETTER
+from lora_jax.report.seed_stats import LOWER_IS_BETTER, compare, verdict
 from lora_jax.run_record import read_jsonl
 
 LR = "optim.lr"
@@ -156,6 +156,7 @@ def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
             fits = ", ".join(f"{fitted[key] / fitted[full[0]]:.2g}x" for key in lora)
             text += f" (fitted optima: {fits})"
         blocks.append(f"{text}. The 2025 finding: about 10x, nearly the same for every rank.")
+        blocks += _at_best_rates(methods, best, full[0], lora, at)
     fig, (ax_lr, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     window = 1
     for key in sorted(methods):
@@ -177,6 +178,31 @@ def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
     path = _save(fig, fig_dir / "learning_rate_vs_rank.png")
     blocks.append(Figure(path, "Metric against learning rate per rank; loss at each best rate"))
     return blocks
+
+
+def _at_best_rates(
+    methods: dict[tuple, dict[float, Cell]], best: dict, full: tuple, lora: list[tuple], at: str
+) -> list[Block]:
+    """Each rank at its best rate against full fine-tuning at its own, over the seeds both have
+    (`seed_stats.compare`); nothing when no pair has enough seeds."""
+    ref = methods[full][best[full]]
+    metric = ref.main_metric
+    lines = []
+    for key in lora:
+        cell = methods[key][best[key]]
+        c = compare(ref.stats(at), cell.stats(at))
+        if c is not None:
+            what = f"{_method(cell)} at lr={best[key]:g}"
+            unit_ = "points" if scale(metric) == 100 else metric
+            lines.append(
+                verdict(f"full FT at lr={best[full]:g}", what, c, scale(metric), unit_) + "."
+            )
+    if not lines:
+        return []
+    return [
+        "**At each method's best rate** (the best rate was picked on these seeds, which favours "
+        "every method alike): " + " ".join(lines)
+    ]
 
 
 def scaling_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
