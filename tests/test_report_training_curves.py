@@ -19,6 +19,27 @@ def _train_rows(loss0: float, grad0: float) -> list[dict]:
     ]
 
 
+def _write_grid(sweep, grid: dict, seeds: tuple[int, ...]) -> dict:
+    """One run per (rank, full FT) x lr x seed: grid[(rank, full)] = ({lr: acc}, per_seed), the
+    best metric acc + per_seed * seed. Returns {(full, lr, seed): best metric}."""
+    values = {}
+    for (rank, full), (by_lr, per_seed) in grid.items():
+        for lr, acc in by_lr.items():
+            for seed in seeds:
+                values[(full, lr, seed)] = acc + per_seed * seed
+                write_run(
+                    sweep,
+                    f"rank={rank},full={full},lr={lr},seed={seed}",
+                    rank=rank,
+                    full_finetune=full,
+                    lr=lr,
+                    seed=seed,
+                    best=values[(full, lr, seed)],
+                    train_rows=_train_rows(1.0 / acc, 1.0),
+                )
+    return values
+
+
 def _section(md: str, title: str) -> str:
     return md.split(f"## {title}")[1].split("\n## ")[0]
 
@@ -30,19 +51,8 @@ def test_best_learning_rate_per_rank_and_full_finetuning(tmp_path):
         (4, False): {1e-4: 0.71, 1e-3: 0.77, 1e-2: 0.73},
         (0, True): {1e-5: 0.74, 1e-4: 0.80, 1e-3: 0.60},
     }
-    for (rank, full), by_lr in grid.items():
-        for lr, acc in by_lr.items():
-            for seed in (0, 1):
-                write_run(
-                    tmp_path,
-                    f"rank={rank},full={full},lr={lr},seed={seed}",
-                    rank=rank,
-                    full_finetune=full,
-                    lr=lr,
-                    seed=seed,
-                    best=acc + 0.01 * seed,  # mean over seeds: acc + 0.005
-                    train_rows=_train_rows(1.0 / acc, 1.0),
-                )
+    # seed 1 is 0.01 above seed 0: mean over seeds acc + 0.005
+    _write_grid(tmp_path, {key: (by_lr, 0.01) for key, by_lr in grid.items()}, seeds=(0, 1))
     make_report(tmp_path, use_wandb=False)
     md = (tmp_path / "report.md").read_text()
     section = _section(md, "Learning rate against rank")
@@ -75,21 +85,7 @@ def test_each_rank_at_its_best_rate_against_full_finetuning_at_its_own(tmp_path)
         (1, False): ({1e-4: 0.70, 1e-3: 0.76, 1e-2: 0.72}, 0.01),
         (0, True): ({1e-5: 0.74, 1e-4: 0.80, 1e-3: 0.60}, 0.02),
     }
-    values = {}
-    for (rank, full), (by_lr, per_seed) in grid.items():
-        for lr, acc in by_lr.items():
-            for seed in (0, 1, 2):
-                values[(full, lr, seed)] = acc + per_seed * seed
-                write_run(
-                    tmp_path,
-                    f"rank={rank},full={full},lr={lr},seed={seed}",
-                    rank=rank,
-                    full_finetune=full,
-                    lr=lr,
-                    seed=seed,
-                    best=values[(full, lr, seed)],
-                    train_rows=_train_rows(1.0 / acc, 1.0),
-                )
+    values = _write_grid(tmp_path, grid, seeds=(0, 1, 2))
     make_report(tmp_path, use_wandb=False)
     section = _section((tmp_path / "report.md").read_text(), "Learning rate against rank")
     lora = [values[(False, 1e-3, s)] for s in (0, 1, 2)]
