@@ -163,6 +163,7 @@ def test_wq_against_wv_is_counted_over_every_seed_pair(tmp_path):
     (tmp_path / "analysis.json").write_text(json.dumps({"runs": {}, "seed_pairs": pairs}))
     blocks = analysis_tables.fig4(group_cells(read_runs(tmp_path)), tmp_path)
     (line,) = [b for b in blocks if isinstance(b, str) and b.startswith("**Over ")]
+    assert not any(isinstance(b, str) and b.startswith("**Ours, Wq vs Wv") for b in blocks)
     assert line == (
         "**Over 3 seed pairs at r=64:** Wq above Wv in 2 of 3 (mixed: the sign depends on the "
         "seeds); Wq − Wv in median mean phi +0.067 on average, [-0.100, +0.200] over the pairs "

@@ -155,7 +155,8 @@ def fig4(cells: list[Cell], sweep_dir: Path) -> list[Block]:
             "No pair of runs that differ only in seed: sweep `seed=0,1`.",
         ]
     label = variant_label(lora_cells(cells), ("rank",))
-    rows, figures, verdicts = [], [], []
+    rows, figures = [], []
+    verdicts: dict[object, list[str]] = {}  # per rank, one line per seed pair
     q_minus_v: dict[object, list[float]] = {}  # per rank, one difference per seed pair
     for p in pairs:
         cell = _cell_of(cells, p["runs"][0])
@@ -179,11 +180,14 @@ def fig4(cells: list[Cell], sweep_dir: Path) -> list[Block]:
         if "q" in means and "v" in means:
             q, v = float(np.median(means["q"])), float(np.median(means["v"]))
             agrees = "as in the paper" if q > v else "unlike the paper"
-            verdicts.append(f"{name}: median mean phi {q:.3f} for Wq vs {v:.3f} for Wv ({agrees}).")
+            verdicts.setdefault(rank, []).append(
+                f"{name}: median mean phi {q:.3f} for Wq vs {v:.3f} for Wv ({agrees})."
+            )
             q_minus_v.setdefault(rank, []).append(q - v)
         fig = figure(sweep_dir, p["figure"], f"phi across {name}, with a random Gaussian pair")
         if fig:
             figures.append(fig)
+    single = [v for lines in verdicts.values() if len(lines) == 1 for v in lines]
     columns = [
         "pair",
         "r",
@@ -197,7 +201,8 @@ def fig4(cells: list[Cell], sweep_dir: Path) -> list[Block]:
         f"**Paper** (r={paper.FIG4_RANK}): {paper.FIG4_CLAIM}.",
         Table(columns, rows, caption="Directions shared across seeds (Fig. 4)"),
         _seed_spread(pairs, cells),
-        *(["**Ours, Wq vs Wv:** " + " ".join(verdicts)] if verdicts else []),
+        # One seed pair at a rank: its own line; several: counted over the pairs.
+        *(["**Ours, Wq vs Wv:** " + " ".join(single)] if single else []),
         *[_wq_wv_over_pairs(rank, d) for rank, d in q_minus_v.items() if len(d) > 1],
         *figures,
     ]
