@@ -9,7 +9,7 @@ import scipy.stats
 from conftest import write_run
 
 from lora_jax.report import make_report
-from lora_jax.report.training_curves import fitted_optimum, smoothed, tail_mean
+from lora_jax.report.training_curves import best_rate, fitted_optimum, smoothed, tail_mean
 
 
 def _train_rows(loss0: float, grad0: float) -> list[dict]:
@@ -95,6 +95,41 @@ def test_each_rank_at_its_best_rate_against_full_finetuning_at_its_own(tmp_path)
         f"r=1 at lr=0.001 is lower than full FT at lr=0.0001 by 5.00 points (paired t-test over "
         f"3 seeds, p = {p:.2g})." in section
     )
+
+
+def test_rates_run_on_different_seeds_compare_on_the_seeds_they_share(tmp_path):
+    """1e-4 has seeds 0-2 (mean 80), 3e-4 seeds 0-1 (mean 81): on their shared seeds 0 and 1,
+    1e-4 is better (82 vs 81), so it is the best rate, although its mean over all seeds is lower.
+    The fit goes through the seed all three points share (seed 0); cells say their seeds."""
+    accs = {1e-5: [0.74], 1e-4: [0.83, 0.81, 0.76], 3e-4: [0.82, 0.80], 1e-3: [0.60]}
+    for lr, by_seed in accs.items():
+        for seed, acc in enumerate(by_seed):
+            write_run(
+                tmp_path,
+                f"full,lr={lr},seed={seed}",
+                rank=0,
+                full_finetune=True,
+                lr=lr,
+                seed=seed,
+                best=acc,
+                train_rows=_train_rows(1.0, 1.0),  # loss 1/step: 0.25 at the last of 4 steps
+            )
+    values = {lr: dict(enumerate(v)) for lr, v in accs.items()}
+    assert best_rate(values) == 1e-4
+    assert max(values, key=lambda lr: np.mean(list(values[lr].values()))) == 3e-4
+    make_report(tmp_path, use_wandb=False)
+    section = _section((tmp_path / "report.md").read_text(), "Learning rate against rank")
+    fit = fitted_optimum({1e-5: 0.74, 1e-4: 0.83, 3e-4: 0.82})
+    assert (
+        "| full fine-tuning | 74.00 (n=1) | 80.00 (n=3) | 81.00 (n=2) | 60.00 (n=1) | 0.0001 "
+        f"| {fit:.2g} | 0.2500 |"
+    ) in section
+
+
+def test_best_rate_for_a_lower_is_better_metric():
+    values = {1e-4: {0: 2.0, 1: 2.2}, 1e-3: {0: 1.9}, 1e-2: {1: 2.1}}
+    # 1e-3 beats 1e-4 on seed 0 (1.9 < 2.0) and shares no seed with 1e-2 (1.9 < 2.1 overall).
+    assert best_rate(values, pick=min) == 1e-3
 
 
 def test_scaling_section_shows_the_gradient_collapse(tmp_path):

@@ -75,6 +75,31 @@ def _mean(cell: Cell, at: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _by_seed(cell: Cell, at: str) -> dict[int, float]:
+    st = cell.stats(at)
+    return dict(zip(st.seeds, st.values, strict=True))
+
+
+def _mean_on(values: dict[int, float], seeds: set[int]) -> float:
+    return float(np.mean([values[s] for s in (seeds or values)]))
+
+
+def best_rate(values: dict[float, dict[int, float]], pick=max) -> float:
+    """The rate that is at least as good as every other on the seeds the two share (a seed moves
+    every rate alike, so rates run on different seeds compare on their common ones); the best
+    mean over all seeds when no rate is."""
+
+    def at_least_as_good(lr: float, other: float) -> bool:
+        shared = set(values[lr]) & set(values[other])
+        a, b = _mean_on(values[lr], shared), _mean_on(values[other], shared)
+        return pick(a, b) == a
+
+    for lr in sorted(values):
+        if all(at_least_as_good(lr, other) for other in values if other != lr):
+            return lr
+    return pick(values, key=lambda lr: _mean_on(values[lr], set()))
+
+
 def _method(cell: Cell) -> str:
     return "full fine-tuning" if cell.full_finetune else f"r={cell.rank}"
 
@@ -112,6 +137,18 @@ def fitted_optimum(means: dict[float, float], pick=max) -> float | None:
     return float(10 ** (-b / (2 * a))) if bends else None
 
 
+def _around(values: dict[float, dict[int, float]], best: float) -> dict[float, float] | None:
+    """The best rate and its two neighbours, each the mean over the seeds all three share (over
+    all its seeds if they share none); None at the grid's edge."""
+    lrs = sorted(values)
+    i = lrs.index(best)
+    if i in (0, len(lrs) - 1):
+        return None
+    trio = lrs[i - 1 : i + 2]
+    shared = set.intersection(*(set(values[lr]) for lr in trio))
+    return {lr: _mean_on(values[lr], shared) for lr in trio}
+
+
 def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
     """The metric over the learning-rate grid per rank (and full fine-tuning), each method's
     best rate, and the loss curves at the best rates."""
@@ -126,22 +163,33 @@ def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
     rows, means_of, best, fitted, best_loss = [], {}, {}, {}, {}
     for key in sorted(methods):
         by_lr = methods[key]
-        means = {lr: m for lr, c in by_lr.items() if (m := _mean(c, at)) is not None}
+        values = {lr: v for lr, c in by_lr.items() if (v := _by_seed(c, at))}
+        means = {lr: _mean_on(v, set()) for lr, v in values.items()}
         means_of[key] = means
         label = _method(next(iter(by_lr.values())))
-        cells_text = [num(means[lr] * k, metric) if lr in means else MISSING for lr in lrs]
+        uneven = len({len(v) for v in values.values()}) > 1  # then each mean says its seeds
+        cells_text = [
+            num(means[lr] * k, metric) + (f" (n={len(values[lr])})" if uneven else "")
+            if lr in means
+            else MISSING
+            for lr in lrs
+        ]
         at_best = [MISSING] * 3
         if means:
-            best[key], fitted[key] = pick(means, key=means.get), fitted_optimum(means, pick)
+            best[key] = best_rate(values, pick)
+            trio = _around(values, best[key])
+            fitted[key] = fitted_optimum(trio, pick) if trio else None
             best_loss[key] = curve(by_lr[best[key]], "train/loss")  # (steps, loss)
             fit = f"{fitted[key]:.2g}" if fitted[key] else MISSING
             at_best = [f"{best[key]:g}", fit, _loss_text(best_loss[key][1])]
         rows.append([label, *cells_text, *at_best])
     blocks: list[Block] = [
         f"{unit(metric)} at the {'best evaluation step' if at == 'best' else 'end'}, mean over "
-        "seeds, for each learning rate; then each method's best rate, the optimum of a parabola "
-        "in log(lr) through it and its two neighbours (none at the grid's edge), and the train "
-        f"loss at the best rate (mean over the last {TAIL:.0%} of the logged steps and seeds).",
+        "seeds (n: how many, where a method's rates had different seeds), for each learning "
+        "rate; then each method's best rate (at least as good as every other rate on the seeds "
+        "the two share), the optimum of a parabola in log(lr) through it and its two neighbours "
+        "(means over the seeds all three share; none at the grid's edge), and the train loss at "
+        f"the best rate (mean over the last {TAIL:.0%} of the logged steps and seeds).",
         Table(
             ["method", *(f"lr={lr:g}" for lr in lrs), "best lr", "fitted", "train loss at best"],
             rows,
