@@ -20,6 +20,11 @@ def unit(metric: str) -> str:
     return f"{metric} (%)" if metric in PERCENT_METRICS else metric
 
 
+def diff_unit(metric: str) -> str:
+    """The unit of a difference of `metric` in the paper's units ("points" for percentages)."""
+    return "points" if metric in PERCENT_METRICS else metric
+
+
 def num(x: float | None, metric: str = "") -> str:
     """One of our values, already scaled, to a precision that fits the metric."""
     if x is None:

@@ -12,7 +12,7 @@ import json
 
 from lora_jax.report.cells import Cell, cell_label, varying_axes
 from lora_jax.report.document import Block, Table
-from lora_jax.report.format import fmt_stats, num, scale, unit
+from lora_jax.report.format import diff_unit, fmt_stats, num, scale, unit
 from lora_jax.report.our_setup import value_point
 from lora_jax.report.seed_stats import (
     CONFIDENCE,
@@ -60,7 +60,7 @@ def comparisons(cells: list[Cell], at: str, summaries: dict[int, SeedSummary]) -
                     cell_label(c, [axis]),
                     result,
                     scale(metric),
-                    "points" if scale(metric) == 100 else metric,
+                    diff_unit(metric),
                 )
                 rows.append([axis, cell_label(best, others) or "-", text])
     return rows

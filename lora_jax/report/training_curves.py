@@ -21,7 +21,7 @@ import numpy as np
 
 from lora_jax.report.cells import Cell
 from lora_jax.report.document import Block, Figure, Table
-from lora_jax.report.format import MISSING, num, scale, unit
+from lora_jax.report.format import MISSING, diff_unit, num, scale, unit
 from lora_jax.report.our_setup import value_point
 from lora_jax.report.seed_stats import LOWER_IS_BETTER, compare, verdict
 from lora_jax.run_record import read_jsonl
@@ -241,10 +241,8 @@ def _at_best_rates(
         c = compare(ref.stats(at), cell.stats(at))
         if c is not None:
             what = f"{_method(cell)} at lr={best[key]:g}"
-            unit_ = "points" if scale(metric) == 100 else metric
-            lines.append(
-                verdict(f"full FT at lr={best[full]:g}", what, c, scale(metric), unit_) + "."
-            )
+            ref_text = f"full FT at lr={best[full]:g}"
+            lines.append(verdict(ref_text, what, c, scale(metric), diff_unit(metric)) + ".")
     if not lines:
         return []
     return [

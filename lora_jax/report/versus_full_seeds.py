@@ -16,7 +16,7 @@ import numpy as np
 
 from lora_jax.report.cells import Stats
 from lora_jax.report.document import Block, Table
-from lora_jax.report.format import num, scale, unit
+from lora_jax.report.format import diff_unit, num, scale, unit
 from lora_jax.report.full_finetuning import intruder_column
 from lora_jax.report.seed_stats import MIN_SEEDS, compare, verdict
 
@@ -108,7 +108,7 @@ def versus_full_over_seeds(analysis: dict[str, Any]) -> list[Block]:
         if method == FULL:
             continue
         for quantity, k_, what in (
-            ("value", k, "points" if k == 100 else metric),
+            ("value", k, diff_unit(metric)),
             ("forgetting", 1.0, ""),
         ):
             c = compare(_stats(full[quantity]), _stats(q[quantity]))
