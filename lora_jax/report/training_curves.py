@@ -81,6 +81,7 @@ def _by_seed(cell: Cell, at: str) -> dict[int, float]:
 
 
 def _mean_on(values: dict[int, float], seeds: set[int]) -> float:
+    """The mean of a rate's `values` (seed -> metric) over `seeds`; over all of them if empty."""
     return float(np.mean([values[s] for s in (seeds or values)]))
 
 
@@ -164,7 +165,7 @@ def learning_rate_section(cells: list[Cell], fig_dir: Path) -> list[Block]:
     for key in sorted(methods):
         by_lr = methods[key]
         values = {lr: v for lr, c in by_lr.items() if (v := _by_seed(c, at))}
-        means = {lr: _mean_on(v, set()) for lr, v in values.items()}
+        means = {lr: _mean(by_lr[lr], at) for lr in values}
         means_of[key] = means
         label = _method(next(iter(by_lr.values())))
         uneven = len({len(v) for v in values.values()}) > 1  # then each mean says its seeds
@@ -234,14 +235,13 @@ def _at_best_rates(
     """Each rank at its best rate against full fine-tuning at its own, over the seeds both have
     (`seed_stats.compare`); nothing when no pair has enough seeds."""
     ref = methods[full][best[full]]
-    metric = ref.main_metric
+    metric, ref_text = ref.main_metric, f"full FT at lr={best[full]:g}"
     lines = []
     for key in lora:
         cell = methods[key][best[key]]
         c = compare(ref.stats(at), cell.stats(at))
         if c is not None:
             what = f"{_method(cell)} at lr={best[key]:g}"
-            ref_text = f"full FT at lr={best[full]:g}"
             lines.append(verdict(ref_text, what, c, scale(metric), diff_unit(metric)) + ".")
     if not lines:
         return []
