@@ -5,78 +5,53 @@ The verbs a researcher uses, in small groups (each module's docstring has the de
     >>> from lora_jax import LoRADense, LoRAConfig, merge, label_params, split, phi_grid_a, dw_vs_w
 """
 
-# ruff: noqa: I001 (the groups below are ordered by what a researcher reaches for)
+from __future__ import annotations
 
-# The layer and the weight math (dW = scale * lora_a @ lora_b; lora_a is the paper's A^T);
-# mixed_dot: the bf16 x bf16 -> float32 product of `LoRADense(dtype="bfloat16")`.
-from lora_jax.lora import (
-    LoRAConfig,
-    LoRADense,
-    adapters,
-    delta_w,
-    lora_scale,
-    merge,
-    mixed_dot,
-    unmerge,
-)
+from lora_jax.lazy import lazy_getattr
 
-# Freezing: label every leaf trainable or frozen, split/combine, the optimizer over trainables.
-from lora_jax.partition import combine, count_params, label_params, make_optimizer, split
+# name -> module, grouped by what a researcher reaches for; imported on first use, so
+# `import lora_jax.peft_adapter` (the audit) loads no JAX.
+_EXPORTS = {
+    # The layer and the weight math (dW = scale * lora_a @ lora_b; lora_a is the paper's A^T);
+    # mixed_dot: the bf16 x bf16 -> float32 product of `LoRADense(dtype="bfloat16")`.
+    "LoRAConfig": "lora",
+    "LoRADense": "lora",
+    "adapters": "lora",
+    "delta_w": "lora",
+    "lora_scale": "lora",
+    "merge": "lora",
+    "mixed_dot": "lora",
+    "unmerge": "lora",
+    # Freezing: label every leaf trainable or frozen, split/combine, the optimizer over trainables.
+    "combine": "partition",
+    "count_params": "partition",
+    "label_params": "partition",
+    "make_optimizer": "partition",
+    "split": "partition",
+    # Rank measurements on arrays: phi (Eq. 4), spectra of dW, dW against W (Table 7).
+    "dw_svd": "analysis",
+    "dw_vs_w": "analysis",
+    "expected_random_phi": "analysis",
+    "kernel_svd": "analysis",
+    "phi_grid_a": "analysis",
+    "phi_grid_b": "analysis",
+    "random_baseline": "analysis",
+    "spectrum": "analysis",
+    "spectrum_summary": "analysis",
+    "subspace_similarity": "analysis",
+    "w_dw_phi_grid": "analysis",
+    # The analysis over files: run folders, any PEFT LoRA adapter, W from the base checkpoint.
+    "analyze_adapters": "analysis.updates",
+    "analyze_runs": "analysis.updates",
+    "read_kernels": "weights.base_kernels",
+    "RunRecord": "run_record",
+    "read_runs": "run_record",
+    # PEFT adapters, out and in.
+    "Adapter": "peft_adapter",
+    "export_adapter": "adapter_io",
+    "read_adapter": "peft_adapter",
+}
 
-# Rank measurements on arrays: phi (Eq. 4), spectra of dW, dW against W (Table 7).
-from lora_jax.analysis import (
-    dw_svd,
-    dw_vs_w,
-    expected_random_phi,
-    kernel_svd,
-    phi_grid_a,
-    phi_grid_b,
-    random_baseline,
-    spectrum,
-    spectrum_summary,
-    subspace_similarity,
-    w_dw_phi_grid,
-)
+__all__ = sorted(_EXPORTS)
 
-# The analysis over files: run folders, any PEFT LoRA adapter, W from the base checkpoint.
-from lora_jax.analysis.updates import analyze_adapters, analyze_runs
-from lora_jax.weights.base_kernels import read_kernels
-from lora_jax.run_record import RunRecord, read_runs
-
-# PEFT adapters, out and in.
-from lora_jax.adapter_io import Adapter, export_adapter, read_adapter
-
-__all__ = [
-    "Adapter",
-    "LoRAConfig",
-    "LoRADense",
-    "RunRecord",
-    "adapters",
-    "analyze_adapters",
-    "analyze_runs",
-    "combine",
-    "count_params",
-    "delta_w",
-    "dw_svd",
-    "dw_vs_w",
-    "expected_random_phi",
-    "export_adapter",
-    "kernel_svd",
-    "label_params",
-    "lora_scale",
-    "make_optimizer",
-    "merge",
-    "mixed_dot",
-    "phi_grid_a",
-    "phi_grid_b",
-    "random_baseline",
-    "read_adapter",
-    "read_kernels",
-    "read_runs",
-    "spectrum",
-    "spectrum_summary",
-    "split",
-    "subspace_similarity",
-    "unmerge",
-    "w_dw_phi_grid",
-]
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -37,12 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# The scalings of dW = scale * A @ B that rank studies compare (they confound rank otherwise).
-SCALINGS = {
-    "alpha_over_r": lambda alpha, r: alpha / r,  # Hu et al. 2021
-    "alpha_over_sqrt_r": lambda alpha, r: alpha / math.sqrt(r),  # rsLoRA, Kalajdzievski 2023
-    "none": lambda alpha, r: 1.0,  # flax.nnx.LoRA
-}
+from lora_jax.scaling import SCALINGS, lora_scale  # noqa: F401 (re-exported: the public names)
+
 # Initialisations of lora_a (lora_b always starts at zero, so dW = 0 at step 0).
 A_INITS = ("gaussian", "kaiming_uniform")
 # The leaves a LoRADense adds to nn.Dense's kernel/bias.
@@ -62,13 +57,6 @@ def _error(value: Any, what: str, allowed: Iterable[Any], fix: str = "") -> Valu
     return ValueError(
         f"{what}={value!r} is not valid; allowed: {allowed}.{' ' + fix if fix else ''}"
     )
-
-
-def lora_scale(rank: int, alpha: float, scaling: str = "alpha_over_r") -> float:
-    """The factor multiplying A @ B. Raises for an unknown `scaling` name."""
-    if scaling not in SCALINGS:
-        raise _error(scaling, "scaling", SCALINGS, "Pick one with e.g. `scaling=alpha_over_r`.")
-    return float(SCALINGS[scaling](alpha, rank)) if rank > 0 else 0.0
 
 
 def check_rank(rank: Any, in_features: int | None = None, out_features: int | None = None) -> int:

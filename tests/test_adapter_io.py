@@ -12,19 +12,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import subprocess
+import sys
+
 import pytest
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from lora_jax.adapter_io import (
-    ADAPTER_FILE,
-    CONFIG_FILE,
-    HEAD_FILE,
-    OURS_FILE,
-    export_adapter,
-    init_adapters,
-    read_adapter,
-)
+from lora_jax.adapter_io import export_adapter, init_adapters
+from lora_jax.peft_adapter import ADAPTER_FILE, CONFIG_FILE, HEAD_FILE, OURS_FILE, read_adapter
 from lora_jax.lora import LoRAConfig, layer_index, lora_scale
 from lora_jax.models import Pretrained, load_decoder
 from lora_jax.models.bert import HEAD_RULES, BertForSequenceClassification
@@ -309,7 +305,7 @@ def test_config_that_disagrees_with_the_tensors_is_refused(tmp_path: Path) -> No
         read_adapter(folder)
 
 
-def test_adapter_io_imports_only_lora_and_hf_names_of_ours() -> None:
+def test_adapter_io_imports_only_the_reader_lora_and_hf_names_of_ours() -> None:
     """The analysis imports adapter_io: at module level it must not pull in the models."""
     import ast
 
@@ -327,4 +323,11 @@ def test_adapter_io_imports_only_lora_and_hf_names_of_ours() -> None:
         for alias in node.names
         if alias.name.startswith("lora_jax")
     }
-    assert ours == {"lora_jax.lora", "lora_jax.weights.hf_names"}
+    assert ours == {"lora_jax.lora", "lora_jax.peft_adapter", "lora_jax.weights.hf_names"}
+
+
+def test_the_adapter_reader_runs_without_jax() -> None:
+    """The audit reads 8B adapters in seconds: importing the reader must not start JAX."""
+    code = "import sys, lora_jax.peft_adapter; print(sorted(m for m in sys.modules if m in ('jax', 'flax')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -116,7 +116,10 @@ def test_random_projection_matches_its_expectation():
     k = rng.standard_normal((24, 16)) * np.linspace(0.1, 3.0, 16)
     r, num = 3, 2000
     keys = jax.random.split(jax.random.key(7), num)
-    sq = np.asarray(jax.vmap(lambda key: random_projection_norm(k, key, r))(keys), np.float64) ** 2
+    sq = (
+        np.asarray(jax.lax.map(lambda key: random_projection_norm(k, key, r), keys), np.float64)
+        ** 2
+    )
     expected = r * r / (24 * 16) * np.sum(k**2)
     assert abs(sq.mean() - expected) < 5 * sq.std() / math.sqrt(num), (sq.mean(), expected)
     # dw_vs_w's random row is one such draw, reproducible from its key.
@@ -167,10 +170,19 @@ def test_shared_kernel_svd_gives_the_same_bits():
         dw_vs_w(k, a, b, 0.5, key, w_svd=kernel_svd(k.T))
 
 
-def test_kernel_svd_on_one_blas_thread_keeps_the_bits():
-    # kernel_svd runs LAPACK on one thread for kernels this size (speed); same bits as the
-    # library's default threading, as the SVD inside dw_vs_w's program had before.
+def test_kernel_svd_on_one_blas_thread_agrees_with_the_default_threading():
+    # kernel_svd runs LAPACK on one thread for kernels this size (speed). One thread and the
+    # default threading give the same bits on some CPUs, not on others (an AMD EPYC: up to 5e-5),
+    # so the promise is the float32 SVD's accuracy: singular values within the backward-error
+    # bound max(m, n) * eps * s_max, and each singular vector (up to sign) within that bound over
+    # its gap to the nearest other singular value (Wedin's theorem), for both runs: twice.
     k = np.random.default_rng(8).standard_normal((384, 256)).astype(np.float32)
-    default = jax.jit(lambda x: jax.numpy.linalg.svd(x, full_matrices=False))(k)
-    for got, want in zip(kernel_svd(k), default, strict=True):
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    p0, s0, qt0 = (np.asarray(x) for x in jax.jit(lambda x: jax.numpy.linalg.svd(x, False))(k))
+    p, s, qt = (np.asarray(x) for x in kernel_svd(k))
+    bound = max(k.shape) * np.finfo(np.float32).eps * s0[0]
+    np.testing.assert_allclose(s, s0, rtol=0, atol=bound)
+    gaps = np.abs(s0[:, None] - s0[None, :]) + np.diag(np.full(len(s0), np.inf))
+    allowed = 2 * bound / gaps.min(axis=1)
+    for got, want in ((p.T, p0.T), (qt, qt0)):
+        sign = np.sign(np.sum(got * want, axis=1, keepdims=True))
+        assert np.all(np.linalg.norm(got * sign - want, axis=1) <= allowed)

@@ -214,7 +214,7 @@ def test_expected_random_phi_formula():
 def test_random_baseline_mean_is_max_ij_over_n(n, r1, r2):
     num = 3000
     keys = jax.random.split(jax.random.key(123), num)
-    grids = np.asarray(jax.vmap(lambda k: random_baseline(k, n, r1, r2))(keys), dtype=np.float64)
+    grids = np.asarray(jax.lax.map(lambda k: random_baseline(k, n, r1, r2), keys), dtype=np.float64)
     assert grids.shape == (num, r1, r2)
     mean, se = grids.mean(0), grids.std(0) / np.sqrt(num)
     expected = expected_random_phi(n, r1, r2)

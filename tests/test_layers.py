@@ -2,7 +2,7 @@
 
 Every module sits in a room (its first name under `lora_jax`), and the rooms in layers:
 experiments -> sweep, report -> train -> models, data, partition, config, config_rules ->
-adapter_io, analysis -> weights, run_record -> lora, lazy. A module imports only its own layer and
+adapter_io, analysis -> weights, run_record, peft_adapter -> lora, lazy, scaling. A module imports only its own layer and
 those below; no private name (`_x`) crosses modules; no two files share a name.
 
 The analysis reads files: it may import the LoRA math, the checkpoint and adapter readers and
@@ -24,6 +24,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lora_jax"
 # The readers and the math the analysis may use; they import only among themselves.
 READERS = {
     "lora_jax.lora",
+    "lora_jax.lazy",
+    "lora_jax.scaling",
+    "lora_jax.peft_adapter",
     "lora_jax.weights.hf_names",
     "lora_jax.weights.base_kernels",
     "lora_jax.adapter_io",
@@ -33,8 +36,8 @@ READERS = {
 }
 # Lowest first; the package face (`lora_jax/__init__.py`) re-exports from every layer.
 LAYERS = (
-    ("lora", "lazy"),
-    ("weights", "run_record"),
+    ("lora", "lazy", "scaling"),
+    ("weights", "run_record", "peft_adapter"),
     ("adapter_io", "analysis"),
     ("models", "data", "assets", "partition", "config", "config_rules", "budget"),
     ("train",),
@@ -114,7 +117,8 @@ def test_a_train_step_process_loads_no_loader_metrics_or_hydra():
 def test_public_face_reexports_the_verbs():
     import lora_jax
 
-    assert set(lora_jax.__all__) <= set(dir(lora_jax))
+    # Lazy exports (PEP 562): every name resolves to its module's object on first use.
+    assert all(getattr(lora_jax, name) is not None for name in lora_jax.__all__)
     for name in ("LoRADense", "LoRAConfig", "merge", "label_params", "split", "phi_grid_a"):
         assert name in lora_jax.__all__
 

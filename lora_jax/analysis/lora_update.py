@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_jax.adapter_io import Adapter
+from lora_jax.peft_adapter import Adapter
 from lora_jax.run_record import RunRecord
 
 

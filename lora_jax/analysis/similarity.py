@@ -170,7 +170,14 @@ def random_mean_phi(key: jax.Array, n: int, r1: int, r2: int, draws: int) -> np.
     """The mean of `random_baseline`'s grid for `draws` independent pairs: how much the random
     baseline itself varies (its expectation is `expected_random_phi(n, r1, r2).mean()`)."""
     keys = jax.random.split(key, draws)
-    return np.asarray(jax.vmap(lambda k: random_baseline(k, n, r1, r2).mean())(keys))
+    return np.asarray(_draw_means(keys, n, r1, r2))
+
+
+@jax.jit(static_argnames=("n", "r1", "r2"))
+def _draw_means(keys: jax.Array, n: int, r1: int, r2: int) -> jax.Array:
+    # lax.map, not vmap: jaxlib 0.10's batched LAPACK kernels wait on the CPU thread pool they
+    # run in and, inside a loop, can deadlock it on 2 cores (6 of 10 runs hung): one draw at a time.
+    return jax.lax.map(lambda k: random_baseline(k, n, r1, r2).mean(), keys)
 
 
 def expected_random_phi(n: int, r1: int, r2: int) -> np.ndarray:

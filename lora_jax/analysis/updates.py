@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lora_jax.adapter_io import Adapter, read_adapter
+from lora_jax.peft_adapter import Adapter, read_adapter
 from lora_jax.analysis.bases import BaseKernels
 from lora_jax.analysis.dynamics import measure_dynamics
 from lora_jax.analysis.jsonable import finite_or_none, json_grid, matrix_name

@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_jax import data as data_lib
 from lora_jax import models
-from lora_jax.adapter_io import adapter_folder, family_of, init_adapters
+from lora_jax.adapter_io import family_of, init_adapters
+from lora_jax.peft_adapter import adapter_folder
 from lora_jax.budget import budget_rank
 from lora_jax.config import Config, run_config, to_dict
 from lora_jax.config_rules import value_error
