@@ -1,16 +1,22 @@
-"""Redo the rank analysis of a finished sweep from its files, or analyse any PEFT LoRA adapters.
+"""Redo the rank analysis of a finished sweep from its files, or audit any PEFT LoRA adapters.
 
     python -m experiments.analyze outputs/sweeps/<id> [--eval-limit N | --no-model-evals]
-    python -m experiments.analyze --adapters A/ B/ [C/ ...] [--base minilm] [--out DIR]
+    python -m experiments.analyze --adapters A/ [B/ ...] [--suggest [--energy 0.9]] [--out DIR]
+    python -m experiments.analyze --adapters A/ B/ [...] --base minilm   # + dW against W
 
 A sweep folder: rewrites sweep_summary.json, analysis.json, figures/ and the report
 (report.md, report.html) in that folder; beside a full fine-tuning run it also evaluates models
 (truncation curves, forgetting, the intruder intervention: `lora_jax.sweep.model_evals`),
-on at most --eval-limit eval examples per evaluation if given. Adapters (ours, or any PEFT LoRA adapter folders on
-one base): every adapter's spectra and dW vs W, and phi of A and of B for every pair, into
---out (default outputs/analysis/<time>). W is read from the base checkpoint (--base: a
-registry name, hub id or path; default: what the adapters name). Prints the HTML report's
-path last.
+on at most --eval-limit eval examples per evaluation if given.
+
+Adapters (ours, or any PEFT LoRA adapter folders on one base), without the base: the audit of
+every matrix from B·A alone (`lora_jax.analysis.audit`: norms, stable and effective rank,
+energy ranks, utilization; phi of A and of B for every pair) into --out (default
+outputs/analysis/<time>): audit.json, audit.csv, report.md/html. --suggest adds the rank
+advice (each matrix's smallest rank keeping --energy of its update's energy) as
+rank_advice.json and advice/<adapter>/adapter_config.json (`LoraConfig.from_pretrained`).
+With --base (a registry name, hub id or path) and two or more adapters, W is read from the base
+checkpoint and dW against W (Table 7) is added. Prints the HTML report's path last.
 """
 
 import argparse
@@ -26,7 +32,18 @@ def main() -> None:
     )
     parser.add_argument("sweep_dir", nargs="?", help="a folder made by experiments.sweep")
     parser.add_argument("--adapters", nargs="+", metavar="DIR", help="PEFT LoRA adapter folders")
-    parser.add_argument("--base", help="base model of --adapters: registry name, hub id or path")
+    parser.add_argument(
+        "--base",
+        help="with --adapters: also dW against W, W from this registry name, hub id or path",
+    )
+    parser.add_argument(
+        "--suggest", action="store_true", help="with --adapters: write the rank advice"
+    )
+    parser.add_argument(
+        "--energy",
+        type=float,
+        help="the share of each update's ||dW||_F^2 the advised rank keeps (default 0.9)",
+    )
     parser.add_argument(
         "--out", help="output folder of --adapters (default outputs/analysis/<time>)"
     )
@@ -43,17 +60,20 @@ def main() -> None:
     args = parser.parse_args()
     if (args.sweep_dir is None) == (args.adapters is None):
         parser.error("give a sweep folder or --adapters DIR [DIR ...], not both or neither")
-    if args.adapters is None and (args.base or args.out):
-        parser.error("--base and --out go with --adapters")
+    if args.adapters is None and (args.base or args.out or args.suggest):
+        parser.error("--base, --out and --suggest go with --adapters")
+    if args.energy is not None and not args.suggest:
+        parser.error("--energy goes with --suggest")
     if args.adapters is not None and (args.eval_limit or args.no_model_evals):
         parser.error("--eval-limit and --no-model-evals go with a sweep folder")
     if args.eval_limit is not None and args.eval_limit < 1:
         parser.error(f"--eval-limit {args.eval_limit} is not valid; allowed: a positive integer")
     # Bad input: one message and exit status 2 (the traceback too with HYDRA_FULL_ERROR=1).
     with user_errors(errors=(*USER_ERRORS, KeyError)):
-        from lora_jax.train.compile_cache import enable_compilation_cache
+        if args.adapters is None or args.base:  # JAX programs (the audit needs none)
+            from lora_jax.train.compile_cache import enable_compilation_cache
 
-        enable_compilation_cache()  # a re-analysis loads the compiled programs
+            enable_compilation_cache()  # a re-analysis loads the compiled programs
         if args.adapters is None:
             from lora_jax.sweep.finish import finish_sweep
 
@@ -63,13 +83,17 @@ def main() -> None:
                 args.sweep_dir, model_evals=not args.no_model_evals, eval_limit=args.eval_limit
             )
         else:
-            from lora_jax.analysis.updates import analyze_adapters
+            from lora_jax.analysis.audit import write_audit
             from lora_jax.report import make_adapters_report
-            from lora_jax.sweep.finish import adapter_base
 
             out = Path(args.out or f"outputs/analysis/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
             check_output_dir(out, "--out", "--out outputs/analysis/mine")
-            analyze_adapters(args.adapters, out, adapter_base(args.base))
+            write_audit(args.adapters, out, (args.energy or 0.9) if args.suggest else None)
+            if args.base:
+                from lora_jax.analysis.updates import analyze_adapters
+                from lora_jax.sweep.finish import adapter_base
+
+                analyze_adapters(args.adapters, out, adapter_base(args.base))
             result = make_adapters_report(out)
             print(result.markdown.absolute())
             html = result.html

@@ -145,6 +145,9 @@ class AdapterFile:
         for key, module in self.modules.items():
             if module is not last:
                 last, a, b = module, _f32(tensors[module.a]).T, _f32(tensors[module.b]).T
+            if len(module.targets) == 1:
+                yield key, a, b
+                continue
             j, width = module.targets.index(key[1]), b.shape[1] // len(module.targets)
             yield key, a, np.ascontiguousarray(b[:, j * width : (j + 1) * width])
 

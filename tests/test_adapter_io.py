@@ -7,25 +7,24 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import subprocess
-import sys
-
 import pytest
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from lora_jax.adapter_io import export_adapter, init_adapters
-from lora_jax.peft_adapter import ADAPTER_FILE, CONFIG_FILE, HEAD_FILE, OURS_FILE, read_adapter
 from lora_jax.lora import LoRAConfig, layer_index, lora_scale
 from lora_jax.models import Pretrained, load_decoder
 from lora_jax.models.bert import HEAD_RULES, BertForSequenceClassification
 from lora_jax.models.bert_config import BertConfig
 from lora_jax.partition import label_params, split
+from lora_jax.peft_adapter import ADAPTER_FILE, CONFIG_FILE, HEAD_FILE, OURS_FILE, read_adapter
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PEFT_SAVED = ["peft_bert", "peft_roberta", "peft_llama", "peft_gpt2"]

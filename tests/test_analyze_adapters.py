@@ -22,7 +22,16 @@ R2, R4 = FIXTURES / "peft_minilm_r2", FIXTURES / "peft_minilm_r4"
 def minilm_pair(tmp_path_factory):
     out = tmp_path_factory.mktemp("adapters") / "analysis"
     proc = run_module(
-        "experiments.analyze", "--adapters", str(R2), str(R4), "--out", str(out), cwd=out.parent
+        "experiments.analyze",
+        "--adapters",
+        str(R2),
+        str(R4),
+        "--base",
+        "minilm",
+        "--suggest",
+        "--out",
+        str(out),
+        cwd=out.parent,
     )
     return out, proc
 
@@ -63,7 +72,46 @@ def test_peft_adapters_on_minilm_match_peft_and_numpy(minilm_pair):
         np.testing.assert_allclose(pair["phi"][f"layer_{layer}/{target}"], want, atol=2e-6)
     assert Path(pair["figure"]).exists() and Path(pair["figure_b"]).exists()
     html = (out / "report.html").read_text()
-    assert "Rank analysis" in html and html.count('src="data:image/png;base64,') == 4
+    # the audit's figure per adapter, then the analysis against W: spectra and phi of A and B
+    assert "Rank analysis against W" in html and html.count('src="data:image/png;base64,') == 6
+
+
+def test_the_audit_without_base_matches_peft_and_numpy(minilm_pair):
+    """The base-free audit (float64 r x r cores) gives PEFT's singular values and the numpy
+    phi of the paper's Eq. 4, both sides; its advice is a LoRA config PEFT reads."""
+    out, _ = minilm_pair
+    audit = json.loads((out / "audit.json").read_text())
+    for name, folder in (("peft_minilm_r2", R2), ("peft_minilm_r4", R4)):
+        expected = json.loads((folder / "expected.json").read_text())
+        matrices = audit["adapters"][name]["matrices"]
+        for key, want in expected.items():
+            layer, target = key.split(".")
+            got = matrices[f"layer_{layer}/{target}"]
+            np.testing.assert_allclose(got["singular_values"], want["singular_values"], rtol=1e-5)
+            assert got["frobenius"] == pytest.approx(want["dw_norm"], rel=1e-5)
+    (pair,) = audit["pairs"]
+    t2, t4 = (
+        load_file(R2 / "adapter_model.safetensors"),
+        load_file(R4 / "adapter_model.safetensors"),
+    )
+    key = "base_model.model.encoder.layer.5.attention.self.value.lora_{}.weight"
+    phi_a, phi_b = (
+        _phi_numpy(t2[key.format("A")], t4[key.format("A")]),
+        _phi_numpy(t2[key.format("B")].T, t4[key.format("B")].T),
+    )
+    got = pair["matrices"]["layer_5/v"]
+    assert got["phi_a"]["top"] == pytest.approx(phi_a[0, 0], abs=1e-6)
+    assert got["phi_a"]["mean"] == pytest.approx(phi_a.mean(), abs=1e-6)
+    assert got["phi_b"]["mean"] == pytest.approx(phi_b.mean(), abs=1e-6)
+    assert got["phi_a"]["random_mean"] == pytest.approx(
+        np.maximum.outer([1, 2], [1, 2, 3, 4]).mean() / 384
+    )
+    rows = (out / "audit.csv").read_text().splitlines()
+    assert rows[0].startswith("adapter,matrix,rank,") and len(rows) == 1 + 2 * 12
+    advice = json.loads((out / "rank_advice.json").read_text())["peft_minilm_r4"]
+    config = json.loads((out / "advice" / "peft_minilm_r4" / "adapter_config.json").read_text())
+    assert config["rank_pattern"] == advice["rank_pattern"] and len(advice["rank_pattern"]) == 12
+    assert "Audit: peft_minilm_r2" in (out / "report.md").read_text()
 
 
 def _analyze_fails(tmp_path: Path, *folders: Path) -> str:
@@ -78,6 +126,7 @@ def _analyze_fails(tmp_path: Path, *folders: Path) -> str:
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert not (tmp_path / "o" / "analysis.json").exists()
+    assert not (tmp_path / "o" / "audit.json").exists()
     return proc.stderr
 
 

@@ -137,7 +137,7 @@ ANALYZE_CASES = [
     (["{file}"], ["does not exist", "a folder made by"]),
     (["--adapters", "{nope}"], ["adapter='{nope}' does not exist", "PEFT LoRA adapter folder"]),
     (["--adapters", "{run}", "--out", "{file}/out"], ["--out=", "is a file", "allowed: a folder"]),
-    (["{sweep}", "--base", "minilm"], ["--base and --out go with --adapters"]),
+    (["{sweep}", "--base", "minilm"], ["--base, --out and --suggest go with --adapters"]),
     ([], ["give a sweep folder or --adapters"]),
 ]
 REPORT_CASES = [

@@ -23,8 +23,8 @@ from hydra import compose, initialize_config_dir
 from safetensors.numpy import load_file
 
 from lora_jax import train
-from lora_jax.peft_adapter import HEAD_FILE, read_adapter
 from lora_jax.config import register_configs
+from lora_jax.peft_adapter import HEAD_FILE, read_adapter
 from lora_jax.train import fused
 
 ROOT = Path(__file__).resolve().parents[1]

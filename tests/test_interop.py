@@ -21,12 +21,12 @@ import pytest
 from safetensors.numpy import load_file
 
 from lora_jax.adapter_io import export_adapter, init_adapters
-from lora_jax.peft_adapter import HEAD_FILE, read_adapter
 from lora_jax.lora import LoRAConfig
 from lora_jax.models import load_decoder, load_pretrained
 from lora_jax.models.bert import BertEncoder
 from lora_jax.models.heads import mean_pool
 from lora_jax.partition import combine, label_params, split
+from lora_jax.peft_adapter import HEAD_FILE, read_adapter
 
 pytestmark = pytest.mark.interop
 # Imported when an interop test runs, not at collection: `make test` collects this module too

@@ -263,10 +263,10 @@ def test_decoder_adapter_export_round_trips(tmp_path, model, key, loadable):
     from safetensors.numpy import load_file
 
     from lora_jax.adapter_io import export_adapter
-    from lora_jax.peft_adapter import read_adapter
     from lora_jax.analysis.adapter_spectra import find_adapters
     from lora_jax.lora import LoRAConfig
     from lora_jax.models import load_decoder
+    from lora_jax.peft_adapter import read_adapter
 
     lora = LoRAConfig(rank=2, targets="qvo")
     pre = load_decoder(model, lora, tokenizer=False)

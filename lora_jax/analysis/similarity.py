@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lora_jax.analysis.cores import expected_random_phi
 from lora_jax.analysis.numerics import as_float, on_one_blas_thread, rank_mask
 
 __all__ = [
@@ -178,10 +179,3 @@ def _draw_means(keys: jax.Array, n: int, r1: int, r2: int) -> jax.Array:
     # lax.map, not vmap: jaxlib 0.10's batched LAPACK kernels wait on the CPU thread pool they
     # run in and, inside a loop, can deadlock it on 2 cores (6 of 10 runs hung): one draw at a time.
     return jax.lax.map(lambda k: random_baseline(k, n, r1, r2).mean(), keys)
-
-
-def expected_random_phi(n: int, r1: int, r2: int) -> np.ndarray:
-    """Exact E phi(i, j) = max(i, j) / n for independent uniformly random subspaces of R^n."""
-    i = np.arange(1, r1 + 1)[:, None]
-    j = np.arange(1, r2 + 1)[None, :]
-    return np.maximum(i, j) / n

@@ -25,7 +25,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from lora_jax.peft_adapter import Adapter, read_adapter
 from lora_jax.analysis.bases import BaseKernels
 from lora_jax.analysis.dynamics import measure_dynamics
 from lora_jax.analysis.jsonable import finite_or_none, json_grid, matrix_name
@@ -41,6 +40,7 @@ from lora_jax.analysis.similarity import (
 )
 from lora_jax.analysis.spectrum import dw_svd, spectrum, summarize_spectrum
 from lora_jax.analysis.versus_full import versus_full
+from lora_jax.peft_adapter import Adapter, read_adapter
 from lora_jax.run_record import RunRecord, pairs_differing_in, write_atomic
 
 Key = tuple[int, str]  # (layer, target)

@@ -12,19 +12,25 @@ One module per job:
 - `compare`, `analysis_tables`: the paper's tables and figures beside ours (`lora_jax.report.paper`);
 - `metric_figure`: metric vs rank; `document`: the report as data, rendered as Markdown and HTML;
 - `wandb_report`: the same as a W&B Report (built offline, saved only online);
-- `build`: `make_report`, which ties them together.
+- `build`: `make_report`, which ties them together; `adapters`: `make_adapters_report`, the
+  page of `experiments.analyze --adapters` (`audit_section`: the audit and the rank advice).
 """
 
-from lora_jax.report.build import ReportResult, make_adapters_report, make_report
-from lora_jax.report.cells import Cell, Stats, group_cells
-from lora_jax.report.items import ReportInputError
+from __future__ import annotations
 
-__all__ = [
-    "Cell",
-    "ReportInputError",
-    "ReportResult",
-    "Stats",
-    "group_cells",
-    "make_adapters_report",
-    "make_report",
-]
+from lora_jax.lazy import lazy_getattr
+
+# name -> module: imported on first use, so the audit's page loads no sweep report (nor JAX).
+_EXPORTS = {
+    "Cell": "cells",
+    "ReportInputError": "items",
+    "ReportResult": "document",
+    "Stats": "cells",
+    "group_cells": "cells",
+    "make_adapters_report": "adapters",
+    "make_report": "build",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

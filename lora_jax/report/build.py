@@ -9,14 +9,19 @@ analysis of `--adapters` folders (no runs: the rank analysis only).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lora_jax.report.paper as paper
 from lora_jax.report import analysis_tables, compare, our_setup
 from lora_jax.report.cells import Cell, group_cells, varying_axes
-from lora_jax.report.document import Document, Figure, Section, Table, to_html, to_markdown
+from lora_jax.report.document import (
+    Document,
+    Figure,
+    ReportResult,
+    Section,
+    Table,
+    write_document,
+)
 from lora_jax.report.format import fmt_stats, num, scale, unit
 from lora_jax.report.full_finetuning import versus_full
 from lora_jax.report.items import check_paper_items, paper_items
@@ -46,17 +51,6 @@ _SETUP_KEYS = (
     "data.batch_size",
     "data.max_len",
 )
-
-
-@dataclass
-class ReportResult:
-    """What `make_report` wrote and built."""
-
-    markdown: Path
-    html: Path
-    paper: list[str]
-    wandb_report: Any = None  # a wandb_workspaces Report, or None
-    wandb_message: str = ""
 
 
 def _axis_value(cell: Cell, key: str) -> str:
@@ -189,7 +183,7 @@ def make_report(
     (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
     cells = group_cells(runs)
     doc = build_document(sweep_dir, runs, cells, items, out, source)
-    result = ReportResult(*_write(doc, out), items)
+    result = ReportResult(*write_document(doc, out), items)
     if use_wandb:
         from lora_jax.report import wandb_report as wb
 
@@ -207,40 +201,3 @@ def make_report(
     else:
         result.wandb_message = "W&B report skipped (--no-wandb)."
     return result
-
-
-def _write(doc: Document, out: Path) -> tuple[Path, Path]:
-    md, page = out / "report.md", out / "report.html"
-    md.write_text(to_markdown(doc, base=out))
-    page.write_text(to_html(doc))
-    return md, page
-
-
-def make_adapters_report(out: str | Path) -> ReportResult:
-    """`report.md` and `report.html` of an `--adapters` analysis (its `analysis.json` in `out`)."""
-    out = Path(out)
-    analysis = load_analysis(out)
-    if analysis is None or "adapters" not in analysis:
-        raise FileNotFoundError(
-            f"{out} holds no analysis.json of adapters; run the analysis first."
-        )
-    base = analysis["base"]
-    rows = [
-        [
-            name,
-            str(e["rank"]),
-            ", ".join(sorted({a.split("/")[1] for a in e["adapters"]})),
-            e["adapter_dir"],
-        ]
-        for name, e in analysis["adapters"].items()
-    ]
-    setup = [
-        f"{len(rows)} LoRA adapters on `{base['name']}` ({base['family']}); W read from "
-        f"`{base['checkpoint']}`.",
-        Table(["adapter", "r", "targets", "folder"], rows),
-    ]
-    doc = Document(
-        "lora_jax report: LoRA adapters",
-        [Section("Adapters", setup), Section("Rank analysis", rank_analysis(out))],
-    )
-    return ReportResult(*_write(doc, out), [], wandb_message="W&B report: not built for adapters.")

@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -142,3 +143,22 @@ def to_html(doc: Document) -> str:
                 parts.append(f"<p>{_inline(block)}</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+@dataclass
+class ReportResult:
+    """What `make_report` wrote and built."""
+
+    markdown: Path
+    html: Path
+    paper: list[str]
+    wandb_report: Any = None  # a wandb_workspaces Report, or None
+    wandb_message: str = ""
+
+
+def write_document(doc: Document, out: Path) -> tuple[Path, Path]:
+    """Write `report.md` and `report.html` of `doc` into `out`; returns their paths."""
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(to_markdown(doc, base=out))
+    page.write_text(to_html(doc))
+    return md, page

@@ -15,12 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from lora_jax import data as data_lib
 from lora_jax import models
 from lora_jax.adapter_io import family_of, init_adapters
-from lora_jax.peft_adapter import adapter_folder
 from lora_jax.budget import budget_rank
 from lora_jax.config import Config, run_config, to_dict
 from lora_jax.config_rules import value_error
 from lora_jax.lora import LoRAConfig, adapters
 from lora_jax.partition import count_params, label_params, split
+from lora_jax.peft_adapter import adapter_folder
 from lora_jax.run_record import write_atomic
 from lora_jax.train import distributed, parallel
 from lora_jax.train.loaders import Data, make_data
