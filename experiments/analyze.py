@@ -23,7 +23,7 @@ import argparse
 import time
 from pathlib import Path
 
-from lora_jax.sweep.validate import USER_ERRORS, check_output_dir, user_errors
+from lora_jax.user_errors import USER_ERRORS, check_output_dir, user_errors
 
 
 def main() -> None:

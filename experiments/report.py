@@ -13,7 +13,7 @@ import argparse
 
 from lora_jax.report import ReportInputError, make_report, paper
 from lora_jax.run_record import RunFolderError
-from lora_jax.sweep.validate import check_output_dir, user_errors
+from lora_jax.user_errors import check_output_dir, user_errors
 
 
 def main() -> None:

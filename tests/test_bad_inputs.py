@@ -20,8 +20,8 @@ import pytest
 from conftest import FAST, compose_config, compose_jobs, run_module, write_run
 
 from lora_jax.lora import parse_targets
-from lora_jax.sweep.validate import check_output_dir
 from lora_jax.train import plan
+from lora_jax.user_errors import check_output_dir
 
 TRAIN, SWEEP = "experiments.train", "experiments.sweep"
 ANALYZE, REPORT = "experiments.analyze", "experiments.report"

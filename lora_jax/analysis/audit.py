@@ -285,9 +285,9 @@ def write_audit(
     adapter's own config with the advised rank_pattern/alpha_pattern). Returns the audit."""
     if energy is not None:
         advise({"adapters": {}}, energy)  # a bad --energy fails before any work
+    result = audit(folders)  # a refused adapter stops here, before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = audit(folders)
     (out / AUDIT_FILE).write_text(json.dumps(result, indent=1))
     with (out / AUDIT_CSV).open("w", newline="") as f:
         writer = csv.writer(f)

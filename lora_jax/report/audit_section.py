@@ -34,13 +34,12 @@ def _grid(matrices: dict[str, dict], quantity: str) -> tuple[np.ndarray, list[st
 
 def _figure(name: str, adapter: dict[str, Any], fig_dir: Path) -> Path:
     """Utilization and stable rank as layer x matrix heatmaps, and k@90 against r."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object API without pyplot: its import is a third of this page's time.
+    from matplotlib.figure import Figure as MplFigure
 
     matrices = adapter["matrices"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 0.18 * len(matrices) / 7 + 3.2))
+    fig = MplFigure(figsize=(13, 0.18 * len(matrices) / 7 + 3.2))
+    axes = fig.subplots(1, 3)
     for ax, (quantity, label) in zip(
         axes[:2], (("utilization", "stable rank / r"), ("stable_rank", "stable rank")), strict=True
     ):
@@ -59,11 +58,10 @@ def _figure(name: str, adapter: dict[str, Any], fig_dir: Path) -> Path:
     axes[2].set_ylabel("matrices")
     axes[2].legend()
     fig.suptitle(f"{name}: {len(matrices)} matrices")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.15, wspace=0.3)
     fig_dir.mkdir(parents=True, exist_ok=True)
     path = fig_dir / f"audit_{name.replace('/', '_')}.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    fig.savefig(path, dpi=80)
     return path
 
 

@@ -6,7 +6,7 @@ switch). Bugs still raise.
 (`conf/hydra/default.yaml`), which Hydra calls before it creates a run or sweep folder, so a
 bad value leaves existing folders untouched; `hydra_main` makes Hydra's own composition errors
 (`rank=abc`, `model=foo`, `trainer.stepz=3`) exit 2 too. `experiments.analyze` and `.report`
-wrap their work in `user_errors` and check their folders with `check_output_dir`.
+wrap their work in `lora_jax.user_errors` (light: the audit starts in a fraction of a second).
 """
 
 from __future__ import annotations
@@ -15,14 +15,10 @@ import difflib
 import functools
 import importlib.util
 import logging
-import os
-import shutil
 import sys
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass
-from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -31,65 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from lora_jax.config import Config, check_config, run_config
 from lora_jax.config_rules import check_batch_size, value_error
 from lora_jax.train.run_identity import check_jobs
+from lora_jax.user_errors import EXIT_USER_ERROR, USER_ERRORS, check_output_dir, user_errors
 
 # What validation raises for bad input; raised there, never a bug's symptom.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)
-EXIT_USER_ERROR = 2  # argparse's status for bad arguments
 OPTIONAL_GROUPS = ("experiment", "debug")  # Hydra ignores unknown names of optional defaults
-# A full disk otherwise surfaces mid-run as an OSError from Orbax; the size of a run's files
-# is known only after the model loads, so this is a floor (MiniLM, full fine-tuning: ~280 MB).
-MIN_FREE = 256 * 2**20
-
-
-def full_error() -> bool:
-    """Whether the user asked for tracebacks (`HYDRA_FULL_ERROR=1`, read as Hydra reads it)."""
-    return os.environ.get("HYDRA_FULL_ERROR") == "1"
-
-
-@contextmanager
-def user_errors(
-    context: str = "", errors: tuple[type[BaseException], ...] = USER_ERRORS
-) -> Iterator[None]:
-    """Turn `errors` raised inside into `Error<context>: <message>` on stderr and exit status 2.
-
-    A `SystemExit` also gets through a Hydra callback, which turns exceptions into warnings.
-    """
-    try:
-        yield
-    except errors as err:
-        if full_error():
-            traceback.print_exc()
-        cause = err.__cause__
-        # Hydra's composition errors say which override; OmegaConf's cause says what is wrong.
-        detail = f"\n{cause}" if type(cause).__module__.startswith("omegaconf") else ""
-        print(f"Error{context}: {err}{detail}", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR) from None
-
-
-def check_output_dir(path: str | Path, key: str, example: str, min_free: int = MIN_FREE) -> None:
-    """Raise unless `path` is a folder, or can be made one, that this process may write to on
-    a disk with `min_free` bytes free; the message names `key` and suggests `example`."""
-    path = Path(path).absolute()
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise NotADirectoryError(
-            f"{key}={str(path)!r} is not valid: {existing} is a file; allowed: a folder that "
-            f"exists or can be made. Use e.g. `{example}`."
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"{key}={str(path)!r} is not valid: {existing} is not writable; allowed: a writable "
-            f"folder. Use e.g. `{example}`."
-        )
-    free = shutil.disk_usage(existing).free
-    if free < min_free:
-        raise ValueError(
-            f"{key}={str(path)!r} is not valid: its disk has {free / 2**20:.0f} MiB free; "
-            f"allowed: a folder on a disk with at least {min_free / 2**20:.0f} MiB free (a "
-            f"run's checkpoints and adapter). Free space, or use e.g. `{example}` elsewhere."
-        )
 
 
 def check_choices(config: DictConfig) -> None:
