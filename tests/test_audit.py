@@ -174,3 +174,22 @@ def test_one_adapter_alone_is_audited_and_a_folder_twice_is_refused():
     assert result["pairs"] == [] and len(result["adapters"]["peft_llama"]["matrices"]) > 0
     with pytest.raises(ValueError, match="twice"):
         audit([FIXTURES / "peft_llama", FIXTURES / "peft_llama"])
+
+
+def test_a_bfloat16_adapter_reads_as_its_float32_values(tmp_path):
+    import ml_dtypes
+    from safetensors.numpy import load_file
+
+    folder = tmp_path / "bf16"
+    shutil.copytree(FIXTURES / "peft_llama", folder)
+    tensors = load_file(folder / "adapter_model.safetensors")
+    save_file(
+        {k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()},
+        folder / "adapter_model.safetensors",
+    )
+    want = read_adapter(FIXTURES / "peft_llama")
+    for key, a, b in open_adapter(folder).factors():
+        np.testing.assert_array_equal(
+            a, want.factors[key][0].astype(ml_dtypes.bfloat16).astype(np.float32)
+        )
+        assert b.dtype == np.float32

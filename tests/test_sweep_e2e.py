@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -215,22 +216,34 @@ def test_rerun_skips_finished_runs(fast_sweep):
     assert before == {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")}
 
 
-def test_resume_after_kill_matches_uninterrupted(tmp_path):
-    common = [
-        "model=tiny_bert",
-        "debug=fast",
-        "trainer.steps=60",
-        "trainer.checkpoint_every=20",
-        "trainer.eval_every=60",
-        "logger=none",
-        "rank=2",
-    ]
-    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
-    run_module("experiments.train", *common, f"hydra.run.dir={ref_dir}", cwd=tmp_path)
+RESUME_RUN = [
+    "model=tiny_bert",
+    "debug=fast",
+    "trainer.steps=60",
+    "trainer.checkpoint_every=20",
+    "trainer.eval_every=60",
+    "logger=none",
+    "rank=2",
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    run_module("experiments.train", *RESUME_RUN, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
+    return json.loads((cwd / "run" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_resume_after_a_signal_matches_uninterrupted(tmp_path, uninterrupted, signum):
+    """SIGKILL loses the steps since the last checkpoint (20); SIGTERM and SIGINT finish the
+    step, save it, say so and exit 128 + signal. Either way the rerun ends where an
+    uninterrupted run does."""
+    killed_dir = tmp_path / "killed"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "experiments.train", *common, f"hydra.run.dir={killed_dir}"]
+    args = [sys.executable, "-m", "experiments.train", *RESUME_RUN, f"hydra.run.dir={killed_dir}"]
     proc = subprocess.Popen(
-        args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + 300
     while (
@@ -239,14 +252,20 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
         and proc.poll() is None
     ):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
     assert not (killed_dir / "metrics.json").exists(), "the run finished before it could be killed"
-    resumed = run_module("experiments.train", *common, f"hydra.run.dir={killed_dir}", cwd=tmp_path)
+    if signum != signal.SIGKILL:
+        assert proc.returncode == 128 + signum, err
+        stopped = re.search(r"stopped after step (\d+); checkpoint saved", err)
+        assert stopped and "Traceback" not in err, err
+        assert (killed_dir / "checkpoints" / stopped[1]).is_dir()
+    resumed = run_module(
+        "experiments.train", *RESUME_RUN, f"hydra.run.dir={killed_dir}", cwd=tmp_path
+    )
     assert "resuming" in resumed.stdout
-    ref = json.loads((ref_dir / "metrics.json").read_text())
     got = json.loads((killed_dir / "metrics.json").read_text())
-    assert got["final"] == pytest.approx(ref["final"], abs=1e-6)
+    assert got["final"] == pytest.approx(uninterrupted["final"], abs=1e-6)
 
 
 @pytest.mark.parametrize(

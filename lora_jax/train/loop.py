@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import math
+import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -17,6 +19,7 @@ from lora_jax.config import Config
 from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.train.distributed import is_primary
 from lora_jax.train.optim import schedule
+from lora_jax.train.signals import Interrupted, stop_requests
 from lora_jax.train.tracking import Tracker
 
 
@@ -211,36 +214,56 @@ def train_loop(engine: Engine, logs: list[RunLog], desc: str) -> tuple[int, dict
         main = logs[0].main
         postfix[f"eval_{main}"] = ",".join(f"{logs[i].metrics[main]:.4f}" for i in live())
 
+    saved = [step]  # the step of the newest checkpoint (or the one resumed from)
+
     def checkpoint(step: int) -> None:
         for i in live():
             logs[i].checkpoint(step, engine.member_state(i), engine.member_iter(i))
+        saved[0] = step
 
     hooks = [
         Every(t.spectrum_every, spectra),
         Every(t.eval_every, evaluation, last=t.steps),
         Every(t.checkpoint_every, checkpoint, last=t.steps),
     ]
-    while step < t.steps and len(errors) < n:
-        own, batch = engine.next_batch()
-        outs = engine.train(batch, step)
-        step += 1
-        losses = []
-        for i in live():  # NaN/inf stops a member here, before its hooks
-            try:
-                row = logs[i].after_step(step, outs[i], own[i])
-            except NonFiniteLossError as err:
-                if n > 1:  # the others train on
-                    print(f"[lora_jax] {err}")
-                errors[i] = err
-                continue
-            if row is not None:
-                losses.append(f"{row['train/loss']:.4f}")
-        if losses:
-            postfix["loss"] = ",".join(losses)
-        if live():
-            for hook in hooks:
-                hook(step)
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(1)
+    with stop_requests() as stop:
+        while step < t.steps and len(errors) < n:
+            own, batch = engine.next_batch()
+            outs = engine.train(batch, step)
+            step += 1
+            losses = []
+            for i in live():  # NaN/inf stops a member here, before its hooks
+                try:
+                    row = logs[i].after_step(step, outs[i], own[i])
+                except NonFiniteLossError as err:
+                    if n > 1:  # the others train on
+                        print(f"[lora_jax] {err}")
+                    errors[i] = err
+                    continue
+                if row is not None:
+                    losses.append(f"{row['train/loss']:.4f}")
+            if losses:
+                postfix["loss"] = ",".join(losses)
+            if live():
+                for hook in hooks:
+                    hook(step)
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+            if stop:
+                _stop(stop[0], step, saved[0], checkpoint, logs, bar)
     bar.close()
     return step, errors
+
+
+def _stop(signum: int, step: int, saved: int, checkpoint, logs: list[RunLog], bar) -> None:
+    """Save `step` (unless just saved), say where the run stopped, raise `Interrupted`."""
+    if saved != step:
+        checkpoint(step)
+    bar.close()
+    folders = ", ".join(str(log.ckpt.directory) for log in logs)
+    print(
+        f"[lora_jax] {signal.Signals(signum).name}: stopped after step {step}; checkpoint saved "
+        f"in {folders}. Run the same command again to resume from step {step}.",
+        file=sys.stderr,
+    )
+    raise Interrupted(signum, step)

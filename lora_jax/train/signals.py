@@ -1,0 +1,47 @@
+"""SIGTERM and SIGINT as a checkpoint: the step loop finishes its step, saves it, says where it
+stopped and how to resume, and exits with 128 + the signal (143 for SIGTERM, as SLURM and cloud
+preemption send it before SIGKILL; 130 for Ctrl-C): the shell's convention, which SLURM's
+`--requeue` treats as a failed job to requeue. A second signal while saving exits at once:
+Orbax writes a step into a temporary folder and renames it, so the newest intact checkpoint
+stays and the rerun resumes from it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(SystemExit):
+    """Training stopped by a signal after `step`, checkpointed; exit status 128 + signal."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(128 + signum)
+        self.signum, self.step = signum, step
+
+
+@contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """A list that receives SIGTERM/SIGINT instead of the default handlers, for the loop to
+    read between steps; a second signal exits at once. Outside the main thread (where Python
+    cannot take signals) the list stays empty and the defaults apply."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if received:  # a second one: stop now, the newest intact checkpoint stays
+            os._exit(128 + signum)
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
