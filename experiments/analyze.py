@@ -23,6 +23,7 @@ import argparse
 import time
 from pathlib import Path
 
+from lora_jax.folder_lock import lock_folder
 from lora_jax.user_errors import USER_ERRORS, check_output_dir, user_errors
 
 
@@ -79,6 +80,7 @@ def main() -> None:
 
             if Path(args.sweep_dir).is_dir():  # the analysis rewrites files in it
                 check_output_dir(args.sweep_dir, "sweep_dir", "a copy of it that you can write")
+                lock_folder(args.sweep_dir, "sweep_dir")  # not while a sweep writes into it
             html = finish_sweep(
                 args.sweep_dir, model_evals=not args.no_model_evals, eval_limit=args.eval_limit
             )

@@ -36,7 +36,7 @@ READERS = {
 }
 # Lowest first; the package face (`lora_jax/__init__.py`) re-exports from every layer.
 LAYERS = (
-    ("lora", "lazy", "scaling", "user_errors"),
+    ("lora", "lazy", "scaling", "user_errors", "folder_lock"),
     ("weights", "run_record", "peft_adapter"),
     ("adapter_io", "analysis"),
     ("models", "data", "assets", "partition", "config", "config_rules", "budget"),

@@ -15,6 +15,7 @@ import difflib
 import functools
 import importlib.util
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_jax.config import Config, check_config, run_config
 from lora_jax.config_rules import check_batch_size, value_error
+from lora_jax.folder_lock import lock_folder
 from lora_jax.train.run_identity import check_jobs
 from lora_jax.user_errors import EXIT_USER_ERROR, USER_ERRORS, check_output_dir, user_errors
 
@@ -101,6 +103,8 @@ class CheckCallback(Callback):
             check_output_dir(config.hydra.run.dir, "hydra.run.dir", "hydra.run.dir=outputs/runs/a")
             check_job(config)
             check_jobs([config], multirun=False)  # the folder's results, same config?
+            if _locks_for_the_run(config.trainer):
+                lock_folder(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from lora_jax.sweep.grid import job_configs
@@ -123,6 +127,20 @@ class CheckCallback(Callback):
                     check(job)
         with user_errors():  # every run folder's results against its job, all refusals listed
             check_jobs(jobs, multirun=True)
+            lock_folder(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+def _locks_for_the_run(trainer: DictConfig) -> bool:
+    """A lone process locks its run folder; of several, process 0 (by `trainer.process_id` or
+    SLURM's task id) locks for all. Where only JAX knows the index (a TPU pod), none locks."""
+    from lora_jax.train.distributed import several_processes
+
+    if trainer.distributed == "off" or (
+        trainer.distributed == "auto" and not several_processes(trainer)
+    ):
+        return True
+    index = trainer.process_id if trainer.process_id is not None else os.environ.get("SLURM_PROCID")
+    return index is not None and int(index) == 0
 
 
 def hydra_main(task_function: Callable[[DictConfig], Any], conf: str, name: str) -> Callable:
