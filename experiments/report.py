@@ -10,6 +10,7 @@ of the sweep's group and saves it when W&B is online; prints the path of report.
 """
 
 import argparse
+from pathlib import Path
 
 from lora_jax.report import ReportInputError, make_report, paper
 from lora_jax.run_record import RunFolderError
@@ -35,6 +36,8 @@ def main() -> None:
     with user_errors():
         if args.out is not None:
             check_output_dir(args.out, "--out", "--out /tmp/report")
+        elif Path(args.sweep_dir).is_dir():  # the report is written into the sweep folder
+            check_output_dir(args.sweep_dir, "sweep_dir", "--out /tmp/report")
     with user_errors(errors=(ReportInputError, RunFolderError)):
         result = make_report(args.sweep_dir, args.paper, args.out, use_wandb=not args.no_wandb)
     print(result.wandb_message)

@@ -20,12 +20,15 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: `job` is r
 def job(cfg: DictConfig) -> float:
     """One run into `cfg.workdir`; returns its final main metric (for Hydra sweepers)."""
     from lora_jax.report.console import print_summary
-    from lora_jax.train import run
+    from lora_jax.train import NonFiniteLossError, run
     from lora_jax.train.compile_cache import enable_compilation_cache
+    from lora_jax.user_errors import user_errors
 
     enable_compilation_cache()
 
-    result = run(cfg, cfg.workdir, on_result=print_summary)
+    # A diverged run is a user situation (learning rate, data): one message, exit status 2.
+    with user_errors(errors=(NonFiniteLossError,)):
+        result = run(cfg, cfg.workdir, on_result=print_summary)
     return result["final"][result["main_metric"]]
 
 
