@@ -141,3 +141,53 @@ def test_pissa_is_refused_as_saved_and_read_after_peft_converts_it(tmp_path):
         change = (after[name] - before[name]).numpy().T
         dw = converted.scales[(layer, target)] * a @ b
         np.testing.assert_allclose(dw, change, atol=1e-5 * np.abs(change).max() + 1e-6)
+
+
+def test_intruder_counts_equal_peft_reduce_intruder_dimension(tmp_path):
+    """Shuttleworth et al.'s intruders, counted by PEFT's own `reduce_intruder_dimension`
+    (top_k 10, epsilon 0.5, from its log) and by ours on the same W and W + dW."""
+    from lora_jax.analysis.intruders import count_intruders
+
+    model = peft.get_peft_model(
+        _llama(), peft.LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"])
+    )
+    _train(model, 8)
+    lines: list[str] = []
+    from peft.tuners.lora.intruders import reduce_intruder_dimension
+
+    reduce_intruder_dimension(model, logging_sink=lines.append)
+    theirs, ours = {}, {}
+    for line in lines:
+        name, _, verdict = line.partition(": ")
+        if verdict.startswith(("Intruders", "No intruders")):
+            theirs[name] = int(verdict.split(": ")[1]) if verdict.startswith("Intruders") else 0
+    for name, layer in model.named_modules():
+        if name in theirs:
+            w0 = layer.get_base_layer().weight.detach().numpy().T  # ours: (in, out)
+            dw = layer.get_delta_weight("default").detach().numpy().T
+            ours[name] = count_intruders(w0, w0 + dw, top_k=10, epsilon=0.5)
+    assert ours == theirs and len(theirs) == 2 * model.config.num_hidden_layers
+    assert sum(theirs.values()) > 0, "no intruders: the check compares only zeros"
+
+
+@pytest.mark.parametrize("energy", [0.5, 0.9, 0.99])
+def test_energy_rank_equals_the_cutoff_of_peft_convert_to_lora(tmp_path, energy):
+    """`convert_to_lora(rank=<float>)` keeps, per layer, `_find_cutoff_index` of the dense
+    update's singular values; ours comes from the r x r cores of the same adapter."""
+    from peft.tuners.lora.conversion import _find_cutoff_index
+
+    from lora_jax.analysis.audit import energy_rank
+
+    folder = _trained_lora(tmp_path / "lora", r=8, lora_alpha=16)
+    matrices = write_audit([folder], tmp_path / "audit")["adapters"]["lora"]["matrices"]
+    model = peft.PeftModel.from_pretrained(_llama(), folder)
+    names = {"q_proj": "q", "v_proj": "v", "down_proj": "ffn_out"}
+    checked = 0
+    for name, layer in model.named_modules():
+        if isinstance(layer, peft.tuners.lora.LoraLayer):
+            parts = name.split(".")
+            ours = matrices[f"layer_{parts[parts.index('layers') + 1]}/{names[parts[-1]]}"]
+            s = torch.linalg.svd(layer.get_delta_weight("default").double())[1]
+            assert energy_rank(ours["singular_values"], energy) == _find_cutoff_index(s, energy)
+            checked += 1
+    assert checked == len(matrices) > 0
