@@ -10,13 +10,13 @@ A sweep folder: rewrites sweep_summary.json, analysis.json, figures/ and the rep
 on at most --eval-limit eval examples per evaluation if given.
 
 Adapters (ours, or any PEFT LoRA adapter folders on one base), without the base: the audit of
-every matrix from B·A alone (`lora_jax.analysis.audit`: norms, stable and effective rank,
+every matrix from B·A alone (`lora_jax.audit`: norms, stable and effective rank,
 energy ranks, utilization; phi of A and of B for every pair) into --out (default
 outputs/analysis/<time>): audit.json, audit.csv, report.md/html. --suggest adds the rank
 advice (each matrix's smallest rank keeping --energy of its update's energy) as
 rank_advice.json and advice/<adapter>/adapter_config.json (`LoraConfig.from_pretrained`).
-With --base (a registry name, hub id or path) and two or more adapters, W is read from the base
-checkpoint and dW against W (Table 7) is added. Prints the HTML report's path last.
+With --base (a registry name, hub id or path; `auto`: the base the adapters name) and two or
+more adapters, W is read from the base checkpoint and dW against W (Table 7) is added. Prints the HTML report's path last.
 """
 
 import argparse
@@ -85,7 +85,7 @@ def main() -> None:
                 args.sweep_dir, model_evals=not args.no_model_evals, eval_limit=args.eval_limit
             )
         else:
-            from lora_jax.analysis.audit import write_audit
+            from lora_jax.audit.measure import write_audit
             from lora_jax.report import make_adapters_report
 
             out = Path(args.out or f"outputs/analysis/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
@@ -95,7 +95,8 @@ def main() -> None:
                 from lora_jax.analysis.updates import analyze_adapters
                 from lora_jax.sweep.finish import adapter_base
 
-                analyze_adapters(args.adapters, out, adapter_base(args.base))
+                base = None if args.base == "auto" else args.base  # auto: what they name
+                analyze_adapters(args.adapters, out, adapter_base(base))
             result = make_adapters_report(out)
             print(result.markdown.absolute())
             html = result.html

@@ -78,6 +78,11 @@ _NOT_AN_UPDATE = {
 }
 
 
+def matrix_name(key: Key) -> str:
+    """`layer_<i>/<target>`: how analysis.json and audit.json name an adapted matrix."""
+    return f"layer_{key[0]}/{key[1]}"
+
+
 @dataclass(frozen=True)
 class Adapter:
     """A LoRA adapter in our orientation: dW[(layer, target)] = scale * lora_a @ lora_b (in, out).

@@ -13,7 +13,7 @@ from lora_jax.train import plan
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # Post-paper experiments that exist at CPU scale only (their point is the small-scale answer).
-POST_PAPER_CPU_ONLY = {"rslora", "lr_vs_rank"}
+POST_PAPER_CPU_ONLY = {"rslora", "lr_vs_rank", "rank_advice"}
 PAPER_ITEMS = {"table2", "table3", "table5", "table6", "table7", "table18", "fig3", "fig4"}
 
 
@@ -32,7 +32,7 @@ def test_there_is_a_cpu_and_a_full_scale_file_for_each_table() -> None:
     assert cpu == {
         *("table2", "table3", "table5", "table6", "table7", "table18", "fig3_fig4"),
         # Not paper items: the questions that came after the paper.
-        *("lora_vs_full", "rslora", "lr_vs_rank"),
+        *("lora_vs_full", "rslora", "lr_vs_rank", "rank_advice"),
     }
     for item in cpu - POST_PAPER_CPU_ONLY:
         assert any(n.startswith(item) and not n.endswith("_cpu") for n in EXPERIMENTS), item

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lora_jax.analysis.audit import ADVICE_DIR, write_audit
+from lora_jax.audit.measure import ADVICE_DIR, write_audit
 from lora_jax.peft_adapter import read_adapter
 
 pytestmark = pytest.mark.interop
@@ -176,7 +176,7 @@ def test_energy_rank_equals_the_cutoff_of_peft_convert_to_lora(tmp_path, energy)
     update's singular values; ours comes from the r x r cores of the same adapter."""
     from peft.tuners.lora.conversion import _find_cutoff_index
 
-    from lora_jax.analysis.audit import energy_rank
+    from lora_jax.audit.measure import energy_rank
 
     folder = _trained_lora(tmp_path / "lora", r=8, lora_alpha=16)
     matrices = write_audit([folder], tmp_path / "audit")["adapters"]["lora"]["matrices"]

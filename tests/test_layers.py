@@ -27,6 +27,8 @@ READERS = {
     "lora_jax.lazy",
     "lora_jax.scaling",
     "lora_jax.peft_adapter",
+    "lora_jax.audit.cores",
+    "lora_jax.audit.measure",
     "lora_jax.weights.hf_names",
     "lora_jax.weights.base_kernels",
     "lora_jax.adapter_io",
@@ -38,7 +40,7 @@ READERS = {
 LAYERS = (
     ("lora", "lazy", "scaling", "user_errors", "folder_lock"),
     ("weights", "run_record", "peft_adapter"),
-    ("adapter_io", "analysis"),
+    ("adapter_io", "analysis", "audit"),
     ("models", "data", "assets", "partition", "config", "config_rules", "budget"),
     ("train",),
     ("report", "sweep"),

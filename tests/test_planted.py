@@ -136,7 +136,7 @@ def test_sweep_recovers_the_planted_rank(tmp_path):
     # The audit's advice from the r = 4 adapter alone: the planted rank in every layer at 99%
     # of the update's energy. At 90% (the default) layer 1 gets 1: its learned second direction
     # holds 9% of the energy (planted: 20%), measured s = 2.24, 0.70, 0.05, 0.01.
-    from lora_jax.analysis.audit import advise, audit
+    from lora_jax.audit.measure import advise, audit
 
     r4 = next(p for p in sweep_dir.glob("*/adapter") if rows[4]["run_dir"].endswith(p.parent.name))
     result = audit([r4])

@@ -164,13 +164,20 @@ def test_analyze_reproduces_the_analysis_from_saved_adapters(fast_sweep):
 
 
 def test_analyze_adapters_of_our_runs_agrees_with_the_sweep_analysis(fast_sweep, tmp_path):
-    """Our exported adapters through `--adapters` (W from the kernels the tiny run saved): the
-    A-side phi equals the sweep's rank pair, and the B side comes too."""
+    """Our exported adapters through `--adapters --base auto` (W from the kernels the tiny run
+    saved): the A-side phi equals the sweep's rank pair, and the B side comes too."""
     sweep_dir, _ = fast_sweep
     runs = [sweep_dir / "model=tiny_bert,rank=1", sweep_dir / "model=tiny_bert,rank=4" / "adapter"]
     out = tmp_path / "adapters"
     proc = run_module(
-        "experiments.analyze", "--adapters", *map(str, runs), "--out", str(out), cwd=tmp_path
+        "experiments.analyze",
+        "--adapters",
+        *map(str, runs),
+        "--base",
+        "auto",
+        "--out",
+        str(out),
+        cwd=tmp_path,
     )
     assert proc.stdout.strip().splitlines()[-1] == str((out / "report.html").absolute())
     (pair,) = json.loads((out / "analysis.json").read_text())["adapter_pairs"]

@@ -6,48 +6,81 @@ each module docstring says how its orientation maps onto the paper's. Plots live
 `lora_jax.analysis.figures` (imported on demand: it pulls in matplotlib).
 """
 
-from __future__ import annotations
+# Dense updates W_ft - W_0 (full fine-tuning): spectrum, truncation, phi against LoRA's.
+from lora_jax.analysis.full_update import (
+    energy_ranks,
+    random_like,
+    truncate,
+    update_phi,
+    update_svd,
+)
 
-from lora_jax.lazy import lazy_getattr
+# Intruder dimensions (Shuttleworth et al. 2024) and their mitigation.
+from lora_jax.analysis.intruders import (
+    count_intruders,
+    intruder_cosines,
+    intruder_curve,
+    scale_intruders,
+)
 
-# name -> module, grouped by what a researcher reaches for; imported on first use, so
-# `import lora_jax.peft_adapter` (the audit) loads no JAX.
-_EXPORTS = {
-    # Dense updates W_ft - W_0 (full fine-tuning): spectrum, truncation, phi against LoRA's.
-    "energy_ranks": "full_update",
-    "random_like": "full_update",
-    "truncate": "full_update",
-    "update_phi": "full_update",
-    "update_svd": "full_update",
-    # Intruder dimensions (Shuttleworth et al. 2024) and their mitigation.
-    "count_intruders": "intruders",
-    "intruder_cosines": "intruders",
-    "intruder_curve": "intruders",
-    "scale_intruders": "intruders",
-    # dW against the frozen W (Table 7, Fig. 8).
-    "DW_VS_W_KEYS": "projection",
-    "KernelSVD": "projection",
-    "dw_vs_w": "projection",
-    "kernel_svd": "projection",
-    "random_projection_norm": "projection",
-    "w_dw_phi_grid": "projection",
-    # Subspace similarity phi (Hu et al. 2021, Eq. 4) and its random baseline.
-    "expected_random_phi": "similarity",
-    "input_subspace": "similarity",
-    "output_subspace": "similarity",
-    "phi_grid_a": "similarity",
-    "phi_grid_b": "similarity",
-    "random_baseline": "similarity",
-    "random_mean_phi": "similarity",
-    "subspace_similarity": "similarity",
-    # Spectrum of dW from the factors (exact, without forming dW) and its summaries.
-    "SUMMARY_KEYS": "spectrum",
-    "dw_svd": "spectrum",
-    "spectrum": "spectrum",
-    "spectrum_summary": "spectrum",
-    "summarize_spectrum": "spectrum",
-}
+# dW against the frozen W (Table 7, Fig. 8).
+from lora_jax.analysis.projection import (
+    DW_VS_W_KEYS,
+    KernelSVD,
+    dw_vs_w,
+    kernel_svd,
+    random_projection_norm,
+    w_dw_phi_grid,
+)
 
-__all__ = sorted(_EXPORTS)
+# Subspace similarity phi (Hu et al. 2021, Eq. 4) and its random baseline.
+from lora_jax.analysis.similarity import (
+    expected_random_phi,
+    input_subspace,
+    output_subspace,
+    phi_grid_a,
+    phi_grid_b,
+    random_baseline,
+    random_mean_phi,
+    subspace_similarity,
+)
 
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+# Spectrum of dW from the factors (exact, without forming dW) and its summaries.
+from lora_jax.analysis.spectrum import (
+    SUMMARY_KEYS,
+    dw_svd,
+    spectrum,
+    spectrum_summary,
+    summarize_spectrum,
+)
+
+__all__ = [
+    "DW_VS_W_KEYS",
+    "SUMMARY_KEYS",
+    "KernelSVD",
+    "count_intruders",
+    "dw_svd",
+    "dw_vs_w",
+    "energy_ranks",
+    "expected_random_phi",
+    "input_subspace",
+    "intruder_cosines",
+    "intruder_curve",
+    "kernel_svd",
+    "output_subspace",
+    "phi_grid_a",
+    "phi_grid_b",
+    "random_baseline",
+    "random_like",
+    "random_mean_phi",
+    "random_projection_norm",
+    "scale_intruders",
+    "spectrum",
+    "spectrum_summary",
+    "subspace_similarity",
+    "summarize_spectrum",
+    "truncate",
+    "update_phi",
+    "update_svd",
+    "w_dw_phi_grid",
+]

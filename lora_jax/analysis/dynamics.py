@@ -25,11 +25,11 @@ import numpy as np
 from lora_jax.analysis.adapter_spectra import find_adapters
 from lora_jax.analysis.bases import BaseKernels
 from lora_jax.analysis.curves import run_labels, target_means
-from lora_jax.analysis.jsonable import matrix_name
 from lora_jax.analysis.lora_update import Update
 from lora_jax.analysis.projection import dw_vs_w
 from lora_jax.analysis.similarity import phi_grid_a
 from lora_jax.analysis.spectrum import spectrum, summarize_spectrum
+from lora_jax.peft_adapter import matrix_name
 from lora_jax.run_record import pairs_differing_in
 
 Key = tuple[int, str]  # (layer, target)

@@ -1,4 +1,5 @@
-"""How the analysis writes its numbers into `analysis.json`: matrix names and strict JSON."""
+"""How the analysis writes its numbers into `analysis.json`: phi grids and strict JSON (matrix
+names: `lora_jax.peft_adapter.matrix_name`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,6 @@ import math
 from typing import Any
 
 import numpy as np
-
-Key = tuple[int, str]  # (layer, target)
-
-
-def matrix_name(key: Key) -> str:
-    """`layer_<i>/<target>`: how analysis.json names an adapted matrix."""
-    return f"layer_{key[0]}/{key[1]}"
 
 
 def json_grid(grid: Any) -> list:

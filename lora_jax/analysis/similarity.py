@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lora_jax.analysis.cores import expected_random_phi
 from lora_jax.analysis.numerics import as_float, on_one_blas_thread, rank_mask
+from lora_jax.audit.cores import expected_random_phi
 
 __all__ = [
     "expected_random_phi",

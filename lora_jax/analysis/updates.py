@@ -27,7 +27,7 @@ import numpy as np
 
 from lora_jax.analysis.bases import BaseKernels
 from lora_jax.analysis.dynamics import measure_dynamics
-from lora_jax.analysis.jsonable import finite_or_none, json_grid, matrix_name
+from lora_jax.analysis.jsonable import finite_or_none, json_grid
 from lora_jax.analysis.lora_update import Update
 from lora_jax.analysis.projection import dw_vs_w
 from lora_jax.analysis.similarity import (
@@ -40,7 +40,8 @@ from lora_jax.analysis.similarity import (
 )
 from lora_jax.analysis.spectrum import dw_svd, spectrum, summarize_spectrum
 from lora_jax.analysis.versus_full import versus_full
-from lora_jax.peft_adapter import Adapter, read_adapter
+from lora_jax.audit.measure import adapter_names, check_comparable
+from lora_jax.peft_adapter import matrix_name, read_adapter
 from lora_jax.run_record import RunRecord, pairs_differing_in, write_atomic
 
 Key = tuple[int, str]  # (layer, target)
@@ -68,38 +69,9 @@ def from_adapters(folders: Iterable[str | Path]) -> list[Update]:
             f"--adapters got {len(adapters)} folder; allowed: two or more adapter folders to "
             "compare (e.g. --adapters runA/adapter runB/adapter)."
         )
-    first = adapters[0]
     for other in adapters[1:]:
-        _check_comparable(first, other)
-    names = [
-        a.folder.parent.name if a.folder.name == "adapter" else a.folder.name for a in adapters
-    ]
-    if len(set(names)) < len(names):  # two folders of the same name: tell them apart
-        names = [str(a.folder) for a in adapters]
-    return [Update(n, a) for n, a in zip(names, adapters, strict=True)]
-
-
-def _check_comparable(a: Adapter, b: Adapter) -> None:
-    where = f"adapters {a.folder} and {b.folder}"
-    if (a.family, a.base) != (b.family, b.base):
-        raise ValueError(
-            f"{where} are on different bases: {a.base!r} ({a.family}) vs {b.base!r} "
-            f"({b.family}); allowed: adapters of one base model. Compare adapters trained on "
-            "the same base."
-        )
-    if set(a.factors) != set(b.factors):
-        only_a, only_b = (
-            sorted(set(a.factors) - set(b.factors)),
-            sorted(set(b.factors) - set(a.factors)),
-        )
-        raise ValueError(
-            f"{where} adapt different matrices: only the first has {_names(only_a)}, only the "
-            f"second {_names(only_b)}; allowed: the same targets and layers in both."
-        )
-
-
-def _names(keys: Iterable[Key]) -> str:
-    return ", ".join(matrix_name(k) for k in keys) or "none"
+        check_comparable(adapters[0], other)
+    return [Update(n, a) for n, a in zip(adapter_names(adapters), adapters, strict=True)]
 
 
 def _slug(name: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_jax.analysis.audit import AUDIT_FILE
+from lora_jax.audit.measure import AUDIT_FILE
 from lora_jax.report.audit_section import audit_sections
 from lora_jax.report.document import Document, ReportResult, Section, write_document
 

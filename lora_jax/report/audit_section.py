@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from lora_jax.analysis.audit import ADVICE_FILE, AUDIT_FILE
+from lora_jax.audit.measure import ADVICE_FILE, AUDIT_FILE
 from lora_jax.report.document import Figure, Section, Table
 
 _TYPE_ORDER = ("q", "k", "v", "o", "ffn_gate", "ffn_in", "ffn_out")

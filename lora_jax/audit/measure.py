@@ -23,16 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from lora_jax.analysis.cores import expected_random_phi, phi_grid, singular_values
-from lora_jax.analysis.cores import summarize as summarize_core
-from lora_jax.analysis.jsonable import matrix_name
-from lora_jax.peft_adapter import AdapterFile, Key, open_adapter
+from lora_jax.audit.cores import expected_random_phi, phi_grid, singular_values
+from lora_jax.audit.cores import summarize as summarize_core
+from lora_jax.peft_adapter import Adapter, AdapterFile, Key, matrix_name, open_adapter
 
 # What a matrix type's summary reports (median and range over its layers).
 BY_TYPE = ("stable_rank", "utilization", "energy_rank_90", "energy_utilization", "frobenius")
 
 
-def adapter_names(adapters: Sequence[AdapterFile]) -> list[str]:
+def adapter_names(adapters: Sequence[AdapterFile | Adapter]) -> list[str]:
     """Short, distinct names: the folder's (or its run's, for `<run>/adapter`), else paths."""
     names = [
         a.folder.parent.name if a.folder.name == "adapter" else a.folder.name for a in adapters
@@ -40,7 +39,7 @@ def adapter_names(adapters: Sequence[AdapterFile]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(a.folder) for a in adapters]
 
 
-def check_comparable(a: AdapterFile, b: AdapterFile) -> None:
+def check_comparable(a: AdapterFile | Adapter, b: AdapterFile | Adapter) -> None:
     """Two adapters can be compared matrix by matrix: one base model, the same matrices.
 
     Raises:
