@@ -84,6 +84,13 @@ def test_model_evals_reproduce_the_run_at_full_rank_and_the_base_at_zero(full_an
     assert lora["truncation"]["values"][0] == pytest.approx(lora["pretrained_with_head"], abs=1e-9)
     report = (full_and_lora / "report.md").read_text()
     assert "Truncation curve" in report and "Forgetting: 1 - the Spearman" in report
+    # The audit's advice for that run carries its truncation curve's answer.
+    from lora_jax.audit.measure import advise, audit
+
+    (name,) = [n for n, e in evals.items() if e["rank"] == 2]
+    (advice,) = advise(audit([full_and_lora / name / "adapter"])).values()
+    assert advice["task"]["rank_for_90"] == lora["truncation"]["rank_for_90"]
+    assert advice["task"]["ks"] == [0, 1, 2]
     (full_dir,) = [p for p in full_and_lora.iterdir() if p.name.startswith("lora=full")]
     for kind in ("truncation", "forgetting"):
         assert (full_and_lora / "figures" / f"versus_full_{kind}_{full_dir.name[:40]}.png").exists()

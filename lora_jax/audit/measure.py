@@ -203,7 +203,9 @@ def advise(result: dict[str, Any], energy: float = 0.9) -> dict[str, dict[str, A
     - `rank_pattern` / `alpha_pattern`: PEFT `LoraConfig` keys (full module names), with each
       matrix's alpha set so its scale (alpha/r, or alpha/sqrt(r) under rsLoRA) is the adapter's;
     - `lora_rank_pattern`: our `lora.rank_pattern=` per target type (the largest over layers:
-      our pattern is per type), and the per-type median and max.
+      our pattern is per type), and the per-type median and max;
+    - `task`: for our runs truncated by their sweep, the smallest rank keeping 90% of the task
+      gain (`task_rank`), else None.
 
     Raises:
         ValueError: `energy` outside (0, 1].
@@ -229,6 +231,7 @@ def advise(result: dict[str, Any], energy: float = 0.9) -> dict[str, dict[str, A
         r, scale = max(ranks.values()), next(iter(scales.values()))
         out[name] = {
             "energy": energy,
+            "task": task_rank(Path(adapter["folder"])),
             "r": r,  # PEFT's default for modules outside the patterns (there are none)
             "lora_alpha": scale * (math.sqrt(r) if rslora else r),
             "rank_pattern": ranks,
@@ -242,6 +245,22 @@ def advise(result: dict[str, Any], energy: float = 0.9) -> dict[str, dict[str, A
             "params_advised": _params(index, ranks),
         }
     return out
+
+
+def task_rank(folder: Path) -> dict[str, Any] | None:
+    """For one of our runs (`<sweep>/<run>/adapter`) whose sweep evaluated it truncated to each
+    rank k (beside full fine-tuning: `lora_jax.sweep.model_evals`): the smallest k keeping 90% of
+    the run's task gain over k = 0, with the curve. None for any other adapter."""
+    analysis = folder.parent.parent / "analysis.json"
+    if folder.name != "adapter" or not analysis.is_file():
+        return None
+    for entry in json.loads(analysis.read_text()).get("versus_full", []):
+        record = ((entry.get("model_evals") or {}).get("runs") or {}).get(folder.parent.name)
+        curve = (record or {}).get("truncation")
+        if curve:
+            keys = ("rank_for_90", "ks", "values")
+            return {"metric": record["metric"], **{k: curve[k] for k in keys}}
+    return None
 
 
 def _params(index: AdapterFile, ranks: dict[str, int]) -> int:

@@ -127,6 +127,13 @@ def _advice_table(advice: dict[str, Any]) -> Table:
         )
     ]
     pattern = ",".join(f"{t}:{r}" for t, r in advice["lora_rank_pattern"].items())
+    task = advice.get("task")
+    task_text = (
+        f" On the task: truncated to rank k in every matrix, the run keeps 90% of its "
+        f"{task['metric']} gain from k = {task['rank_for_90']} (its sweep's truncation curve)."
+        if task and task["rank_for_90"] is not None
+        else ""
+    )
     return Table(
         ["matrix", "advised rank (median over layers)", "max"],
         rows,
@@ -134,7 +141,7 @@ def _advice_table(advice: dict[str, Any]) -> Table:
             f"Advice at {advice['energy']:.0%} of each update's energy: "
             f"{advice['params_advised']:,} LoRA parameters instead of {advice['params_now']:,} "
             f"({saved:.0%} fewer). PEFT: `rank_pattern`/`alpha_pattern` in rank_advice.json; "
-            f"ours: `lora.rank_pattern={{{pattern}}}`."
+            f"ours: `lora.rank_pattern={{{pattern}}}`.{task_text}"
         ),
     )
 
