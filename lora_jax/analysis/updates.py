@@ -29,7 +29,7 @@ from lora_jax.analysis.bases import BaseKernels
 from lora_jax.analysis.dynamics import measure_dynamics
 from lora_jax.analysis.jsonable import finite_or_none, json_grid
 from lora_jax.analysis.lora_update import Update
-from lora_jax.analysis.projection import dw_vs_w
+from lora_jax.analysis.projection import dw_vs_w, kernel_svd
 from lora_jax.analysis.similarity import (
     expected_random_phi,
     phi_grid_a,
@@ -43,6 +43,7 @@ from lora_jax.analysis.versus_full import versus_full
 from lora_jax.audit.measure import adapter_names, check_comparable
 from lora_jax.peft_adapter import matrix_name, read_adapter
 from lora_jax.run_record import RunRecord, pairs_differing_in, write_atomic
+from lora_jax.weights.base_kernels import read_kernels
 
 Key = tuple[int, str]  # (layer, target)
 ANALYSIS_FILE = "analysis.json"
@@ -81,21 +82,43 @@ def _slug(name: str) -> str:
     return f"{name[:32].replace('/', '_')}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
+def _matrix(update: Update, i: int, key: Key, w: np.ndarray, w_svd) -> dict:
+    """Spectrum, its summaries and the Table 7 numbers of the `i`-th matrix of one update."""
+    a, b = update.adapter.factors[key]
+    scale = update.adapter.scales[key]
+    s = spectrum(a, b, scale)
+    return {
+        "rank": int(a.shape[1]),
+        "shape": [int(a.shape[0]), int(b.shape[1])],
+        "singular_values": np.asarray(s).tolist(),  # the same floats, without a compile
+        **{k: float(v) for k, v in summarize_spectrum(s, (a.shape[0], b.shape[1])).items()},
+        "dw_vs_w": dw_vs_w(w, a, b, scale, jax.random.key(i), w_svd=w_svd),
+    }
+
+
 def measure(update: Update, bases: BaseKernels) -> dict[str, dict]:
     """Spectra, their summaries and the Table 7 numbers of every matrix of one update."""
     source, kernels = bases.kernels_of(update)
-    out = {}
-    for i, (key, (a, b)) in enumerate(update.adapter.factors.items()):
-        scale = update.adapter.scales[key]
-        s = spectrum(a, b, scale)
-        w = kernels[key]
-        out[matrix_name(key)] = {
-            "rank": int(a.shape[1]),
-            "shape": [int(a.shape[0]), int(b.shape[1])],
-            "singular_values": np.asarray(s).tolist(),  # the same floats, without a compile
-            **{k: float(v) for k, v in summarize_spectrum(s, (a.shape[0], b.shape[1])).items()},
-            "dw_vs_w": dw_vs_w(w, a, b, scale, jax.random.key(i), w_svd=bases.svd(source, key, w)),
-        }
+    return {
+        matrix_name(key): _matrix(
+            update, i, key, kernels[key], bases.svd(source, key, kernels[key])
+        )
+        for i, key in enumerate(update.adapter.factors)
+    }
+
+
+def measure_streamed(updates: list[Update], source: Path) -> dict[str, dict]:
+    """`measure` of adapters on one base, matrix by matrix: one W and its SVD in memory at a
+    time, decomposed once for every adapter (an LLM's base does not fit beside its SVDs)."""
+    from tqdm import tqdm
+
+    keys = list(updates[0].adapter.factors)  # `from_adapters`: the same matrices in all
+    out: dict[str, dict] = {u.name: {} for u in updates}
+    for i, key in enumerate(tqdm(keys, desc="dW against W", unit="matrix", disable=None)):
+        w = read_kernels(source, updates[0].adapter.family, [key])[key]
+        w_svd = kernel_svd(w)
+        for u in updates:
+            out[u.name][matrix_name(key)] = _matrix(u, i, key, w, w_svd)
     return out
 
 
@@ -322,7 +345,12 @@ def analyze_adapters(
     out_dir = Path(out_dir)
     fig_dir = out_dir / FIGURES_DIR
     fig_dir.mkdir(parents=True, exist_ok=True)
-    measured = _measure_all(updates, BaseKernels(base_of))
+    sources = {Path(base_of(u)) for u in updates}  # random-init runs: W saved per run
+    measured = (
+        measure_streamed(updates, sources.pop())
+        if len(sources) == 1
+        else _measure_all(updates, BaseKernels(base_of))
+    )
     spectra = _spectra_figures(updates, measured, fig_dir)
     first = updates[0].adapter
     result = {
