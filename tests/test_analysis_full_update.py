@@ -6,15 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from lora_jax.analysis.full_update import (
-    energy_ranks,
-    random_like,
-    truncate,
-    update_phi,
-    update_svd,
-)
+from lora_jax.analysis.full_update import random_like, truncate, update_phi, update_svd
 from lora_jax.analysis.intruders import count_intruders, intruder_curve, scale_intruders
 from lora_jax.analysis.spectrum import dw_svd
+from lora_jax.audit.cores import energy_ranks
 
 
 def _orthonormal(seed: int, n: int, k: int) -> np.ndarray:

@@ -8,7 +8,6 @@ each module docstring says how its orientation maps onto the paper's. Plots live
 
 # Dense updates W_ft - W_0 (full fine-tuning): spectrum, truncation, phi against LoRA's.
 from lora_jax.analysis.full_update import (
-    energy_ranks,
     random_like,
     truncate,
     update_phi,
@@ -53,6 +52,9 @@ from lora_jax.analysis.spectrum import (
     spectrum_summary,
     summarize_spectrum,
 )
+
+# Energy ranks of any spectrum (numpy; shared with the base-free audit).
+from lora_jax.audit.cores import energy_ranks
 
 __all__ = [
     "DW_VS_W_KEYS",

@@ -5,7 +5,7 @@ fine-tuning update is a dense matrix whose rank is the question (Biderman et al.
 10-100x typical LoRA ranks to hold 90% of its energy, yet far fewer than a random matrix).
 Layouts as everywhere here: (in, out) kernels, so `u` spans the input side, `v` the output side.
 
-- `update_svd`, `energy_ranks`: its spectrum and the ranks that hold a share of its energy;
+- `update_svd`: its spectrum (the ranks that hold a share of its energy: `audit.cores.energy_ranks`);
 - `random_like`: a Gaussian matrix of the same shape and Frobenius norm, the "no structure"
   reference;
 - `truncate`: SVD_k(dW), the best rank-k approximation (Eckart-Young), for truncation curves;
@@ -15,13 +15,12 @@ Layouts as everywhere here: (in, out) kernels, so `u` spans the input side, `v` 
 Example:
     >>> import jax
     >>> dw = jax.random.normal(jax.random.key(0), (64, 32))
+    >>> from lora_jax.audit.cores import energy_ranks
     >>> energy_ranks(update_svd(dw)[1], (0.5, 0.9))  # doctest: +SKIP
     {'energy_rank_50': 9, 'energy_rank_90': 22}
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +29,7 @@ import numpy as np
 from lora_jax.analysis.numerics import as_float
 from lora_jax.analysis.similarity import subspace_similarity
 
-__all__ = ["energy_ranks", "random_like", "truncate", "update_phi", "update_svd"]
-
-ENERGY_SHARES = (0.5, 0.9, 0.99)
+__all__ = ["random_like", "truncate", "update_phi", "update_svd"]
 
 
 @jax.jit
@@ -40,20 +37,6 @@ def update_svd(dw: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Thin SVD of dW (in, out): (u (in, k), s (k,) descending, v (out, k)), dW = u diag(s) v^T."""
     u, s, vt = jnp.linalg.svd(as_float(dw), full_matrices=False)
     return u, s, vt.T
-
-
-def energy_ranks(s: jax.Array, shares: Iterable[float] = ENERGY_SHARES) -> dict[str, int]:
-    """{`energy_rank_<pct>`: the smallest k whose top-k singular values hold that share of
-    sum s^2}; 0 for dW = 0. The same definition as `summarize_spectrum`'s energy ranks."""
-    energy = np.sort(np.square(np.asarray(s, np.float64)))[::-1]
-    total = energy.sum()
-    frac = np.cumsum(energy) / (total if total > 0 else 1.0)
-    out = {}
-    for q in shares:
-        # Rounding can leave the last cumulative share a hair below 1: cap at len(s).
-        k = min(int(np.sum(frac < q)) + 1, len(energy)) if total > 0 else 0
-        out[f"energy_rank_{round(q * 100)}"] = k
-    return out
 
 
 def random_like(key: jax.Array, dw: jax.Array) -> jax.Array:

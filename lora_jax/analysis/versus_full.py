@@ -21,10 +21,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from lora_jax.analysis.full_update import energy_ranks, random_like, update_phi, update_svd
+from lora_jax.analysis.full_update import random_like, update_phi, update_svd
 from lora_jax.analysis.intruders import TOP_K, intruder_curve
 from lora_jax.analysis.jsonable import json_grid
 from lora_jax.analysis.spectrum import dw_svd, summarize_spectrum
+from lora_jax.audit.cores import energy_ranks
 from lora_jax.peft_adapter import matrix_name
 from lora_jax.run_record import RunRecord
 from lora_jax.weights.base_kernels import FULL_UPDATE_FILE, load_kernels, read_kernels, saved_family

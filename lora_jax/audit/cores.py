@@ -17,9 +17,39 @@ Summaries (`summarize`), as in `lora_jax.analysis.spectrum` plus:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
-ENERGY_SHARES = {"energy_rank_50": 0.50, "energy_rank_90": 0.90, "energy_rank_99": 0.99}
+ENERGY_SHARES = (0.5, 0.9, 0.99)
+# `summarize`'s keys, in audit.csv's order.
+SUMMARY_KEYS = (
+    "frobenius",
+    "spectral",
+    "stable_rank",
+    "effective_rank",
+    "energy_rank_50",
+    "energy_rank_90",
+    "energy_rank_99",
+    "numerical_rank",
+    "utilization",
+    "energy_utilization",
+)
+
+
+def energy_ranks(s: np.ndarray, shares: Iterable[float] = ENERGY_SHARES) -> dict[str, int]:
+    """{`energy_rank_<pct>`: the smallest k whose top-k singular values hold that share of
+    sum s^2}; 0 for dW = 0. The same definition as `summarize_spectrum`'s energy ranks and
+    PEFT's `convert_to_lora` cutoff."""
+    energy = np.sort(np.square(np.asarray(s, np.float64)))[::-1]
+    total = energy.sum()
+    frac = np.cumsum(energy) / (total if total > 0 else 1.0)
+    out = {}
+    for q in shares:
+        # Rounding can leave the last cumulative share a hair below 1: cap at len(s).
+        k = min(int(np.sum(frac < q)) + 1, len(energy)) if total > 0 else 0
+        out[f"energy_rank_{round(q * 100)}"] = k
+    return out
 
 
 def _gram(x: np.ndarray) -> np.ndarray:
@@ -46,17 +76,13 @@ def summarize(s: np.ndarray, rank: int, shape: tuple[int, int]) -> dict[str, flo
     """Scalar summaries of singular values `s` (descending) of a rank-`rank` update of
     `shape` (in, out); every one 0 when dW = 0."""
     s = np.asarray(s, np.float64)
-    out = dict.fromkeys(
-        ("frobenius", "spectral", "stable_rank", "effective_rank", *ENERGY_SHARES), 0.0
-    )
-    out |= {"numerical_rank": 0.0, "utilization": 0.0, "energy_utilization": 0.0}
+    out = dict.fromkeys(SUMMARY_KEYS, 0.0)
     if s.size == 0 or s[0] <= 0:
         return out
     energy = s**2
     total = energy.sum()
     p = s / s.sum()
     p = p[p > 0]
-    frac = np.cumsum(energy) / total
     out |= {
         "frobenius": float(np.sqrt(total)),
         "spectral": float(s[0]),
@@ -65,8 +91,7 @@ def summarize(s: np.ndarray, rank: int, shape: tuple[int, int]) -> dict[str, flo
         # float32 factors: singular values below this are rounding (numpy's matrix_rank rule)
         "numerical_rank": float(np.sum(s > max(shape) * np.finfo(np.float32).eps * s[0])),
     }
-    for name, q in ENERGY_SHARES.items():
-        out[name] = float(min(int(np.sum(frac < q)) + 1, s.size))
+    out |= {name: float(k) for name, k in energy_ranks(s).items()}
     out["utilization"] = out["stable_rank"] / rank
     out["energy_utilization"] = out["energy_rank_90"] / rank
     return out

@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from lora_jax.audit.cores import expected_random_phi, phi_grid, singular_values
+from lora_jax.audit.cores import (
+    SUMMARY_KEYS,
+    energy_ranks,
+    expected_random_phi,
+    phi_grid,
+    singular_values,
+)
 from lora_jax.audit.cores import summarize as summarize_core
 from lora_jax.peft_adapter import Adapter, AdapterFile, Key, matrix_name, open_adapter
 
@@ -113,11 +119,8 @@ def audit(folders: Iterable[str | Path]) -> dict[str, Any]:
     streams = [a.factors() for a in adapters]
     keys = list(adapters[0].scales)
     matrices: list[dict[str, dict]] = [{} for _ in adapters]
-    pairs = [
-        {"adapters": [names[i], names[j]], "matrices": {}}
-        for i in range(len(adapters))
-        for j in range(i + 1, len(adapters))
-    ]
+    pair_index = [(i, j) for i in range(len(adapters)) for j in range(i + 1, len(adapters))]
+    pairs = [{"adapters": [names[i], names[j]], "matrices": {}} for i, j in pair_index]
     with _progress(len(keys) * len(adapters), "audit") as bar:
         for key in keys:
             factors = []
@@ -134,15 +137,12 @@ def audit(folders: Iterable[str | Path]) -> dict[str, Any]:
                 }
                 factors.append((a, b))
                 bar.update()
-            index = 0
-            for i in range(len(adapters)):
-                for j in range(i + 1, len(adapters)):
-                    (a1, b1), (a2, b2) = factors[i], factors[j]
-                    pairs[index]["matrices"][matrix_name(key)] = {
-                        "phi_a": _pair_summary(a1, a2),
-                        "phi_b": _pair_summary(b1.T, b2.T),
-                    }
-                    index += 1
+            for pair, (i, j) in zip(pairs, pair_index, strict=True):
+                (a1, b1), (a2, b2) = factors[i], factors[j]
+                pair["matrices"][matrix_name(key)] = {
+                    "phi_a": _pair_summary(a1, a2),
+                    "phi_b": _pair_summary(b1.T, b2.T),
+                }
     for pair in pairs:
         pair["summary"] = _pair_medians(pair["matrices"])
     return {
@@ -190,10 +190,16 @@ def by_type(matrices: dict[str, dict]) -> dict[str, dict[str, dict[str, float]]]
 
 def energy_rank(s: Sequence[float], energy: float) -> int:
     """The smallest k whose top-k singular values keep `energy` of ||dW||_F² (0 for dW = 0)."""
-    e = np.square(np.asarray(s, np.float64))
-    if e.size == 0 or e.sum() <= 0:
-        return 0
-    return int(min(np.sum(np.cumsum(e) / e.sum() < energy) + 1, e.size))
+    return next(iter(energy_ranks(s, (energy,)).values()))
+
+
+def check_energy(energy: float) -> float:
+    """`energy`, if a share of ||dW||_F² the advice can keep. Raises ValueError otherwise."""
+    if not 0 < energy <= 1:
+        raise ValueError(
+            f"--energy {energy} is not valid; allowed: a share of ||dW||_F² in (0, 1], e.g. 0.9."
+        )
+    return energy
 
 
 def advise(result: dict[str, Any], energy: float = 0.9) -> dict[str, dict[str, Any]]:
@@ -210,10 +216,7 @@ def advise(result: dict[str, Any], energy: float = 0.9) -> dict[str, dict[str, A
     Raises:
         ValueError: `energy` outside (0, 1].
     """
-    if not 0 < energy <= 1:
-        raise ValueError(
-            f"--energy {energy} is not valid; allowed: a share of ||dW||_F² in (0, 1], e.g. 0.9."
-        )
+    check_energy(energy)
     out = {}
     for name, adapter in result["adapters"].items():
         index = open_adapter(adapter["folder"])
@@ -279,20 +282,7 @@ AUDIT_FILE = "audit.json"
 AUDIT_CSV = "audit.csv"
 ADVICE_FILE = "rank_advice.json"
 ADVICE_DIR = "advice"  # advice/<adapter>/adapter_config.json: `LoraConfig.from_pretrained`
-# audit.csv's columns after adapter and matrix: the summaries of `cores.summarize`.
-CSV_COLUMNS = (
-    "rank",
-    "frobenius",
-    "spectral",
-    "stable_rank",
-    "effective_rank",
-    "energy_rank_50",
-    "energy_rank_90",
-    "energy_rank_99",
-    "numerical_rank",
-    "utilization",
-    "energy_utilization",
-)
+CSV_COLUMNS = ("rank", *SUMMARY_KEYS)  # after adapter and matrix
 
 
 def write_audit(
@@ -302,7 +292,7 @@ def write_audit(
     matrix) and, with `energy`, rank_advice.json and advice/<adapter>/adapter_config.json (the
     adapter's own config with the advised rank_pattern/alpha_pattern). Returns the audit."""
     if energy is not None:
-        advise({"adapters": {}}, energy)  # a bad --energy fails before any work
+        check_energy(energy)  # before any work
     result = audit(folders)  # a refused adapter stops here, before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ the rank advice. Every per-matrix number stays in `audit.json` / `audit.csv`, no
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,14 @@ from lora_jax.report.document import Figure, Section, Table
 _TYPE_ORDER = ("q", "k", "v", "o", "ffn_gate", "ffn_in", "ffn_out")
 
 
-def _types(matrices: dict[str, dict]) -> list[str]:
-    found = {name.split("/")[1] for name in matrices}
+def _ordered(types: Iterable[str]) -> list[str]:
+    """Matrix types in a layer's order (q, k, v, o, then the FFN), any others after."""
+    found = set(types)
     return [t for t in _TYPE_ORDER if t in found] + sorted(found - set(_TYPE_ORDER))
 
 
 def _grid(matrices: dict[str, dict], quantity: str) -> tuple[np.ndarray, list[str]]:
-    types = _types(matrices)
+    types = _ordered(name.split("/")[1] for name in matrices)
     layers = sorted({int(name.split("/")[0].removeprefix("layer_")) for name in matrices})
     grid = np.full((len(layers), len(types)), np.nan)
     for name, m in matrices.items():
@@ -70,19 +72,17 @@ def _range(stats: dict[str, float], digits: int = 2) -> str:
 
 
 def _type_table(adapter: dict[str, Any]) -> Table:
+    by_type = adapter["by_type"]
     rows = [
         [
             t,
-            str(s["layers"]),
-            _range(s["stable_rank"]),
-            _range(s["utilization"]),
-            _range(s["energy_rank_90"], 0),
-            _range(s["frobenius"], 3),
+            str(by_type[t]["layers"]),
+            _range(by_type[t]["stable_rank"]),
+            _range(by_type[t]["utilization"]),
+            _range(by_type[t]["energy_rank_90"], 0),
+            _range(by_type[t]["frobenius"], 3),
         ]
-        for t, s in sorted(
-            adapter["by_type"].items(),
-            key=lambda kv: _TYPE_ORDER.index(kv[0]) if kv[0] in _TYPE_ORDER else 99,
-        )
+        for t in _ordered(by_type)
     ]
     return Table(
         ["matrix", "layers", "stable rank", "stable rank / r", "k@90", "||dW||_F"],
@@ -120,11 +120,8 @@ def audit_sections(out: Path) -> list[Section]:
 def _advice_table(advice: dict[str, Any]) -> Table:
     saved = 1 - advice["params_advised"] / advice["params_now"]
     rows = [
-        [t, f"{s['median']:g}", str(s["max"])]
-        for t, s in sorted(
-            advice["by_type"].items(),
-            key=lambda kv: _TYPE_ORDER.index(kv[0]) if kv[0] in _TYPE_ORDER else 99,
-        )
+        [t, f"{advice['by_type'][t]['median']:g}", str(advice["by_type"][t]["max"])]
+        for t in _ordered(advice["by_type"])
     ]
     pattern = ",".join(f"{t}:{r}" for t, r in advice["lora_rank_pattern"].items())
     task = advice.get("task")
