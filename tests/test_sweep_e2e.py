@@ -58,6 +58,31 @@ def test_sweep_writes_runs_summary_and_report(fast_sweep):
     assert "## Rank analysis" in report and "r=1 vs r=4" in report
 
 
+def test_sweep_audits_each_run_and_advises_a_rank(fast_sweep):
+    """Each run's audit (numpy, from the r x r core) agrees with the sweep analysis's spectra
+    (JAX, from dW itself), and the report shows it with the rank advice."""
+    sweep_dir, _ = fast_sweep
+    audit = json.loads((sweep_dir / "audit.json").read_text())
+    analysis = json.loads((sweep_dir / "analysis.json").read_text())
+    advice = json.loads((sweep_dir / "rank_advice.json").read_text())
+    assert sorted(audit["adapters"]) == sorted(analysis["runs"])
+    assert [audit["adapters"][n]["rank"] for n in sorted(audit["adapters"])] == [1, 4]
+    assert audit["pairs"] == []  # the sweep's own phi pairs are in analysis.json
+    for name, run in analysis["runs"].items():
+        audited = audit["adapters"][name]["matrices"]
+        assert sorted(audited) == sorted(run["adapters"])
+        for matrix, measured in run["adapters"].items():
+            s = measured["singular_values"]
+            assert audited[matrix]["singular_values"] == pytest.approx(s, rel=1e-4, abs=1e-7)
+        rank = run["rank"]
+        assert all(1 <= r <= rank for r in advice[name]["lora_rank_pattern"].values())
+        config = json.loads((sweep_dir / "advice" / name / "adapter_config.json").read_text())
+        assert config["rank_pattern"] == advice[name]["rank_pattern"]
+    report = (sweep_dir / "report.md").read_text()
+    assert all(f"## Audit: {name}" in report for name in analysis["runs"])
+    assert "lora.rank_pattern={" in report
+
+
 def test_sweep_html_report_shows_the_rank_analysis(fast_sweep):
     """The HTML page (what a researcher opens) has the results, phi heatmaps, spectra and Table 7."""
     sweep_dir, _ = fast_sweep
@@ -432,6 +457,14 @@ def test_analysis_of_runs_that_adapt_different_matrices(tmp_path):
         sorted({key.split("/")[1] for key in run["adapters"]}) for run in analysis["runs"].values()
     ]
     assert sorted(adapted) == [["q"], ["v"]]
+    # the audit takes runs with different matrices, each alone
+    audit = json.loads((sweep_dir / "audit.json").read_text())
+    assert sorted(m.split("/")[1] for a in audit["adapters"].values() for m in a["matrices"]) == [
+        "q",
+        "q",
+        "v",
+        "v",
+    ]
 
 
 def test_the_sweep_report_options_are_overridable_from_the_command_line():

@@ -15,6 +15,7 @@ direction shared?) and the grid's mean beside the mean a random pair would give.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -32,6 +33,7 @@ from lora_jax.audit.cores import (
 )
 from lora_jax.audit.cores import summarize as summarize_core
 from lora_jax.peft_adapter import Adapter, AdapterFile, Key, matrix_name, open_adapter
+from lora_jax.run_record import write_atomic
 
 # What a matrix type's summary reports (median and range over its layers).
 BY_TYPE = ("stable_rank", "utilization", "energy_rank_90", "energy_utilization", "frobenius")
@@ -73,12 +75,13 @@ def _names(keys: Iterable[Key]) -> str:
     return ", ".join(matrix_name(k) for k in keys) or "none"
 
 
-def open_adapters(folders: Iterable[str | Path]) -> list[AdapterFile]:
-    """Check and index every folder (no tensor read); pairs must be comparable.
+def open_adapters(folders: Iterable[str | Path], comparable: bool = True) -> list[AdapterFile]:
+    """Check and index every folder (no tensor read); with `comparable`, all on one base with
+    the same matrices (what a pair's phi needs).
 
     Raises:
         ValueError, FileNotFoundError: a folder given twice, an unreadable or refused adapter,
-            or two that are not comparable; before any tensor is read.
+            or (`comparable`) two that are not comparable; before any tensor is read.
     """
     folders = list(folders)
     if not folders:
@@ -88,7 +91,7 @@ def open_adapters(folders: Iterable[str | Path]) -> list[AdapterFile]:
     if len(set(seen)) < len(seen):
         twice = sorted({str(f) for f in seen if seen.count(f) > 1})
         raise ValueError(f"--adapters names {twice} twice; allowed: each adapter folder once.")
-    for other in adapters[1:]:
+    for other in adapters[1:] if comparable else ():
         check_comparable(adapters[0], other)
     return adapters
 
@@ -108,43 +111,55 @@ def _progress(total: int, what: str):
     return tqdm(total=total, desc=what, unit="matrix", disable=None, leave=False)
 
 
-def audit(folders: Iterable[str | Path]) -> dict[str, Any]:
-    """Audit PEFT LoRA adapters (one or more) without their base; see the module docstring.
-
-    Memory: one matrix's factors per adapter at a time. Returns a JSON-ready dict with
-    `adapters` ({name: {folder, family, base, rank, matrices, by_type}}) and `pairs`.
-    """
-    adapters = open_adapters(folders)
-    names = adapter_names(adapters)
+def _measure(adapters: list[AdapterFile], names: list[str], bar) -> tuple[list, list]:
+    """Every matrix of comparable `adapters` (read together, one matrix at a time), and phi of
+    every pair."""
     streams = [a.factors() for a in adapters]
-    keys = list(adapters[0].scales)
     matrices: list[dict[str, dict]] = [{} for _ in adapters]
     pair_index = [(i, j) for i in range(len(adapters)) for j in range(i + 1, len(adapters))]
     pairs = [{"adapters": [names[i], names[j]], "matrices": {}} for i, j in pair_index]
-    with _progress(len(keys) * len(adapters), "audit") as bar:
-        for key in keys:
-            factors = []
-            for n, (adapter, stream) in enumerate(zip(adapters, streams, strict=True)):
-                got, a, b = next(stream)
-                assert got == key, (got, key)  # both iterate the same sorted keys
-                s = singular_values(a, b, adapter.scales[key])
-                rank = adapter.ranks[key]
-                matrices[n][matrix_name(key)] = {
-                    "rank": rank,
-                    "shape": list(adapter.shapes[key]),
-                    **summarize_core(s, rank, adapter.shapes[key]),
-                    "singular_values": s.tolist(),
-                }
-                factors.append((a, b))
-                bar.update()
-            for pair, (i, j) in zip(pairs, pair_index, strict=True):
-                (a1, b1), (a2, b2) = factors[i], factors[j]
-                pair["matrices"][matrix_name(key)] = {
-                    "phi_a": _pair_summary(a1, a2),
-                    "phi_b": _pair_summary(b1.T, b2.T),
-                }
+    for key in adapters[0].scales:
+        factors = []
+        for n, (adapter, stream) in enumerate(zip(adapters, streams, strict=True)):
+            got, a, b = next(stream)
+            assert got == key, (got, key)  # all iterate the same sorted keys
+            s = singular_values(a, b, adapter.scales[key])
+            rank = adapter.ranks[key]
+            matrices[n][matrix_name(key)] = {
+                "rank": rank,
+                "shape": list(adapter.shapes[key]),
+                **summarize_core(s, rank, adapter.shapes[key]),
+                "singular_values": s.tolist(),
+            }
+            factors.append((a, b))
+            bar.update()
+        for pair, (i, j) in zip(pairs, pair_index, strict=True):
+            (a1, b1), (a2, b2) = factors[i], factors[j]
+            pair["matrices"][matrix_name(key)] = {
+                "phi_a": _pair_summary(a1, a2),
+                "phi_b": _pair_summary(b1.T, b2.T),
+            }
     for pair in pairs:
         pair["summary"] = _pair_medians(pair["matrices"])
+    return matrices, pairs
+
+
+def audit(folders: Iterable[str | Path], pairs: bool = True) -> dict[str, Any]:
+    """Audit PEFT LoRA adapters (one or more) without their base; see the module docstring.
+
+    `pairs=False` audits each adapter alone (they may differ in base and matrices: a sweep's
+    runs over target sets) and compares none. Memory: one matrix's factors per adapter at a
+    time. Returns a JSON-ready dict with `adapters` ({name: {folder, family, base, rank,
+    matrices, by_type}}) and `pairs`.
+    """
+    adapters = open_adapters(folders, comparable=pairs)
+    names = adapter_names(adapters)
+    with _progress(sum(len(a.scales) for a in adapters), "audit") as bar:
+        if pairs:
+            matrices, compared = _measure(adapters, names, bar)
+        else:
+            matrices = [_measure([a], [n], bar)[0][0] for a, n in zip(adapters, names, strict=True)]
+            compared = []
     return {
         "adapters": {
             name: {
@@ -157,7 +172,7 @@ def audit(folders: Iterable[str | Path]) -> dict[str, Any]:
             }
             for name, adapter, per in zip(names, adapters, matrices, strict=True)
         },
-        "pairs": pairs,
+        "pairs": compared,
     }
 
 
@@ -286,26 +301,31 @@ CSV_COLUMNS = ("rank", *SUMMARY_KEYS)  # after adapter and matrix
 
 
 def write_audit(
-    folders: Iterable[str | Path], out: str | Path, energy: float | None = None
+    folders: Iterable[str | Path],
+    out: str | Path,
+    energy: float | None = None,
+    pairs: bool = True,
 ) -> dict[str, Any]:
     """Audit `folders` into `out`: audit.json (every number), audit.csv (a row per adapter and
     matrix) and, with `energy`, rank_advice.json and advice/<adapter>/adapter_config.json (the
-    adapter's own config with the advised rank_pattern/alpha_pattern). Returns the audit."""
+    adapter's own config with the advised rank_pattern/alpha_pattern). `pairs`: see `audit`.
+    Returns the audit."""
     if energy is not None:
         check_energy(energy)  # before any work
-    result = audit(folders)  # a refused adapter stops here, before anything is written
+    result = audit(folders, pairs)  # a refused adapter stops here, before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / AUDIT_FILE).write_text(json.dumps(result, indent=1))
-    with (out / AUDIT_CSV).open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["adapter", "matrix", *CSV_COLUMNS])
-        for name, adapter in result["adapters"].items():
-            for matrix, m in adapter["matrices"].items():
-                writer.writerow([name, matrix, *(m[c] for c in CSV_COLUMNS)])
+    write_atomic(out / AUDIT_FILE, json.dumps(result, indent=1))
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["adapter", "matrix", *CSV_COLUMNS])
+    for name, adapter in result["adapters"].items():
+        for matrix, m in adapter["matrices"].items():
+            writer.writerow([name, matrix, *(m[c] for c in CSV_COLUMNS)])
+    write_atomic(out / AUDIT_CSV, rows.getvalue())
     if energy is not None:
         advice = advise(result, energy)
-        (out / ADVICE_FILE).write_text(json.dumps(advice, indent=1))
+        write_atomic(out / ADVICE_FILE, json.dumps(advice, indent=1))
         for name, a in advice.items():
             config = dict(open_adapter(result["adapters"][name]["folder"]).config)
             config.pop("lora_jax", None)
@@ -313,5 +333,5 @@ def write_audit(
             config |= {k: a[k] for k in keys}
             folder = out / ADVICE_DIR / name.replace("/", "_")
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+            write_atomic(folder / "adapter_config.json", json.dumps(config, indent=2))
     return result

@@ -91,8 +91,9 @@ def _type_table(adapter: dict[str, Any]) -> Table:
     )
 
 
-def audit_sections(out: Path) -> list[Section]:
-    """The audit's sections from `audit.json` (and `rank_advice.json` if written) in `out`."""
+def audit_sections(out: Path, fig_dir: Path | None = None) -> list[Section]:
+    """The audit's sections from `audit.json` (and `rank_advice.json` if written) in `out`,
+    figures drawn into `fig_dir` (default `out/figures`)."""
     result = json.loads((out / AUDIT_FILE).read_text())
     advice = json.loads((out / ADVICE_FILE).read_text()) if (out / ADVICE_FILE).is_file() else {}
     sections = []
@@ -104,7 +105,7 @@ def audit_sections(out: Path) -> list[Section]:
             f"percentile {np.percentile(k90, 90):g} (r = {adapter['rank']}).",
             _type_table(adapter),
             Figure(
-                _figure(name, adapter, out / "figures"),
+                _figure(name, adapter, fig_dir or out / "figures"),
                 "Left and middle: stable rank / r and stable rank per layer and matrix. Right: "
                 "how many matrices need each rank to keep 90% of their update's energy.",
             ),

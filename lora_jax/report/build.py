@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import lora_jax.report.paper as paper
+from lora_jax.audit.measure import AUDIT_FILE
 from lora_jax.report import analysis_tables, compare, our_setup
+from lora_jax.report.audit_section import audit_sections
 from lora_jax.report.cells import Cell, group_cells, varying_axes
 from lora_jax.report.document import (
     Document,
@@ -136,6 +138,8 @@ def build_document(
         blocks = scaling_section(cells, out / FIGURES_DIR)
         sections.append(Section("Scaling: alpha/r against alpha/sqrt(r) (rsLoRA)", blocks))
     sections.append(Section("Rank analysis", rank_analysis(sweep_dir)))
+    if (sweep_dir / AUDIT_FILE).is_file():  # sweeps analysed before the audit existed: none
+        sections.extend(audit_sections(sweep_dir, out / FIGURES_DIR))
     analysis = load_analysis(sweep_dir) or {}
     if analysis.get("dynamics"):
         blocks = dynamics_section(analysis, sweep_dir)

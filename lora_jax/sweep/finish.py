@@ -120,7 +120,8 @@ def finish_sweep(
     `analysis.json` + `figures/` (`lora_jax.analysis.updates.analyze_runs`), with, where a full
     fine-tuning run is beside LoRA runs, the model evaluations (`sweep.model_evals`: truncation
     curves, forgetting, intruder intervention; `model_evals=False` computes none and keeps
-    those of unchanged runs, `eval_limit` caps their eval examples), then the one report (`report.md`, `report.html`, the W&B report
+    those of unchanged runs, `eval_limit` caps their eval examples), each run's audit and rank
+    advice (`audit.json`, `rank_advice.json`, `advice/`), then the one report (`report.md`, `report.html`, the W&B report
     when online) through `make_report`.
     """
     from lora_jax.report import make_report
@@ -139,6 +140,11 @@ def finish_sweep(
             analysis = add_model_evals(
                 sweep_dir, analysis, runs, eval_limit, previous, evaluate=model_evals
             )
+        adapters = [r.adapter_dir for r in runs if r.adapter_dir]
+        if adapters:  # each run's audit and rank advice (the task's truncation curve: above)
+            from lora_jax.audit.measure import write_audit
+
+            write_audit(adapters, sweep_dir, energy=0.9, pairs=False)
         _log_to_wandb(sweep_dir, runs, analysis)
     result = make_report(sweep_dir, use_wandb=use_wandb, runs=runs)  # each folder read once
     print(result.wandb_message)
