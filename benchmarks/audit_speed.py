@@ -12,6 +12,10 @@ advice, audit.json/csv and the report page with its figure); gradience 0.11: `gr
 --peft-dir DIR --json --layers` (one adapter per call: it has no pair comparison). The tools
 alternate for `--rounds` rounds, so load on the machine hits both alike; medians and the ratio
 gradience / ours are reported. Needs the interop extra (gradience).
+
+`--with-base` adds the analysis against a 1B-shaped random-weight Llama base (the pair of r = 16
+adapters, `--base`: dW against W, intruders; W's 112 SVDs), twice into one fresh `--svd-cache`:
+cold (every SVD computed and saved) and warm (read back), beside each other in the JSON.
 """
 
 from __future__ import annotations
@@ -35,16 +39,19 @@ ADAPTERS = {  # name: make_llm_adapters.py arguments
     "1b_r16_s0": ["--shape", "llama_1b", "--rank", "16", "--seed", "0"],
     "1b_r16_s1": ["--shape", "llama_1b", "--rank", "16", "--seed", "1"],
 }
+BASE, BASE_WITH = FIXTURES / "1b_base", "1b_r16_s1"  # the random-weight base, written with
 TARGETS = {"8b_r64": {"wall_s": 3.0, "peak_rss_gb": 0.5}}  # issue 26's, on 2 cores
 
 
 def _fixtures() -> dict[str, Path]:
     out = {}
-    for name, args in ADAPTERS.items():
+    for name, arguments in ADAPTERS.items():
         folder = FIXTURES / name
         if not (folder / "adapter_model.safetensors").is_file():
             script = ROOT / "scripts" / "make_llm_adapters.py"
-            subprocess.run([sys.executable, script, *args, "--out", folder], check=True)
+            base = ["--base", str(BASE)] if name == BASE_WITH else []
+            cmd = [sys.executable, script, *arguments, "--out", folder, *base]
+            subprocess.run(cmd, check=True)
         out[name] = folder
     return out
 
@@ -60,7 +67,7 @@ def _run(cmd: list[str]) -> dict:
     return {"wall_s": wall, "peak_rss_gb": usage.ru_maxrss / 2**20}
 
 
-def _ours(folders: list[Path], out: Path) -> list[str]:
+def _ours(folders: list[Path], out: Path, *extra: str) -> list[str]:
     shutil.rmtree(out, ignore_errors=True)
     adapters = [str(f) for f in folders]
     return [
@@ -72,6 +79,7 @@ def _ours(folders: list[Path], out: Path) -> list[str]:
         "--suggest",
         "--out",
         str(out),
+        *extra,
     ]
 
 
@@ -106,6 +114,7 @@ def _cpu() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--with-base", action="store_true", help="also cold and warm --base")
     args = parser.parse_args()
     fixtures = _fixtures()
     cases = {  # name: (our command's adapters, gradience's adapters: one call each)
@@ -127,6 +136,11 @@ def main() -> None:
                         "peak_rss_gb": max(c["peak_rss_gb"] for c in calls),
                     }
                 )
+        if args.with_base:
+            pair, cache = [fixtures["1b_r16_s0"], fixtures["1b_r16_s1"]], Path(tmp) / "svd"
+            based = ["--base", str(BASE), "--svd-cache", str(cache)]
+            cold = _run(_ours(pair, Path(tmp) / "base", *based))
+            warm = _run(_ours(pair, Path(tmp) / "base", *based))
     report = {
         "benchmark": "audit_speed",
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -144,6 +158,13 @@ def main() -> None:
             "gradience_over_ours_rss": theirs["peak_rss_gb_median"] / ours["peak_rss_gb_median"],
             "target": TARGETS.get(name),
         }
+    if args.with_base:
+        report["with_base_1b_pair"] = {
+            "cold": cold,
+            "warm": warm,
+            "cold_over_warm_wall": cold["wall_s"] / warm["wall_s"],
+            "target": {"peak_rss_gb": 2.0},
+        }
     out = ROOT / "benchmarks" / "results" / f"audit_speed-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=2))
     for name, case in report["cases"].items():
@@ -151,6 +172,12 @@ def main() -> None:
             f"{name}: ours {case['ours']['wall_s_median']:.2f} s {case['ours']['peak_rss_gb_median']:.2f} GB; "
             f"gradience {case['gradience']['wall_s_median']:.2f} s "
             f"{case['gradience']['peak_rss_gb_median']:.2f} GB"
+        )
+    if args.with_base:
+        b = report["with_base_1b_pair"]
+        print(
+            f"1B pair with base: cold {b['cold']['wall_s']:.0f} s {b['cold']['peak_rss_gb']:.2f} GB"
+            f", warm {b['warm']['wall_s']:.0f} s {b['warm']['peak_rss_gb']:.2f} GB"
         )
     print(out)
 

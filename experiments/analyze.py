@@ -2,7 +2,7 @@
 
     python -m experiments.analyze outputs/sweeps/<id> [--eval-limit N | --no-model-evals]
     python -m experiments.analyze --adapters A/ [B/ ...] [--suggest [--energy 0.9]] [--out DIR]
-    python -m experiments.analyze --adapters A/ B/ [...] --base minilm   # + dW against W
+    python -m experiments.analyze --adapters A/ [B/ ...] --base minilm   # + dW against W
 
 A sweep folder: rewrites sweep_summary.json, analysis.json, figures/ and the report
 (report.md, report.html) in that folder; beside a full fine-tuning run it also evaluates models
@@ -15,8 +15,10 @@ energy ranks, utilization; phi of A and of B for every pair) into --out (default
 outputs/analysis/<time>): audit.json, audit.csv, report.md/html. --suggest adds the rank
 advice (each matrix's smallest rank keeping --energy of its update's energy) as
 rank_advice.json and advice/<adapter>/adapter_config.json (`LoraConfig.from_pretrained`).
-With --base (a registry name, hub id or path; `auto`: the base the adapters name) and two or
-more adapters, W is read from the base checkpoint and dW against W (Table 7) is added. Prints the HTML report's path last.
+With --base (a registry name, hub id or path; `auto`: the base the adapters name), W is read
+from the base checkpoint one matrix at a time and dW against W (Table 7) and the intruders
+(PEFT's top 10, epsilon 0.5) are added; W's SVDs are saved (--svd-cache) so the next analysis
+on the same base skips them. Prints the HTML report's path last.
 """
 
 import argparse
@@ -36,6 +38,12 @@ def main() -> None:
     parser.add_argument(
         "--base",
         help="with --adapters: also dW against W, W from this registry name, hub id or path",
+    )
+    parser.add_argument(
+        "--svd-cache",
+        metavar="DIR",
+        help="with --base: where W's SVDs are saved and read back (default "
+        "$LORA_JAX_CACHE/base_svd or ~/.cache/lora_jax/base_svd; 'none': not saved)",
     )
     parser.add_argument(
         "--suggest", action="store_true", help="with --adapters: write the rank advice"
@@ -63,6 +71,8 @@ def main() -> None:
         parser.error("give a sweep folder or --adapters DIR [DIR ...], not both or neither")
     if args.adapters is None and (args.base or args.out or args.suggest):
         parser.error("--base, --out and --suggest go with --adapters")
+    if args.svd_cache and not args.base:
+        parser.error("--svd-cache goes with --base")
     if args.energy is not None and not args.suggest:
         parser.error("--energy goes with --suggest")
     if args.adapters is not None and (args.eval_limit or args.no_model_evals):
@@ -92,11 +102,13 @@ def main() -> None:
             check_output_dir(out, "--out", "--out outputs/analysis/mine")
             write_audit(args.adapters, out, (args.energy or 0.9) if args.suggest else None)
             if args.base:
+                from lora_jax.analysis.svd_cache import default_root
                 from lora_jax.analysis.updates import analyze_adapters
                 from lora_jax.sweep.finish import adapter_base
 
                 base = None if args.base == "auto" else args.base  # auto: what they name
-                analyze_adapters(args.adapters, out, adapter_base(base))
+                cache = {None: default_root(), "none": None}.get(args.svd_cache, args.svd_cache)
+                analyze_adapters(args.adapters, out, adapter_base(base), cache and Path(cache))
             result = make_adapters_report(out)
             print(result.markdown.absolute())
             html = result.html

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from lora_jax.analysis.full_update import random_like, truncate, update_phi, update_svd
-from lora_jax.analysis.intruders import count_intruders, intruder_curve, scale_intruders
+from lora_jax.analysis.intruders import (
+    adapter_intruder_cosines,
+    count_intruders,
+    intruder_curve,
+    scale_intruders,
+)
+from lora_jax.analysis.projection import kernel_svd
 from lora_jax.analysis.spectrum import dw_svd
 from lora_jax.audit.cores import energy_ranks
 
@@ -110,3 +116,24 @@ def test_a_small_update_inside_the_top_directions_has_no_intruder():
     assert count_intruders(w0, w_ft) == 0
     mitigated, n = scale_intruders(w0, w_ft)
     assert n == 0 and np.allclose(mitigated, w_ft)
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (640, 560)])  # dense, and Lanczos past 512
+def test_intruders_of_a_lora_update_need_only_its_top_vectors(shape):
+    """The `--base` audit's intruders: W_0's SVD once, W_ft's top 10 only (ARPACK on
+    W_0 + s·B·A above 512), against numpy's full SVD of both and the known answer (one
+    intruder at |cos| 1/sqrt(8)). The dW direction is a LoRA of rank 2."""
+    w0, p, q = _w0(*shape)
+    x_in, x_out = p[:, -8:].sum(1) / np.sqrt(8), q[:, -8:].sum(1) / np.sqrt(8)
+    a = np.stack([x_in, p[:, 0]], 1).astype(np.float32)  # (in, 2)
+    b = np.stack([x_out, q[:, 0]]).astype(np.float32) * np.array([[1.0], [0.5]], np.float32)
+    scale = 30.0
+    w0 = w0.astype(np.float32)
+    cosines = adapter_intruder_cosines(kernel_svd(w0), w0, a, b, scale)
+    u0 = np.linalg.svd(w0.astype(np.float64), full_matrices=False)[2].T  # output side
+    w_ft = w0.astype(np.float64) + scale * a.astype(np.float64) @ b.astype(np.float64)
+    u_ft = np.linalg.svd(w_ft, full_matrices=False)[2].T[:, :10]
+    want = np.abs(u_ft.T @ u0).max(1)
+    np.testing.assert_allclose(cosines, want, atol=1e-4)
+    # W_0 + dW mixes a little of W_0 into the intruder: near, not at, 1/sqrt(8)
+    assert np.sum(cosines < 0.5) == 1 and cosines[0] == pytest.approx(1 / np.sqrt(8), abs=0.02)

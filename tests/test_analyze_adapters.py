@@ -29,6 +29,8 @@ def minilm_pair(tmp_path_factory):
         "--base",
         "minilm",
         "--suggest",
+        "--svd-cache",
+        str(out.parent / "svd"),
         "--out",
         str(out),
         cwd=out.parent,
@@ -70,10 +72,13 @@ def test_peft_adapters_on_minilm_match_peft_and_numpy(minilm_pair):
         key = f"base_model.model.encoder.layer.{layer}.attention.self.{module}.lora_A.weight"
         want = _phi_numpy(t2[key], t4[key])
         np.testing.assert_allclose(pair["phi"][f"layer_{layer}/{target}"], want, atol=2e-6)
-    assert Path(pair["figure"]).exists() and Path(pair["figure_b"]).exists()
     html = (out / "report.html").read_text()
-    # the audit's figure per adapter, then the analysis against W: spectra and phi of A and B
-    assert "Rank analysis against W" in html and html.count('src="data:image/png;base64,') == 6
+    # the audit's figure per adapter, then dW against W by matrix type (per matrix: JSON)
+    assert "dW against W" in html and html.count('src="data:image/png;base64,') == 2
+    report = (out / "report.md").read_text()
+    against_w = report[report.index("## dW against W") :]
+    assert against_w.count("\n| q | 6 |") == 2 and "layer_0/q" not in against_w
+    assert "12 computed" in against_w
 
 
 def test_the_audit_without_base_matches_peft_and_numpy(minilm_pair):
@@ -112,6 +117,26 @@ def test_the_audit_without_base_matches_peft_and_numpy(minilm_pair):
     config = json.loads((out / "advice" / "peft_minilm_r4" / "adapter_config.json").read_text())
     assert config["rank_pattern"] == advice["rank_pattern"] and len(advice["rank_pattern"]) == 12
     assert "Audit: peft_minilm_r2" in (out / "report.md").read_text()
+
+
+def test_a_second_analysis_on_the_same_base_reads_ws_svds_back(minilm_pair, tmp_path):
+    """W's decompositions, saved by the pair's analysis, serve one adapter alone on the same
+    base: none computed again, the same numbers (the same bits: the saved float32 SVD)."""
+    from lora_jax.analysis.updates import analyze_adapters
+    from lora_jax.sweep.finish import adapter_base
+
+    out, _ = minilm_pair
+    first = json.loads((out / "analysis.json").read_text())
+    assert first["base"]["svd_cache"] | {"dir": None} == {"dir": None, "reused": 0, "computed": 12}
+    again = analyze_adapters([R4], tmp_path / "again", adapter_base("minilm"), out.parent / "svd")
+    assert (
+        again["base"]["svd_cache"]["reused"] == 12 and again["base"]["svd_cache"]["computed"] == 0
+    )
+    assert list(again["adapters"]) == ["peft_minilm_r4"] and again["adapter_pairs"] == []
+    for matrix, m in again["adapters"]["peft_minilm_r4"]["adapters"].items():
+        before = first["adapters"]["peft_minilm_r4"]["adapters"][matrix]
+        assert m["dw_vs_w"] == before["dw_vs_w"] and m["intruders"] == before["intruders"]
+        assert len(m["intruder_cosines"]) == 10
 
 
 def _analyze_fails(tmp_path: Path, *folders: Path) -> str:

@@ -145,13 +145,19 @@ def test_pissa_is_refused_as_saved_and_read_after_peft_converts_it(tmp_path):
 
 def test_intruder_counts_equal_peft_reduce_intruder_dimension(tmp_path):
     """Shuttleworth et al.'s intruders, counted by PEFT's own `reduce_intruder_dimension`
-    (top_k 10, epsilon 0.5, from its log) and by ours on the same W and W + dW."""
+    (top_k 10, epsilon 0.5, from its log) and by ours on the same W and W + dW: the dense
+    count, and the `--adapters A/ --base` analysis of the saved adapter (W's SVD and W_ft's
+    top 10 only)."""
     from lora_jax.analysis.intruders import count_intruders
+    from lora_jax.analysis.updates import analyze_adapters
 
     model = peft.get_peft_model(
         _llama(), peft.LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"])
     )
     _train(model, 8)
+    model.save_pretrained(tmp_path / "lora")
+    analysis = analyze_adapters([tmp_path / "lora"], tmp_path / "out", lambda _: TINY_LLAMA)
+    audited = analysis["adapters"]["lora"]["adapters"]
     lines: list[str] = []
     from peft.tuners.lora.intruders import reduce_intruder_dimension
 
@@ -166,7 +172,10 @@ def test_intruder_counts_equal_peft_reduce_intruder_dimension(tmp_path):
             w0 = layer.get_base_layer().weight.detach().numpy().T  # ours: (in, out)
             dw = layer.get_delta_weight("default").detach().numpy().T
             ours[name] = count_intruders(w0, w0 + dw, top_k=10, epsilon=0.5)
-    assert ours == theirs and len(theirs) == 2 * model.config.num_hidden_layers
+            parts = name.split(".")
+            matrix = f"layer_{parts[parts.index('layers') + 1]}/{parts[-1][0]}"
+            assert audited[matrix]["intruders"] == theirs[name], name
+    assert ours == theirs and len(theirs) == 2 * model.config.num_hidden_layers == len(audited)
     assert sum(theirs.values()) > 0, "no intruders: the check compares only zeros"
 
 

@@ -3,15 +3,16 @@
 An `Update` is one adapter (`adapter_io.read_adapter`: factors and per-matrix scales) and, for
 our runs, the `RunRecord` it came from. `analyze` measures
 
-- every update: the spectrum of each dW and its summaries, and dW against the frozen W
-  (Table 7), W read from the base checkpoint by tensor name (`base_kernels`);
+- every update: the spectrum of each dW and its summaries, dW against the frozen W (Table 7)
+  and the intruders, W read from the base checkpoint by tensor name (`base_kernels`);
 - every pair it is given: phi between the A factors (Fig. 3 for pairs that differ in rank,
   Fig. 4 with a random baseline for pairs that differ in seed), and for adapter pairs
   (`--adapters`) also between the B factors;
 
-and writes `analysis.json` (every number, with the folders it came from) and the PNG figures
-under `figures/`. No model is built: where each update's base checkpoint lies is the caller's
-knowledge (`base_of`), so this layer imports only the LoRA math and the file readers.
+and writes `analysis.json` (every number, with the folders it came from) and, for a sweep,
+the PNG figures under `figures/`. No model is built: where each update's base checkpoint lies
+is the caller's knowledge (`base_of`), so this layer imports only the LoRA math and the file
+readers.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import numpy as np
 
 from lora_jax.analysis.bases import BaseKernels
 from lora_jax.analysis.dynamics import measure_dynamics
+from lora_jax.analysis.intruders import EPSILON as INTRUDER_EPSILON
+from lora_jax.analysis.intruders import adapter_intruder_cosines
 from lora_jax.analysis.jsonable import finite_or_none, json_grid
 from lora_jax.analysis.lora_update import Update
-from lora_jax.analysis.projection import dw_vs_w, kernel_svd
+from lora_jax.analysis.projection import dw_vs_w
 from lora_jax.analysis.similarity import (
     expected_random_phi,
     phi_grid_a,
@@ -39,8 +42,9 @@ from lora_jax.analysis.similarity import (
     subspace_similarity,
 )
 from lora_jax.analysis.spectrum import dw_svd, spectrum, summarize_spectrum
+from lora_jax.analysis.svd_cache import SVDCache
 from lora_jax.analysis.versus_full import versus_full
-from lora_jax.audit.measure import adapter_names, check_comparable
+from lora_jax.audit.measure import adapter_names, open_adapters
 from lora_jax.peft_adapter import matrix_name, read_adapter
 from lora_jax.run_record import RunRecord, pairs_differing_in, write_atomic
 from lora_jax.weights.base_kernels import read_kernels
@@ -57,21 +61,17 @@ def from_runs(runs: Iterable[RunRecord]) -> list[Update]:
 
 
 def from_adapters(folders: Iterable[str | Path]) -> list[Update]:
-    """The updates of PEFT LoRA adapter folders (or run folders holding `adapter/`), checked to
-    be comparable: the same base model and the same adapted matrices.
+    """The updates of PEFT LoRA adapter folders (or run folders holding `adapter/`), one or
+    more, checked to be comparable: the same base model and the same adapted matrices.
 
     Raises:
-        ValueError: two adapters differ in base or target set (names both folders), a
-            folder is given twice, or fewer than two folders.
+        ValueError, FileNotFoundError: no folder, one given twice, an unreadable or refused
+            adapter, or two that differ in base or target set (names both folders); before
+            any tensor is read (`audit.measure.open_adapters`).
     """
+    folders = list(folders)
+    open_adapters(folders)
     adapters = [read_adapter(f) for f in folders]
-    if len(adapters) < 2:
-        raise ValueError(
-            f"--adapters got {len(adapters)} folder; allowed: two or more adapter folders to "
-            "compare (e.g. --adapters runA/adapter runB/adapter)."
-        )
-    for other in adapters[1:]:
-        check_comparable(adapters[0], other)
     return [Update(n, a) for n, a in zip(adapter_names(adapters), adapters, strict=True)]
 
 
@@ -83,16 +83,20 @@ def _slug(name: str) -> str:
 
 
 def _matrix(update: Update, i: int, key: Key, w: np.ndarray, w_svd) -> dict:
-    """Spectrum, its summaries and the Table 7 numbers of the `i`-th matrix of one update."""
+    """Spectrum, its summaries, the Table 7 numbers and the intruders (PEFT's top 10 and
+    epsilon 0.5) of the `i`-th matrix of one update."""
     a, b = update.adapter.factors[key]
     scale = update.adapter.scales[key]
     s = spectrum(a, b, scale)
+    cosines = adapter_intruder_cosines(w_svd, w, a, b, scale)
     return {
         "rank": int(a.shape[1]),
         "shape": [int(a.shape[0]), int(b.shape[1])],
         "singular_values": np.asarray(s).tolist(),  # the same floats, without a compile
         **{k: float(v) for k, v in summarize_spectrum(s, (a.shape[0], b.shape[1])).items()},
         "dw_vs_w": dw_vs_w(w, a, b, scale, jax.random.key(i), w_svd=w_svd),
+        "intruders": int(np.sum(cosines < INTRUDER_EPSILON)),
+        "intruder_cosines": cosines.tolist(),
     }
 
 
@@ -107,19 +111,25 @@ def measure(update: Update, bases: BaseKernels) -> dict[str, dict]:
     }
 
 
-def measure_streamed(updates: list[Update], source: Path) -> dict[str, dict]:
+def measure_streamed(
+    updates: list[Update], source: Path, svd_root: Path | None
+) -> tuple[dict[str, dict], dict]:
     """`measure` of adapters on one base, matrix by matrix: one W and its SVD in memory at a
-    time, decomposed once for every adapter (an LLM's base does not fit beside its SVDs)."""
+    time, decomposed once for every adapter (an LLM's base does not fit beside its SVDs) and
+    saved under `svd_root` (`SVDCache`; None: not saved), so the next analysis on this base
+    reads it. Returns the measurements and the cache's `stats()`."""
     from tqdm import tqdm
 
     keys = list(updates[0].adapter.factors)  # `from_adapters`: the same matrices in all
+    family = updates[0].adapter.family
+    svds = SVDCache(source, family, svd_root)
     out: dict[str, dict] = {u.name: {} for u in updates}
     for i, key in enumerate(tqdm(keys, desc="dW against W", unit="matrix", disable=None)):
-        w = read_kernels(source, updates[0].adapter.family, [key])[key]
-        w_svd = kernel_svd(w)
+        w = read_kernels(source, family, [key])[key]
+        w_svd = svds.svd(key, w)
         for u in updates:
             out[u.name][matrix_name(key)] = _matrix(u, i, key, w, w_svd)
-    return out
+    return out, svds.stats()
 
 
 def phi_grids(lo: Update, hi: Update, side: str = "a") -> dict[str, np.ndarray]:
@@ -184,22 +194,12 @@ def _seed_pair(a: Update, b: Update, fig_dir: Path) -> dict:
     }
 
 
-def _adapter_pair(a: Update, b: Update, fig_dir: Path) -> dict:
-    """Any two adapters: phi of A (input side) and of B (output side), a figure each."""
-    from lora_jax.analysis import figures
-
+def _adapter_pair(a: Update, b: Update) -> dict:
+    """Any two adapters: phi of A (input side) and of B (output side), every matrix (the
+    audit's report summarises them; no figure: an LLM's would be hundreds of panels)."""
     entry: dict[str, Any] = {"adapters": [str(a.folder), str(b.folder)], "ranks": [a.rank, b.rank]}
-    for side, label in (("a", "A, input side"), ("b", "B, output side")):
-        grids = phi_grids(a, b, side)
-        entry["phi" if side == "a" else "phi_b"] = {k: json_grid(g) for k, g in grids.items()}
-        entry["figure" if side == "a" else "figure_b"] = figures.phi_figure(
-            grids,
-            fig_dir / f"phi_{side}_{_slug(a.name)}_vs_{_slug(b.name)}.png",
-            xlabel=f"j ({b.name}, r={b.rank})",
-            ylabel=f"i ({a.name}, r={a.rank})",
-            suptitle=f"phi({label}) of {a.name} vs {b.name}",
-            ncols=_layers_per_row(grids),
-        )
+    for side, key in (("a", "phi"), ("b", "phi_b")):
+        entry[key] = {k: json_grid(g) for k, g in phi_grids(a, b, side).items()}
     return entry
 
 
@@ -332,10 +332,14 @@ def analyze_runs(
 
 
 def analyze_adapters(
-    folders: Iterable[str | Path], out_dir: str | Path, base_of: Callable[[Update], Path]
+    folders: Iterable[str | Path],
+    out_dir: str | Path,
+    base_of: Callable[[Update], Path],
+    svd_root: Path | None = None,
 ) -> dict[str, Any]:
-    """Analyse any PEFT LoRA adapters on one base: each adapter, and every pair of them
-    (phi of A and of B). Writes `<out_dir>/analysis.json` and figures; returns the JSON.
+    """Analyse any PEFT LoRA adapters on one base: each adapter against W, and every pair of
+    them (phi of A and of B). Writes `<out_dir>/analysis.json`; returns it.
+    W's decompositions are saved under `svd_root` (None: not saved) and read back next time.
 
     Raises:
         ValueError, FileNotFoundError: unreadable adapters, or two that are not comparable
@@ -343,15 +347,12 @@ def analyze_adapters(
     """
     updates = from_adapters(folders)
     out_dir = Path(out_dir)
-    fig_dir = out_dir / FIGURES_DIR
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     sources = {Path(base_of(u)) for u in updates}  # random-init runs: W saved per run
-    measured = (
-        measure_streamed(updates, sources.pop())
-        if len(sources) == 1
-        else _measure_all(updates, BaseKernels(base_of))
-    )
-    spectra = _spectra_figures(updates, measured, fig_dir)
+    if len(sources) == 1:
+        measured, svd_cache = measure_streamed(updates, sources.pop(), svd_root)
+    else:
+        measured, svd_cache = _measure_all(updates, BaseKernels(base_of)), None
     first = updates[0].adapter
     result = {
         "adapters": {
@@ -359,7 +360,6 @@ def analyze_adapters(
                 "adapter_dir": str(u.adapter.folder),
                 "rank": u.rank,
                 "adapters": measured[u.name],
-                "spectrum_figure": spectra[u.name],
             }
             for u in updates
         },
@@ -367,9 +367,10 @@ def analyze_adapters(
             "name": first.base,
             "family": first.family,
             "checkpoint": str(base_of(updates[0])),
+            "svd_cache": svd_cache,
         },
         "adapter_pairs": [
-            _adapter_pair(a, b, fig_dir) for i, a in enumerate(updates) for b in updates[i + 1 :]
+            _adapter_pair(a, b) for i, a in enumerate(updates) for b in updates[i + 1 :]
         ],
     }
     return _write(out_dir, result)

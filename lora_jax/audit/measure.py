@@ -184,23 +184,29 @@ def _pair_medians(per: dict[str, dict]) -> dict[str, float]:
     }
 
 
-def by_type(matrices: dict[str, dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """{type: {quantity: {median, min, max}}} over the layers of each matrix type."""
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "median": float(np.median(values)),
+        "min": float(min(values)),
+        "max": float(max(values)),
+    }
+
+
+def by_type(
+    matrices: dict[str, dict], quantities: Sequence[str] = BY_TYPE
+) -> dict[str, dict[str, Any]]:
+    """{type: {quantity: {median, min, max}, layers}} over the layers of each matrix type;
+    undefined values (None) are left out, a quantity undefined in every layer is None."""
     types: dict[str, list[dict]] = {}
     for name, m in matrices.items():
         types.setdefault(name.split("/")[1], []).append(m)
-    return {
-        t: {
-            q: {
-                "median": float(np.median([m[q] for m in ms])),
-                "min": float(min(m[q] for m in ms)),
-                "max": float(max(m[q] for m in ms)),
-            }
-            for q in BY_TYPE
-        }
-        | {"layers": len(ms)}
-        for t, ms in sorted(types.items())
-    }
+    out: dict[str, dict[str, Any]] = {}
+    for t, ms in sorted(types.items()):
+        out[t] = {"layers": len(ms)}
+        for q in quantities:
+            values = [m[q] for m in ms if m[q] is not None]
+            out[t][q] = _stats(values) if values else None
+    return out
 
 
 def energy_rank(s: Sequence[float], energy: float) -> int:

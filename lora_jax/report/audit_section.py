@@ -18,14 +18,14 @@ from lora_jax.report.document import Figure, Section, Table
 _TYPE_ORDER = ("q", "k", "v", "o", "ffn_gate", "ffn_in", "ffn_out")
 
 
-def _ordered(types: Iterable[str]) -> list[str]:
+def ordered(types: Iterable[str]) -> list[str]:
     """Matrix types in a layer's order (q, k, v, o, then the FFN), any others after."""
     found = set(types)
     return [t for t in _TYPE_ORDER if t in found] + sorted(found - set(_TYPE_ORDER))
 
 
 def _grid(matrices: dict[str, dict], quantity: str) -> tuple[np.ndarray, list[str]]:
-    types = _ordered(name.split("/")[1] for name in matrices)
+    types = ordered(name.split("/")[1] for name in matrices)
     layers = sorted({int(name.split("/")[0].removeprefix("layer_")) for name in matrices})
     grid = np.full((len(layers), len(types)), np.nan)
     for name, m in matrices.items():
@@ -67,7 +67,10 @@ def _figure(name: str, adapter: dict[str, Any], fig_dir: Path) -> Path:
     return path
 
 
-def _range(stats: dict[str, float], digits: int = 2) -> str:
+def stats_range(stats: dict[str, float] | None, digits: int = 2) -> str:
+    """`median [min, max]` of `by_type`'s statistics (n/a where undefined in every layer)."""
+    if stats is None:
+        return "n/a"
     return f"{stats['median']:.{digits}f} [{stats['min']:.{digits}f}, {stats['max']:.{digits}f}]"
 
 
@@ -77,12 +80,12 @@ def _type_table(adapter: dict[str, Any]) -> Table:
         [
             t,
             str(by_type[t]["layers"]),
-            _range(by_type[t]["stable_rank"]),
-            _range(by_type[t]["utilization"]),
-            _range(by_type[t]["energy_rank_90"], 0),
-            _range(by_type[t]["frobenius"], 3),
+            stats_range(by_type[t]["stable_rank"]),
+            stats_range(by_type[t]["utilization"]),
+            stats_range(by_type[t]["energy_rank_90"], 0),
+            stats_range(by_type[t]["frobenius"], 3),
         ]
-        for t in _ordered(by_type)
+        for t in ordered(by_type)
     ]
     return Table(
         ["matrix", "layers", "stable rank", "stable rank / r", "k@90", "||dW||_F"],
@@ -122,7 +125,7 @@ def _advice_table(advice: dict[str, Any]) -> Table:
     saved = 1 - advice["params_advised"] / advice["params_now"]
     rows = [
         [t, f"{advice['by_type'][t]['median']:g}", str(advice["by_type"][t]["max"])]
-        for t in _ordered(advice["by_type"])
+        for t in ordered(advice["by_type"])
     ]
     pattern = ",".join(f"{t}:{r}" for t, r in advice["lora_rank_pattern"].items())
     task = advice.get("task")

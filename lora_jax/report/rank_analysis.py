@@ -100,18 +100,6 @@ def _pairs(analysis: dict[str, Any], folder: Path) -> list[Block]:
                 folder, p["figure"], f"phi across seeds {a} and {b}, beside a random Gaussian pair"
             )
         )
-    for p in analysis.get("adapter_pairs", []):
-        a, b = (
-            Path(x).name if Path(x).name != "adapter" else Path(x).parent.name
-            for x in p["adapters"]
-        )
-        blocks.append(
-            f"**{a} (r={p['ranks'][0]}) vs {b} (r={p['ranks'][1]})**: input side (A): "
-            f"{_top_direction(p['phi'])}{_random_phi11(analysis, p['phi'])}. Output side (B): "
-            f"{_top_direction(p['phi_b'])}."
-        )
-        blocks.append(figure(folder, p["figure"], f"phi of A (input side), {a} vs {b}"))
-        blocks.append(figure(folder, p["figure_b"], f"phi of B (output side), {a} vs {b}"))
     return [b for b in blocks if b is not None]
 
 
