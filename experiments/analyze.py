@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from lora_jax.folder_lock import lock_folder
+from lora_jax.train.signals import stop_at_once
 from lora_jax.user_errors import USER_ERRORS, check_output_dir, user_errors
 
 
@@ -80,7 +81,9 @@ def main() -> None:
     if args.eval_limit is not None and args.eval_limit < 1:
         parser.error(f"--eval-limit {args.eval_limit} is not valid; allowed: a positive integer")
     # Bad input: one message and exit status 2 (the traceback too with HYDRA_FULL_ERROR=1).
-    with user_errors(errors=(*USER_ERRORS, KeyError)):
+    # A signal stops it where it is: every file is written whole or not at all.
+    redo = "the files it had written are whole; run the same command again"
+    with user_errors(errors=(*USER_ERRORS, KeyError)), stop_at_once("the analysis", redo):
         if args.adapters is None or args.base:  # JAX programs (the audit needs none)
             from lora_jax.train.compile_cache import enable_compilation_cache
 

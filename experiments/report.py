@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lora_jax.report import ReportInputError, make_report, paper
 from lora_jax.run_record import RunFolderError
+from lora_jax.train.signals import stop_at_once
 from lora_jax.user_errors import check_output_dir, user_errors
 
 
@@ -38,7 +39,8 @@ def main() -> None:
             check_output_dir(args.out, "--out", "--out /tmp/report")
         elif Path(args.sweep_dir).is_dir():  # the report is written into the sweep folder
             check_output_dir(args.sweep_dir, "sweep_dir", "--out /tmp/report")
-    with user_errors(errors=(ReportInputError, RunFolderError)):
+    redo = "the files it had written are whole; run the same command again"
+    with user_errors(errors=(ReportInputError, RunFolderError)), stop_at_once("the report", redo):
         result = make_report(args.sweep_dir, args.paper, args.out, use_wandb=not args.no_wandb)
     print(result.wandb_message)
     print(result.markdown.absolute())

@@ -22,12 +22,12 @@ def job(cfg: DictConfig) -> float:
     from lora_jax.report.console import print_summary
     from lora_jax.train import NonFiniteLossError, run
     from lora_jax.train.compile_cache import enable_compilation_cache
-    from lora_jax.user_errors import user_errors
+    from lora_jax.user_errors import out_of_space, user_errors
 
     enable_compilation_cache()
 
-    # A diverged run is a user situation (learning rate, data): one message, exit status 2.
-    with user_errors(errors=(NonFiniteLossError,)):
+    # A diverged run or a full disk is a user situation: one message, exit status 2.
+    with user_errors(errors=(NonFiniteLossError,)), out_of_space(cfg.workdir):
         result = run(cfg, cfg.workdir, on_result=print_summary)
     return result["final"][result["main_metric"]]
 

@@ -4,6 +4,7 @@ Standard library only, so `experiments.analyze --adapters` starts without Hydra 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -41,6 +42,53 @@ def user_errors(
         # Hydra's composition errors say which override; OmegaConf's cause says what is wrong.
         detail = f"\n{cause}" if type(cause).__module__.startswith("omegaconf") else ""
         print(f"Error{context}: {err}{detail}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+# Out of space: a full disk, a quota, or a file-size limit (`ulimit -f`).
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def no_space_message(err: OSError, run_dir: str | Path) -> str:
+    """Which file could not be written, the space there and what a checkpoint needs, and what
+    is saved: the newest checkpoint the rerun resumes from."""
+    run_dir = Path(run_dir)
+    written = err.filename or f"a file in {run_dir}"
+    free = shutil.disk_usage(run_dir if run_dir.exists() else Path.cwd()).free
+    steps = sorted(
+        int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit() and p.is_dir()
+    )
+    if not steps:
+        return (
+            f"out of space writing {written} ({err.strerror}); {free / 2**20:.0f} MiB free "
+            "there. Nothing is saved yet: free space (or choose another output folder) and "
+            "run the same command again."
+        )
+    newest = run_dir / "checkpoints" / str(steps[-1])
+    return (
+        f"out of space writing {written} ({err.strerror}); {free / 2**20:.0f} MiB free there, "
+        f"a checkpoint of this run takes {_size(newest) / 2**20:.1f} MiB. Saved: checkpoint "
+        f"step {steps[-1]} in {newest.parent}. Free space (or move the folder) and run the "
+        f"same command again to resume from step {steps[-1]}."
+    )
+
+
+@contextmanager
+def out_of_space(run_dir: str | Path) -> Iterator[None]:
+    """A write that fails for lack of space inside: one message (`no_space_message`) and exit
+    status 2, not a traceback; other OSErrors pass."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in NO_SPACE:
+            raise
+        if full_error():
+            traceback.print_exc()
+        print(f"Error: {no_space_message(err, run_dir)}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
 
 

@@ -5,6 +5,7 @@ result files are written atomically. Runs go through the real entry point."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -45,6 +46,8 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(run_copy, finished_ru
         "experiments.train", *FINISHED_RUN, f"hydra.run.dir={run_copy}", cwd=run_copy.parent
     )
     assert "checkpoint step 20" in proc.stderr and "is damaged" in proc.stderr
+    # one warning, no traceback (Orbax's event loop used to print ~70 on the way)
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
     assert "resuming run from step 10" in proc.stdout
     assert (run_copy / "checkpoints_damaged" / "20").is_dir()
     assert sorted(p.name for p in (run_copy / "checkpoints").iterdir()) == ["10", "20"]
@@ -132,8 +135,59 @@ def test_fused_group_goes_back_to_the_step_every_member_has(tmp_path):
     DAMAGE["state data truncated"](damaged / "checkpoints" / "20")
     proc = run_module("experiments.sweep", *args, cwd=tmp_path)
     assert "fused: training 2 runs as one" in proc.stdout
-    assert "checkpoint step 20" in proc.stderr
+    assert "checkpoint step 20" in proc.stderr and "Traceback" not in proc.stderr
     assert "every member goes back to step 10" in proc.stdout
     for r in runs:
         got = json.loads((r / "metrics.json").read_text())
         assert got["final"] == ref[r]["final"] and got["best"] == ref[r]["best"]
+
+
+def test_a_full_disk_mid_run_is_one_message_and_the_rerun_resumes(tmp_path):
+    """A write that fails for lack of space (here a file-size limit, `ulimit -f`, which fails
+    writes with EFBIG as a full disk fails them with ENOSPC): one message naming the file, the
+    space and what is saved, exit 2; with room again the same command resumes and finishes."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run_dir = tmp_path / "run"
+    args = [
+        *FINISHED_RUN,
+        "trainer.steps=400",
+        "trainer.log_every=1",
+        "trainer.checkpoint_every=100",
+        f"hydra.run.dir={run_dir}",
+    ]
+    limit = 96 * 1024  # above base_kernels.safetensors (66 KB); history.jsonl reaches it
+
+    def file_size_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HYDRA_FULL_ERROR": "0",
+        # compiled programs over the limit would be cut in the shared cache
+        "LORA_JAX_COMPILE_CACHE": str(tmp_path / "jax_cache"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=file_size_limit,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    message = re.search(r"out of space writing (\S+) .* Saved: checkpoint step (\d+)", proc.stderr)
+    assert message and message[1] == str(run_dir / "history.jsonl"), proc.stderr[-3000:]
+    assert "MiB free there, a checkpoint of this run takes" in proc.stderr
+    assert (run_dir / "checkpoints" / message[2]).is_dir() and int(message[2]) < 400
+    resumed = run_module("experiments.train", *args, cwd=tmp_path, env=env)
+    assert f"resuming run from step {message[2]}" in resumed.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 400

@@ -179,9 +179,30 @@ class _HTMLOutline(HTMLParser):
 
 
 def test_analyze_reproduces_the_analysis_from_saved_adapters(fast_sweep):
+    """Also after a SIGTERM in the middle of it: one line, exit 143, no half-written file."""
     sweep_dir, _ = fast_sweep
     before = json.loads((sweep_dir / "analysis.json").read_text())
     (sweep_dir / "analysis.json").unlink()
+    summary = sweep_dir / "sweep_summary.json"
+    written = summary.stat().st_mtime_ns
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    stopped = subprocess.Popen(
+        [sys.executable, "-m", "experiments.analyze", str(sweep_dir)],
+        cwd=sweep_dir.parent,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120  # the summary is written first, then the analysis starts
+    while summary.stat().st_mtime_ns == written and time.time() < deadline:
+        time.sleep(0.02)
+    stopped.send_signal(signal.SIGTERM)
+    _, err = stopped.communicate(timeout=120)
+    assert stopped.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM: the analysis stopped" in err and "Traceback" not in err, err
+    analysis = sweep_dir / "analysis.json"
+    assert not analysis.exists() or json.loads(analysis.read_text()) == before
     proc = run_module("experiments.analyze", str(sweep_dir), cwd=sweep_dir.parent)
     assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.html").absolute())
     assert json.loads((sweep_dir / "analysis.json").read_text()) == before
@@ -266,38 +287,66 @@ def uninterrupted(tmp_path_factory) -> dict:
     return json.loads((cwd / "run" / "metrics.json").read_text())
 
 
+def _signal_once(module: str, args: list[str], ready, signum: int, cwd: Path):
+    """Run `python -m module args`, send `signum` as soon as `ready()` holds; (status, stderr)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def _assert_stopped_with_a_checkpoint(status: int, err: str, signum: int, folder: Path) -> None:
+    assert status == 128 + signum, err
+    stopped = re.search(r"stopped after step (\d+); checkpoint saved", err)
+    assert stopped and "Traceback" not in err, err
+    assert (folder / "checkpoints" / stopped[1]).is_dir()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_resume_after_a_signal_matches_uninterrupted(tmp_path, uninterrupted, signum):
     """SIGKILL loses the steps since the last checkpoint (20); SIGTERM and SIGINT finish the
     step, save it, say so and exit 128 + signal. Either way the rerun ends where an
     uninterrupted run does."""
     killed_dir = tmp_path / "killed"
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "experiments.train", *RESUME_RUN, f"hydra.run.dir={killed_dir}"]
-    proc = subprocess.Popen(
-        args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.time() + 300
-    while (
-        not (killed_dir / "checkpoints" / "20").exists()
-        and time.time() < deadline
-        and proc.poll() is None
-    ):
-        time.sleep(0.05)
-    proc.send_signal(signum)
-    _, err = proc.communicate(timeout=120)
+    args = [*RESUME_RUN, f"hydra.run.dir={killed_dir}"]
+    ready = (killed_dir / "checkpoints" / "20").exists
+    status, err = _signal_once("experiments.train", args, ready, signum, tmp_path)
     assert not (killed_dir / "metrics.json").exists(), "the run finished before it could be killed"
     if signum != signal.SIGKILL:
-        assert proc.returncode == 128 + signum, err
-        stopped = re.search(r"stopped after step (\d+); checkpoint saved", err)
-        assert stopped and "Traceback" not in err, err
-        assert (killed_dir / "checkpoints" / stopped[1]).is_dir()
-    resumed = run_module(
-        "experiments.train", *RESUME_RUN, f"hydra.run.dir={killed_dir}", cwd=tmp_path
-    )
+        _assert_stopped_with_a_checkpoint(status, err, signum, killed_dir)
+    resumed = run_module("experiments.train", *args, cwd=tmp_path)
     assert "resuming" in resumed.stdout
     got = json.loads((killed_dir / "metrics.json").read_text())
     assert got["final"] == pytest.approx(uninterrupted["final"], abs=1e-6)
+
+
+def test_a_fused_group_stops_on_sigterm_and_resumes(tmp_path, uninterrupted):
+    """`hydra/launcher=fused`: the group finishes its step, every member saves it; the rerun
+    resumes fused and the rank-2 member ends as the separate uninterrupted run (within the
+    fused engine's float tolerance, tests/test_fused.py)."""
+    sweep_dir = tmp_path / "sw"
+    args = [*RESUME_RUN[:-1], "rank=1,2", "hydra/launcher=fused", f"hydra.sweep.dir={sweep_dir}"]
+    ready = lambda: any(sweep_dir.glob("*rank=2*/checkpoints/20"))  # noqa: E731
+    status, err = _signal_once("experiments.sweep", args, ready, signal.SIGTERM, tmp_path)
+    members = [next(sweep_dir.glob(f"*rank={r}*")) for r in (1, 2)]
+    assert not (members[1] / "metrics.json").exists(), "the group finished before the signal"
+    for member in members:
+        _assert_stopped_with_a_checkpoint(status, err, signal.SIGTERM, member)
+    resumed = run_module("experiments.sweep", *args, cwd=tmp_path)
+    assert "fused: training 2 runs as one" in resumed.stdout
+    got = json.loads((members[1] / "metrics.json").read_text())
+    assert got["final"] == pytest.approx(uninterrupted["final"], rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize(

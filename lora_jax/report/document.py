@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_jax.run_record import write_atomic
+
 
 @dataclass
 class Table:
@@ -159,6 +161,6 @@ class ReportResult:
 def write_document(doc: Document, out: Path) -> tuple[Path, Path]:
     """Write `report.md` and `report.html` of `doc` into `out`; returns their paths."""
     md, page = out / "report.md", out / "report.html"
-    md.write_text(to_markdown(doc, base=out))
-    page.write_text(to_html(doc))
+    write_atomic(md, to_markdown(doc, base=out))  # a stopped report leaves the old one whole
+    write_atomic(page, to_html(doc))
     return md, page

@@ -165,13 +165,18 @@ class SweepCallback(Callback):
 
         if not is_primary():  # every process of a multi-process sweep gets here; one analyses
             return
+        from lora_jax.train.signals import stop_at_once
+
+        sweep_dir = config.hydra.sweep.dir
+        redo = f"the runs are saved; `python -m experiments.analyze {sweep_dir}` redoes it"
         try:
-            report = finish_sweep(
-                config.hydra.sweep.dir,
-                analyze=self.analyze,
-                model_evals=self.model_evals,
-                eval_limit=self.eval_limit,
-            )
+            with stop_at_once("the analysis after the sweep", redo):
+                report = finish_sweep(
+                    sweep_dir,
+                    analyze=self.analyze,
+                    model_evals=self.model_evals,
+                    eval_limit=self.eval_limit,
+                )
         except Exception:
             # Hydra turns callback errors into warnings; a failed analysis must fail the sweep.
             traceback.print_exc()

@@ -108,6 +108,16 @@ def gather(x: Any) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def agreed_signal(received: list[int]) -> int:
+    """The signal every process stops on (0: none): the largest any process received, so all
+    stop after the same step and save it together. A collective with several processes: each
+    calls it once per step; one process: its own."""
+    own = received[0] if received else 0
+    if jax.process_count() == 1:
+        return own
+    return int(gather(np.asarray([own], np.int32)).max())
+
+
 def put(tree: Any, shardings: Any) -> Any:
     """`jax.device_put(tree, shardings)`; with several processes, each holding the whole value
     of every leaf (the same model, the same restored state), each builds its own devices'

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from lora_jax.analysis.adapter_spectra import adapter_spectra
 from lora_jax.config import Config
 from lora_jax.train.checkpoint import Checkpointer
-from lora_jax.train.distributed import is_primary
+from lora_jax.train.distributed import agreed_signal, is_primary
 from lora_jax.train.optim import schedule
 from lora_jax.train.signals import Interrupted, stop_requests
 from lora_jax.train.tracking import Tracker
@@ -249,8 +249,9 @@ def train_loop(engine: Engine, logs: list[RunLog], desc: str) -> tuple[int, dict
                     hook(step)
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
-            if stop:
-                _stop(stop[0], step, saved[0], checkpoint, logs, bar)
+            signum = agreed_signal(stop)  # several processes: any one's signal stops all
+            if signum:
+                _stop(signum, step, saved[0], checkpoint, logs, bar)
     bar.close()
     return step, errors
 

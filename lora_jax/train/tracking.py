@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lora_jax.run_record import write_atomic
+
+HISTORY_FILE = "history.jsonl"
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -79,10 +82,11 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.wandb_run = None
         self._history = None
+        self._write_failed = False  # history.jsonl could not be written (a full disk)
         if not write:  # another process of a multi-process run: process 0 logs
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        history = self.run_dir / "history.jsonl"
+        history = self.run_dir / HISTORY_FILE
         _drop_cut_line(history)
         self._history = open(history, "a")  # noqa: SIM115 (closed in finish)
         if backend == "wandb":
@@ -116,8 +120,9 @@ class Tracker:
         if self._history is None:
             return
         row = {k: _plain(v) for k, v in metrics.items()}
-        self._history.write(json.dumps({"step": step, **row}) + "\n")
-        self._history.flush()
+        with self._naming_the_file():
+            self._history.write(json.dumps({"step": step, **row}) + "\n")
+            self._history.flush()
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=step)
 
@@ -134,10 +139,12 @@ class Tracker:
             self.wandb_run.define_metric(f"{prefix}/*", step_metric=x)
         for at, row in rows.items():
             plain = {k: _plain(v) for k, v in row.items()}
-            self._history.write(json.dumps({"step": at, **plain}) + "\n")
+            with self._naming_the_file():
+                self._history.write(json.dumps({"step": at, **plain}) + "\n")
             if self.wandb_run is not None:
                 self.wandb_run.log({x: at, **plain})
-        self._history.flush()
+        with self._naming_the_file():
+            self._history.flush()
 
     def log_images(self, images: Mapping[str, str | Path]) -> None:
         """Log PNG files as W&B images (ignored without W&B)."""
@@ -159,9 +166,26 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.summary.update({k: _plain(v) for k, v in values.items()})
 
+    @contextmanager
+    def _naming_the_file(self) -> Iterator[None]:
+        """An OSError writing history.jsonl names it (a flush's error names no file)."""
+        try:
+            yield
+        except OSError as err:
+            self._write_failed = True
+            if err.filename is not None:
+                raise
+            path = str(self.run_dir / HISTORY_FILE)
+            raise OSError(err.errno, err.strerror, path) from None
+
     def finish(self) -> None:
         if self._history is not None:
-            self._history.close()
+            history, self._history = self._history, None
+            try:
+                history.close()
+            except OSError:
+                if not self._write_failed:  # else reported where the write failed
+                    raise
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
