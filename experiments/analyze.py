@@ -23,9 +23,10 @@ on the same base skips them. Prints the HTML report's path last.
 
 import argparse
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
-from lora_jax.folder_lock import lock_folder
+from lora_jax.folder_lock import folder_locked
 from lora_jax.train.signals import stop_at_once
 from lora_jax.user_errors import USER_ERRORS, check_output_dir, user_errors
 
@@ -91,12 +92,14 @@ def main() -> None:
         if args.adapters is None:
             from lora_jax.sweep.finish import finish_sweep
 
+            lock = nullcontext()  # a missing folder: finish_sweep says so
             if Path(args.sweep_dir).is_dir():  # the analysis rewrites files in it
                 check_output_dir(args.sweep_dir, "sweep_dir", "a copy of it that you can write")
-                lock_folder(args.sweep_dir, "sweep_dir")  # not while a sweep writes into it
-            html = finish_sweep(
-                args.sweep_dir, model_evals=not args.no_model_evals, eval_limit=args.eval_limit
-            )
+                lock = folder_locked(args.sweep_dir, "sweep_dir")  # not while a sweep writes
+            with lock:
+                html = finish_sweep(
+                    args.sweep_dir, model_evals=not args.no_model_evals, eval_limit=args.eval_limit
+                )
         else:
             from lora_jax.audit.measure import write_audit
             from lora_jax.report import make_adapters_report

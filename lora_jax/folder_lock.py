@@ -14,6 +14,8 @@ import atexit
 import json
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_FILE = ".lock"
@@ -66,9 +68,28 @@ def lock_folder(folder: str | Path, key: str) -> Path:
         return path
 
 
-def _release(path: Path, me: dict) -> None:
+@contextmanager
+def folder_locked(folder: str | Path, key: str) -> Iterator[Path]:
+    """`lock_folder` for the block only: released when it ends, however it ends (a lock this
+    process held before stays held)."""
+    path = Path(folder).absolute() / LOCK_FILE
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    held = _owner(path) == me
+    lock_folder(folder, key)
     try:
-        if json.loads(path.read_text()) == me:
-            path.unlink()
+        yield path
+    finally:
+        if not held:
+            _release(path, me)
+
+
+def _owner(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        pass
+        return None
+
+
+def _release(path: Path, me: dict) -> None:
+    if _owner(path) == me:
+        path.unlink(missing_ok=True)

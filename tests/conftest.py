@@ -73,6 +73,50 @@ def run_module(
     return proc
 
 
+def call_main(
+    module: str, *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`run_module` in this process: the entry point's `main()` with `sys.argv`, the working
+    folder and `env` set (and restored), stdout and stderr captured, the exit status from its
+    `SystemExit`. A fraction of a second where a fresh Python + JAX + Hydra takes seconds: for
+    the checks that fail before any work (bad input). Hydra's global state is cleared after.
+
+    Hydra's logging set-up (`logging.config.dictConfig`) closes every logging handler the
+    process has, pytest's capture among them: they are hidden from it for the call."""
+    import contextlib
+    import importlib
+    import io
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
+    saved_handlers = logging._handlerList[:]  # what dictConfig would close
+    root_handlers = logging.getLogger().handlers[:]
+    del logging._handlerList[:]
+    status: int | str | None = 0
+    try:
+        os.environ.update(env or {})
+        sys.argv = [module, *args]
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                importlib.import_module(module).main()
+            except SystemExit as exit_:
+                status = exit_.code
+    finally:
+        logging._handlerList[:] = saved_handlers
+        logging.getLogger().handlers[:] = root_handlers
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        GlobalHydra.instance().clear()
+    code = status if isinstance(status, int) else (0 if status is None else 1)
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> Path:
     """The folder of a FINISHED_RUN trained through `experiments.train`; never change it."""

@@ -1,14 +1,14 @@
 """Bad input through the real entry points: one message, exit status 2, before any work.
 
-Each case runs `python -m experiments.*` in a subprocess, as a user would, with a pre-made
-sweep folder (a finished fake run in it) as the output folder where one applies, and asserts:
-exit status 2, the message names the key and what is allowed, no traceback, and the whole
-working folder byte for byte as before (no run folder, `metrics.json` or `checkpoints/` made,
-nothing existing rewritten, `.hydra/` included). The README's examples that used to fail are
-checked to work, in-process.
+Each case calls the entry point's `main()` as `python -m experiments.*` would (`call_main`: its
+arguments, working folder and environment, in this process), with a pre-made sweep folder (a
+finished fake run in it) as the output folder where one applies, and asserts: exit status 2,
+the message names the key and what is allowed, no traceback, and the whole working folder byte
+for byte as before (no run folder, `metrics.json` or `checkpoints/` made, nothing existing
+rewritten, `.hydra/` included). A handful (`END_TO_END`) also run in a subprocess, as a user
+runs them. The README's examples that used to fail are checked to work, in process.
 
-Runtime: 90 tests in 400 s on 2 busy cores (load 5; 200 s of CPU); `-m "not slow"` (73) in
-210 s there. The `slow` ones load the model code or the MR split before failing.
+The `slow` ones load the model code or the MR split before failing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import FAST, compose_config, compose_jobs, run_module, write_run
+from conftest import FAST, call_main, compose_config, compose_jobs, run_module, write_run
 
 from lora_jax.lora import parse_targets
 from lora_jax.train import plan
@@ -206,15 +206,36 @@ def _tree(root: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize(("module", "args", "expect", "env"), list(_cases()))
+# Run end to end as well (a subprocess, as a user runs it): one per entry point and way of
+# failing, for the exit status a shell sees; every case runs in process (`call_main`).
+END_TO_END = {
+    f"{TRAIN.split('.')[1]}:optim.lr=0",
+    f"{TRAIN.split('.')[1]}:model=foo",
+    f"{SWEEP.split('.')[1]}:optim.lr=1e-3,0",
+    f"{ANALYZE.split('.')[1]}:--adapters {{nope}}",
+    f"{REPORT.split('.')[1]}:{{sweep}} --paper table99",
+}
+
+
+def _in_both_ways():
+    for case in _cases():
+        yield pytest.param(*case.values, call_main, marks=case.marks, id=f"{case.id}")
+        if case.id in END_TO_END:
+            yield pytest.param(*case.values, run_module, marks=case.marks, id=f"{case.id}:process")
+
+
+@pytest.mark.parametrize(("module", "args", "expect", "env", "runner"), list(_in_both_ways()))
 def test_bad_input_is_one_message_and_exit_2_before_any_work(
-    module, args, expect, env, folders, tmp_path
+    module, args, expect, env, runner, folders, tmp_path
 ):
     args = [_fill(a, folders) for a in args]
     # HYDRA_FULL_ERROR=1 in the caller's shell would add the traceback this test rules out.
     env = {"HYDRA_FULL_ERROR": "0"} | {k: _fill(v, folders) for k, v in env.items()}
     before = _tree(tmp_path)
-    proc = run_module(module, *args, cwd=tmp_path, check=False, timeout=120, env=env)
+    if runner is run_module:
+        proc = run_module(module, *args, cwd=tmp_path, check=False, timeout=120, env=env)
+    else:
+        proc = call_main(module, *args, cwd=tmp_path, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, f"exit {proc.returncode}:\n{out[-3000:]}"
     for part in expect:
@@ -269,3 +290,5 @@ def test_output_folder_needs_free_space(tmp_path):
 
 def test_at_least_60_cases():
     assert len(list(_cases())) >= 60
+    ids = {case.id for case in _cases()}
+    assert ids >= END_TO_END, END_TO_END - ids
