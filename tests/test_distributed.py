@@ -190,13 +190,13 @@ def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path):
     import signal
     import time
 
-    longer = ["trainer.steps=120", "trainer.checkpoint_every=20", "trainer.eval_every=120"]
+    longer = ["trainer.steps=60", "trainer.checkpoint_every=10", "trainer.eval_every=60"]
     two, one = tmp_path / "two", tmp_path / "one"
     reference = _start([*RUN, *longer, "data.batch_size=16", f"hydra.run.dir={one}"], tmp_path)
     procs = _two_processes(two, tmp_path, *longer)
     try:
         deadline = time.time() + TIMEOUT
-        while not (two / "checkpoints" / "20").is_dir() and time.time() < deadline:
+        while not (two / "checkpoints" / "10").is_dir() and time.time() < deadline:
             time.sleep(0.02)
         procs[1].send_signal(signal.SIGTERM)
         outs = [proc.communicate(timeout=TIMEOUT)[0] for proc in procs]
@@ -207,12 +207,12 @@ def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path):
     assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, outs
     steps = {re.search(r"stopped after step (\d+); checkpoint saved", out)[1] for out in outs}
     (step,) = steps  # the same step on both
-    assert int(step) < 120 and not (two / "metrics.json").exists()
+    assert int(step) < 60 and not (two / "metrics.json").exists()
     assert (two / "checkpoints" / step / "data" / "process_1-of-2.json").is_file()
     _finish([*_two_processes(two, tmp_path, *longer), reference])
     metrics = json.loads((two / "metrics.json").read_text())
     ref = json.loads((one / "metrics.json").read_text())
-    assert metrics["steps"] == 120 and metrics["final"] == pytest.approx(ref["final"], rel=1e-5)
+    assert metrics["steps"] == 60 and metrics["final"] == pytest.approx(ref["final"], rel=1e-5)
     ours, theirs = _adapter(two), _adapter(one)
     for name, value in theirs.items():
         np.testing.assert_allclose(ours[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
