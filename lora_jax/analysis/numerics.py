@@ -39,7 +39,9 @@ def on_one_blas_thread(fn: _F) -> _F:
     XLA:CPU hands QR and SVD to LAPACK (OpenBLAS, through jaxlib), which splits these small
     problems over every core and then spends more time synchronising its threads than
     computing: on a busy 2-core machine the Table 6 analysis took 45 s of CPU, 27 s on one
-    thread, with the same bits (benchmarks/analysis_speed.py compares every number).
+    thread. The results agree to float32 accuracy; whether they are the same bits depends on
+    the CPU's LAPACK kernels (the same on one Xeon, up to 5e-5 apart on an AMD EPYC), so
+    nothing may rely on bits across thread counts.
     """
 
     @functools.wraps(fn)
