@@ -41,7 +41,7 @@ def lock_folder(folder: str | Path, key: str) -> Path:
     `key` names the setting that chose the folder (`hydra.sweep.dir`), for the message."""
     folder = Path(folder).absolute()
     path = folder / LOCK_FILE
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    me = _me()
     folder.mkdir(parents=True, exist_ok=True)
     while True:
         try:
@@ -73,7 +73,7 @@ def folder_locked(folder: str | Path, key: str) -> Iterator[Path]:
     """`lock_folder` for the block only: released when it ends, however it ends (a lock this
     process held before stays held)."""
     path = Path(folder).absolute() / LOCK_FILE
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    me = _me()
     held = _owner(path) == me
     lock_folder(folder, key)
     try:
@@ -81,6 +81,15 @@ def folder_locked(folder: str | Path, key: str) -> Iterator[Path]:
     finally:
         if not held:
             _release(path, me)
+
+
+def unlock_folder(folder: str | Path) -> None:
+    """Release `folder`'s lock if this process holds it (else nothing)."""
+    _release(Path(folder).absolute() / LOCK_FILE, _me())
+
+
+def _me() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _owner(path: Path) -> dict | None:

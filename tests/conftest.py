@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -73,13 +74,19 @@ def run_module(
     return proc
 
 
+def _to_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def call_main(
-    module: str, *args: str, cwd: Path, env: dict[str, str] | None = None
+    module: str, *args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
     """`run_module` in this process: the entry point's `main()` with `sys.argv`, the working
     folder and `env` set (and restored), stdout and stderr captured, the exit status from its
-    `SystemExit`. A fraction of a second where a fresh Python + JAX + Hydra takes seconds: for
-    the checks that fail before any work (bad input). Hydra's global state is cleared after.
+    `SystemExit`, warnings shown on stderr as a fresh Python shows them. A fraction of a second
+    where a fresh Python + JAX + Hydra takes seconds (and a training run reuses this process's
+    compiled programs): for what does not need a process of its own (signals, several
+    processes, a shell's view of the exit). Hydra's global state is cleared after.
 
     Hydra's logging set-up (`logging.config.dictConfig`) closes every logging handler the
     process has, pytest's capture among them: they are hidden from it for the call."""
@@ -100,7 +107,15 @@ def call_main(
         os.environ.update(env or {})
         sys.argv = [module, *args]
         os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            warnings.catch_warnings(),
+        ):
+            warnings.resetwarnings()  # Python's defaults, each warning once per call
+            for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning):
+                warnings.simplefilter("ignore", quiet, append=True)
+            warnings.showwarning = _to_stderr  # as Python shows them, not to pytest's record
             try:
                 importlib.import_module(module).main()
             except SystemExit as exit_:
@@ -114,14 +129,19 @@ def call_main(
         os.environ.update(saved_env)
         GlobalHydra.instance().clear()
     code = status if isinstance(status, int) else (0 if status is None else 1)
-    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+    proc = subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(
+            f"{module} {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
 
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> Path:
     """The folder of a FINISHED_RUN trained through `experiments.train`; never change it."""
     cwd = tmp_path_factory.mktemp("finished")
-    run_module("experiments.train", *FINISHED_RUN, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
+    call_main("experiments.train", *FINISHED_RUN, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
     return cwd / "run"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_module
+from conftest import call_main
 from safetensors.numpy import load_file, save_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -21,7 +21,7 @@ R2, R4 = FIXTURES / "peft_minilm_r2", FIXTURES / "peft_minilm_r4"
 @pytest.fixture(scope="module")
 def minilm_pair(tmp_path_factory):
     out = tmp_path_factory.mktemp("adapters") / "analysis"
-    proc = run_module(
+    proc = call_main(
         "experiments.analyze",
         "--adapters",
         str(R2),
@@ -140,7 +140,7 @@ def test_a_second_analysis_on_the_same_base_reads_ws_svds_back(minilm_pair, tmp_
 
 
 def _analyze_fails(tmp_path: Path, *folders: Path) -> str:
-    proc = run_module(
+    proc = call_main(
         "experiments.analyze",
         "--adapters",
         *map(str, folders),

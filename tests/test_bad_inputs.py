@@ -235,7 +235,7 @@ def test_bad_input_is_one_message_and_exit_2_before_any_work(
     if runner is run_module:
         proc = run_module(module, *args, cwd=tmp_path, check=False, timeout=120, env=env)
     else:
-        proc = call_main(module, *args, cwd=tmp_path, env=env)
+        proc = call_main(module, *args, cwd=tmp_path, env=env, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, f"exit {proc.returncode}:\n{out[-3000:]}"
     for part in expect:

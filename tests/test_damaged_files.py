@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import FINISHED_RUN, run_module
+from conftest import FINISHED_RUN, call_main
 
 from lora_jax.report.wandb_report import spectrum_keys
 from lora_jax.run_record import read_jsonl, read_run, write_atomic
@@ -42,7 +42,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(run_copy, finished_ru
     it resumes from step 10 with a warning naming step 20 and ends as the uninterrupted run."""
     (run_copy / "metrics.json").unlink()
     DAMAGE[damage](run_copy / "checkpoints" / "20")
-    proc = run_module(
+    proc = call_main(
         "experiments.train", *FINISHED_RUN, f"hydra.run.dir={run_copy}", cwd=run_copy.parent
     )
     assert "checkpoint step 20" in proc.stderr and "is damaged" in proc.stderr
@@ -60,7 +60,7 @@ def test_every_checkpoint_damaged_starts_over(run_copy, finished_run):
     (run_copy / "metrics.json").unlink()
     for step in ("10", "20"):
         DAMAGE["meta truncated"](run_copy / "checkpoints" / step)
-    proc = run_module(
+    proc = call_main(
         "experiments.train", *FINISHED_RUN, f"hydra.run.dir={run_copy}", cwd=run_copy.parent
     )
     assert proc.stderr.count("is damaged") == 2 and "resuming" not in proc.stdout
@@ -72,7 +72,7 @@ def test_truncated_metrics_json_makes_the_run_run_again(run_copy, finished_run):
     _truncate(run_copy / "metrics.json")
     with pytest.warns(UserWarning, match="metrics.json is damaged"):
         assert read_run(run_copy) is None  # the analysis sees an unfinished run
-    proc = run_module(
+    proc = call_main(
         "experiments.train", *FINISHED_RUN, f"hydra.run.dir={run_copy}", cwd=run_copy.parent
     )
     assert "metrics.json is damaged" in proc.stderr
@@ -126,14 +126,14 @@ def test_fused_group_goes_back_to_the_step_every_member_has(tmp_path):
     resumes fused from step 10 and every member ends as its uninterrupted run."""
     sweep_dir = tmp_path / "sw"
     args = [*FINISHED_RUN[:-1], "rank=1,2", "hydra/launcher=fused", f"hydra.sweep.dir={sweep_dir}"]
-    run_module("experiments.sweep", *args, cwd=tmp_path)
+    call_main("experiments.sweep", *args, cwd=tmp_path)
     runs = sorted(p.parent for p in sweep_dir.glob("*/metrics.json"))
     ref = {r: json.loads((r / "metrics.json").read_text()) for r in runs}
     for r in runs:  # killed after the last checkpoint
         (r / "metrics.json").unlink()
     (damaged,) = [r for r in runs if r.name.endswith("rank=2")]
     DAMAGE["state data truncated"](damaged / "checkpoints" / "20")
-    proc = run_module("experiments.sweep", *args, cwd=tmp_path)
+    proc = call_main("experiments.sweep", *args, cwd=tmp_path)
     assert "fused: training 2 runs as one" in proc.stdout
     assert "checkpoint step 20" in proc.stderr and "Traceback" not in proc.stderr
     assert "every member goes back to step 10" in proc.stdout
@@ -189,6 +189,6 @@ def test_a_full_disk_mid_run_is_one_message_and_the_rerun_resumes(tmp_path):
     assert message and message[1] == str(run_dir / "history.jsonl"), proc.stderr[-3000:]
     assert "MiB free there, a checkpoint of this run takes" in proc.stderr
     assert (run_dir / "checkpoints" / message[2]).is_dir() and int(message[2]) < 60
-    resumed = run_module("experiments.train", *args, cwd=tmp_path, env=env)
+    resumed = call_main("experiments.train", *args, cwd=tmp_path, env=env)
     assert f"resuming run from step {message[2]}" in resumed.stdout
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 60

@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import run_module
+from conftest import call_main
 from hydra import compose, initialize_config_dir
 from safetensors.numpy import load_file
 
@@ -193,7 +193,7 @@ def test_hydra_fused_sweep_end_to_end(runs, tmp_path):
     root, *_ = runs
     sweep_dir = tmp_path / "sw"
     args = [*FAST, "rank=1,4", "hydra/launcher=fused", f"hydra.sweep.dir={sweep_dir}"]
-    proc = run_module("experiments.sweep", *args, cwd=tmp_path)
+    proc = call_main("experiments.sweep", *args, cwd=tmp_path)
     assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.html").absolute())
     assert "fused: training 2 runs as one" in proc.stdout
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())

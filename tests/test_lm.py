@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import run_module
+from conftest import call_main
 
 from lora_jax.data import get_task, make_loader
 from lora_jax.data.e2e import E2EFormatError, assign_splits, parse_task_json
@@ -305,7 +305,7 @@ def lm_sweep(tmp_path_factory):
         "optim.label_smoothing=0.1",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    proc = run_module(
+    proc = call_main(
         "experiments.sweep", *args, cwd=cwd, env={"LORA_JAX_CACHE": str(cwd / "cache")}
     )
     return sweep_dir, proc

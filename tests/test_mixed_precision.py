@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import FAST, compose_config, run_module
+from conftest import FAST, call_main, compose_config
 
 from lora_jax import data as data_lib
 from lora_jax import models
@@ -166,7 +166,7 @@ def test_slow_cpu_notice():
 def test_bfloat16_run_end_to_end(tmp_path):
     """`python -m experiments.train model=tiny_bert debug=fast model.dtype=bfloat16`."""
     run = tmp_path / "run"
-    run_module(
+    call_main(
         "experiments.train",
         *FAST,
         "logger=none",

@@ -103,7 +103,7 @@ def test_sweep_recovers_the_planted_rank(tmp_path):
     """
     import json
 
-    from conftest import run_module
+    from conftest import call_main
 
     sweep_dir = tmp_path / "planted"
     args = [
@@ -121,7 +121,7 @@ def test_sweep_recovers_the_planted_rank(tmp_path):
         "trainer.progress=false",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    run_module("experiments.sweep", *args, cwd=tmp_path, timeout=900)
+    call_main("experiments.sweep", *args, cwd=tmp_path)
     rows = {r["rank"]: r for r in json.loads((sweep_dir / "analysis.json").read_text())["planted"]}
     gap = {r: rows[r]["final"]["gap_closed"] for r in rows}
     # The error stops improving once r >= k = 2 ...
@@ -156,7 +156,7 @@ def test_full_finetuning_finds_the_planted_rank(tmp_path):
     """
     import json
 
-    from conftest import run_module
+    from conftest import call_main
 
     from lora_jax.run_record import read_runs
     from lora_jax.weights.base_kernels import load_kernels
@@ -178,7 +178,7 @@ def test_full_finetuning_finds_the_planted_rank(tmp_path):
         "trainer.progress=false",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    run_module("experiments.sweep", *args, cwd=tmp_path, timeout=900)
+    call_main("experiments.sweep", *args, cwd=tmp_path)
     (run,) = read_runs(sweep_dir)
     dw = load_kernels(run.run_dir / "full_update.safetensors")
     for key, f in run.planted_factors().items():

@@ -16,14 +16,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import FAST, ROOT, run_module
+from conftest import FAST, ROOT, call_main, run_module
 
 
 @pytest.fixture(scope="module")
 def fast_sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("sweep")
     sweep_dir = cwd / "sw"
-    proc = run_module(
+    proc = call_main(
         "experiments.sweep", "rank=1,4", *FAST, f"hydra.sweep.dir={sweep_dir}", cwd=cwd
     )
     return sweep_dir, proc
@@ -203,7 +203,7 @@ def test_analyze_reproduces_the_analysis_from_saved_adapters(fast_sweep):
     assert "SIGTERM: the analysis stopped" in err and "Traceback" not in err, err
     analysis = sweep_dir / "analysis.json"
     assert not analysis.exists() or json.loads(analysis.read_text()) == before
-    proc = run_module("experiments.analyze", str(sweep_dir), cwd=sweep_dir.parent)
+    proc = call_main("experiments.analyze", str(sweep_dir), cwd=sweep_dir.parent)
     assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.html").absolute())
     assert json.loads((sweep_dir / "analysis.json").read_text()) == before
     assert list((sweep_dir / "analysis_run").glob("wandb/offline-run-*/run-*.wandb"))
@@ -215,7 +215,7 @@ def test_analyze_adapters_of_our_runs_agrees_with_the_sweep_analysis(fast_sweep,
     sweep_dir, _ = fast_sweep
     runs = [sweep_dir / "model=tiny_bert,rank=1", sweep_dir / "model=tiny_bert,rank=4" / "adapter"]
     out = tmp_path / "adapters"
-    proc = run_module(
+    proc = call_main(
         "experiments.analyze",
         "--adapters",
         *map(str, runs),
@@ -262,7 +262,7 @@ def test_wandb_offline_run_reads_back(fast_sweep):
 def test_rerun_skips_finished_runs(fast_sweep):
     sweep_dir, _ = fast_sweep
     before = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")}
-    proc = run_module(
+    proc = call_main(
         "experiments.sweep", "rank=1,4", *FAST, f"hydra.sweep.dir={sweep_dir}", cwd=sweep_dir.parent
     )
     assert proc.stdout.count("is complete; skipping") == 2
@@ -283,7 +283,7 @@ RESUME_RUN = [
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict:
     cwd = tmp_path_factory.mktemp("uninterrupted")
-    run_module("experiments.train", *RESUME_RUN, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
+    call_main("experiments.train", *RESUME_RUN, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
     return json.loads((cwd / "run" / "metrics.json").read_text())
 
 
@@ -325,7 +325,7 @@ def test_resume_after_a_signal_matches_uninterrupted(tmp_path, uninterrupted, si
     assert not (killed_dir / "metrics.json").exists(), "the run finished before it could be killed"
     if signum != signal.SIGKILL:
         _assert_stopped_with_a_checkpoint(status, err, signum, killed_dir)
-    resumed = run_module("experiments.train", *args, cwd=tmp_path)
+    resumed = call_main("experiments.train", *args, cwd=tmp_path)
     assert "resuming" in resumed.stdout
     got = json.loads((killed_dir / "metrics.json").read_text())
     assert got["final"] == pytest.approx(uninterrupted["final"], abs=1e-6)
@@ -343,7 +343,7 @@ def test_a_fused_group_stops_on_sigterm_and_resumes(tmp_path, uninterrupted):
     assert not (members[1] / "metrics.json").exists(), "the group finished before the signal"
     for member in members:
         _assert_stopped_with_a_checkpoint(status, err, signal.SIGTERM, member)
-    resumed = run_module("experiments.sweep", *args, cwd=tmp_path)
+    resumed = call_main("experiments.sweep", *args, cwd=tmp_path)
     assert "fused: training 2 runs as one" in resumed.stdout
     got = json.loads((members[1] / "metrics.json").read_text())
     assert got["final"] == pytest.approx(uninterrupted["final"], rel=1e-5, abs=1e-6)
@@ -362,7 +362,7 @@ def test_a_fused_group_stops_on_sigterm_and_resumes(tmp_path, uninterrupted):
     ],
 )
 def test_bad_overrides_fail_before_training(tmp_path, override, message):
-    proc = run_module(
+    proc = call_main(
         "experiments.sweep",
         override,
         *FAST,
@@ -376,15 +376,15 @@ def test_bad_overrides_fail_before_training(tmp_path, override, message):
 
 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
+    """The NaN stop says what was kept and a fix that applies (clipping is already on)."""
     run_dir = tmp_path / "nan"
-    proc = run_module(
+    proc = call_main(
         "experiments.train",
         "model=tiny_bert",
         "debug=fast",
         "logger=none",
         "trainer.checkpoint_every=1",
         "optim.lr=1e30",
-        "optim.clip_norm=null",
         "optim.warmup_ratio=0.5",
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
@@ -392,6 +392,8 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "the last good checkpoint is step" in proc.stderr
+    assert "Lower optim.lr, and train again" in proc.stderr  # not "set clip_norm": it is on
+    assert "trainer.restart=true" in proc.stderr and "step None" not in proc.stderr
     assert not (run_dir / "metrics.json").exists()
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps, "no checkpoint kept"
@@ -491,7 +493,7 @@ def test_analysis_of_runs_that_adapt_different_matrices(tmp_path):
     """dW vs W needs each run's own base kernels (q in one run, v in the other)."""
     sweep_dir = tmp_path / "targets"
     short = ["trainer.steps=4", "trainer.eval_every=4", "trainer.checkpoint_every=4"]
-    run_module(
+    call_main(
         "experiments.sweep",
         "rank=1",
         "targets=q,v",

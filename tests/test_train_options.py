@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import FAST, run_module
+from conftest import FAST, call_main
 from hydra import compose, initialize_config_dir
 
 from lora_jax import models
@@ -100,14 +100,14 @@ def test_epochs_and_init_from_through_the_entry_point(tmp_path: Path) -> None:
     first = tmp_path / "first"
     # MR has 8485 training sentences: batch 1024 gives 8 steps per epoch.
     args = [*FAST, "data.batch_size=1024", "trainer.epochs=2", "rank=2"]
-    run_module("experiments.train", *args, f"hydra.run.dir={first}", cwd=tmp_path)
+    call_main("experiments.train", *args, f"hydra.run.dir={first}", cwd=tmp_path)
     metrics = json.loads((first / "metrics.json").read_text())
     assert metrics["steps"] == 16
     history = [json.loads(line) for line in (first / "history.jsonl").read_text().splitlines()]
     assert sorted({row["step"] for row in history if "eval/accuracy" in row}) == [8, 16]
 
     second = tmp_path / "second"
-    run_module(
+    call_main(
         "experiments.train",
         *args,
         f"lora.init_from={first}",
@@ -118,7 +118,7 @@ def test_epochs_and_init_from_through_the_entry_point(tmp_path: Path) -> None:
     assert f"init_from: {first}" in (second / "config.yaml").read_text()
 
     budget = tmp_path / "budget"
-    run_module(
+    call_main(
         "experiments.train",
         *FAST,
         "trainer.steps=2",
@@ -136,7 +136,7 @@ def test_sgd_with_momentum_trains_a_tiny_run(tmp_path: Path) -> None:
     """`optim=sgd` (conf/optim/sgd.yaml): a run trains with optax's SGD, one momentum per
     trainable scalar in its optimizer state (AdamW keeps two)."""
     run = tmp_path / "sgd"
-    run_module("experiments.train", *FAST, "optim=sgd", f"hydra.run.dir={run}", cwd=tmp_path)
+    call_main("experiments.train", *FAST, "optim=sgd", f"hydra.run.dir={run}", cwd=tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "complete" and np.isfinite(metrics["final"]["accuracy"])
     state = metrics["optimizer_state_bytes"]

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FAST, run_module
+from conftest import FAST, call_main
 from safetensors.numpy import load_file
 
 
@@ -17,8 +17,8 @@ def full_and_lora(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("versus_full")
     sweep = cwd / "sw"
     common = [*FAST, "logger=none", f"hydra.sweep.dir={sweep}"]
-    run_module("experiments.sweep", "rank=2", *common, cwd=cwd)
-    run_module("experiments.sweep", "rank=0", "lora=full", *common, cwd=cwd)
+    call_main("experiments.sweep", "rank=2", *common, cwd=cwd)
+    call_main("experiments.sweep", "rank=0", "lora=full", *common, cwd=cwd)
     return sweep
 
 

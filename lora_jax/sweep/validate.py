@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_jax.config import Config, check_config, run_config
 from lora_jax.config_rules import check_batch_size, value_error
-from lora_jax.folder_lock import lock_folder
+from lora_jax.folder_lock import lock_folder, unlock_folder
 from lora_jax.train.run_identity import check_jobs
 from lora_jax.user_errors import EXIT_USER_ERROR, USER_ERRORS, check_output_dir, user_errors
 
@@ -128,6 +128,14 @@ class CheckCallback(Callback):
         with user_errors():  # every run folder's results against its job, all refusals listed
             check_jobs(jobs, multirun=True)
             lock_folder(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    # Hydra ends callbacks in reverse order: these run after the sweep's analysis and report.
+    # The locks go when the work ends, not when the process does (a notebook, a test runner).
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        unlock_folder(config.hydra.run.dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        unlock_folder(config.hydra.sweep.dir)
 
 
 def _locks_for_the_run(trainer: DictConfig) -> bool:
