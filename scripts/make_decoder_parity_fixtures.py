@@ -1,4 +1,4 @@
-"""Write the reference outputs that tests/test_models_{gpt2,llama}.py compare our decoders against.
+"""Write the reference outputs that tests/unit/test_models_{gpt2,llama}.py compare our decoders against.
 
 Needs PyTorch, transformers and gguf, which the test suite does not; use a separate venv:
 

@@ -1,6 +1,6 @@
 """Write tiny Llama-family checkpoints in the Hugging Face hub layout, with transformers' logits.
 
-tests/test_hub_layouts.py loads each folder with our loader and compares its logits with the
+tests/unit/test_hub_layouts.py loads each folder with our loader and compares its logits with the
 ones saved here. Needs PyTorch and transformers (the `interop` extra):
 
     .venv/bin/python scripts/make_hub_layout_fixtures.py

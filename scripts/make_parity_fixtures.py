@@ -1,4 +1,4 @@
-"""Write the reference outputs that tests/test_models_bert.py compares our encoders against.
+"""Write the reference outputs that tests/unit/test_models_bert.py compares our encoders against.
 
 Needs PyTorch and transformers, which the test suite does not; use a separate venv:
 

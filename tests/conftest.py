@@ -20,9 +20,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lora_jax.config import register_configs
+from lora_jax.train.compile_cache import enable_compilation_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+FIXTURES = ROOT / "tests" / "fixtures"  # made by scripts/ (reference implementations)
 # The tiny random BERT on the real MR data, 20 steps: the fastest real training run.
 FAST = ["model=tiny_bert", "debug=fast"]
 # A finished rank-4 run of FAST: 20 steps, checkpoints at 10 and 20, spectra logged.
@@ -32,6 +34,10 @@ FINISHED_RUN = [*FAST, "logger=none", "rank=4"]
 SYNTHETIC_LAYERS = 2
 
 register_configs()
+# Compiled programs are kept on disk (~/.cache/lora_jax/jax_compile, or LORA_JAX_COMPILE_CACHE),
+# as the entry points keep them: a test run loads what an earlier one, or the other worker,
+# compiled.
+enable_compilation_cache()
 
 
 def compose_config(*overrides: str, hydra: bool = False):
@@ -72,6 +78,29 @@ def run_module(
             f"{module} {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         )
     return proc
+
+
+def start_module(module: str, *args: str, cwd: Path) -> subprocess.Popen:
+    """`python -m module args` started in `cwd` (W&B offline), its stderr piped: for a test
+    that acts on the process while it runs (a signal, a second process)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(ready, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll until `ready()` holds, `proc` exits or `timeout` seconds pass."""
+    import time
+
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
 
 
 def _to_stderr(message, category, filename, lineno, file=None, line=None) -> None:

@@ -165,7 +165,7 @@ def _summarize_concrete(s: np.ndarray, shape: tuple[int, int] | None) -> dict[st
     (sum, cumsum: their order sets the rounding), log/exp and the divisions by a scalar stay
     the same XLA programs as in `_summarize`. Jitting `_summarize` whole would fuse them and
     change the last bits.
-    tests/test_analysis_spectrum.py checks it against the jnp definition run op by op.
+    tests/unit/test_analysis_spectrum.py checks it against the jnp definition run op by op.
     """
     s = np.sort(s)[::-1]
     dtype = s.dtype

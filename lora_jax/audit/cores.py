@@ -5,7 +5,7 @@ singular values of dW = scale * lora_a @ lora_b are |scale| * sqrt(eig(Ga^½ Gb 
 cost is two (n x r) Gram products, O((in + out) r²), with no QR and no (in x out) matrix. In
 float64 the squared singular values carry an absolute error ~1e-16 s_max², below the float32
 rounding of the factors themselves (`lora_jax.analysis.spectrum` gives the same values by QR
-in float32; tests/test_audit.py holds them to each other). This is gradience's method.
+in float32; tests/unit/test_audit.py holds them to each other). This is gradience's method.
 
 phi (Hu et al. 2021, Eq. 4) between the input-side subspaces of two A factors comes the same
 way: with aᵀa = V S² Vᵀ, U = a V S⁻¹ and U1ᵀ U2 = S1⁻¹ V1ᵀ (a1ᵀ a2) V2 S2⁻¹.

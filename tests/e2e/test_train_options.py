@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import FAST, call_main
+from conftest import CONF, FAST, call_main
 from hydra import compose, initialize_config_dir
 
 from lora_jax import models
@@ -22,7 +22,6 @@ from lora_jax.lora import LoRAConfig
 from lora_jax.partition import label_params, split
 from lora_jax.train import epochs_to_steps, lr_schedule, plan
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 register_configs()
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import call_main
+from conftest import FIXTURES, call_main
 from safetensors.numpy import load_file, save_file
 
-FIXTURES = Path(__file__).parent / "fixtures"
 R2, R4 = FIXTURES / "peft_minilm_r2", FIXTURES / "peft_minilm_r4"
 
 

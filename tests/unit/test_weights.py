@@ -13,6 +13,7 @@ import flax.traverse_util as tu
 import jax
 import numpy as np
 import pytest
+from conftest import FIXTURES
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -25,8 +26,8 @@ from lora_jax.weights.hf_folder import load_hf_folder
 from lora_jax.weights.params import CheckpointError, hf_name
 from lora_jax.weights.safetensors import SafetensorsReader
 
-FIXTURES = Path(__file__).parent / "fixtures" / "parity"
-TINY_ROBERTA = FIXTURES / "tiny_roberta"
+PARITY = FIXTURES / "parity"
+TINY_ROBERTA = PARITY / "tiny_roberta"
 TOL = 1e-4  # max abs difference against HF transformers (float32, CPU)
 
 
@@ -55,7 +56,7 @@ def minilm():
 
 @needs_minilm
 def test_minilm_matches_transformers(minilm):
-    ref = np.load(FIXTURES / "minilm.npz")
+    ref = np.load(PARITY / "minilm.npz")
     h = _hidden(minilm, ref["input_ids"], ref["attention_mask"], ref["token_type_ids"])
     assert np.abs(h - ref["last_hidden_state"]).max() < TOL
     enc = BertEncoder(minilm.config, minilm.module.lora)
@@ -80,7 +81,7 @@ def test_minilm_registry_defaults(minilm):
 
 @needs_minilm
 def test_minilm_tokenizer_matches_transformers(minilm):
-    ref = np.load(FIXTURES / "minilm.npz")
+    ref = np.load(PARITY / "minilm.npz")
     for sentence, ids, mask in zip(
         ref["sentences"], ref["input_ids"], ref["attention_mask"], strict=True
     ):
@@ -92,7 +93,7 @@ def test_minilm_tokenizer_matches_transformers(minilm):
 
 @needs_minilm
 def test_minilm_classifier_runs_and_pools_mean(minilm):
-    ref = np.load(FIXTURES / "minilm.npz")
+    ref = np.load(PARITY / "minilm.npz")
     logits = minilm.module.apply({"params": minilm.params}, ref["input_ids"], ref["attention_mask"])
     assert logits.shape == (5, 2)
     # Mean pooling: the logits ignore padded positions entirely.
@@ -105,7 +106,7 @@ def test_minilm_classifier_runs_and_pools_mean(minilm):
 
 def test_tiny_roberta_matches_transformers():
     pre = load_pretrained(TINY_ROBERTA, LoRAConfig(rank=2), num_labels=1, tokenizer=False)
-    ref = np.load(FIXTURES / "tiny_roberta.npz")
+    ref = np.load(PARITY / "tiny_roberta.npz")
     assert pre.config.family == "roberta" and not pre.config.add_pooler
     h = _hidden(pre, ref["input_ids"], ref["attention_mask"])
     assert np.abs(h - ref["last_hidden_state"]).max() < TOL
@@ -235,7 +236,7 @@ def test_tiny_bert_needs_no_files():
 
 
 def test_fixtures_stay_small():
-    total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in PARITY.rglob("*") if f.is_file())
     assert total < 1_000_000
     assert json.loads((TINY_ROBERTA / "config.json").read_text())["num_hidden_layers"] == 2
 

@@ -4,7 +4,7 @@
 a few real train steps of tiny BERT (LoRA and full fine-tuning) and a tiny Llama in both
 dtypes: the loss trajectories agree within `LOSS_RTOL`, what trains and the optimizer state
 stay float32, the frozen base is bfloat16; the entry point runs end to end in bfloat16. The
-float32 default is the code path the parity tests (tests/test_models_*.py, test_interop.py)
+float32 default is the code path the parity tests (tests/unit/test_models_*.py, test_interop.py)
 already pin.
 """
 

@@ -14,13 +14,12 @@ or inside a function) and on a fresh interpreter (what importing the analysis lo
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-PACKAGE = Path(__file__).resolve().parents[1] / "lora_jax"
+PACKAGE = ROOT / "lora_jax"
 # The readers and the math the analysis may use; they import only among themselves.
 READERS = {
     "lora_jax.lora",
@@ -46,7 +45,6 @@ LAYERS = (
     ("report", "sweep"),
 )
 LAYER_OF = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
-ABOVE_ANALYSIS = ("train", "models", "data", "planted", "sweep", "report", "fused")
 
 
 def _module(path: Path) -> str:
@@ -87,33 +85,6 @@ def test_readers_import_only_each_other(module):
     allowed = READERS
     bad = {m for m in _imports(path) if m not in allowed and m != module}
     assert not bad, f"{module} imports {sorted(bad)}; allowed: {sorted(allowed)}"
-
-
-def test_importing_the_analysis_loads_nothing_above_it():
-    code = (
-        "import sys, lora_jax.analysis.updates; "
-        "print(' '.join(m for m in sys.modules if m.startswith('lora_jax')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = out.stdout.split()
-    above = [m for m in loaded if m.split(".")[1:2] and m.split(".")[1] in ABOVE_ANALYSIS]
-    assert not above, f"importing lora_jax.analysis.updates loads {above}"
-    assert "omegaconf" not in out.stdout and "hydra" not in out.stdout
-
-
-def test_a_train_step_process_loads_no_loader_metrics_or_hydra():
-    """What `benchmarks.step`'s step process imports (a task, the objective, the step) leaves out
-    Grain, SciPy, scikit-learn, Hydra and the heavy frameworks: ~110 MB of its peak RSS."""
-    code = (
-        "import sys; from lora_jax import data, models; "
-        "from lora_jax.train.objectives import classification; "
-        "from lora_jax.train.steps import make_train_step; "
-        "from lora_jax.train.precision import cast_frozen; data.get_task('mr'); "
-        "print(' '.join(m.split('.')[0] for m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    heavy = {"grain", "scipy", "sklearn", "hydra", "omegaconf", "orbax", "tensorflow", "torch"}
-    assert not heavy & set(out.stdout.split())
 
 
 def test_public_face_reexports_the_verbs():

@@ -8,10 +8,9 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import FAST, ROOT, run_module
+from conftest import FAST, run_module, start_module, wait_until
 
 from lora_jax.folder_lock import LOCK_FILE, FolderBusyError, lock_folder
 
@@ -41,18 +40,8 @@ def test_a_live_owner_is_refused_and_a_dead_one_taken_over(tmp_path):
 def test_a_second_sweep_into_a_busy_folder_is_refused(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = [*FAST, "rank=1,2", "logger=none", f"hydra.sweep.dir={sweep_dir}"]
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "experiments.sweep", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while not (sweep_dir / LOCK_FILE).exists() and time.time() < deadline and first.poll() is None:
-        time.sleep(0.05)
+    first = start_module("experiments.sweep", *args, cwd=tmp_path)
+    wait_until((sweep_dir / LOCK_FILE).exists, first)
     second = run_module("experiments.sweep", *args, cwd=tmp_path, check=False)
     assert second.returncode == 2, second.stderr
     assert f"is busy: process {first.pid}" in second.stderr and "Traceback" not in second.stderr

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DEVICES = 8
 MESHES = ((8, 1), (2, 4), (1, 8))  # (data, fsdp)
 

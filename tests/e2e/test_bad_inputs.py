@@ -13,11 +13,15 @@ The `slow` ones load the model code or the MR split before failing.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAST, call_main, compose_config, compose_jobs, run_module, write_run
+from conftest import FAST, ROOT, call_main, compose_config, compose_jobs, run_module, write_run
 
 from lora_jax.lora import parse_targets
 from lora_jax.train import plan
@@ -292,3 +296,46 @@ def test_at_least_60_cases():
     assert len(list(_cases())) >= 60
     ids = {case.id for case in _cases()}
     assert ids >= END_TO_END, END_TO_END - ids
+
+
+def _read_only_for_root_too():
+    """A child for which mode bits hold even as root: root writes through any mode bits (the
+    DAC override capabilities), so the child leaves those out of its bounding set first."""
+    if os.geteuid() != 0:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def drop() -> None:
+        for cap in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    return drop
+
+
+def test_report_into_a_read_only_sweep_folder_is_one_message(tmp_path):
+    """The same message and exit 2 as `experiments.analyze`/`.sweep` there, not an OSError
+    traceback, and the folder is left as it was."""
+    sweep = tmp_path / "sweep"
+    write_run(sweep, "rank=4", rank=4, best=0.8, final=0.8)
+    folders = [sweep, *(p for p in sweep.rglob("*") if p.is_dir())]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:  # a root that may not drop the override (no CAP_SETPCAP) cannot run this test
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.report", str(sweep), "--no-wandb"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=_read_only_for_root_too(),
+        )
+    except subprocess.SubprocessError as err:  # raised by preexec_fn
+        pytest.skip(f"root that cannot drop its DAC override ({err}): nothing is read-only")
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "is not writable" in proc.stderr and str(sweep) in proc.stderr
+    assert "Traceback" not in proc.stderr and not (sweep / "report.md").exists()

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import flax.traverse_util as tu
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 from lora_jax.lora import LoRAConfig
 from lora_jax.models import DECODER_MODELS, get_spec, load_decoder, lora_shapes_of
 from lora_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel, lora_shapes
 from lora_jax.weights.hf_folder import load_hf_folder
 
-FIXTURES = Path(__file__).parent / "fixtures" / "parity"
+PARITY = FIXTURES / "parity"
 IDS = jnp.array([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]], jnp.int32)
 
 
@@ -64,8 +63,8 @@ def test_lora_on_q_and_v_slices_independently():
 
 
 def test_loader_splits_c_attn_into_q_k_v_kernels():
-    pre = load_decoder(FIXTURES / "tiny_gpt2", LoRAConfig(rank=1, targets="qkv"), tokenizer=False)
-    _, reader = load_hf_folder(FIXTURES / "tiny_gpt2")
+    pre = load_decoder(PARITY / "tiny_gpt2", LoRAConfig(rank=1, targets="qkv"), tokenizer=False)
+    _, reader = load_hf_folder(PARITY / "tiny_gpt2")
     w, b = reader["transformer.h.1.attn.c_attn.weight"], reader["transformer.h.1.attn.c_attn.bias"]
     attn = pre.params["decoder"]["layer_1"]["attention"]
     for j, t in enumerate("qkv"):
@@ -77,8 +76,8 @@ def test_loader_splits_c_attn_into_q_k_v_kernels():
 
 
 def test_parity_with_transformers_tiny_gpt2():
-    ref = np.load(FIXTURES / "tiny_gpt2.npz")
-    pre = load_decoder(FIXTURES / "tiny_gpt2", LoRAConfig(rank=2, targets="all"), tokenizer=False)
+    ref = np.load(PARITY / "tiny_gpt2.npz")
+    pre = load_decoder(PARITY / "tiny_gpt2", LoRAConfig(rank=2, targets="all"), tokenizer=False)
     logits = pre.module.apply({"params": pre.params}, ref["input_ids"], ref["attention_mask"])
     real = ref["attention_mask"].astype(bool)
     assert np.abs(ref["logits"]).max() > 3

@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import call_main
+from conftest import ROOT, call_main
 from hydra import compose, initialize_config_dir
 from safetensors.numpy import load_file
 
@@ -27,7 +27,6 @@ from lora_jax.config import register_configs
 from lora_jax.peft_adapter import HEAD_FILE, read_adapter
 from lora_jax.train import fused
 
-ROOT = Path(__file__).resolve().parents[1]
 # debug=fast; every batch max_len long so that seeds fuse, and head dropout on (as the
 # encoder's, each member draws its own masks from its own keys).
 FAST = ["model=tiny_bert", "debug=fast", "data.pad=max_len", "model.head_dropout=0.1"]

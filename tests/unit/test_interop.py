@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FIXTURES
 from safetensors.numpy import load_file
 
 from lora_jax.adapter_io import export_adapter, init_adapters
@@ -55,7 +56,7 @@ def float32_forward_tolerance(logits: np.ndarray, depth: int, width: int) -> flo
     return math.sqrt(depth * width) * float(np.finfo(np.float32).eps) * float(np.abs(logits).max())
 
 
-PARITY = Path(__file__).parent / "fixtures" / "parity"
+PARITY = FIXTURES / "parity"
 # PEFT 0.21's PeftModel.__init__ reads `model.is_gradient_checkpointing`, which transformers 5
 # deprecated: emitted for every adapter, PEFT's own included, so not about ours.
 LIBRARY_DEPRECATIONS = ("`is_gradient_checkpointing` is deprecated",)

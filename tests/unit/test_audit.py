@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FIXTURES
 from safetensors.numpy import save_file
 
 from lora_jax.audit.cores import phi_grid, singular_values, summarize
 from lora_jax.audit.measure import advise, audit, energy_rank, write_audit
 from lora_jax.peft_adapter import open_adapter, read_adapter
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _orthonormal(rng, n, k):

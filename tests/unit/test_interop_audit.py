@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 from lora_jax.audit.measure import ADVICE_DIR, write_audit
 from lora_jax.peft_adapter import read_adapter
 
 pytestmark = pytest.mark.interop
-FIXTURES = Path(__file__).parent / "fixtures"
 TINY_LLAMA = FIXTURES / "parity" / "tiny_llama"
 torch = transformers = peft = None
 
