@@ -83,8 +83,7 @@ def main() -> None:
         parser.error(f"--eval-limit {args.eval_limit} is not valid; allowed: a positive integer")
     # Bad input: one message and exit status 2 (the traceback too with HYDRA_FULL_ERROR=1).
     # A signal stops it where it is: every file is written whole or not at all.
-    redo = "the files it had written are whole; run the same command again"
-    with user_errors(errors=(*USER_ERRORS, KeyError)), stop_at_once("the analysis", redo):
+    with user_errors(errors=(*USER_ERRORS, KeyError)), stop_at_once("the analysis"):
         if args.adapters is None or args.base:  # JAX programs (the audit needs none)
             from lora_jax.train.compile_cache import enable_compilation_cache
 

@@ -39,8 +39,7 @@ def main() -> None:
             check_output_dir(args.out, "--out", "--out /tmp/report")
         elif Path(args.sweep_dir).is_dir():  # the report is written into the sweep folder
             check_output_dir(args.sweep_dir, "sweep_dir", "--out /tmp/report")
-    redo = "the files it had written are whole; run the same command again"
-    with user_errors(errors=(ReportInputError, RunFolderError)), stop_at_once("the report", redo):
+    with user_errors(errors=(ReportInputError, RunFolderError)), stop_at_once("the report"):
         result = make_report(args.sweep_dir, args.paper, args.out, use_wandb=not args.no_wandb)
     print(result.wandb_message)
     print(result.markdown.absolute())

@@ -22,6 +22,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,18 +83,26 @@ class RunFolderError(ValueError):
     """A folder that should hold finished runs does not (missing, empty, unreadable)."""
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never a part:
-    a temporary file in the same folder (same file system), then `os.replace`."""
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary file in `path`'s folder (same file system) for the block to write; moved
+    onto `path` (`os.replace`) when the block ends, removed if it fails. Readers see the old
+    file or the new one, never a part."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one (`replacing`)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text)
 
 
 def read_jsonl(path: str | Path, contains: str | None = None) -> Iterator[dict[str, Any]]:

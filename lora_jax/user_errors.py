@@ -57,39 +57,42 @@ def no_space_message(err: OSError, run_dir: str | Path) -> str:
     """Which file could not be written, the space there and what a checkpoint needs, and what
     is saved: the newest checkpoint the rerun resumes from."""
     run_dir = Path(run_dir)
-    written = err.filename or f"a file in {run_dir}"
     free = shutil.disk_usage(run_dir if run_dir.exists() else Path.cwd()).free
+    head = (
+        f"out of space writing {err.filename or f'a file in {run_dir}'} ({err.strerror}); "
+        f"{free / 2**20:.0f} MiB free there"
+    )
     steps = sorted(
         int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit() and p.is_dir()
     )
     if not steps:
         return (
-            f"out of space writing {written} ({err.strerror}); {free / 2**20:.0f} MiB free "
-            "there. Nothing is saved yet: free space (or choose another output folder) and "
+            f"{head}. Nothing is saved yet: free space (or choose another output folder) and "
             "run the same command again."
         )
     newest = run_dir / "checkpoints" / str(steps[-1])
     return (
-        f"out of space writing {written} ({err.strerror}); {free / 2**20:.0f} MiB free there, "
-        f"a checkpoint of this run takes {_size(newest) / 2**20:.1f} MiB. Saved: checkpoint "
-        f"step {steps[-1]} in {newest.parent}. Free space (or move the folder) and run the "
-        f"same command again to resume from step {steps[-1]}."
+        f"{head}, a checkpoint of this run takes {_size(newest) / 2**20:.1f} MiB. Saved: "
+        f"checkpoint step {steps[-1]} in {newest.parent}. Free space (or move the folder) and "
+        f"run the same command again to resume from step {steps[-1]}."
     )
+
+
+class OutOfSpaceError(OSError):
+    """A write failed for lack of space; the message says what is saved (`no_space_message`)."""
 
 
 @contextmanager
 def out_of_space(run_dir: str | Path) -> Iterator[None]:
     """A write that fails for lack of space inside: one message (`no_space_message`) and exit
-    status 2, not a traceback; other OSErrors pass."""
-    try:
-        yield
-    except OSError as err:
-        if err.errno not in NO_SPACE:
-            raise
-        if full_error():
-            traceback.print_exc()
-        print(f"Error: {no_space_message(err, run_dir)}", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR) from None
+    status 2 through `user_errors`, not a traceback; other OSErrors pass."""
+    with user_errors(errors=(OutOfSpaceError,)):
+        try:
+            yield
+        except OSError as err:
+            if err.errno not in NO_SPACE:
+                raise
+            raise OutOfSpaceError(no_space_message(err, run_dir)) from err
 
 
 def check_output_dir(path: str | Path, key: str, example: str, min_free: int = MIN_FREE) -> None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from lora_jax.analysis.projection import KernelSVD, kernel_svd
+from lora_jax.run_record import replacing
 
 Key = tuple[int, str]  # (layer, target)
 CACHE_ENV = "LORA_JAX_CACHE"  # the cache's root; default ~/.cache/lora_jax
@@ -92,14 +92,8 @@ class SVDCache:
                 )
                 warnings.warn(f"SVD cache not written: {self.unsaved}", stacklevel=3)
             return
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with replacing(path) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in w_svd._asdict().items()}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def stats(self) -> dict:
         """What the cache did: its folder, decompositions reused and computed."""

@@ -101,7 +101,8 @@ def _matrix(update: Update, i: int, key: Key, w: np.ndarray, w_svd) -> dict:
 
 
 def measure(update: Update, bases: BaseKernels) -> dict[str, dict]:
-    """Spectra, their summaries and the Table 7 numbers of every matrix of one update."""
+    """Spectra, their summaries, the Table 7 numbers and the intruders of every matrix of one
+    update."""
     source, kernels = bases.kernels_of(update)
     return {
         matrix_name(key): _matrix(

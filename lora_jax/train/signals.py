@@ -30,48 +30,52 @@ class Interrupted(SystemExit):
 
 
 @contextmanager
-def stop_requests() -> Iterator[list[int]]:
-    """A list that receives SIGTERM/SIGINT instead of the default handlers, for the loop to
-    read between steps; a second signal exits at once. Outside the main thread (where Python
-    cannot take signals) the list stays empty and the defaults apply."""
-    received: list[int] = []
+def _signals_to(handler) -> Iterator[None]:
+    """SIGTERM/SIGINT go to `handler` inside the block, to the previous handlers after it.
+    Outside the main thread (where Python cannot take signals) the defaults stay."""
     if threading.current_thread() is not threading.main_thread():
-        yield received
+        yield
         return
-
-    def handler(signum: int, frame: object) -> None:
-        if received:  # a second one: stop now, the newest intact checkpoint stays
-            os._exit(128 + signum)
-        received.append(signum)
-
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
-        yield received
+        yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
 
 
 @contextmanager
-def stop_at_once(what: str, redo: str) -> Iterator[None]:
+def stop_requests() -> Iterator[list[int]]:
+    """A list that receives SIGTERM/SIGINT instead of the default handlers, for the loop to
+    read between steps; a second signal exits at once. Outside the main thread the list stays
+    empty and the defaults apply."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if received:  # a second one: stop now, the newest intact checkpoint stays
+            os._exit(128 + signum)
+        received.append(signum)
+
+    with _signals_to(handler):
+        yield received
+
+
+@contextmanager
+def stop_at_once(
+    what: str, redo: str = "the files it had written are whole; run the same command again"
+) -> Iterator[None]:
     """SIGTERM/SIGINT inside: stop where the work is, print `<SIGNAL>: <what> stopped; <redo>`
     and exit 128 + signal (`Interrupted`, no traceback); a second signal exits at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum: int, frame: object) -> None:
         for s in SIGNALS:  # while unwinding, a second signal ends the process
             signal.signal(s, lambda n, f: os._exit(128 + n))
         raise Interrupted(signum)
 
-    previous = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
-        yield
+        with _signals_to(handler):
+            yield
     except Interrupted as stop:
         name = signal.Signals(stop.signum).name
         print(f"[lora_jax] {name}: {what} stopped; {redo}", file=sys.stderr, flush=True)
         raise
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
