@@ -335,15 +335,16 @@ EOF
 
 # The test files that run JAX numerics on the device: layers, LoRA algebra, the model families
 # against their fixtures, partitioning/optimizer, fused (vmapped) training, generation, the
-# analysis maths, adapter I/O. Not: tests/test_parallel.py (forces CPU devices), interop
+# analysis maths, adapter I/O. Not: tests/e2e/test_parallel.py (forces CPU devices), interop
 # (torch), the report/config/CLI/data-only tests (no device numerics), `slow` ones.
 TESTS="
-  tests/test_layers.py tests/test_lora.py tests/test_partition.py
-  tests/test_models_bert.py tests/test_models_gpt2.py tests/test_models_llama.py
-  tests/test_weights.py tests/test_adapter_io.py tests/test_fused.py tests/test_generate.py
-  tests/test_lm.py tests/test_planted.py tests/test_versus_full.py
-  tests/test_analysis_spectrum.py tests/test_analysis_similarity.py
-  tests/test_analysis_projection.py tests/test_analysis_full_update.py
+  tests/unit/test_layers.py tests/unit/test_lora.py tests/unit/test_partition.py
+  tests/unit/test_models_bert.py tests/unit/test_models_gpt2.py tests/unit/test_models_llama.py
+  tests/unit/test_weights.py tests/unit/test_adapter_io.py tests/unit/test_generate.py
+  tests/unit/test_analysis_spectrum.py tests/unit/test_analysis_similarity.py
+  tests/unit/test_analysis_projection.py tests/unit/test_analysis_full_update.py
+  tests/e2e/test_fused.py tests/e2e/test_lm.py tests/e2e/test_planted.py
+  tests/e2e/test_versus_full.py
 "
 export TESTS
 
@@ -352,7 +353,7 @@ export TESTS
 # lora_jax.report.wandb_report, which imports wandb_workspaces at module level, even for
 # logger=none runs; test_hydra_fused_sweep_end_to_end also logs to W&B (offline). Those tests
 # are deselected then, and listed in the JSON.
-NEED_WANDB_FILES="tests/test_versus_full.py"
+NEED_WANDB_FILES="tests/e2e/test_versus_full.py"
 NEED_WANDB_TESTS="test_generation_sweep_writes_bleu_adapters_and_analysis test_hydra_fused_sweep_end_to_end test_sweep_recovers_the_planted_rank"
 export NEED_WANDB_FILES NEED_WANDB_TESTS
 

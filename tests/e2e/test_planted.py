@@ -119,6 +119,7 @@ def test_sweep_recovers_the_planted_rank(tmp_path):
         "optim.lr=1e-2",
         "logger=none",
         "trainer.progress=false",
+        "hydra/launcher=fused",  # one program for the three ranks
         f"hydra.sweep.dir={sweep_dir}",
     ]
     call_main("experiments.sweep", *args, cwd=tmp_path)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tolerance import FLOAT32_U
 
 from lora_jax.analysis import SUMMARY_KEYS, dw_svd, spectrum, spectrum_summary, summarize_spectrum
 
@@ -185,9 +186,14 @@ def _summary_op_by_op(s, shape=None):
     }
 
 
-def test_summaries_of_concrete_spectra_keep_their_bits():
+def test_summaries_of_concrete_spectra_equal_the_jnp_definition():
     # Outside jit, summarize_spectrum runs the exact steps in numpy (fewer XLA compiles); the
-    # analysis.json numbers must stay those of the jnp definition run op by op.
+    # analysis.json numbers must stay those of the jnp definition run op by op. On a CPU both
+    # are IEEE float32 on one machine: the same bits. A GPU or TPU computes XLA's division,
+    # sqrt, log and exp its own way (not always correctly rounded): there the floats agree to
+    # a few units in the last place and the ranks (counts) exactly.
+    cpu = jax.default_backend() == "cpu"
+    counts = ("energy_rank_90", "energy_rank_99", "numerical_rank")
     rng = np.random.default_rng(7)
     for n in (1, 2, 3, 4, 7, 8, 16, 31, 64, 384):
         for case in range(12):
@@ -201,5 +207,9 @@ def test_summaries_of_concrete_spectra_keep_their_bits():
             shape = (384, 768) if case % 2 else None
             new, ref = summarize_spectrum(s, shape), _summary_op_by_op(s, shape)
             for key in SUMMARY_KEYS:
-                assert np.asarray(new[key]).tobytes() == np.asarray(ref[key]).tobytes(), (n, key)
                 assert new[key].dtype == ref[key].dtype
+                if cpu or key in counts:
+                    same = np.asarray(new[key]).tobytes() == np.asarray(ref[key]).tobytes()
+                    assert same, (n, key)
+                else:
+                    np.testing.assert_allclose(new[key], ref[key], rtol=8 * FLOAT32_U, atol=0)

@@ -375,3 +375,13 @@ def test_argparse_command_parses(cmd: Command, monkeypatch, capsys) -> None:
         from lora_jax.report import paper
 
         assert set(parsed[-1].paper) <= set(paper.ITEMS), cmd
+
+
+def test_the_gpu_check_runs_test_files_that_exist():
+    # scripts/gpu_check.sh names the device tests by path; a moved file must not drop silently.
+    script = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    block = re.search(r'^TESTS="(.*?)"$', script, re.M | re.S).group(1)
+    wandb = re.search(r'^NEED_WANDB_FILES="(.*?)"$', script, re.M).group(1)
+    paths = block.split()
+    assert len(paths) >= 15 and set(wandb.split()) <= set(paths)
+    assert [p for p in paths if not (ROOT / p).is_file()] == []

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tolerance import reordered_atol
 
 from lora_jax.lora import (
     LoRAConfig,
@@ -46,8 +47,9 @@ def test_at_init_output_equals_dense(a_init, scaling):
     assert params["lora_a"].shape == (IN, 4) and params["lora_b"].shape == (4, OUT)
     assert not np.any(params["lora_b"])  # B starts at zero
     dense = {"kernel": params["kernel"], "bias": params["bias"]}
-    np.testing.assert_array_equal(
-        layer.apply({"params": params}, X), nn.Dense(OUT).apply({"params": dense}, X)
+    want = nn.Dense(OUT).apply({"params": dense}, X)
+    np.testing.assert_allclose(
+        layer.apply({"params": params}, X), want, rtol=0, atol=reordered_atol(want, ops=IN)
     )
 
 

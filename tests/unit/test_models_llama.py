@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import FIXTURES
+from tolerance import reordered_atol
 
 from lora_jax.lora import LoRAConfig
 from lora_jax.models.llama import LlamaForCausalLM, lora_shapes, rope
@@ -90,9 +91,13 @@ def test_lora_at_init_equals_base_and_grads_reach_lora_b():
     params = _init(model)
     flat = tu.flatten_dict(params)
     base_params = tu.unflatten_dict({p: v for p, v in flat.items() if "lora" not in p[-1]})
-    np.testing.assert_array_equal(
+    # lora_b = 0 adds exact zeros; what may differ is the order XLA fuses the rest in.
+    base_logits = jax.jit(base.apply)({"params": base_params}, IDS)
+    np.testing.assert_allclose(
         jax.jit(model.apply)({"params": params}, IDS),
-        jax.jit(base.apply)({"params": base_params}, IDS),
+        base_logits,
+        rtol=0,
+        atol=reordered_atol(base_logits, ops=cfg.num_layers * cfg.intermediate_size),
     )
     g = jax.jit(jax.grad(lambda p: model.apply({"params": p}, IDS).sum()))(params)
     assert float(jnp.abs(g["decoder"]["layer_0"]["ffn"]["ffn_gate"]["lora_b"]).sum()) > 0
