@@ -66,10 +66,10 @@ def check_job(cfg: DictConfig) -> None:
     check_mesh(cfg.trainer.mesh.fsdp)  # divides the device count (fsdp=1 starts no backend)
 
     task = plan(cfg).task
-    check_batch_size(cfg.data.batch_size, _split_size(task.name, "train"), task.name)
+    check_batch_size(cfg.data.batch_size, _split_size(task, "train"), task.name)
     split = task.splits.get(cfg.data.eval_split, cfg.data.eval_split)
     try:
-        _split_size(task.name, split)
+        _split_size(task, split)
     except (ValueError, KeyError):
         allowed = ", ".join(task.splits)
         raise value_error(
@@ -80,7 +80,7 @@ def check_job(cfg: DictConfig) -> None:
 
 
 @functools.cache  # a sweep's jobs share their task: open each split once
-def _split_size(task: str, split: str) -> int:
+def _split_size(task: Any, split: str) -> int:
     from lora_jax import data
 
     logging.disable(logging.INFO)  # TFDS logs "Load dataset info"; the pass prints one message

@@ -4,6 +4,7 @@ half, the data, the optimizer and the objective (`prepare_run`), for one run or 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from lora_jax.train.optim import make_tx
 from lora_jax.train.precision import cast_frozen, warn_if_slow
 from lora_jax.train.steps import tree_bytes
 from lora_jax.weights.base_kernels import BASE_KERNELS_FILE, layer_kernels, save_kernels
+
+LABELS_FILE = "labels.json"  # a run on its own files: the class names in id order
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,10 @@ def plan(cfg: Config | DictConfig) -> Plan:
         rank_pattern=dict(section.rank_pattern),
     )
     models.check_lora(cfg.model.name, lora)
-    if cfg.data.task not in data_lib.TASKS:
-        tasks = ", ".join(sorted(data_lib.TASKS))
+    if cfg.data.task not in data_lib.TASKS and cfg.data.task != data_lib.LOCAL_TASK:
+        tasks = ", ".join(sorted([*data_lib.TASKS, data_lib.LOCAL_TASK]))
         raise value_error("data.task", cfg.data.task, tasks, "data=mr")
-    task = data_lib.get_task(cfg.data.task)
+    task = data_lib.get_task(cfg.data)  # data=local: its files read, checked and prepared
     if task.is_generation != models.is_decoder(cfg.model.name):
         allowed = models.DECODER_MODELS if task.is_generation else models.ENCODER_MODELS
         raise ValueError(
@@ -172,6 +175,8 @@ def prepare_run(cfg: Config, p: Plan, workdir: Path) -> RunSetup:
     primary = distributed.is_primary()  # process 0 writes the run folder
     if primary:
         write_atomic(workdir / "config.yaml", OmegaConf.to_yaml(to_dict(cfg)))
+    if primary and p.task.label_names:  # data=local: which class each logit column is
+        write_atomic(workdir / LABELS_FILE, json.dumps(list(p.task.label_names), indent=1) + "\n")
     if primary and models.is_random(cfg.model.name):
         # A random-init base has no checkpoint to read W_0 from later: the analysis reads these.
         save_kernels(workdir / BASE_KERNELS_FILE, layer_kernels(pre.params), family_of(pre))
