@@ -7,6 +7,9 @@
 
 Each format's folder holds train/validation/test files with the columns `sentence`, `label`
 (negative/positive: sorted, the ids of MR's ClassLabel) and `rating` (MR's float32 rating).
+For a decoder, the train sentences once more as one file of each other kind (validation split
+by the hash rule): `completion.jsonl` (`prompt`: the review and a question, `completion`: the
+label) and `chat.jsonl` (`messages`: the same as a user turn and an assistant turn).
 """
 
 from __future__ import annotations
@@ -54,6 +57,19 @@ def main() -> None:
             writer.writeheader()
             writer.writerows(data)
         pq.write_table(pa.Table.from_pylist(data), OUT / "parquet" / f"{split}.parquet")
+    train = rows("train")
+    question = "Is this movie review positive or negative?"
+    with open(OUT / "completion.jsonl", "w", encoding="utf-8") as f:
+        for r in train:
+            record = {"prompt": f"{r['sentence']}\n{question} ", "completion": r["label"]}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with open(OUT / "chat.jsonl", "w", encoding="utf-8") as f:
+        for r in train:
+            turns = [
+                {"role": "user", "content": f"{r['sentence']}\n{question}"},
+                {"role": "assistant", "content": r["label"]},
+            ]
+            f.write(json.dumps({"messages": turns}, ensure_ascii=False) + "\n")
     print(f"wrote {OUT}")
 
 

@@ -161,6 +161,6 @@ def load_source(prepared: Path, split: str) -> Any:
 def features_of(prepared: Path) -> tuple[dict, tuple[str, ...]]:
     """(split name -> examples, label names or ()) of a prepared set."""
     info = tfds.builder_from_directory(str(prepared)).info
-    label = info.features.get("label")
+    label = info.features["label"] if "label" in info.features else None  # noqa: SIM401
     names = tuple(label.names) if isinstance(label, tfds.features.ClassLabel) else ()
     return {s: info.splits[s].num_examples for s in info.splits}, names
