@@ -70,6 +70,12 @@ def plan(cfg: Config | DictConfig) -> Plan:
             f"data.task={task.name!r} ({task.kind}) does not fit model={cfg.model.name!r}; "
             f"allowed models: {', '.join(allowed)}."
         )
+    if task.chat and models.chat_template(cfg.model.name)[0] is None:
+        raise ValueError(
+            f"data.kind='chat' needs a model whose tokenizer has a chat template; "
+            f"model={cfg.model.name!r} has none; allowed: e.g. model=smollm2, or "
+            "`data.kind=completion` with prompt/completion columns."
+        )
     init_from = adapter_folder(section.init_from) if section.init_from else None
     return Plan(lora, task, section.full_finetune, init_from)
 
