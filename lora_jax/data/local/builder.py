@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,10 +118,29 @@ def ensure_prepared(options: LocalOptions, data_dir: Path) -> Path:
             config = LocalConfig(
                 name=key, examples=examples, kind=options.kind, roles=options.roles, labels=labels
             )
-            builder = LocalFiles(config=config, data_dir=str(data_dir), file_format="array_record")
-            tfds.disable_progress_bar()  # the validation pass prints one line, not bars
-            builder.download_and_prepare(file_format="array_record")
+            print(f"data=local: preparing {_files(options)} in {prepared}", file=sys.stderr)
+            with _quiet():
+                builder = LocalFiles(
+                    config=config, data_dir=str(data_dir), file_format="array_record"
+                )
+                builder.download_and_prepare(file_format="array_record")
     return prepared
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """TFDS's progress bars, INFO lines and print: the validation pass says one line instead."""
+    tfds.disable_progress_bar()
+    logging.disable(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _files(options: LocalOptions) -> str:
+    return ", ".join(f for _, files in options.splits for f in files)
 
 
 @contextlib.contextmanager
@@ -140,9 +161,8 @@ def _say_if_changed(options: LocalOptions, key: str, data_dir: Path) -> None:
     memo = data_dir / NAME / "paths" / where
     old = memo.read_text().strip() if memo.is_file() else None
     if old is not None and old != key:
-        files = ", ".join(f for _, fs in options.splits for f in fs)
         print(
-            f"data.path: {files} changed since it was prepared ({old} -> {key}): preparing it "
+            f"data.path: {_files(options)} changed since it was prepared ({old} -> {key}): preparing it "
             "again.",
             file=sys.stderr,
             flush=True,
