@@ -229,3 +229,24 @@ def test_chat_spans_score_the_assistant_turns():
     prompt, reply = chat.last_reply(turns)
     assert prompt.endswith("<|im_start|>user\nand?<|im_end|>\n<|im_start|>assistant\n")
     assert reply == "bye"
+
+
+def test_a_folder_of_shards_and_sentence_pairs(tmp_path):
+    """Files without a split name are shards of one train set, read in name order; a pair
+    task reads `text_pair` as the second sentence."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for shard in range(2):
+        rows = [{"a": f"shard {shard} row {i}", "b": f"other {i}", "y": i % 3} for i in range(60)]
+        (folder / f"part-{shard}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    columns = {"text": "a", "text_pair": "b", "label": "y"}
+    task = local_task(_data(folder, columns=columns), data_dir=tmp_path / "c")
+    assert task.text_keys == ("text", "text_pair") and task.num_labels == 3
+    assert task.label_names == ("0", "1", "2") and task.metrics == ("accuracy",)
+    train = _texts(load_split(task, "train"))
+    assert train[0] == "shard 0 row 0" and train[-1].startswith("shard 1")
+    batch = _batches(load_split(task, "train"), task, 1)[0]
+    assert batch["token_type_ids"].max() == 1  # the second sentence's segment
+    (folder / "train.jsonl").write_text((folder / "part-0.jsonl").read_text())
+    with pytest.raises(ValueError, match=r"part-0.jsonl is not named after a split"):
+        local_task(_data(folder, columns=columns), data_dir=tmp_path / "c")
