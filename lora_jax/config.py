@@ -30,6 +30,18 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ColumnsConfig:
+    """data=local: the column of each role (docs/data.md, "Your own files")."""
+
+    text: str = "text"
+    text_pair: str | None = None  # a second sentence (a pair task); None = single sentences
+    label: str = "label"
+    prompt: str = "prompt"
+    completion: str = "completion"
+    messages: str = "messages"
+
+
+@dataclass(frozen=True)
 class DataConfig:
     task: str = "mr"
     max_len: int = 64
@@ -40,6 +52,12 @@ class DataConfig:
     eval_limit: int | None = None  # evaluate on the first N examples only
     worker_count: int = 0
     prompt: str | None = None  # generation tasks: prompt template; None = the task's own
+    # data=local (task: local): your own files, read as `kind` says (lora_jax.data.local).
+    path: str | None = None  # a file, or a folder (train/validation/test files, or shards)
+    validation_path: str | None = None  # None: from `path`, else 10% of it by a hash
+    test_path: str | None = None  # None: from `path`, else no test split
+    kind: str = "classification"  # classification, regression, completion, chat
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
 
 
 @dataclass(frozen=True)

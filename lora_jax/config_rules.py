@@ -21,6 +21,8 @@ DISTRIBUTED = ("auto", "on", "off")
 # The optimizers `optim.name` may pick (`lora_jax.train.optim.OPTIMIZERS` builds them); one
 # conf/optim/<name>.yaml each.
 OPTIMIZERS = ("adamw", "sgd")
+# `data.kind` of data=local: how the columns are read (`lora_jax.data.local`).
+LOCAL_KINDS = ("classification", "regression", "completion", "chat")
 
 
 def _at_least(low: float) -> Callable[[Any], bool]:
@@ -75,6 +77,12 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str, str], ...] = (
         "data.eval_limit=null",
     ),
     ("data.worker_count", _at_least(0), _INT, "data.worker_count=0"),
+    (
+        "data.kind",
+        _one_of(*LOCAL_KINDS),
+        ", ".join(LOCAL_KINDS),
+        "data.kind=classification",
+    ),
     ("lora.dropout", _rate, _RATE, "lora.dropout=0.1"),
     (
         "lora.budget_rank",

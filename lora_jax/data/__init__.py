@@ -20,6 +20,7 @@ tfds_compat.install()
 # benchmark) does not load Grain, SciPy and scikit-learn (~110 MB of RSS).
 _EXPORTS = {
     # Tasks and loading.
+    "LOCAL_TASK": "tasks",
     "TASKS": "tasks",
     "TaskSpec": "tasks",
     "get_task": "tasks",

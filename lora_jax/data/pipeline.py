@@ -255,6 +255,7 @@ def make_loader(
     pad_id: int | None = None,
     prompt: str | None = None,
     eos_id: int | None = None,
+    chat: Any = None,
 ) -> grain.DataLoader:
     """Builds the Grain DataLoader for one split.
 
@@ -283,6 +284,7 @@ def make_loader(
         pad_id: padding id; default from the tokenizer (``[PAD]``, ``<pad>``, ...).
         prompt: generation tasks: the prompt template (default ``task.prompt``).
         eos_id: generation tasks: the id appended after the target (required).
+        chat: chat tasks (``task.chat``): the model's ``lora_jax.data.prompts.ChatTemplate``.
 
     Returns:
         A ``grain.DataLoader``; ``iter(loader)`` is a checkpointable DataLoaderIterator.
@@ -308,7 +310,14 @@ def make_loader(
         sampler = BlockSampler(
             sampler, batch_size, shard_options.shard_count, fill=not drop_remainder
         )
-    if task.is_generation:
+    if task.chat:
+        from lora_jax.data.prompts import ChatTokenize
+
+        if chat is None:
+            raise ValueError(f"task {task.name!r} is a chat task: pass chat=ChatTemplate(...)")
+        tokenize = ChatTokenize(tokenizer, task, max_len, chat)
+        collate = CausalLMCollate(pad_id_of(tokenizer, pad_id), max_len, pad, pad_multiple)
+    elif task.is_generation:
         if eos_id is None:
             raise ValueError(f"task {task.name!r} is a generation task: pass eos_id=...")
         tokenize = CausalLMTokenize(tokenizer, task, max_len, prompt or task.prompt, eos_id)

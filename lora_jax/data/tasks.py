@@ -42,6 +42,9 @@ class TaskSpec:
         select_metric: the per-eval metric that picks the best step (higher is better; a
             leading "-" means lower is better); None = ``main_metric``. Generation tasks
             score their main metric (BLEU) once, at the end of a run.
+        label_names: the class names in id order, where the data has them (``data=local``).
+        chat: generation only: an example is a conversation (``label_key`` holds its turns as
+            JSON) rendered with the model's chat template, the loss on the assistant turns.
     """
 
     name: str
@@ -61,6 +64,8 @@ class TaskSpec:
     kind: str = "classification"
     prompt: str = ""
     select_metric: str | None = None
+    label_names: tuple[str, ...] = ()
+    chat: bool = False
 
     def __post_init__(self):
         if len(self.text_keys) not in (1, 2):
@@ -88,11 +93,16 @@ class TaskSpec:
 
     @property
     def splits(self) -> dict[str, str]:
-        """Role -> TFDS split name (``train``, ``validation``, ``test`` + extras)."""
+        """Role -> TFDS split name (``train``, ``validation``, ``test`` + extras); a role
+        whose split name is empty (``data=local`` without a test file) is left out."""
         out = {
-            "train": self.train_split,
-            "validation": self.validation_split,
-            "test": self.test_split,
+            role: name
+            for role, name in (
+                ("train", self.train_split),
+                ("validation", self.validation_split),
+                ("test", self.test_split),
+            )
+            if name
         }
         out.update({s: s for s in self.extra_eval_splits})
         return out
@@ -205,16 +215,26 @@ _ALL: Sequence[TaskSpec] = (
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in _ALL}
 DEFAULT_TASK = "mr"
+# `data.task` of a researcher's own files (`conf/data/local.yaml`, `lora_jax.data.local`): its
+# spec is made from the data config, so it is not in TASKS.
+LOCAL_TASK = "local"
 
 
-def get_task(name: str | TaskSpec) -> TaskSpec:
-    """Looks up a task by name (a TaskSpec passes through).
+def get_task(name: str | TaskSpec | Any) -> TaskSpec:
+    """Looks up a task by name (a TaskSpec passes through); a data config (``cfg.data``) gives
+    its ``data.task``, or for ``data=local`` the spec of its files (``lora_jax.data.local``).
 
     Raises:
-        ValueError: for an unknown name, listing the valid ones.
+        ValueError: for an unknown name, listing the valid ones; bad local files.
     """
     if isinstance(name, TaskSpec):
         return name
+    if not isinstance(name, str):  # a data config
+        if name.task == LOCAL_TASK:
+            from lora_jax.data.local import local_task
+
+            return local_task(name)
+        name = name.task
     try:
         return TASKS[name]
     except KeyError:
@@ -248,6 +268,10 @@ def load_split(
 
     task = get_task(task)
     tfds_split = task.splits.get(split, split)
+    if task.tfds_name == "local_files":  # tfds_config is the prepared folder
+        from lora_jax.data.local import load_source
+
+        return load_source(task.tfds_config, tfds_split)
     if task.tfds_name == "mr_polarity":
         if data_dir is None:
             assets.ensure_mr(fetch=False)

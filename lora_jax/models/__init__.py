@@ -14,6 +14,7 @@ from lora_jax.models.pretrained import (
     load_model,
     load_pretrained,
     model_from_tensors,
+    tokenizer_of,
 )
 from lora_jax.models.registry import (
     DECODER_MODELS,
@@ -21,6 +22,7 @@ from lora_jax.models.registry import (
     FAMILIES,
     MODELS,
     ModelSpec,
+    chat_template,
     check_lora,
     check_name,
     checkpoint_path,
@@ -49,6 +51,7 @@ __all__ = [
     "BertForSequenceClassification",
     "ModelSpec",
     "Pretrained",
+    "chat_template",
     "check_lora",
     "check_name",
     "checkpoint_path",
@@ -68,4 +71,5 @@ __all__ = [
     "resolve_folder",
     "target_shapes",
     "tiny_tokenizer",
+    "tokenizer_of",
 ]

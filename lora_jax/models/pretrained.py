@@ -244,6 +244,13 @@ def _default_pooling(name: str, folder: Path | None) -> str:
     return "cls"
 
 
+def tokenizer_of(name: str):
+    """The tokenizer a model loads with (`load_model`), without its weights: for checks that
+    count tokens before a run (a prompt longer than `data.max_len`)."""
+    location = resolve_folder(name) if name in MODELS else Path(name)
+    return _tokenizer(location, is_decoder(name))
+
+
 def _tokenizer(location: Path | None, decoder: bool):
     if location is None:
         return tiny_tokenizer(wrap=not decoder)  # a decoder's prompt is not wrapped

@@ -210,6 +210,31 @@ def checkpoint_path(name_or_path: str) -> Path | None:
     return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
 
 
+def chat_template(name: str) -> tuple[str | None, dict[str, str]]:
+    """(the chat template, its bos_token / eos_token strings) of a model's tokenizer: a GGUF
+    file's `tokenizer.chat_template`, or a HF folder's `tokenizer_config.json`
+    (`chat_template.jinja` beside it); (None, {}) for a model without one (the tiny ones)."""
+    location = checkpoint_path(name)
+    if location is None:
+        return None, {}
+    if _is_gguf(location):
+        from lora_jax.weights.gguf import gguf_chat_template, open_gguf
+
+        return gguf_chat_template(open_gguf(location))
+    config_file = location / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    template = config.get("chat_template")
+    if (location / "chat_template.jinja").is_file():
+        template = (location / "chat_template.jinja").read_text()
+    special = {}
+    for key in ("bos_token", "eos_token"):
+        value = config.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            special[key] = value
+    return (template if isinstance(template, str) else None), special
+
+
 def family_module(hf: dict[str, Any]) -> ModuleType:
     """The family module (`bert`, `gpt2`, `llama`) that reads a HF `config.json` dict, by its
     `model_type`."""

@@ -66,21 +66,23 @@ def check_job(cfg: DictConfig) -> None:
     check_mesh(cfg.trainer.mesh.fsdp)  # divides the device count (fsdp=1 starts no backend)
 
     task = plan(cfg).task
-    check_batch_size(cfg.data.batch_size, _split_size(task.name, "train"), task.name)
+    check_batch_size(cfg.data.batch_size, _split_size(task, "train"), task.name)
     split = task.splits.get(cfg.data.eval_split, cfg.data.eval_split)
     try:
-        _split_size(task.name, split)
+        _split_size(task, split)
     except (ValueError, KeyError):
         allowed = ", ".join(task.splits)
         raise value_error(
             "data.eval_split", cfg.data.eval_split, allowed, "data.eval_split=validation"
         ) from None
+    if task.is_generation and task.name == "local":  # a researcher's prompts: do they fit?
+        _check_prompts(task, cfg.model.name, cfg.data.max_len, cfg.data.prompt, split)
     if cfg.logger.backend == "wandb" and importlib.util.find_spec("wandb") is None:
         raise value_error("logger.backend", "wandb", "none (wandb is not installed)", "logger=none")
 
 
 @functools.cache  # a sweep's jobs share their task: open each split once
-def _split_size(task: str, split: str) -> int:
+def _split_size(task: Any, split: str) -> int:
     from lora_jax import data
 
     logging.disable(logging.INFO)  # TFDS logs "Load dataset info"; the pass prints one message
@@ -88,6 +90,20 @@ def _split_size(task: str, split: str) -> int:
         return len(data.load_split(task, split))
     finally:
         logging.disable(logging.NOTSET)
+
+
+@functools.cache  # a sweep's jobs share their data and model
+def _check_prompts(task: Any, model: str, max_len: int, prompt: str | None, split: str) -> None:
+    from lora_jax import data, models
+    from lora_jax.data.prompts import ChatTemplate, check_prompt_lengths
+
+    chat = None
+    if task.chat:
+        template, special = models.chat_template(model)
+        chat = ChatTemplate(template, tuple(sorted(special.items())))
+    sources = {s: data.load_split(task, s) for s in dict.fromkeys(("train", split))}
+    tokenizer = models.tokenizer_of(model)
+    check_prompt_lengths(task, sources, tokenizer, max_len, prompt or task.prompt, chat)
 
 
 def _job_name(job: DictConfig) -> str:

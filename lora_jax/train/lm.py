@@ -111,19 +111,21 @@ def generation_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[
 
 
 def references_by_prompt(
-    source: Any, task: Any, prompt: str, limit: int | None = None
+    source: Any, task: Any, prompt: str, limit: int | None = None, chat: Any = None
 ) -> list[tuple[str, list[str]]]:
     """(prompt text, all its references) per distinct prompt of `source`, in order of first
     appearance; a ``references`` field (GEM) adds its entries to the targets. The prompt text is
-    what decoding starts from: without the template's trailing spaces (see `format_prompt`)."""
-    from lora_jax.data.pipeline import as_text, format_prompt  # Grain: not for every step process
+    what decoding starts from: without the template's trailing spaces (see `format_prompt`); a
+    chat task's conversation up to its last reply, which is the reference (`chat`)."""
+    # Grain: not for every step process.
+    from lora_jax.data.pipeline import as_text
+    from lora_jax.data.prompts import prompt_and_target
 
     refs: dict[str, list[str]] = {}
     for i in range(len(source)):
         element = source[i]
-        texts = [as_text(element[task.label_key])]
-        texts += [as_text(r) for r in element.get("references", ())]
-        key, _ = format_prompt(prompt, element)
+        key, target = prompt_and_target(task, element, prompt, chat)
+        texts = [target, *(as_text(r) for r in element.get("references", ()))]
         if key not in refs and limit is not None and len(refs) >= limit:
             continue
         bucket = refs.setdefault(key, [])
@@ -194,10 +196,22 @@ def special_ids(pre: Any) -> tuple[int, int]:
     return int(eos), int(eos if pad is None else pad)
 
 
-def loader_kwargs(pre: Any, prompt: str | None) -> dict[str, Any]:
-    """The extra `make_loader` arguments of a generation task (prompt, EOS and pad ids)."""
+def loader_kwargs(pre: Any, prompt: str | None, chat: Any = None) -> dict[str, Any]:
+    """The extra `make_loader` arguments of a generation task (prompt, EOS and pad ids, a chat
+    task's template)."""
     eos, pad = special_ids(pre)
-    return {"prompt": prompt, "eos_id": eos, "pad_id": pad}
+    return {"prompt": prompt, "eos_id": eos, "pad_id": pad, "chat": chat}
+
+
+def chat_of(cfg: Any) -> Any:
+    """The model's `ChatTemplate` for a chat task (`data=local data.kind=chat`), else None."""
+    from lora_jax import models
+    from lora_jax.data.prompts import ChatTemplate
+
+    if cfg.data.task != "local" or cfg.data.kind != "chat":
+        return None
+    template, special = models.chat_template(cfg.model.name)
+    return ChatTemplate(template, tuple(sorted(special.items()))) if template else None
 
 
 def objective(
@@ -213,6 +227,7 @@ def objective(
     decode: dict[str, Any] | None = None,
     eval_limit: int | None = None,
     out_dir: str | Path | None = None,
+    chat: Any = None,
 ) -> Objective:
     """The causal-LM objective (see the module docstring).
 
@@ -222,6 +237,7 @@ def objective(
             no_repeat_ngram_size, batch_size).
         eval_limit: decode the first N distinct prompts only (None: all).
         out_dir: where `generations.jsonl` goes (None: not written).
+        chat: a chat task's `ChatTemplate` (its prompts and references come from it).
     """
 
     def logits_of(params, batch, deterministic, rng=None):
@@ -253,7 +269,7 @@ def objective(
         }
 
     def final(params) -> dict[str, float]:
-        items = references_by_prompt(eval_source, task, prompt, eval_limit)
+        items = references_by_prompt(eval_source, task, prompt, eval_limit, chat)
         prompts = [p for p, _ in items]
         hyps = decode_texts(
             module, params, tokenizer, prompts, eos_id=eos_id, pad_id=pad_id, **(decode or {})
@@ -270,6 +286,7 @@ def objective(
 __all__: list[str] = [
     "GENERATIONS_FILE",
     "causal_lm_loss",
+    "chat_of",
     "decode_texts",
     "generation_metrics",
     "loader_kwargs",

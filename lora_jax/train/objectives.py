@@ -91,6 +91,7 @@ def _generation(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objecti
         },
         eval_limit=g.eval_limit,
         out_dir=cfg.workdir if distributed.is_primary() else None,  # process 0 writes
+        chat=lm.chat_of(cfg),
     )
 
 
@@ -135,7 +136,8 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         lambda cfg, p, pre, parts, data: classification(pre.module, p.task), fusable=True
     ),
     "generation": ObjectiveSpec(
-        _generation, loader_kwargs=lambda cfg, pre: lm.loader_kwargs(pre, cfg.data.prompt)
+        _generation,
+        loader_kwargs=lambda cfg, pre: lm.loader_kwargs(pre, cfg.data.prompt, lm.chat_of(cfg)),
     ),
     # The student matches the teacher's hidden states: the loss never reaches the head.
     "planted": ObjectiveSpec(_planted, head_rules=lambda pre: ()),

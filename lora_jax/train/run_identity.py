@@ -44,6 +44,7 @@ RUN_FILES = (
     "full_update.safetensors",  # full fine-tuning's W_ft - W_0
     "planted.safetensors",
     "generations.jsonl",
+    "labels.json",  # data=local: the class names in id order (train.setup.LABELS_FILE)
     IDENTITY_FILE,
     "checkpoints",
     "checkpoints_damaged",

@@ -4,6 +4,7 @@ half, the data, the optimizer and the objective (`prepare_run`), for one run or 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from lora_jax.train.optim import make_tx
 from lora_jax.train.precision import cast_frozen, warn_if_slow
 from lora_jax.train.steps import tree_bytes
 from lora_jax.weights.base_kernels import BASE_KERNELS_FILE, layer_kernels, save_kernels
+
+LABELS_FILE = "labels.json"  # a run on its own files: the class names in id order
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,21 @@ def plan(cfg: Config | DictConfig) -> Plan:
         rank_pattern=dict(section.rank_pattern),
     )
     models.check_lora(cfg.model.name, lora)
-    if cfg.data.task not in data_lib.TASKS:
-        tasks = ", ".join(sorted(data_lib.TASKS))
+    if cfg.data.task not in data_lib.TASKS and cfg.data.task != data_lib.LOCAL_TASK:
+        tasks = ", ".join(sorted([*data_lib.TASKS, data_lib.LOCAL_TASK]))
         raise value_error("data.task", cfg.data.task, tasks, "data=mr")
-    task = data_lib.get_task(cfg.data.task)
+    task = data_lib.get_task(cfg.data)  # data=local: its files read, checked and prepared
     if task.is_generation != models.is_decoder(cfg.model.name):
         allowed = models.DECODER_MODELS if task.is_generation else models.ENCODER_MODELS
         raise ValueError(
             f"data.task={task.name!r} ({task.kind}) does not fit model={cfg.model.name!r}; "
             f"allowed models: {', '.join(allowed)}."
+        )
+    if task.chat and models.chat_template(cfg.model.name)[0] is None:
+        raise ValueError(
+            f"data.kind='chat' needs a model whose tokenizer has a chat template; "
+            f"model={cfg.model.name!r} has none; allowed: e.g. model=smollm2, or "
+            "`data.kind=completion` with prompt/completion columns."
         )
     init_from = adapter_folder(section.init_from) if section.init_from else None
     return Plan(lora, task, section.full_finetune, init_from)
@@ -172,6 +181,8 @@ def prepare_run(cfg: Config, p: Plan, workdir: Path) -> RunSetup:
     primary = distributed.is_primary()  # process 0 writes the run folder
     if primary:
         write_atomic(workdir / "config.yaml", OmegaConf.to_yaml(to_dict(cfg)))
+    if primary and p.task.label_names:  # data=local: which class each logit column is
+        write_atomic(workdir / LABELS_FILE, json.dumps(list(p.task.label_names), indent=1) + "\n")
     if primary and models.is_random(cfg.model.name):
         # A random-init base has no checkpoint to read W_0 from later: the analysis reads these.
         save_kernels(workdir / BASE_KERNELS_FILE, layer_kernels(pre.params), family_of(pre))

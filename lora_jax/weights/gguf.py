@@ -103,6 +103,21 @@ def _field(reader, key: str, default: Any = None) -> Any:
     return default if field is None else field.contents()
 
 
+def gguf_chat_template(reader) -> tuple[str | None, dict[str, str]]:
+    """(the Jinja chat template, its bos_token / eos_token strings) of a GGUF file's tokenizer;
+    (None, {}) when it has no template."""
+    template = _field(reader, "tokenizer.chat_template")
+    if template is None:
+        return None, {}
+    tokens = _field(reader, "tokenizer.ggml.tokens", [])
+    special = {}
+    for name in ("bos", "eos"):
+        index = _field(reader, f"tokenizer.ggml.{name}_token_id")
+        if index is not None and int(index) < len(tokens):
+            special[f"{name}_token"] = str(tokens[int(index)])
+    return str(template), special
+
+
 def gguf_hf_config(reader) -> dict:
     """The HF `config.json` dict of a llama-architecture GGUF file's metadata."""
     arch = _field(reader, "general.architecture")

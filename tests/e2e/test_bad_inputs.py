@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -118,6 +119,55 @@ TRAIN_CASES = [
     # Data: the split's size, its names, and the asset cache, before the first step.
     pytest.param(["data.batch_size=20000"], ["data.batch_size=20000", "1..8485"], marks=slow),
     pytest.param(["data.eval_split=foo"], ["data.eval_split='foo'", "train, validation, test"]),
+    # data=local: a researcher's files ({data}, see `folders`), read and checked before any work.
+    (["data=local"], ["data.path=None is not valid", "`data.path=my_reviews.jsonl`"]),
+    (["data=local", "data.path={data}/nope.jsonl"], ["nope.jsonl' does not exist", ".parquet"]),
+    (["data=local", "data.path={data}/notes.txt"], ["has an unknown extension", ".csv, .json"]),
+    (["data=local", "data.kind=summary"], ["data.kind='summary'", "regression, completion, chat"]),
+    (
+        ["data=local", "data.path={data}/good.jsonl", "data.columns.text=txt"],
+        [
+            "data.columns.text='txt' is not a column",
+            "columns found: text, label",
+            "columns.text=text`",
+        ],
+    ),
+    (
+        ["data=local", "data.path={data}/empty_rows.csv"],
+        ["2 row(s) with an empty or bad 'text'", "empty_rows.csv:4", "a non-empty string"],
+    ),
+    (
+        ["data=local", "data.path={data}/one_class.jsonl"],
+        ["holds one class only ('pos')", "at least 2 classes", "data.kind=regression"],
+    ),
+    (
+        ["data=local", "data.path={data}/good.jsonl", "data.kind=regression"],
+        ["40 row(s) with an empty or bad 'label'", "good.jsonl:1: 'a'", "a finite number"],
+    ),
+    (
+        ["data=local", "data.path={data}/tiny.jsonl"],
+        ["the validation split is empty", "`data.validation_path=...`"],
+    ),
+    pytest.param(
+        ["data=local", "data.path={data}/good.jsonl", "data.eval_split=test"],
+        ["data.eval_split='test'", "allowed: train, validation."],
+        marks=slow,
+    ),
+    pytest.param(
+        [
+            "model=tiny_llama",
+            "data=local",
+            "data.kind=completion",
+            "data.path={data}/prompts.jsonl",
+        ],
+        ["data.max_len=32 is not valid", "40 prompt(s) leave no room", "`data.max_len="],
+        marks=slow,
+    ),
+    pytest.param(
+        ["model=tiny_llama", "data=local", "data.kind=chat", "data.path={data}/chat.jsonl"],
+        ["data.kind='chat' needs a model", "model='tiny_llama' has none", "model=smollm2"],
+        marks=slow,
+    ),
 ]
 SWEEP_CASES = [
     (["experiment=table99"], ["experiment='table99'", "table6_cpu"]),
@@ -134,6 +184,7 @@ SWEEP_CASES = [
     pytest.param(["rank=1,999"], ["sweep job `rank=999", "allowed: 0..32"], marks=slow),
     pytest.param(["targets=q,bogus"], ["targets='bogus'", "ffn_in"], marks=slow),
     pytest.param(["data.batch_size=20000"], ["data.batch_size=20000", "1..8485"], marks=slow),
+    (["data=local", "data.path={data}/one_class.jsonl"], ["sweep job `", "one class only"]),
 ]
 ANALYZE_CASES = [
     (["{nope}"], ["'{nope}' does not exist", "experiments.sweep"]),
@@ -187,13 +238,37 @@ def folders(tmp_path: Path) -> dict[str, str]:
     (run / "checkpoints" / "20" / "state").write_bytes(b"\x00" * 64)
     (tmp_path / "empty").mkdir()
     (tmp_path / "a_file").write_text("not a folder\n")
+    _write_data(tmp_path / "data")
     return {
+        "data": str(tmp_path / "data"),
         "sweep": str(sweep),
         "run": str(run),
         "file": str(tmp_path / "a_file"),
         "empty": str(tmp_path / "empty"),
         "nope": str(tmp_path / "nope"),
     }
+
+
+def _write_data(folder: Path) -> None:
+    """A researcher's files, good and bad, for the data=local cases."""
+    folder.mkdir()
+
+    def jsonl(name: str, rows: list[dict]) -> None:
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    jsonl("good.jsonl", [{"text": f"a film {i}", "label": "ab"[i % 2]} for i in range(40)])
+    jsonl("one_class.jsonl", [{"text": f"a film {i}", "label": "pos"} for i in range(40)])
+    # Rows that the hash rule all puts in train (row 1 would go to validation).
+    jsonl("tiny.jsonl", [{"text": f"film {i}", "label": "ab"[i % 2]} for i in (0, 2, 3, 4)])
+    long = " ".join(["the movie was good"] * 20)
+    jsonl("prompts.jsonl", [{"prompt": f"{long} {i}", "completion": "yes"} for i in range(40)])
+    chat = [
+        [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello"}]
+        for i in range(40)
+    ]
+    jsonl("chat.jsonl", [{"messages": turns} for turns in chat])
+    (folder / "empty_rows.csv").write_text("text,label\na,x\nb,y\n,x\nc,y\n  ,x\n")
+    (folder / "notes.txt").write_text("a note\n")
 
 
 def _fill(text: str, folders: dict[str, str]) -> str:
