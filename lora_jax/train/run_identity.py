@@ -31,6 +31,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lora_jax.config import Config, to_dict
+from lora_jax.data.tasks import LOCAL_TASK
 from lora_jax.run_record import METRICS_FILE, NOT_RESULT_GROUPS, NOT_RESULTS, write_atomic
 
 IDENTITY_FILE = "run_identity.json"
@@ -68,7 +69,9 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def identity(config: Config | DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The result-changing part of a run config, as {dotted key: value}."""
+    """The result-changing part of a run config, as {dotted key: value}; for `data=local` also
+    `data.content`, the files' content key: a file edited in place is another config."""
+    content = _local_content(config)
     if isinstance(config, Config):
         config = to_dict(config)
     if isinstance(config, DictConfig):
@@ -78,7 +81,19 @@ def identity(config: Config | DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                 del config[key]  # not `pop`: it resolves the value it returns
         config = OmegaConf.to_container(config, resolve=True)
     flat = _flatten({k: v for k, v in config.items() if k not in NOT_RESULT_GROUPS})
+    if content is not None:
+        flat["data.content"] = content
     return {k: v for k, v in sorted(flat.items()) if k not in NOT_RESULTS}
+
+
+def _local_content(config: Any) -> str | None:
+    # A Config or DictConfig; a plain mapping is an older folder's config.yaml (no local data).
+    data = getattr(config, "data", None)
+    if getattr(data, "task", None) != LOCAL_TASK or not getattr(data, "path", None):
+        return None
+    from lora_jax.data.local import content_key, options_of
+
+    return content_key(options_of(data))
 
 
 def identity_hash(ident: Mapping[str, Any]) -> str:

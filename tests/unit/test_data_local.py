@@ -250,3 +250,18 @@ def test_a_folder_of_shards_and_sentence_pairs(tmp_path):
     (folder / "train.jsonl").write_text((folder / "part-0.jsonl").read_text())
     with pytest.raises(ValueError, match=r"part-0.jsonl is not named after a split"):
         local_task(_data(folder, columns=columns), data_dir=tmp_path / "c")
+
+
+def test_a_file_edited_in_place_is_another_run(reviews):
+    # The run identity holds the files' content key: a rerun into the same folder after an
+    # edit is refused as another config instead of resuming on other data.
+    from lora_jax.config import Config
+    from lora_jax.train.run_identity import differences, identity
+
+    cfg = Config(data=_data(reviews))
+    before = identity(cfg)
+    assert before["data.content"] == identity(Config(data=_data(reviews)))["data.content"]
+    reviews.write_text(reviews.read_text().replace("review number 7", "an edited review"))
+    after = identity(cfg)
+    assert [d.split(":")[0] for d in differences(before, after, exact=True)] == ["data.content"]
+    assert "data.content" not in identity(Config())  # built-in tasks: the config alone
