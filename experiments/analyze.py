@@ -6,8 +6,8 @@
 
 A sweep folder: rewrites sweep_summary.json, analysis.json, figures/ and the report
 (report.md, report.html) in that folder; beside a full fine-tuning run it also evaluates models
-(truncation curves, forgetting, the intruder intervention: `lora_jax.sweep.model_evals`),
-on at most --eval-limit eval examples per evaluation if given.
+into evals.json (truncation curves, forgetting, the intruder intervention:
+`lora_jax.sweep.model_evals`), on at most --eval-limit eval examples per evaluation if given.
 
 Adapters (ours, or any PEFT LoRA adapter folders on one base), without the base: the audit of
 every matrix from B·A alone (`lora_jax.audit`: norms, stable and effective rank,

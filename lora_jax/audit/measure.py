@@ -275,11 +275,11 @@ def task_rank(folder: Path) -> dict[str, Any] | None:
     """For one of our runs (`<sweep>/<run>/adapter`) whose sweep evaluated it truncated to each
     rank k (beside full fine-tuning: `lora_jax.sweep.model_evals`): the smallest k keeping 90% of
     the run's task gain over k = 0, with the curve. None for any other adapter."""
-    analysis = folder.parent.parent / "analysis.json"
-    if folder.name != "adapter" or not analysis.is_file():
+    evals = folder.parent.parent / "evals.json"
+    if folder.name != "adapter" or not evals.is_file():
         return None
-    for entry in json.loads(analysis.read_text()).get("versus_full", []):
-        record = ((entry.get("model_evals") or {}).get("runs") or {}).get(folder.parent.name)
+    for entry in json.loads(evals.read_text())["versus_full"].values():
+        record = (entry.get("runs") or {}).get(folder.parent.name)
         curve = (record or {}).get("truncation")
         if curve:
             keys = ("rank_for_90", "ks", "values")

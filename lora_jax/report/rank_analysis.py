@@ -16,12 +16,22 @@ import numpy as np
 from lora_jax.report.document import Block, Figure, Table
 
 ANALYSIS_FILE = "analysis.json"
+EVALS_FILE = "evals.json"  # the model evaluations' own stage (`lora_jax.sweep.model_evals`)
 
 
 def load_analysis(folder: Path) -> dict[str, Any] | None:
-    """The folder's `analysis.json`, or None when the analysis has not run."""
+    """The folder's `analysis.json`, each `versus_full` entry with its `model_evals` from
+    `evals.json` where they were made; None when the analysis has not run."""
     path = Path(folder) / ANALYSIS_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    analysis = json.loads(path.read_text())
+    evals_path = Path(folder) / EVALS_FILE
+    evals = json.loads(evals_path.read_text())["versus_full"] if evals_path.exists() else {}
+    for entry in analysis.get("versus_full") or []:
+        if entry["run"] in evals:
+            entry["model_evals"] = evals[entry["run"]]
+    return analysis
 
 
 def figure(folder: Path, recorded: str | None, caption: str) -> Figure | None:

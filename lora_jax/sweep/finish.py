@@ -117,12 +117,13 @@ def finish_sweep(
     """Summarise, analyse and report a sweep folder; return the path of `report.html`.
 
     Writes `sweep_summary.json` first, so a failing analysis loses nothing, then
-    `analysis.json` + `figures/` (`lora_jax.analysis.updates.analyze_runs`), with, where a full
-    fine-tuning run is beside LoRA runs, the model evaluations (`sweep.model_evals`: truncation
-    curves, forgetting, intruder intervention; `model_evals=False` computes none and keeps
-    those of unchanged runs, `eval_limit` caps their eval examples), each run's audit and rank
-    advice (`audit.json`, `rank_advice.json`, `advice/`), then the one report (`report.md`, `report.html`, the W&B report
-    when online) through `make_report`.
+    `analysis.json` + `figures/` (`lora_jax.analysis.updates.analyze_runs`), then, where a full
+    fine-tuning run is beside LoRA runs, `evals.json`, the model evaluations
+    (`sweep.model_evals`: truncation curves, forgetting, intruder intervention;
+    `model_evals=False` computes none and keeps those of unchanged runs, `eval_limit` caps
+    their eval examples), each run's audit and rank advice (`audit.json`, `rank_advice.json`,
+    `advice/`), then the one report (`report.md`, `report.html`, the W&B report when online)
+    through `make_report`. Each stage writes its own files once.
     """
     from lora_jax.report import make_report
 
@@ -132,14 +133,13 @@ def finish_sweep(
     write_atomic(sweep_dir / "sweep_summary.json", summary)
     if analyze:
         from lora_jax.analysis.updates import analyze_runs
-        from lora_jax.sweep.model_evals import add_model_evals, previous_evals
+        from lora_jax.report.rank_analysis import load_analysis
+        from lora_jax.sweep.model_evals import write_model_evals
 
-        previous = previous_evals(sweep_dir)  # before analyze_runs overwrites analysis.json
         analysis = analyze_runs(sweep_dir, runs, run_base)
         if analysis.get("versus_full"):
-            analysis = add_model_evals(
-                sweep_dir, analysis, runs, eval_limit, previous, evaluate=model_evals
-            )
+            write_model_evals(sweep_dir, analysis, runs, eval_limit, evaluate=model_evals)
+            analysis = load_analysis(sweep_dir)  # with the evaluations, as the report reads it
         adapters = [r.adapter_dir for r in runs if r.adapter_dir]
         if adapters:  # each run's audit and rank advice (the task's truncation curve: above)
             from lora_jax.audit.measure import write_audit

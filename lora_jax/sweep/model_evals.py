@@ -1,5 +1,7 @@
-"""LoRA against full fine-tuning, the measurements that evaluate models (`analysis.json`'s
-`versus_full[i].model_evals`), for each full fine-tuning run and its LoRA peers:
+"""LoRA against full fine-tuning, the measurements that evaluate models, for each full
+fine-tuning run of `analysis.json`'s `versus_full` and its LoRA peers. A stage of its own: it
+reads the analysis and writes `evals.json` (`{"versus_full": {full run: model_evals}}`), never
+`analysis.json`; the report joins the two (`lora_jax.report.rank_analysis.load_analysis`).
 
 - **truncation curve** (full fine-tuning and the highest-rank LoRA): the task metric with
   W_0 + SVD_k(dW) in every adapted matrix, k = 0, 1, 2, 4, ... up to the update's full rank,
@@ -17,10 +19,10 @@ k = 0 is the run's model with every adapted matrix back at W_0; the rest stays a
 it: the trained head, and for full fine-tuning also its biases, LayerNorms and embeddings (so
 the curve is about the matrices' rank). `pretrained_with_head` is the model with nothing of
 the run but its head (a decoder's LM head is pretrained: there it is the pretrained model).
-Cost: `seconds` per run in the JSON. A run whose evaluations the sweep's previous
-`analysis.json` already holds, for the same run identity, last checkpoint, `eval_limit` and
-curve, keeps them (`reused` in its `key`): adding seeds to a sweep evaluates the new runs only,
-and `model_evals=false` keeps the evaluations of the runs that did not change.
+Cost: `seconds` per run in the JSON. A run whose evaluations the sweep's `evals.json` already
+holds, for the same run identity, last checkpoint, `eval_limit` and curve, keeps them
+(`reused` in its `key`): adding seeds to a sweep evaluates the new runs only, and
+`model_evals=false` keeps the evaluations of the runs that did not change.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from lora_jax.analysis.truncation import (
     truncated_kernels,
     truncation_ranks,
 )
-from lora_jax.analysis.updates import ANALYSIS_FILE
 from lora_jax.run_record import RunRecord, write_atomic
 from lora_jax.train.kernel_eval import (
     FORGET_SENTENCES,
@@ -51,6 +52,7 @@ from lora_jax.train.kernel_eval import (
 )
 from lora_jax.train.run_identity import IDENTITY_FILE
 
+EVALS_FILE = "evals.json"
 # Part of every record's key: bump it when the records change, so older ones are recomputed.
 RECORD_VERSION = 2
 LAMBDAS = (0.75, 0.5, 0.0)  # PEFT's default, then stronger
@@ -180,16 +182,15 @@ def eval_key(run: RunRecord, curve: bool, eval_limit: int | None) -> dict[str, A
 
 
 def previous_evals(sweep_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """The per-run model evaluations of the sweep's current `analysis.json`, by run name
-    (read before a new analysis overwrites it); {} if there are none."""
+    """The per-run model evaluations of the sweep's `evals.json`, by run name; {} if none."""
     try:
-        analysis = json.loads((Path(sweep_dir) / ANALYSIS_FILE).read_text())
-    except (OSError, ValueError):
+        evals = json.loads((Path(sweep_dir) / EVALS_FILE).read_text())["versus_full"]
+    except (OSError, ValueError, KeyError, TypeError):
         return {}
     return {
         name: record
-        for entry in analysis.get("versus_full") or []
-        for name, record in ((entry.get("model_evals") or {}).get("runs") or {}).items()
+        for entry in evals.values()
+        for name, record in (entry.get("runs") or {}).items()
     }
 
 
@@ -208,7 +209,7 @@ def evals_of(
         key is not None
         and {k: v for k, v in (old.get("key") or {}).items() if k != "reused"} == key
     ):
-        print(f"[lora_jax] model evaluations of {run.name}: kept from {ANALYSIS_FILE}", flush=True)
+        print(f"[lora_jax] model evaluations of {run.name}: kept from {EVALS_FILE}", flush=True)
         return {**old, "key": {**key, "reused": True}}
     return {**run_evals(run, curve, eval_limit), "key": key} if evaluate else None
 
@@ -219,12 +220,14 @@ def model_evals(
     eval_limit: int | None = None,
     previous: dict[str, dict[str, Any]] | None = None,
     evaluate: bool = True,
-) -> dict[str, Any]:
-    """`analysis` with `model_evals` added to each `versus_full` entry. `previous`
-    (`previous_evals`) supplies the records of unchanged runs; with `evaluate=False` nothing
-    is computed and an entry gets `model_evals` only if every one of its runs is unchanged."""
+) -> dict[str, dict[str, Any]]:
+    """{full fine-tuning run: its `model_evals`} for the `versus_full` entries of `analysis`.
+    `previous` (`previous_evals`) supplies the records of unchanged runs; with
+    `evaluate=False` nothing is computed and an entry is there only if every one of its runs
+    is unchanged."""
     # By folder name: the JSON's folders are as the sweep was given (maybe relative, or moved).
     by_name = {r.name: r for r in runs}
+    out: dict[str, dict[str, Any]] = {}
     for entry in analysis.get("versus_full", []):
         full = by_name[entry["run"]]
         peers = [by_name[name] for name in entry["lora"]]
@@ -235,32 +238,33 @@ def model_evals(
                 for r in [full, *peers]
             }
         except NotImplementedError as err:  # a task of another kind: said in the JSON
-            entry["model_evals"] = {"skipped": str(err)}
+            out[full.name] = {"skipped": str(err)}
             continue
         if None in evals.values():  # not evaluated, and not all known from before
             continue
         kind = "decoder" if "held_out_loss" in evals[full.name] else "encoder"
-        entry["model_evals"] = {
+        out[full.name] = {
             "forget_text": f"{FORGET_TASK} {FORGET_SPLIT}[:{FORGET_SENTENCES}]",
             "forgetting_measure": MEASURES[kind],
             "runs": evals,
         }
-    return analysis
+    return out
 
 
-def add_model_evals(
+def write_model_evals(
     sweep_dir: str | Path,
     analysis: dict[str, Any],
     runs: list[RunRecord],
     eval_limit: int | None = None,
-    previous: dict[str, dict[str, Any]] | None = None,
     evaluate: bool = True,
-) -> dict[str, Any]:
-    """`model_evals`, written into `<sweep_dir>/analysis.json`; returns the new analysis."""
-    analysis = finite_or_none(model_evals(analysis, runs, eval_limit, previous, evaluate))
-    text = json.dumps(analysis, indent=1, allow_nan=False)
-    write_atomic(Path(sweep_dir) / ANALYSIS_FILE, text)
-    return analysis
+) -> dict[str, dict[str, Any]]:
+    """`model_evals` of the sweep, keeping those of its `evals.json` whose key is unchanged,
+    written to `<sweep_dir>/evals.json`; returns them."""
+    previous = previous_evals(sweep_dir)
+    evals = finite_or_none(model_evals(analysis, runs, eval_limit, previous, evaluate))
+    text = json.dumps({"versus_full": evals}, indent=1, allow_nan=False)
+    write_atomic(Path(sweep_dir) / EVALS_FILE, text)
+    return evals
 
 
 def model_eval_rows(analysis: dict[str, Any]) -> list[dict[str, Any]]:
@@ -297,13 +301,14 @@ def model_eval_rows(analysis: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "EVALS_FILE",
     "LAMBDAS",
     "MEASURES",
     "Forgetting",
-    "add_model_evals",
     "intruder_intervention",
     "model_eval_rows",
     "model_evals",
     "run_evals",
     "truncation_curve",
+    "write_model_evals",
 ]

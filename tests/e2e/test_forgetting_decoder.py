@@ -5,7 +5,6 @@ on SmolLM2 (a real pretrained LM), a large random update raises it."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 from conftest import run_module
 from test_lm import write_synthetic_e2e
+
+from lora_jax.report.rank_analysis import load_analysis
 
 # Two tiny-Llama runs and their model evaluations (about 80 s) before the first test.
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def decoder_sweep(tmp_path_factory):
 
 def test_decoder_sweep_reports_lm_loss_forgetting(decoder_sweep):
     sweep, _ = decoder_sweep
-    (entry,) = json.loads((sweep / "analysis.json").read_text())["versus_full"]
+    (entry,) = load_analysis(sweep)["versus_full"]
     evals = entry["model_evals"]
     assert "skipped" not in evals and evals["forget_text"] == "mr test[:256]"
     assert evals["forgetting_measure"].startswith("LM loss increase")

@@ -13,6 +13,7 @@ from lora_jax.analysis.adapter_spectra import find_adapters
 from lora_jax.analysis.updates import planted_recovery
 from lora_jax.lora import LoRAConfig, lora_scale
 from lora_jax.partition import combine, label_params, split
+from lora_jax.report.rank_analysis import load_analysis
 from lora_jax.train import planted
 
 
@@ -155,7 +156,6 @@ def test_full_finetuning_finds_the_planted_rank(tmp_path):
     the planted directions 0.87 / 0.90; the truncation curve (every matrix at rank k) closes
     0.80 / 0.92 / 0.90 / 0.96 of the gap at k = 1 / 2 / 4 / 8: 90% of its gain first at k = 2.
     """
-    import json
 
     from conftest import call_main
 
@@ -187,7 +187,7 @@ def test_full_finetuning_finds_the_planted_rank(tmp_path):
         assert s[1] > 1.5 * s[2]  # the planted k = 2 directions stand above the rest
         phi_out = np.linalg.norm(vt[:2] @ f["v"]) ** 2 / 2
         assert phi_out > 0.8
-    (entry,) = json.loads((sweep_dir / "analysis.json").read_text())["versus_full"]
+    (entry,) = load_analysis(sweep_dir)["versus_full"]
     (e,) = entry["model_evals"]["runs"].values()
     curve = e["truncation"]
     assert curve["rank_for_90"] == 2  # the plateau starts at the planted k

@@ -11,6 +11,8 @@ import pytest
 from conftest import FAST, call_main
 from safetensors.numpy import load_file
 
+from lora_jax.report.rank_analysis import load_analysis
+
 
 @pytest.fixture(scope="module")
 def full_and_lora(tmp_path_factory):
@@ -37,7 +39,7 @@ def test_full_finetuning_run_saves_its_update(full_and_lora):
 
 
 def test_analysis_and_report_compare_lora_with_full_finetuning(full_and_lora):
-    analysis = json.loads((full_and_lora / "analysis.json").read_text())
+    analysis = load_analysis(full_and_lora)
     (entry,) = analysis["versus_full"]
     (full_dir,) = [p for p in full_and_lora.iterdir() if p.name.startswith("lora=full")]
     update = load_file(full_dir / "full_update.safetensors")
@@ -64,7 +66,7 @@ def test_analysis_and_report_compare_lora_with_full_finetuning(full_and_lora):
 
 
 def test_model_evals_reproduce_the_run_at_full_rank_and_the_base_at_zero(full_and_lora):
-    analysis = json.loads((full_and_lora / "analysis.json").read_text())
+    analysis = load_analysis(full_and_lora)
     (entry,) = analysis["versus_full"]
     evals = entry["model_evals"]["runs"]
     assert sorted(e["rank"] for e in evals.values()) == [0, 2]
@@ -120,7 +122,7 @@ def test_run_model_with_w0_is_the_pretrained_encoder(full_and_lora):
 def test_model_eval_rows_flatten_every_evaluated_model(full_and_lora):
     from lora_jax.sweep.model_evals import model_eval_rows
 
-    analysis = json.loads((full_and_lora / "analysis.json").read_text())
+    analysis = load_analysis(full_and_lora)
     rows = model_eval_rows(analysis)
     evals = analysis["versus_full"][0]["model_evals"]["runs"].values()
     expected = sum(
@@ -135,7 +137,7 @@ def test_a_new_analysis_keeps_the_model_evals_of_unchanged_runs(full_and_lora, m
     from lora_jax.sweep.finish import finish_sweep
 
     def before():
-        return json.loads((full_and_lora / "analysis.json").read_text())["versus_full"][0]
+        return load_analysis(full_and_lora)["versus_full"][0]
 
     def runs_of(entry):  # the records without their keys
         return {n: {k: v for k, v in e.items() if k != "key"} for n, e in entry.items()}
@@ -151,6 +153,10 @@ def test_a_new_analysis_keeps_the_model_evals_of_unchanged_runs(full_and_lora, m
         finish_sweep(full_and_lora, use_wandb=False, model_evals=evaluate)
         new = before()["model_evals"]["runs"]
         assert runs_of(new) == runs_of(old) and all(e["key"]["reused"] for e in new.values())
+    # Each stage writes its own file: analysis.json holds no evaluation, evals.json holds them.
+    assert "model_evals" not in (full_and_lora / "analysis.json").read_text()
+    evals = json.loads((full_and_lora / "evals.json").read_text())["versus_full"]
+    assert list(evals) == [before()["run"]]
     # A run whose checkpoint (or identity, eval_limit, curve) differs is not kept.
     run = next(r for r in read_runs(full_and_lora) if r.rank == 2)
     changed = {run.name: {**old[run.name], "key": {**old[run.name]["key"], "checkpoint": 1}}}
