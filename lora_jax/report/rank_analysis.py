@@ -14,13 +14,12 @@ from typing import Any
 import numpy as np
 
 from lora_jax.report.document import Block, Figure, Table
-
-ANALYSIS_FILE = "analysis.json"
+from lora_jax.runs.layout import ADAPTER_DIR, ANALYSIS_FILE, SweepFolder
 
 
 def load_analysis(folder: Path) -> dict[str, Any] | None:
     """The folder's `analysis.json`, or None when the analysis has not run."""
-    path = Path(folder) / ANALYSIS_FILE
+    path = SweepFolder(folder).analysis
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -28,7 +27,7 @@ def figure(folder: Path, recorded: str | None, caption: str) -> Figure | None:
     """The PNG `analysis.json` recorded (its path may be relative to another working folder)."""
     if not recorded:
         return None
-    for path in (Path(folder) / "figures" / Path(recorded).name, Path(recorded)):
+    for path in (SweepFolder(folder).figures / Path(recorded).name, Path(recorded)):
         if path.exists():
             return Figure(path, caption)
     return None
@@ -209,7 +208,7 @@ def rank_analysis(folder: Path) -> list[Block]:
     if analysis is None:
         return [
             f"No `{ANALYSIS_FILE}` in this folder: run `python -m experiments.analyze {folder}` "
-            "(it reads the runs' `adapter/` folders)."
+            f"(it reads the runs' `{ADAPTER_DIR}/` folders)."
         ]
     if not updates(analysis):
         return ["No runs with adapters to analyse (rank 0 or full fine-tuning only)."]

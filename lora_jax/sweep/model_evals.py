@@ -40,8 +40,8 @@ from lora_jax.analysis.truncation import (
     truncated_kernels,
     truncation_ranks,
 )
-from lora_jax.analysis.updates import ANALYSIS_FILE
-from lora_jax.run_record import RunRecord, write_atomic
+from lora_jax.runs.layout import ANALYSIS_FILE, SweepFolder
+from lora_jax.runs.record import RunRecord, write_atomic
 from lora_jax.train.kernel_eval import (
     FORGET_SENTENCES,
     FORGET_SPLIT,
@@ -49,7 +49,6 @@ from lora_jax.train.kernel_eval import (
     RunModel,
     load_run_model,
 )
-from lora_jax.train.run_identity import IDENTITY_FILE
 
 # Part of every record's key: bump it when the records change, so older ones are recomputed.
 RECORD_VERSION = 2
@@ -166,7 +165,7 @@ def eval_key(run: RunRecord, curve: bool, eval_limit: int | None) -> dict[str, A
     last checkpoint, `eval_limit` and whether the truncation curve is asked; None where the run
     has no identity file."""
     try:
-        identity = json.loads((run.run_dir / IDENTITY_FILE).read_text())["hash"]
+        identity = json.loads(run.folder.identity.read_text())["hash"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     steps = run.checkpoint_steps
@@ -183,7 +182,7 @@ def previous_evals(sweep_dir: str | Path) -> dict[str, dict[str, Any]]:
     """The per-run model evaluations of the sweep's current `analysis.json`, by run name
     (read before a new analysis overwrites it); {} if there are none."""
     try:
-        analysis = json.loads((Path(sweep_dir) / ANALYSIS_FILE).read_text())
+        analysis = json.loads(SweepFolder(sweep_dir).analysis.read_text())
     except (OSError, ValueError):
         return {}
     return {
@@ -259,7 +258,7 @@ def add_model_evals(
     """`model_evals`, written into `<sweep_dir>/analysis.json`; returns the new analysis."""
     analysis = finite_or_none(model_evals(analysis, runs, eval_limit, previous, evaluate))
     text = json.dumps(analysis, indent=1, allow_nan=False)
-    write_atomic(Path(sweep_dir) / ANALYSIS_FILE, text)
+    write_atomic(SweepFolder(sweep_dir).analysis, text)
     return analysis
 
 

@@ -33,11 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lora_jax.runs.layout import RunFolder
 from lora_jax.train import generate
 from lora_jax.train.steps import Objective
-
-GENERATIONS_FILE = "generations.jsonl"
-
 
 # ---- loss --------------------------------------------------------------------------------------
 
@@ -275,7 +273,7 @@ def objective(
             module, params, tokenizer, prompts, eos_id=eos_id, pad_id=pad_id, **(decode or {})
         )
         if out_dir is not None:
-            with open(Path(out_dir) / GENERATIONS_FILE, "w") as f:
+            with open(RunFolder(out_dir).generations, "w") as f:
                 for (p, refs), h in zip(items, hyps, strict=True):
                     f.write(json.dumps({"prompt": p, "generated": h, "references": refs}) + "\n")
         return {**generation_metrics(hyps, [r for _, r in items]), "decoded": len(hyps)}
@@ -284,7 +282,6 @@ def objective(
 
 
 __all__: list[str] = [
-    "GENERATIONS_FILE",
     "causal_lm_loss",
     "chat_of",
     "decode_texts",
