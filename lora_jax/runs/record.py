@@ -1,11 +1,10 @@
 """What a finished run folder holds, read once into a typed record.
 
-A run folder (written by `lora_jax.train`; its names in `lora_jax.runs.layout`) holds
-`metrics.json` (what was trained and how well), `config.yaml` (the resolved config),
-`history.jsonl`, `.hydra/overrides.yaml` and, for LoRA runs, `adapter/` (PEFT layout).
-`RunRecord` is the one view of it that the analysis pairs runs by and the report groups them
-by: by the record's fields, never by parsing override strings. It imports nothing of ours but
-the layout, so every layer can use it.
+A run folder (`lora_jax.runs.layout`) holds `metrics.json` (what was trained and how well),
+`config.yaml` (the resolved config), `history.jsonl`, `.hydra/overrides.yaml` and, for LoRA
+runs, `adapter/` (PEFT layout). `RunRecord` is the one view of it that the analysis pairs runs
+by and the report groups them by: by the record's fields, never by parsing override strings.
+Of ours it imports only the layout, so every layer can use it.
 
 Example:
     >>> runs = read_runs("outputs/sweeps/default")  # doctest: +SKIP
@@ -293,13 +292,11 @@ class RunRecord:
         Orbax names a finished step `<step>/` and one being written `<step>.orbax-checkpoint-tmp*`,
         so only all-digit folders with a `state/` count.
         """
-        folder = self.folder.checkpoints
-        if not folder.is_dir():
+        folder = self.folder
+        if not folder.checkpoints.is_dir():
             return []
-        found = (p for p in folder.iterdir() if p.name.isdigit())
-        return sorted(
-            int(p.name) for p in found if self.folder.checkpoint_state(int(p.name)).is_dir()
-        )
+        steps = (int(p.name) for p in folder.checkpoints.iterdir() if p.name.isdigit())
+        return sorted(s for s in steps if folder.checkpoint_state(s).is_dir())
 
     def checkpoint_trainable(self, step: int) -> dict[str, Any]:
         """The trainable parameters saved at `step` (adapters and head; no optimizer state),
@@ -349,9 +346,9 @@ def read_run(run_dir: str | Path) -> RunRecord | None:
     metrics = read_metrics(run_dir)
     if metrics is None or metrics.get("status") != "complete":
         return None
-    config_file, overrides_file = RunFolder(run_dir).config, RunFolder(run_dir).overrides
-    config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+    folder = RunFolder(run_dir)
+    config = yaml.safe_load(folder.config.read_text()) if folder.config.exists() else {}
+    overrides = yaml.safe_load(folder.overrides.read_text()) if folder.overrides.exists() else []
     return RunRecord(run_dir.name, run_dir, metrics, config or {}, tuple(overrides or ()))
 
 
