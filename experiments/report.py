@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from lora_jax.report import ReportInputError, make_report, paper
-from lora_jax.run_record import RunFolderError
+from lora_jax.runs.record import RunFolderError
 from lora_jax.train.signals import stop_at_once
 from lora_jax.user_errors import check_output_dir, user_errors
 

@@ -44,8 +44,8 @@ _EXPORTS = {
     "analyze_adapters": "analysis.updates",
     "analyze_runs": "analysis.updates",
     "read_kernels": "weights.base_kernels",
-    "RunRecord": "run_record",
-    "read_runs": "run_record",
+    "RunRecord": "runs.record",
+    "read_runs": "runs.record",
     # PEFT adapters, out and in.
     "Adapter": "peft_adapter",
     "export_adapter": "adapter_io",

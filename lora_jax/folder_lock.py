@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-LOCK_FILE = ".lock"
+from lora_jax.runs.layout import LOCK_FILE
 
 
 class FolderBusyError(ValueError):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
+from lora_jax.runs.layout import ADAPTER_DIR, RunFolder
 from lora_jax.scaling import lora_scale
 from lora_jax.weights.hf_names import GPT2_FUSED_QKV, TARGET_MODULES
 from lora_jax.weights.safetensors import SafetensorsReader
@@ -165,14 +166,14 @@ def adapter_folder(path: str | Path, *, setting: str = "lora.init_from") -> Path
     """The adapter at `path`: a folder holding adapter_model.safetensors, or a run folder
     holding such an `adapter/`. `setting` names where `path` came from, for the error."""
     path = Path(path)
-    for folder in (path, path / "adapter"):
+    for folder in (path, RunFolder(path).adapter):
         if (folder / ADAPTER_FILE).is_file():
             return folder
     state = "does not exist" if not path.exists() else f"holds no {ADAPTER_FILE}"
     raise FileNotFoundError(
         f"{setting}={str(path)!r} {state}; allowed: a PEFT LoRA adapter folder ({CONFIG_FILE} + "
         f"{ADAPTER_FILE}, as `save_pretrained` writes it) or a finished run's folder holding "
-        "adapter/. Pass such a folder, or train that run first (e.g. the MNLI sweep of Table 2)."
+        f"{ADAPTER_DIR}/. Pass such a folder, or train that run first (e.g. the MNLI sweep of Table 2)."
     )
 
 

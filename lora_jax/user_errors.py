@@ -1,6 +1,7 @@
 """User errors at the command line: one message and exit status 2 (a traceback too only with
 `HYDRA_FULL_ERROR=1`, Hydra's own switch), and the check that an output folder can be written.
-Standard library only, so `experiments.analyze --adapters` starts without Hydra or JAX."""
+Standard library and the run-folder layout only, so `experiments.analyze --adapters` starts
+without Hydra or JAX."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from lora_jax.runs.layout import RunFolder
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)
 EXIT_USER_ERROR = 2  # argparse's status for bad arguments
@@ -57,20 +60,19 @@ def no_space_message(err: OSError, run_dir: str | Path) -> str:
     """Which file could not be written, the space there and what a checkpoint needs, and what
     is saved: the newest checkpoint the rerun resumes from."""
     run_dir = Path(run_dir)
+    checkpoints = RunFolder(run_dir).checkpoints
     free = shutil.disk_usage(run_dir if run_dir.exists() else Path.cwd()).free
     head = (
         f"out of space writing {err.filename or f'a file in {run_dir}'} ({err.strerror}); "
         f"{free / 2**20:.0f} MiB free there"
     )
-    steps = sorted(
-        int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit() and p.is_dir()
-    )
+    steps = sorted(int(p.name) for p in checkpoints.glob("*") if p.name.isdigit() and p.is_dir())
     if not steps:
         return (
             f"{head}. Nothing is saved yet: free space (or choose another output folder) and "
             "run the same command again."
         )
-    newest = run_dir / "checkpoints" / str(steps[-1])
+    newest = RunFolder(run_dir).checkpoint(steps[-1])
     return (
         f"{head}, a checkpoint of this run takes {_size(newest) / 2**20:.1f} MiB. Saved: "
         f"checkpoint step {steps[-1]} in {newest.parent}. Free space (or move the folder) and "

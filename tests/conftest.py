@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lora_jax.config import register_configs
+from lora_jax.runs import RunFolder
 from lora_jax.train.compile_cache import enable_compilation_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,8 +204,9 @@ def write_run(
     train_rows: list[dict] | None = None,
 ) -> Path:
     """One run folder as `lora_jax.train.run` leaves it (no checkpoints, no adapter)."""
-    run = sweep / name
-    (run / ".hydra").mkdir(parents=True)
+    folder = RunFolder(sweep / name)
+    run = folder.path
+    folder.hydra.mkdir(parents=True)
     metrics = {
         "status": status,
         "final": {main: final},
@@ -222,7 +224,7 @@ def write_run(
         "task": task,
         "main_metric": main,
     }
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    folder.metrics.write_text(json.dumps(metrics))
     config = {
         "rank": rank,
         "alpha": alpha,
@@ -240,10 +242,8 @@ def write_run(
     }
     if paper_items is not None:
         config["paper"] = paper_items
-    OmegaConf.save(OmegaConf.create(config), run / "config.yaml")
-    OmegaConf.save(
-        OmegaConf.create([f"rank={rank}", f"seed={seed}"]), run / ".hydra/overrides.yaml"
-    )
+    OmegaConf.save(OmegaConf.create(config), folder.config)
+    OmegaConf.save(OmegaConf.create([f"rank={rank}", f"seed={seed}"]), folder.overrides)
     rows = [
         *(train_rows or []),
         *({"step": 100 * (i + 1), f"eval/{main}": final} for i in range(evals)),
@@ -258,5 +258,5 @@ def write_run(
                 for s in ("effective_rank", "stable_rank", "frobenius")
             }
         )
-    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder.history.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run

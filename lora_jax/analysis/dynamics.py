@@ -30,7 +30,7 @@ from lora_jax.analysis.projection import dw_vs_w
 from lora_jax.analysis.similarity import phi_grid_a
 from lora_jax.analysis.spectrum import spectrum, summarize_spectrum
 from lora_jax.peft_adapter import matrix_name
-from lora_jax.run_record import pairs_differing_in
+from lora_jax.runs.record import pairs_differing_in
 
 Key = tuple[int, str]  # (layer, target)
 Factors = dict[Key, tuple[np.ndarray, np.ndarray]]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_jax.peft_adapter import Adapter
-from lora_jax.run_record import RunRecord
+from lora_jax.runs.record import RunRecord
 
 
 @dataclass(frozen=True)

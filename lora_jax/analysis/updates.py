@@ -46,12 +46,11 @@ from lora_jax.analysis.svd_cache import SVDCache
 from lora_jax.analysis.versus_full import versus_full
 from lora_jax.audit.measure import adapter_names, open_adapters
 from lora_jax.peft_adapter import matrix_name, read_adapter
-from lora_jax.run_record import RunRecord, pairs_differing_in, write_atomic
+from lora_jax.runs.layout import SweepFolder
+from lora_jax.runs.record import RunRecord, pairs_differing_in, write_atomic
 from lora_jax.weights.base_kernels import read_kernels
 
 Key = tuple[int, str]  # (layer, target)
-ANALYSIS_FILE = "analysis.json"
-FIGURES_DIR = "figures"
 RANDOM_DRAWS = 32  # random pairs per seed pair: the spread of the random baseline
 
 
@@ -275,7 +274,7 @@ def _measure_all(updates: list[Update], bases: BaseKernels) -> dict[str, dict]:
 def _write(out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
     # NaN/inf (undefined directions, dW orthogonal to W) become null: strict JSON.
     result = finite_or_none(result)
-    write_atomic(out_dir / ANALYSIS_FILE, json.dumps(result, indent=1, allow_nan=False))
+    write_atomic(SweepFolder(out_dir).analysis, json.dumps(result, indent=1, allow_nan=False))
     return result
 
 
@@ -289,7 +288,7 @@ def analyze_runs(
     Writes `<sweep_dir>/analysis.json` and `<sweep_dir>/figures/*.png`; returns the JSON.
     """
     sweep_dir = Path(sweep_dir)
-    fig_dir = sweep_dir / FIGURES_DIR
+    fig_dir = SweepFolder(sweep_dir).figures
     updates = from_runs(runs)
     by_run = {u.record.run_dir: u for u in updates}
     lora_runs = [u.record for u in updates]

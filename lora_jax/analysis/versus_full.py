@@ -1,7 +1,7 @@
 """LoRA against full fine-tuning, from the files their runs left.
 
 A full fine-tuning run writes W_ft - W_0 of every matrix a LoRA could adapt
-(`full_update.safetensors`, `base_kernels.FULL_UPDATE_FILE`). For each such run this measures
+(`full_update.safetensors`, `runs.layout.FULL_UPDATE_FILE`). For each such run this measures
 
 - the spectrum of each full update: energy ranks (50/90/99%), stable and effective rank,
   beside a Gaussian matrix of the same shape and norm (Biderman et al. 2024: far above a
@@ -27,8 +27,8 @@ from lora_jax.analysis.jsonable import json_grid
 from lora_jax.analysis.spectrum import dw_svd, summarize_spectrum
 from lora_jax.audit.cores import energy_ranks
 from lora_jax.peft_adapter import matrix_name
-from lora_jax.run_record import RunRecord
-from lora_jax.weights.base_kernels import FULL_UPDATE_FILE, load_kernels, read_kernels, saved_family
+from lora_jax.runs.record import RunRecord
+from lora_jax.weights.base_kernels import load_kernels, read_kernels, saved_family
 
 Key = tuple[int, str]
 EPSILONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -37,7 +37,7 @@ PHI_DIRECTIONS = 64  # top directions of the full update compared (rows of the p
 
 def full_update(run: RunRecord) -> dict[Key, np.ndarray] | None:
     """{(layer, target): W_ft - W_0 (in, out)} of a full fine-tuning run, or None."""
-    path = run.run_dir / FULL_UPDATE_FILE
+    path = run.folder.full_update
     return load_kernels(path) if run.full_finetune and path.is_file() else None
 
 
@@ -79,7 +79,7 @@ def versus_full(
         updates = full_update(full_run)
         if updates is None:
             continue
-        family = saved_family(full_run.run_dir / FULL_UPDATE_FILE)
+        family = saved_family(full_run.folder.full_update)
         w0 = read_kernels(base_of(full_run), family, updates)
         peers = [
             r

@@ -32,8 +32,9 @@ from lora_jax.audit.cores import (
     singular_values,
 )
 from lora_jax.audit.cores import summarize as summarize_core
-from lora_jax.peft_adapter import Adapter, AdapterFile, Key, matrix_name, open_adapter
-from lora_jax.run_record import write_atomic
+from lora_jax.peft_adapter import CONFIG_FILE, Adapter, AdapterFile, Key, matrix_name, open_adapter
+from lora_jax.runs.layout import ADAPTER_DIR, SweepFolder
+from lora_jax.runs.record import write_atomic
 
 # What a matrix type's summary reports (median and range over its layers).
 BY_TYPE = ("stable_rank", "utilization", "energy_rank_90", "energy_utilization", "frobenius")
@@ -42,7 +43,7 @@ BY_TYPE = ("stable_rank", "utilization", "energy_rank_90", "energy_utilization",
 def adapter_names(adapters: Sequence[AdapterFile | Adapter]) -> list[str]:
     """Short, distinct names: the folder's (or its run's, for `<run>/adapter`), else paths."""
     names = [
-        a.folder.parent.name if a.folder.name == "adapter" else a.folder.name for a in adapters
+        a.folder.parent.name if a.folder.name == ADAPTER_DIR else a.folder.name for a in adapters
     ]
     return names if len(set(names)) == len(names) else [str(a.folder) for a in adapters]
 
@@ -275,8 +276,8 @@ def task_rank(folder: Path) -> dict[str, Any] | None:
     """For one of our runs (`<sweep>/<run>/adapter`) whose sweep evaluated it truncated to each
     rank k (beside full fine-tuning: `lora_jax.sweep.model_evals`): the smallest k keeping 90% of
     the run's task gain over k = 0, with the curve. None for any other adapter."""
-    evals = folder.parent.parent / "evals.json"
-    if folder.name != "adapter" or not evals.is_file():
+    evals = SweepFolder(folder.parent.parent).evals
+    if folder.name != ADAPTER_DIR or not evals.is_file():
         return None
     for entry in json.loads(evals.read_text())["versus_full"].values():
         record = (entry.get("runs") or {}).get(folder.parent.name)
@@ -299,10 +300,6 @@ def _params(index: AdapterFile, ranks: dict[str, int]) -> int:
     return total
 
 
-AUDIT_FILE = "audit.json"
-AUDIT_CSV = "audit.csv"
-ADVICE_FILE = "rank_advice.json"
-ADVICE_DIR = "advice"  # advice/<adapter>/adapter_config.json: `LoraConfig.from_pretrained`
 CSV_COLUMNS = ("rank", *SUMMARY_KEYS)  # after adapter and matrix
 
 
@@ -319,25 +316,26 @@ def write_audit(
     if energy is not None:
         check_energy(energy)  # before any work
     result = audit(folders, pairs)  # a refused adapter stops here, before anything is written
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / AUDIT_FILE, json.dumps(result, indent=1))
+    out = SweepFolder(out)
+    out.path.mkdir(parents=True, exist_ok=True)
+    write_atomic(out.audit_json, json.dumps(result, indent=1))
     rows = io.StringIO()
     writer = csv.writer(rows)
     writer.writerow(["adapter", "matrix", *CSV_COLUMNS])
     for name, adapter in result["adapters"].items():
         for matrix, m in adapter["matrices"].items():
             writer.writerow([name, matrix, *(m[c] for c in CSV_COLUMNS)])
-    write_atomic(out / AUDIT_CSV, rows.getvalue())
+    write_atomic(out.audit_csv, rows.getvalue())
     if energy is not None:
         advice = advise(result, energy)
-        write_atomic(out / ADVICE_FILE, json.dumps(advice, indent=1))
+        write_atomic(out.rank_advice, json.dumps(advice, indent=1))
         for name, a in advice.items():
             config = dict(open_adapter(result["adapters"][name]["folder"]).config)
             config.pop("lora_jax", None)
             keys = ("r", "lora_alpha", "rank_pattern", "alpha_pattern")
             config |= {k: a[k] for k in keys}
-            folder = out / ADVICE_DIR / name.replace("/", "_")
+            # advice/<adapter>/adapter_config.json: `LoraConfig.from_pretrained` reads it
+            folder = out.advice / name.replace("/", "_")
             folder.mkdir(parents=True, exist_ok=True)
-            write_atomic(folder / "adapter_config.json", json.dumps(config, indent=2))
+            write_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2))
     return result

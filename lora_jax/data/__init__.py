@@ -22,7 +22,7 @@ _EXPORTS = {
     # Tasks and loading.
     "LOCAL_TASK": "tasks",
     "TASKS": "tasks",
-    "TaskSpec": "tasks",
+    "TaskSpec": "task_spec",
     "get_task": "tasks",
     "load_split": "tasks",
     # Metrics.

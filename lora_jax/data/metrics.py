@@ -17,7 +17,8 @@ import numpy as np
 import scipy.stats
 import sklearn.metrics
 
-from lora_jax.data.tasks import TaskSpec, get_task
+from lora_jax.data.task_spec import TaskSpec
+from lora_jax.data.tasks import get_task
 
 
 def accuracy(preds: np.ndarray, labels: np.ndarray) -> float:

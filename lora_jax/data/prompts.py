@@ -21,7 +21,7 @@ import grain
 import numpy as np
 import tokenizers
 
-from lora_jax.data.pipeline import as_text, format_prompt
+from lora_jax.data.tokenize import as_text, format_prompt
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 
 One module per job:
 
-- `items`: the paper items to compare with (runs: `lora_jax.run_record`);
+- `items`: the paper items to compare with (runs: `lora_jax.runs.record`);
 - `cells`: runs grouped by every axis but the seed, summarised over seeds;
 - `setup`: our setup against the paper's (what compares: values or only trends);
 - `rank_analysis`, `full_finetuning`: the rank analysis and LoRA vs full fine-tuning

@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lora_jax.audit.measure import AUDIT_FILE, by_type
+from lora_jax.audit.measure import by_type
 from lora_jax.report.audit_section import audit_sections, ordered, stats_range
 from lora_jax.report.document import Document, ReportResult, Section, Table, write_document
+from lora_jax.runs.layout import ANALYSIS_FILE, AUDIT_FILE
 
-# analysis.json's name (`analysis.updates.ANALYSIS_FILE`, whose module imports JAX)
-ANALYSIS_FILE = "analysis.json"
 # per matrix: what the by-type table shows, from analysis.json's entry of the matrix
 AGAINST_W = {
     "amplification": lambda m: m["dw_vs_w"]["amplification"],
@@ -60,7 +59,7 @@ EXPLAINED = (
     "directions' RMS (1 = no more aligned with W than chance); phi(r, r) between W's and dW's "
     "top-r input directions; intruders: singular vectors among W + dW's top 10 with |cos| < 0.5 "
     "to every singular vector of W (Shuttleworth et al. 2024; PEFT's "
-    "`reduce_intruder_dimension`). Per matrix: analysis.json."
+    f"`reduce_intruder_dimension`). Per matrix: {ANALYSIS_FILE}."
 )
 
 

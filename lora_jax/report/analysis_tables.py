@@ -17,6 +17,7 @@ from lora_jax.report.document import Block, Table
 from lora_jax.report.format import MISSING, fmt_values, paper_num
 from lora_jax.report.our_setup import lora_cells, setup_lines, variant_label
 from lora_jax.report.rank_analysis import figure, input_dim, load_analysis, mean_phi
+from lora_jax.runs.layout import ADAPTER_DIR, ANALYSIS_FILE, SweepFolder
 
 W = paper.weight_label
 _TABLE7_ROWS = (
@@ -31,8 +32,8 @@ _TABLE7_ROWS = (
 
 def _missing(sweep_dir: Path) -> list[Block]:
     return [
-        f"No `analysis.json` in this sweep folder: run `python -m experiments.analyze {sweep_dir}` "
-        "first (it needs the runs' `adapter/` folders)."
+        f"No `{ANALYSIS_FILE}` in this sweep folder: run `python -m experiments.analyze {sweep_dir}` "
+        f"first (it needs the runs' `{ADAPTER_DIR}/` folders)."
     ]
 
 
@@ -94,7 +95,7 @@ def _targets(grids: dict[str, list]) -> list[str]:
 
 
 def _seed_of(sweep_dir: Path, run_dir: str) -> int:
-    return json.loads((Path(sweep_dir) / Path(run_dir).name / "metrics.json").read_text())["seed"]
+    return json.loads(SweepFolder(sweep_dir).run(Path(run_dir).name).metrics.read_text())["seed"]
 
 
 def fig3(cells: list[Cell], sweep_dir: Path) -> list[Block]:

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from lora_jax.audit.measure import ADVICE_FILE, AUDIT_FILE
 from lora_jax.report.document import Figure, Section, Table
+from lora_jax.runs.layout import AUDIT_FILE, SweepFolder
 
 _TYPE_ORDER = ("q", "k", "v", "o", "ffn_gate", "ffn_in", "ffn_out")
 
@@ -97,8 +97,9 @@ def _type_table(adapter: dict[str, Any]) -> Table:
 def audit_sections(out: Path, fig_dir: Path | None = None) -> list[Section]:
     """The audit's sections from `audit.json` (and `rank_advice.json` if written) in `out`,
     figures drawn into `fig_dir` (default `out/figures`)."""
-    result = json.loads((out / AUDIT_FILE).read_text())
-    advice = json.loads((out / ADVICE_FILE).read_text()) if (out / ADVICE_FILE).is_file() else {}
+    folder = SweepFolder(out)
+    result = json.loads(folder.audit_json.read_text())
+    advice = json.loads(folder.rank_advice.read_text()) if folder.rank_advice.is_file() else {}
     sections = []
     for name, adapter in result["adapters"].items():
         k90 = [m["energy_rank_90"] for m in adapter["matrices"].values()]
@@ -108,7 +109,7 @@ def audit_sections(out: Path, fig_dir: Path | None = None) -> list[Section]:
             f"percentile {np.percentile(k90, 90):g} (r = {adapter['rank']}).",
             _type_table(adapter),
             Figure(
-                _figure(name, adapter, fig_dir or out / "figures"),
+                _figure(name, adapter, fig_dir or folder.figures),
                 "Left and middle: stable rank / r and stable rank per layer and matrix. Right: "
                 "how many matrices need each rank to keep 90% of their update's energy.",
             ),
@@ -165,6 +166,6 @@ def _pair_table(pairs: list[dict[str, Any]]) -> Table:
             "Medians over matrices of phi (Hu et al. 2021, Eq. 4) between the two adapters' "
             "A (input side) and B (output side): phi(1,1) near 1 means the top direction is "
             "shared; the grid's mean against a random pair's expectation says how much more "
-            "than chance the subspaces overlap. Per-matrix values: audit.json."
+            f"than chance the subspaces overlap. Per-matrix values: {AUDIT_FILE}."
         ),
     )

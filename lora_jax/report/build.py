@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import lora_jax.report.paper as paper
-from lora_jax.audit.measure import AUDIT_FILE
 from lora_jax.report import analysis_tables, compare, our_setup
 from lora_jax.report.audit_section import audit_sections
 from lora_jax.report.cells import Cell, group_cells, varying_axes
@@ -38,9 +37,9 @@ from lora_jax.report.training_curves import (
     varies_within_a_method,
 )
 from lora_jax.report.versus_full_seeds import versus_full_over_seeds
-from lora_jax.run_record import RunRecord, read_runs
+from lora_jax.runs.layout import SweepFolder
+from lora_jax.runs.record import RunRecord, read_runs
 
-FIGURES_DIR = "figures"
 BUILDERS = {**compare.BUILDERS, **analysis_tables.BUILDERS}
 # Settings worth a line in the setup paragraph when every run shares them.
 _SETUP_KEYS = (
@@ -119,7 +118,8 @@ def build_document(
     source: str,
 ) -> Document:
     """The report's content; draws the metric-vs-rank PNG into `out`."""
-    plot = metric_vs_rank(cells, out / FIGURES_DIR / "metric_vs_rank.png")
+    figures = SweepFolder(out).figures
+    plot = metric_vs_rank(cells, figures / "metric_vs_rank.png")
     sections = [
         Section("Setup", _setup(cells, runs, items, source)),
         Section(
@@ -132,20 +132,20 @@ def build_document(
         Section("Seed statistics", seed_section(cells)),
     ]
     if varies_within_a_method(cells, LR):
-        blocks = learning_rate_section(cells, out / FIGURES_DIR)
+        blocks = learning_rate_section(cells, figures)
         sections.append(Section("Learning rate against rank", blocks))
     if varies_within_a_method(cells, "scaling"):
-        blocks = scaling_section(cells, out / FIGURES_DIR)
+        blocks = scaling_section(cells, figures)
         sections.append(Section("Scaling: alpha/r against alpha/sqrt(r) (rsLoRA)", blocks))
     sections.append(Section("Rank analysis", rank_analysis(sweep_dir)))
-    if (sweep_dir / AUDIT_FILE).is_file():  # sweeps analysed before the audit existed: none
-        sections.extend(audit_sections(sweep_dir, out / FIGURES_DIR))
+    if SweepFolder(sweep_dir).audit_json.is_file():  # sweeps analysed before the audit: none
+        sections.extend(audit_sections(sweep_dir, figures))
     analysis = load_analysis(sweep_dir) or {}
     if analysis.get("dynamics"):
         blocks = dynamics_section(analysis, sweep_dir)
         sections.append(Section("Rank measurements over training", blocks))
     if analysis.get("versus_full"):
-        blocks = versus_full_over_seeds(analysis) + versus_full(analysis, out / FIGURES_DIR)
+        blocks = versus_full_over_seeds(analysis) + versus_full(analysis, figures)
         sections.append(Section("LoRA vs full fine-tuning", blocks))
     for key in items:
         builder = BUILDERS[key]
@@ -184,7 +184,7 @@ def make_report(
     items = paper_items(runs, paper_override)
     source = "from --paper" if paper_override else "from the runs' `paper` config"
     out = Path(out) if out else sweep_dir
-    (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
+    SweepFolder(out).figures.mkdir(parents=True, exist_ok=True)
     cells = group_cells(runs)
     doc = build_document(sweep_dir, runs, cells, items, out, source)
     result = ReportResult(*write_document(doc, out), items)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lora_jax.run_record import RunRecord, shared_axes
+from lora_jax.runs.record import RunRecord, shared_axes
 
 
 @dataclass(frozen=True)

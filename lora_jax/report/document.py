@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_jax.run_record import write_atomic
+from lora_jax.runs.layout import SweepFolder
+from lora_jax.runs.record import write_atomic
 
 
 @dataclass
@@ -160,7 +161,7 @@ class ReportResult:
 
 def write_document(doc: Document, out: Path) -> tuple[Path, Path]:
     """Write `report.md` and `report.html` of `doc` into `out`; returns their paths."""
-    md, page = out / "report.md", out / "report.html"
+    md, page = SweepFolder(out).report_md, SweepFolder(out).report_html
     write_atomic(md, to_markdown(doc, base=out))  # a stopped report leaves the old one whole
     write_atomic(page, to_html(doc))
     return md, page

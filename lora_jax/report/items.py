@@ -1,12 +1,12 @@
 """The paper items a report compares with: named on the command line or in the runs' config.
 
-The runs themselves are `lora_jax.run_record.RunRecord`s (`read_runs`).
+The runs themselves are `lora_jax.runs.record.RunRecord`s (`read_runs`).
 """
 
 from __future__ import annotations
 
 import lora_jax.report.paper as paper
-from lora_jax.run_record import RunRecord
+from lora_jax.runs.record import RunRecord
 
 
 class ReportInputError(ValueError):
@@ -35,5 +35,5 @@ def paper_items(runs: list[RunRecord], override: list[str] | None = None) -> lis
         return check_paper_items(names, "from --paper")
     found: list[str] = []
     for run in runs:
-        found += check_paper_items(run.paper, f"in {run.run_dir / 'config.yaml'}")
+        found += check_paper_items(run.paper, f"in {run.folder.config}")
     return list(dict.fromkeys(found))

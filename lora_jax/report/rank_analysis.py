@@ -14,20 +14,17 @@ from typing import Any
 import numpy as np
 
 from lora_jax.report.document import Block, Figure, Table
-
-ANALYSIS_FILE = "analysis.json"
-EVALS_FILE = "evals.json"  # the model evaluations' own stage (`lora_jax.sweep.model_evals`)
+from lora_jax.runs.layout import ADAPTER_DIR, ANALYSIS_FILE, SweepFolder
 
 
 def load_analysis(folder: Path) -> dict[str, Any] | None:
     """The folder's `analysis.json`, each `versus_full` entry with its `model_evals` from
     `evals.json` where they were made; None when the analysis has not run."""
-    path = Path(folder) / ANALYSIS_FILE
-    if not path.exists():
+    folder = SweepFolder(folder)
+    if not folder.analysis.exists():
         return None
-    analysis = json.loads(path.read_text())
-    evals_path = Path(folder) / EVALS_FILE
-    evals = json.loads(evals_path.read_text())["versus_full"] if evals_path.exists() else {}
+    analysis = json.loads(folder.analysis.read_text())
+    evals = json.loads(folder.evals.read_text())["versus_full"] if folder.evals.exists() else {}
     for entry in analysis.get("versus_full") or []:
         if entry["run"] in evals:
             entry["model_evals"] = evals[entry["run"]]
@@ -38,7 +35,7 @@ def figure(folder: Path, recorded: str | None, caption: str) -> Figure | None:
     """The PNG `analysis.json` recorded (its path may be relative to another working folder)."""
     if not recorded:
         return None
-    for path in (Path(folder) / "figures" / Path(recorded).name, Path(recorded)):
+    for path in (SweepFolder(folder).figures / Path(recorded).name, Path(recorded)):
         if path.exists():
             return Figure(path, caption)
     return None
@@ -219,7 +216,7 @@ def rank_analysis(folder: Path) -> list[Block]:
     if analysis is None:
         return [
             f"No `{ANALYSIS_FILE}` in this folder: run `python -m experiments.analyze {folder}` "
-            "(it reads the runs' `adapter/` folders)."
+            f"(it reads the runs' `{ADAPTER_DIR}/` folders)."
         ]
     if not updates(analysis):
         return ["No runs with adapters to analyse (rank 0 or full fine-tuning only)."]

@@ -24,7 +24,7 @@ from lora_jax.report.document import Block, Figure, Table
 from lora_jax.report.format import MISSING, diff_unit, num, scale, unit
 from lora_jax.report.our_setup import value_point
 from lora_jax.report.seed_stats import LOWER_IS_BETTER, compare, verdict
-from lora_jax.run_record import read_jsonl
+from lora_jax.runs.record import read_jsonl
 
 LR = "optim.lr"
 # Adapter-only gradient norm when the run logged it, else the norm of every trainable leaf.
@@ -40,7 +40,7 @@ def curve(cell: Cell, key: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, mean over the cell's seeds) of a logged scalar; steps every seed logged."""
     per_seed = []
     for run in cell.runs:
-        path = run.run_dir / "history.jsonl"
+        path = run.folder.history
         rows = read_jsonl(path, contains=key) if path.exists() else []
         per_seed.append({r["step"]: r[key] for r in rows if r.get(key) is not None})
     steps = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []

@@ -27,7 +27,8 @@ from wandb_workspaces import expr
 from lora_jax.analysis.dynamics import DYNAMICS_STEP, dynamics_rows
 from lora_jax.report.document import Document, Figure, table_markdown
 from lora_jax.report.document import Table as DocTable
-from lora_jax.run_record import RunRecord, read_jsonl
+from lora_jax.runs.layout import ANALYSIS_RUN_DIR, WANDB_DIR, SweepFolder
+from lora_jax.runs.record import RunRecord, read_jsonl
 from lora_jax.train.tracking import wandb_mode
 
 SPECTRUM_SUMMARIES = ("effective_rank", "stable_rank", "energy_rank_90")
@@ -58,7 +59,7 @@ def wandb_target(runs: list[RunRecord], sweep_dir: Path) -> WandbTarget:
 
 def media_keys(sweep_dir: Path) -> dict[str, list[str]]:
     """The image keys the sweep's `analysis` run logged (one per PNG in `figures/`, by stem)."""
-    stems = sorted(p.stem for p in (Path(sweep_dir) / "figures").glob("*.png"))
+    stems = sorted(p.stem for p in SweepFolder(sweep_dir).figures.glob("*.png"))
     return {
         "phi": [s for s in stems if s.startswith("phi_")],
         "spectrum": [s for s in stems if s.startswith("spectrum_")],
@@ -69,7 +70,7 @@ def spectrum_keys(runs: list[RunRecord]) -> dict[tuple[str, str], list[str]]:
     """{(target, summary): [spectrum/layer_<i>/<target>/<summary>, ...]} from the runs' histories."""
     keys: set[str] = set()
     for run in runs:
-        history = run.run_dir / "history.jsonl"
+        history = run.folder.history
         if run.rank == 0 or not history.exists():
             continue
         # Each spectrum row of a run has all its adapters; a cut last line is skipped.
@@ -239,7 +240,8 @@ def offline_message(sweep_dir: Path, mode: str) -> str:
     """One line: why no W&B report was made, and how to make one."""
     return (
         f"W&B report not created: W&B is {mode} (logger.mode / WANDB_MODE). To create it, upload "
-        f"the runs with `wandb sync {sweep_dir}/*/wandb/offline-run-* {sweep_dir}/analysis_run/wandb/offline-run-*`, "
+        f"the runs with `wandb sync {sweep_dir}/*/{WANDB_DIR}/offline-run-* "
+        f"{sweep_dir}/{ANALYSIS_RUN_DIR}/{WANDB_DIR}/offline-run-*`, "
         f"then `wandb login` and run `WANDB_MODE=online python -m experiments.report {sweep_dir}`."
     )
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lora_jax.run_record import RunRecord, read_runs, write_atomic
+from lora_jax.runs.layout import BASE_KERNELS_FILE, RunFolder, SweepFolder
+from lora_jax.runs.record import RunRecord, read_runs, write_atomic
 
 if TYPE_CHECKING:
     from lora_jax.analysis.lora_update import Update
@@ -28,9 +29,8 @@ def _saved_or_checkpoint(folder: Path, name: str, fix: str, use_saved: bool = Tr
     """W_0's file for an update in `folder`: the kernels a random-init run saved beside it, else
     the checkpoint of model `name` (registry name, hub id or path: `models.checkpoint_path`)."""
     from lora_jax import models
-    from lora_jax.weights.base_kernels import BASE_KERNELS_FILE
 
-    saved = folder / BASE_KERNELS_FILE
+    saved = RunFolder(folder).base_kernels
     if use_saved and saved.is_file():
         return saved
     path = models.checkpoint_path(name)
@@ -84,7 +84,7 @@ def _log_to_wandb(sweep_dir: Path, runs: list[RunRecord], analysis: dict[str, An
         for r in runs
     ]
     with Tracker(
-        sweep_dir / "analysis_run",
+        SweepFolder(sweep_dir).analysis_run,
         "wandb",
         name=f"{sweep_dir.name}/analysis",
         group=logger.group or sweep_dir.name,
@@ -104,7 +104,9 @@ def _log_to_wandb(sweep_dir: Path, runs: list[RunRecord], analysis: dict[str, An
             tracker.log_table(
                 "versus_full_model_evals", list(evals[0]), [list(r.values()) for r in evals]
             )
-        tracker.log_images({p.stem: p for p in sorted((sweep_dir / "figures").glob("*.png"))})
+        tracker.log_images(
+            {p.stem: p for p in sorted(SweepFolder(sweep_dir).figures.glob("*.png"))}
+        )
 
 
 def finish_sweep(
@@ -130,7 +132,7 @@ def finish_sweep(
     sweep_dir = Path(sweep_dir)
     runs = read_runs(sweep_dir)
     summary = json.dumps([r.summary() for r in runs], indent=2)
-    write_atomic(sweep_dir / "sweep_summary.json", summary)
+    write_atomic(SweepFolder(sweep_dir).summary, summary)
     if analyze:
         from lora_jax.analysis.updates import analyze_runs
         from lora_jax.report.rank_analysis import load_analysis

@@ -42,7 +42,8 @@ from lora_jax.analysis.truncation import (
     truncated_kernels,
     truncation_ranks,
 )
-from lora_jax.run_record import RunRecord, write_atomic
+from lora_jax.runs.layout import EVALS_FILE, SweepFolder
+from lora_jax.runs.record import RunRecord, write_atomic
 from lora_jax.train.kernel_eval import (
     FORGET_SENTENCES,
     FORGET_SPLIT,
@@ -50,9 +51,7 @@ from lora_jax.train.kernel_eval import (
     RunModel,
     load_run_model,
 )
-from lora_jax.train.run_identity import IDENTITY_FILE
 
-EVALS_FILE = "evals.json"
 # Part of every record's key: bump it when the records change, so older ones are recomputed.
 RECORD_VERSION = 2
 LAMBDAS = (0.75, 0.5, 0.0)  # PEFT's default, then stronger
@@ -168,7 +167,7 @@ def eval_key(run: RunRecord, curve: bool, eval_limit: int | None) -> dict[str, A
     last checkpoint, `eval_limit` and whether the truncation curve is asked; None where the run
     has no identity file."""
     try:
-        identity = json.loads((run.run_dir / IDENTITY_FILE).read_text())["hash"]
+        identity = json.loads(run.folder.identity.read_text())["hash"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     steps = run.checkpoint_steps
@@ -184,7 +183,7 @@ def eval_key(run: RunRecord, curve: bool, eval_limit: int | None) -> dict[str, A
 def previous_evals(sweep_dir: str | Path) -> dict[str, dict[str, Any]]:
     """The per-run model evaluations of the sweep's `evals.json`, by run name; {} if none."""
     try:
-        evals = json.loads((Path(sweep_dir) / EVALS_FILE).read_text())["versus_full"]
+        evals = json.loads(SweepFolder(sweep_dir).evals.read_text())["versus_full"]
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     return {
@@ -263,7 +262,7 @@ def write_model_evals(
     previous = previous_evals(sweep_dir)
     evals = finite_or_none(model_evals(analysis, runs, eval_limit, previous, evaluate))
     text = json.dumps({"versus_full": evals}, indent=1, allow_nan=False)
-    write_atomic(Path(sweep_dir) / EVALS_FILE, text)
+    write_atomic(SweepFolder(sweep_dir).evals, text)
     return evals
 
 
@@ -301,7 +300,6 @@ def model_eval_rows(analysis: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "EVALS_FILE",
     "LAMBDAS",
     "MEASURES",
     "Forgetting",

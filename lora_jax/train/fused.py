@@ -26,6 +26,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from lora_jax.config import Config, run_config, to_dict
+from lora_jax.runs.layout import RunFolder
 from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.train.members import (
     FACTORS,
@@ -75,7 +76,7 @@ def group_key(cfg: Config | DictConfig) -> str:
         # to another's length would change the encoder's dropout masks (drawn per token), so
         # different seeds share a group only when every batch is max_len long.
         plain["seed"] = cfg.seed
-    with Checkpointer(Path(cfg.workdir) / "checkpoints") as ckpt:
+    with Checkpointer(RunFolder(cfg.workdir).checkpoints) as ckpt:
         plain["resume_step"] = ckpt.latest_step
     return json.dumps(plain, sort_keys=True, default=str)
 

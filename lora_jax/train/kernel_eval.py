@@ -43,7 +43,7 @@ from lora_jax import models
 from lora_jax.config import config_from_dict
 from lora_jax.lora import delta_w, layer_index
 from lora_jax.partition import combine, label_params, split
-from lora_jax.run_record import RunRecord
+from lora_jax.runs.record import RunRecord
 from lora_jax.train import lm
 from lora_jax.train.loaders import make_data
 from lora_jax.train.objectives import make_objective, objective_spec
@@ -161,7 +161,7 @@ def _trained_leaves(run: RunRecord) -> dict[tuple[str, ...], Any]:
     """The trainable leaves of the run's last checkpoint (the final state: the loop always
     saves at the last step), flattened."""
     steps = int(run.metrics["steps"])
-    state = run.run_dir / "checkpoints" / str(steps) / "state"
+    state = run.folder.checkpoint_state(steps)
     if not state.is_dir():
         raise FileNotFoundError(
             f"{run.run_dir} has no checkpoint of its last step {steps} ({state}); the model "

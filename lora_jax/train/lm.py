@@ -33,11 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lora_jax.runs.layout import RunFolder
 from lora_jax.train import generate
 from lora_jax.train.steps import Objective
-
-GENERATIONS_FILE = "generations.jsonl"
-
 
 # ---- loss --------------------------------------------------------------------------------------
 
@@ -118,8 +116,8 @@ def references_by_prompt(
     what decoding starts from: without the template's trailing spaces (see `format_prompt`); a
     chat task's conversation up to its last reply, which is the reference (`chat`)."""
     # Grain: not for every step process.
-    from lora_jax.data.pipeline import as_text
     from lora_jax.data.prompts import prompt_and_target
+    from lora_jax.data.tokenize import as_text
 
     refs: dict[str, list[str]] = {}
     for i in range(len(source)):
@@ -275,7 +273,7 @@ def objective(
             module, params, tokenizer, prompts, eos_id=eos_id, pad_id=pad_id, **(decode or {})
         )
         if out_dir is not None:
-            with open(Path(out_dir) / GENERATIONS_FILE, "w") as f:
+            with open(RunFolder(out_dir).generations, "w") as f:
                 for (p, refs), h in zip(items, hyps, strict=True):
                     f.write(json.dumps({"prompt": p, "generated": h, "references": refs}) + "\n")
         return {**generation_metrics(hyps, [r for _, r in items]), "decoded": len(hyps)}
@@ -284,7 +282,6 @@ def objective(
 
 
 __all__: list[str] = [
-    "GENERATIONS_FILE",
     "causal_lm_loss",
     "chat_of",
     "decode_texts",

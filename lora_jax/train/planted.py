@@ -22,7 +22,7 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 from lora_jax.lora import LoRAConfig, layer_index, parse_targets
-from lora_jax.run_record import PLANTED_FILE
+from lora_jax.runs.layout import RunFolder
 from lora_jax.train.steps import Objective
 
 
@@ -74,7 +74,7 @@ def plant(
 
 
 def save_factors(run_dir: str | Path, factors: dict[str, np.ndarray]) -> None:
-    save_file(factors, Path(run_dir) / PLANTED_FILE)
+    save_file(factors, RunFolder(run_dir).planted)
 
 
 def objective(

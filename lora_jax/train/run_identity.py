@@ -32,26 +32,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lora_jax.config import Config, to_dict
 from lora_jax.data.tasks import LOCAL_TASK
-from lora_jax.run_record import METRICS_FILE, NOT_RESULT_GROUPS, NOT_RESULTS, write_atomic
+from lora_jax.runs.layout import RUN_FILES, RunFolder
+from lora_jax.runs.record import NOT_RESULT_GROUPS, NOT_RESULTS, write_atomic
 
-IDENTITY_FILE = "run_identity.json"
-# What a run writes into its folder (`trainer.restart` removes these; `.hydra/` stays).
-RUN_FILES = (
-    METRICS_FILE,
-    "config.yaml",
-    "history.jsonl",
-    "wandb_id.txt",
-    "base_kernels.safetensors",
-    "full_update.safetensors",  # full fine-tuning's W_ft - W_0
-    "planted.safetensors",
-    "generations.jsonl",
-    "labels.json",  # data=local: the class names in id order (train.setup.LABELS_FILE)
-    IDENTITY_FILE,
-    "checkpoints",
-    "checkpoints_damaged",
-    "adapter",
-    "wandb",
-)
 _SHOWN = 12  # differing keys listed per run
 
 
@@ -102,10 +85,10 @@ def identity_hash(ident: Mapping[str, Any]) -> str:
 
 def has_results(workdir: Path) -> bool:
     """Whether `workdir` holds anything a run produced (results a config change would mix)."""
-    history = workdir / "history.jsonl"
-    steps = workdir / "checkpoints"
+    folder = RunFolder(workdir)
+    history, steps = folder.history, folder.checkpoints
     return (
-        (workdir / METRICS_FILE).exists()
+        folder.metrics.exists()
         or (history.is_file() and history.stat().st_size > 0)
         or (steps.is_dir() and any(steps.iterdir()))
     )
@@ -115,13 +98,13 @@ def _recorded(workdir: Path) -> tuple[dict[str, Any], bool] | None:
     """(the identity the folder's results were made with, whether it is exact); None if
     unknown. Exact from `run_identity.json`; from `config.yaml` for older folders, whose
     `trainer.steps`/`eval_every` (epochs) and `lora.rank` (budget) are the derived values."""
-    file = workdir / IDENTITY_FILE
+    file = RunFolder(workdir).identity
     try:
         return json.loads(file.read_text())["config"], True
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing or damaged: fall back to config.yaml
     try:
-        config = yaml.safe_load((workdir / "config.yaml").read_text())
+        config = yaml.safe_load(RunFolder(workdir).config.read_text())
     except (OSError, yaml.YAMLError):
         return None
     return (identity(config), False) if isinstance(config, dict) else None
@@ -191,26 +174,26 @@ def record(cfg: DictConfig, workdir: str | Path) -> None:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ident = identity(cfg)
-    hydra = {p.name: p.read_text() for p in sorted((workdir / ".hydra").glob("*.yaml"))}
+    hydra = {p.name: p.read_text() for p in sorted(RunFolder(workdir).hydra.glob("*.yaml"))}
     body = {"hash": identity_hash(ident), "config": ident, "hydra": hydra}
-    write_atomic(workdir / IDENTITY_FILE, json.dumps(body, indent=1, default=str))
+    write_atomic(RunFolder(workdir).identity, json.dumps(body, indent=1, default=str))
 
 
 def restore_hydra(workdir: Path) -> None:
     """Put back the `.hydra/*.yaml` of the folder's last accepted start (Hydra rewrote them
     for the refused one); nothing to do for folders without a copy."""
     try:
-        saved = json.loads((workdir / IDENTITY_FILE).read_text()).get("hydra") or {}
+        saved = json.loads(RunFolder(workdir).identity.read_text()).get("hydra") or {}
     except (OSError, ValueError, AttributeError):
         return
     for name, text in saved.items():
-        path = workdir / ".hydra" / name
+        path = RunFolder(workdir).hydra / name
         if path.parent.is_dir() and (not path.exists() or path.read_text() != text):
             write_atomic(path, text)
 
 
 def clear(workdir: Path) -> None:
-    """Remove what a run wrote into `workdir` (`RUN_FILES`), keeping `.hydra/`."""
+    """Remove what a run wrote into `workdir` (`runs.layout.RUN_FILES`), keeping `.hydra/`."""
     for name in RUN_FILES:
         path = workdir / name
         if path.is_dir():

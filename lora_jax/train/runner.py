@@ -18,7 +18,8 @@ from lora_jax import models
 from lora_jax.adapter_io import export_adapter, family_of
 from lora_jax.config import Config, run_config, to_dict
 from lora_jax.partition import combine
-from lora_jax.run_record import read_metrics, write_atomic
+from lora_jax.runs.layout import METRICS_FILE, RunFolder
+from lora_jax.runs.record import read_metrics, write_atomic
 from lora_jax.train import distributed, parallel
 from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.train.loop import Engine, RunLog, train_loop
@@ -27,7 +28,7 @@ from lora_jax.train.run_identity import RunIdentityError, claim, exit_on_error
 from lora_jax.train.setup import RunSetup, plan, prepare_run, step_rng
 from lora_jax.train.steps import make_eval_step, make_train_step, step_compiler_options
 from lora_jax.train.tracking import Tracker
-from lora_jax.weights.base_kernels import FULL_UPDATE_FILE, layer_kernels, save_kernels
+from lora_jax.weights.base_kernels import layer_kernels, save_kernels
 
 
 def completed(workdir: str | Path) -> dict[str, Any] | None:
@@ -141,7 +142,7 @@ def train_members(
         logs = []
         for s, workdir in zip(setups, workdirs, strict=True):
             keep = s.cfg.trainer.keep_checkpoints
-            ckpt = stack.enter_context(Checkpointer(workdir / "checkpoints", keep=keep))
+            ckpt = stack.enter_context(Checkpointer(RunFolder(workdir).checkpoints, keep=keep))
             tracker = stack.enter_context(open_tracker(s.cfg, workdir, s.sizes))
             logs.append(RunLog(s.cfg, s.plan, tracker, ckpt))
         steps, errors = train_loop(engine, logs, desc)
@@ -170,7 +171,7 @@ def train_members(
     for workdir, result in zip(workdirs, results, strict=True):
         if isinstance(result, dict):
             if distributed.is_primary():
-                write_atomic(workdir / "metrics.json", json.dumps(result, indent=2))
+                write_atomic(RunFolder(workdir).metrics, json.dumps(result, indent=2))
             if on_result is not None:
                 on_result(result)
     return results
@@ -188,7 +189,7 @@ def run(
     claim_or_exit([(cfg, workdir)])  # before anything is written
     done = completed(workdir)
     if done is not None:
-        print(f"[lora_jax] {workdir} is complete; skipping (delete metrics.json to rerun).")
+        print(f"[lora_jax] {workdir} is complete; skipping (delete {METRICS_FILE} to rerun).")
         return done
     cfg = run_config(cfg)  # Hydra's config, typed once
     p = plan(cfg)
@@ -215,12 +216,12 @@ def finish_run(
     primary = distributed.is_primary()  # process 0 writes the run folder
     if primary:
         hub = models.hub_id(cfg.model.name)
-        export_adapter(workdir / "adapter", trainable, p.lora, s.pre, hub)
+        export_adapter(RunFolder(workdir).adapter, trainable, p.lora, s.pre, hub)
     if primary and p.full_finetune:
         # The full update W_ft - W_0 of every matrix a LoRA could adapt, for the rank analysis.
         w_ft = layer_kernels(trainable)
         update = {k: w_ft[k] - w0 for k, w0 in s.initial_kernels.items()}
-        save_kernels(workdir / FULL_UPDATE_FILE, update, family_of(s.pre))
+        save_kernels(RunFolder(workdir).full_update, update, family_of(s.pre))
     result = {
         "status": "complete",
         "final": final,

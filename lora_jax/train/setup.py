@@ -22,16 +22,15 @@ from lora_jax.config_rules import value_error
 from lora_jax.lora import LoRAConfig, adapters
 from lora_jax.partition import count_params, label_params, split
 from lora_jax.peft_adapter import adapter_folder
-from lora_jax.run_record import write_atomic
+from lora_jax.runs.layout import RunFolder
+from lora_jax.runs.record import write_atomic
 from lora_jax.train import distributed, parallel
 from lora_jax.train.loaders import Data, make_data
 from lora_jax.train.objectives import Objective, make_objective, objective_spec
 from lora_jax.train.optim import make_tx
 from lora_jax.train.precision import cast_frozen, warn_if_slow
 from lora_jax.train.steps import tree_bytes
-from lora_jax.weights.base_kernels import BASE_KERNELS_FILE, layer_kernels, save_kernels
-
-LABELS_FILE = "labels.json"  # a run on its own files: the class names in id order
+from lora_jax.weights.base_kernels import layer_kernels, save_kernels
 
 
 @dataclass(frozen=True)
@@ -179,13 +178,14 @@ def prepare_run(cfg: Config, p: Plan, workdir: Path) -> RunSetup:
     cfg = epochs_to_steps(cfg, data.train_size)
     cfg = replace(cfg, lora=replace(cfg.lora, rank=p.lora.rank))
     primary = distributed.is_primary()  # process 0 writes the run folder
+    folder = RunFolder(workdir)
     if primary:
-        write_atomic(workdir / "config.yaml", OmegaConf.to_yaml(to_dict(cfg)))
+        write_atomic(folder.config, OmegaConf.to_yaml(to_dict(cfg)))
     if primary and p.task.label_names:  # data=local: which class each logit column is
-        write_atomic(workdir / LABELS_FILE, json.dumps(list(p.task.label_names), indent=1) + "\n")
+        write_atomic(folder.labels, json.dumps(list(p.task.label_names), indent=1) + "\n")
     if primary and models.is_random(cfg.model.name):
         # A random-init base has no checkpoint to read W_0 from later: the analysis reads these.
-        save_kernels(workdir / BASE_KERNELS_FILE, layer_kernels(pre.params), family_of(pre))
+        save_kernels(folder.base_kernels, layer_kernels(pre.params), family_of(pre))
     tx = make_tx(cfg, split(labels, labels).trainable)
     opt_state = tx.init(parts.trainable)
     objective = make_objective(cfg, p, pre, parts, data)

@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from lora_jax.run_record import write_atomic
-
-HISTORY_FILE = "history.jsonl"
+from lora_jax.runs.layout import RunFolder
+from lora_jax.runs.record import write_atomic
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -86,7 +85,7 @@ class Tracker:
         if not write:  # another process of a multi-process run: process 0 logs
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        history = self.run_dir / HISTORY_FILE
+        history = RunFolder(self.run_dir).history
         _drop_cut_line(history)
         self._history = open(history, "a")  # noqa: SIM115 (closed in finish)
         if backend == "wandb":
@@ -95,7 +94,7 @@ class Tracker:
             mode = wandb_mode(mode)
             # Process-wide, before init: see the module docstring (telemetry's name lookup).
             wandb.setup(settings=wandb.Settings(mode=mode))
-            id_file = self.run_dir / "wandb_id.txt"
+            id_file = RunFolder(self.run_dir).wandb_id
             run_id = id_file.read_text().strip() if id_file.exists() else ""
             if not run_id:  # none yet, or an empty file left by a kill
                 run_id = uuid.uuid4().hex[:8]
@@ -175,7 +174,7 @@ class Tracker:
             self._write_failed = True
             if err.filename is not None:
                 raise
-            path = str(self.run_dir / HISTORY_FILE)
+            path = str(RunFolder(self.run_dir).history)
             raise OSError(err.errno, err.strerror, path) from None
 
     def finish(self) -> None:

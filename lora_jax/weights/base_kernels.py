@@ -24,13 +24,11 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from lora_jax.lora import layer_index
+from lora_jax.runs.layout import BASE_KERNELS_FILE
 from lora_jax.weights.hf_names import GPT2_FUSED_QKV, GPT2_QKV, LAYERS, TARGET_MODULES
 from lora_jax.weights.safetensors import SafetensorsReader
 
 Key = tuple[int, str]  # (layer, target)
-BASE_KERNELS_FILE = "base_kernels.safetensors"
-# W_ft - W_0 of every matrix a LoRA could adapt, written by a full fine-tuning run.
-FULL_UPDATE_FILE = "full_update.safetensors"
 _TARGETS = {t for modules in TARGET_MODULES.values() for t in modules} | set(GPT2_QKV)
 
 

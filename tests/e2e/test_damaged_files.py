@@ -14,7 +14,7 @@ import pytest
 from conftest import FINISHED_RUN, call_main
 
 from lora_jax.report.wandb_report import spectrum_keys
-from lora_jax.run_record import read_jsonl, read_run, write_atomic
+from lora_jax.runs.record import read_jsonl, read_run, write_atomic
 from lora_jax.train.tracking import Tracker
 
 

@@ -21,7 +21,8 @@ from conftest import call_main
 
 from lora_jax.data import get_task, make_loader
 from lora_jax.data.e2e import E2EFormatError, assign_splits, parse_task_json
-from lora_jax.data.pipeline import CausalLMCollate, CausalLMTokenize
+from lora_jax.data.pipeline import CausalLMCollate
+from lora_jax.data.tokenize import CausalLMTokenize
 from lora_jax.models.tiny import tiny_tokenizer
 from lora_jax.train import lm
 
@@ -174,7 +175,7 @@ def test_causal_lm_batches_mask_prompt_and_pad_right():
 
 
 def test_prompt_trailing_spaces_go_with_the_target():
-    from lora_jax.data.pipeline import format_prompt
+    from lora_jax.data.tokenize import format_prompt
 
     assert format_prompt("{a} ||| ", {"a": b"x", "b": 1}) == ("x |||", " ")
     assert format_prompt("<u>{a}</u>\n", {"a": "x"}) == ("<u>x</u>\n", "")

@@ -159,7 +159,7 @@ def test_full_finetuning_finds_the_planted_rank(tmp_path):
 
     from conftest import call_main
 
-    from lora_jax.run_record import read_runs
+    from lora_jax.runs.record import read_runs
     from lora_jax.weights.base_kernels import load_kernels
 
     sweep_dir = tmp_path / "planted_full"

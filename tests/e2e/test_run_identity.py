@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import FAST, FINISHED_RUN, call_main, compose_config
 
+from lora_jax.runs.layout import IDENTITY_FILE
 from lora_jax.train.run_identity import (
-    IDENTITY_FILE,
     RunIdentityError,
     check_jobs,
     claim,

@@ -36,10 +36,11 @@ from lora_jax.models.bert import HEAD_RULES
 from lora_jax.models.bert_config import BertConfig
 from lora_jax.report.document import Table
 from lora_jax.report.over_training import dynamics_section
-from lora_jax.run_record import read_run, read_runs
+from lora_jax.runs import RunFolder
+from lora_jax.runs.record import read_run, read_runs
 from lora_jax.sweep.finish import run_base
 from lora_jax.train.checkpoint import Checkpointer
-from lora_jax.weights.base_kernels import BASE_KERNELS_FILE, save_kernels
+from lora_jax.weights.base_kernels import save_kernels
 
 ALPHA = 8.0
 KEYS = [(0, "q"), (0, "v"), (1, "q"), (1, "v")]
@@ -82,17 +83,18 @@ def _planted_run(sweep: Path, name: str, rank: int, seed: int, plant) -> Path:
     """A finished run folder whose checkpoint at each step holds `plant(step, W_svds)`."""
     run = write_run(sweep, name, rank=rank, seed=seed, model="tiny_bert", alpha=ALPHA)
     pre, lora, trainable, kernels = _model(rank)
-    save_kernels(run / BASE_KERNELS_FILE, kernels, "bert")
+    folder = RunFolder(run)
+    save_kernels(folder.base_kernels, kernels, "bert")
     svds = {k: np.linalg.svd(w) for k, w in kernels.items()}
     scale = lora_scale(rank, ALPHA, "alpha_over_r")
     steps = plant.steps
     data = iter(grain.MapDataset.range(8).to_iter_dataset())
-    with Checkpointer(run / "checkpoints", keep=len(steps)) as ckpt:
+    with Checkpointer(folder.checkpoints, keep=len(steps)) as ckpt:
         for step in steps:
             factors = {k: plant(step, *svds[k], scale) for k in KEYS}
             state = {"trainable": _with(trainable, factors), "opt_state": {}}
             ckpt.save(step, state, data, meta={"step": step})
-    export_adapter(run / "adapter", state["trainable"], lora, pre)
+    export_adapter(folder.adapter, state["trainable"], lora, pre)
     return run
 
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 
-from lora_jax.audit.measure import ADVICE_DIR, write_audit
+from lora_jax.audit.measure import write_audit
 from lora_jax.peft_adapter import read_adapter
+from lora_jax.runs.layout import ADVICE_DIR
 
 pytestmark = pytest.mark.interop
 TINY_LLAMA = FIXTURES / "parity" / "tiny_llama"

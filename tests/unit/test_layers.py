@@ -2,8 +2,10 @@
 
 Every module sits in a room (its first name under `lora_jax`), and the rooms in layers:
 experiments -> sweep, report -> train -> models, data, partition, config, config_rules ->
-adapter_io, analysis -> weights, run_record, peft_adapter -> lora, lazy, scaling. A module imports only its own layer and
-those below; no private name (`_x`) crosses modules; no two files share a name.
+adapter_io, analysis -> weights, peft_adapter -> lora, lazy, scaling, runs. A module imports
+only its own layer and those below; no private name (`_x`) crosses modules; no two files share
+a name. `runs` (the run-folder contract) sits in the lowest layer: it imports nothing of ours
+but `lazy`, and `user_errors` and `folder_lock` name run-folder files through its layout.
 
 The analysis reads files: it may import the LoRA math, the checkpoint and adapter readers and
 the run record, never training, models, data, planted tasks, sweeps or reports. The readers
@@ -31,14 +33,15 @@ READERS = {
     "lora_jax.weights.hf_names",
     "lora_jax.weights.base_kernels",
     "lora_jax.adapter_io",
-    "lora_jax.run_record",
+    "lora_jax.runs.layout",
+    "lora_jax.runs.record",
     "lora_jax.weights.gguf",
     "lora_jax.weights.safetensors",
 }
 # Lowest first; the package face (`lora_jax/__init__.py`) re-exports from every layer.
 LAYERS = (
-    ("lora", "lazy", "scaling", "user_errors", "folder_lock"),
-    ("weights", "run_record", "peft_adapter"),
+    ("lora", "lazy", "scaling", "user_errors", "folder_lock", "runs"),
+    ("weights", "peft_adapter"),
     ("adapter_io", "analysis", "audit"),
     ("models", "data", "assets", "partition", "config", "config_rules", "budget"),
     ("train",),

@@ -23,7 +23,7 @@ from experiments import report as report_cli
 from lora_jax.report import ReportInputError, compare, group_cells, make_report, paper
 from lora_jax.report.document import Table
 from lora_jax.report.format import fmt_stats
-from lora_jax.run_record import RunFolderError, read_runs
+from lora_jax.runs.record import RunFolderError, read_runs
 
 RANKS = (1, 2, 4, 8)
 TARGETS = (("q",), ("q", "v"))

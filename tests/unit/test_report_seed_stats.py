@@ -16,7 +16,7 @@ from lora_jax.report import group_cells, make_report
 from lora_jax.report.cells import Stats
 from lora_jax.report.document import Table
 from lora_jax.report.seed_stats import compare, summarize
-from lora_jax.run_record import read_runs
+from lora_jax.runs.record import read_runs
 
 
 def _t_sf_df2(t: float) -> float:

@@ -30,7 +30,7 @@ from lora_jax.data.local.examples import (
     read_examples,
 )
 from lora_jax.data.local.read import FORMATS, split_files
-from lora_jax.data.tasks import TaskSpec
+from lora_jax.data.task_spec import TaskSpec
 
 GENERATION_METRICS = ("bleu", "rouge_l", "loss", "perplexity", "token_accuracy")
 

@@ -1,10 +1,10 @@
 """What a finished run folder holds, read once into a typed record.
 
-A run folder (written by `lora_jax.train`) holds `metrics.json` (what was trained and how
-well), `config.yaml` (the resolved config), `history.jsonl`, `.hydra/overrides.yaml` and, for
-LoRA runs, `adapter/` (PEFT layout). `RunRecord` is the one view of it that the analysis pairs
-runs by and the report groups them by: by the record's fields, never by parsing override
-strings. It imports nothing of ours, so every layer can use it.
+A run folder (`lora_jax.runs.layout`) holds `metrics.json` (what was trained and how well),
+`config.yaml` (the resolved config), `history.jsonl`, `.hydra/overrides.yaml` and, for LoRA
+runs, `adapter/` (PEFT layout). `RunRecord` is the one view of it that the analysis pairs runs
+by and the report groups them by: by the record's fields, never by parsing override strings.
+Of ours it imports only the layout, so every layer can use it.
 
 Example:
     >>> runs = read_runs("outputs/sweeps/default")  # doctest: +SKIP
@@ -31,14 +31,12 @@ import numpy as np
 import yaml
 from safetensors.numpy import load_file
 
-METRICS_FILE = "metrics.json"
-ADAPTER_DIR = "adapter"
-PLANTED_FILE = "planted.safetensors"  # written by `lora_jax.planted`
-CHECKPOINTS_DIR = "checkpoints"  # Orbax steps, written by `lora_jax.train.checkpoint`
+from lora_jax.runs.layout import METRICS_FILE, RunFolder
+
 # Config keys that do not change a run's results: paths, logging, progress, checkpoint cadence,
 # the restart switch; the top-level axes (`rank`, `alpha`, ...) only feed the `lora` keys that
 # hold the values the run uses; `paper` labels report items. Run identity
-# (`lora_jax.run_identity`) and the experiment axes below both leave them out.
+# (`lora_jax.train.run_identity`) and the experiment axes below both leave them out.
 NOT_RESULTS = (
     "workdir",
     "paper",
@@ -124,7 +122,7 @@ def read_jsonl(path: str | Path, contains: str | None = None) -> Iterator[dict[s
 def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
     """The run's parsed `metrics.json`; None when missing, or damaged (with a warning: the
     run then counts as unfinished, so rerunning its command trains or resumes it again)."""
-    metrics_file = Path(run_dir) / METRICS_FILE
+    metrics_file = RunFolder(run_dir).metrics
     if not metrics_file.is_file():
         return None
     try:
@@ -175,6 +173,11 @@ class RunRecord:
     overrides: tuple[str, ...] = ()
 
     @property
+    def folder(self) -> RunFolder:
+        """The run folder's paths (`lora_jax.runs.layout`)."""
+        return RunFolder(self.run_dir)
+
+    @property
     def model(self) -> str:
         return str(self.metrics["model"])
 
@@ -214,7 +217,7 @@ class RunRecord:
     @property
     def adapter_dir(self) -> Path | None:
         """The exported LoRA adapter (PEFT layout), or None (rank 0, full fine-tuning)."""
-        folder = self.run_dir / ADAPTER_DIR
+        folder = self.folder.adapter
         has = self.rank > 0 and not self.full_finetune and folder.is_dir()
         return folder if has else None
 
@@ -243,7 +246,7 @@ class RunRecord:
     @functools.cached_property
     def eval_steps(self) -> int | None:
         """How many evaluations logged the main metric (None without `history.jsonl`)."""
-        history = self.run_dir / "history.jsonl"
+        history = self.folder.history
         if not history.exists():
             return None
         key = f"eval/{self.main_metric}"
@@ -273,7 +276,7 @@ class RunRecord:
 
     def planted_factors(self) -> dict[tuple[int, str], dict[str, np.ndarray]] | None:
         """{(layer, target): {"u", "s", "v"}} of a planted-rank run (`lora_jax.planted`), else None."""
-        path = self.run_dir / PLANTED_FILE
+        path = self.folder.planted
         if not path.is_file():
             return None
         out: dict[tuple[int, str], dict[str, np.ndarray]] = {}
@@ -289,11 +292,11 @@ class RunRecord:
         Orbax names a finished step `<step>/` and one being written `<step>.orbax-checkpoint-tmp*`,
         so only all-digit folders with a `state/` count.
         """
-        folder = self.run_dir / CHECKPOINTS_DIR
-        if not folder.is_dir():
+        folder = self.folder
+        if not folder.checkpoints.is_dir():
             return []
-        found = (p for p in folder.iterdir() if p.name.isdigit() and (p / "state").is_dir())
-        return sorted(int(p.name) for p in found)
+        steps = (int(p.name) for p in folder.checkpoints.iterdir() if p.name.isdigit())
+        return sorted(s for s in steps if folder.checkpoint_state(s).is_dir())
 
     def checkpoint_trainable(self, step: int) -> dict[str, Any]:
         """The trainable parameters saved at `step` (adapters and head; no optimizer state),
@@ -305,7 +308,7 @@ class RunRecord:
         import jax
         import orbax.checkpoint as ocp
 
-        path = (self.run_dir / CHECKPOINTS_DIR / str(step) / "state").absolute()
+        path = self.folder.checkpoint_state(step).absolute()
         if not path.is_dir():
             raise FileNotFoundError(
                 f"{self.run_dir} has no checkpoint of step {step}; allowed: the steps it kept, "
@@ -343,9 +346,9 @@ def read_run(run_dir: str | Path) -> RunRecord | None:
     metrics = read_metrics(run_dir)
     if metrics is None or metrics.get("status") != "complete":
         return None
-    config_file, overrides_file = run_dir / "config.yaml", run_dir / ".hydra" / "overrides.yaml"
-    config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+    folder = RunFolder(run_dir)
+    config = yaml.safe_load(folder.config.read_text()) if folder.config.exists() else {}
+    overrides = yaml.safe_load(folder.overrides.read_text()) if folder.overrides.exists() else []
     return RunRecord(run_dir.name, run_dir, metrics, config or {}, tuple(overrides or ()))
 
 
