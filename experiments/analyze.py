@@ -7,7 +7,7 @@
 A sweep folder: rewrites sweep_summary.json, analysis.json, figures/ and the report
 (report.md, report.html) in that folder; beside a full fine-tuning run it also evaluates models
 into evals.json (truncation curves, forgetting, the intruder intervention:
-`lora_jax.sweep.model_evals`), on at most --eval-limit eval examples per evaluation if given.
+`lora_jax.evals.model_evals`), on at most --eval-limit eval examples per evaluation if given.
 
 Adapters (ours, or any PEFT LoRA adapter folders on one base), without the base: the audit of
 every matrix from B·A alone (`lora_jax.audit`: norms, stable and effective rank,
@@ -26,7 +26,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from lora_jax.folder_lock import folder_locked
+from lora_jax.runs.lock import folder_locked
 from lora_jax.train.signals import stop_at_once
 from lora_jax.user_errors import USER_ERRORS, check_output_dir, user_errors
 
@@ -89,7 +89,7 @@ def main() -> None:
 
             enable_compilation_cache()  # a re-analysis loads the compiled programs
         if args.adapters is None:
-            from lora_jax.sweep.finish import finish_sweep
+            from lora_jax.stages import finish_sweep
 
             lock = nullcontext()  # a missing folder: finish_sweep says so
             if Path(args.sweep_dir).is_dir():  # the analysis rewrites files in it
@@ -109,7 +109,7 @@ def main() -> None:
             if args.base:
                 from lora_jax.analysis.svd_cache import default_root
                 from lora_jax.analysis.updates import analyze_adapters
-                from lora_jax.sweep.finish import adapter_base
+                from lora_jax.stages import adapter_base
 
                 base = None if args.base == "auto" else args.base  # auto: what they name
                 cache = {None: default_root(), "none": None}.get(args.svd_cache, args.svd_cache)

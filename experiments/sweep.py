@@ -9,7 +9,7 @@ within one run), `debug=fast` to smoke-test.
 """
 
 from experiments.train import CONF, job
-from lora_jax.sweep.validate import hydra_main
+from lora_jax.cli import hydra_main
 
 main = hydra_main(job, CONF, "sweep")
 

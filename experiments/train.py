@@ -10,8 +10,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from lora_jax.cli import hydra_main
 from lora_jax.config import register_configs
-from lora_jax.sweep.validate import hydra_main
 
 register_configs()
 CONF = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: `job` is reused by sweep.py

@@ -9,7 +9,7 @@
   forgetting measure of a sentence encoder: 1 keeps everything, 1 - it is what was lost
   (a decoder's is its LM loss increase on held-out text: `sweep.model_evals`).
 
-The models themselves are evaluated above this layer (`lora_jax.train.kernel_eval`).
+The models themselves are evaluated above this layer (`lora_jax.evals.kernel_eval`).
 
 Example:
     >>> truncation_ranks(6)

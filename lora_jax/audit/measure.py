@@ -274,7 +274,7 @@ def advise(result: dict[str, Any], energy: float = 0.9) -> dict[str, dict[str, A
 
 def task_rank(folder: Path) -> dict[str, Any] | None:
     """For one of our runs (`<sweep>/<run>/adapter`) whose sweep evaluated it truncated to each
-    rank k (beside full fine-tuning: `lora_jax.sweep.model_evals`): the smallest k keeping 90% of
+    rank k (beside full fine-tuning: `lora_jax.evals.model_evals`): the smallest k keeping 90% of
     the run's task gain over k = 0, with the curve. None for any other adapter."""
     evals = SweepFolder(folder.parent.parent).evals
     if folder.name != ADAPTER_DIR or not evals.is_file():

@@ -6,7 +6,7 @@ spells these names. Standard library only, so any layer may import it.
     outputs/sweeps/<time>/                 SweepFolder
       rank=1/ ... rank=8/                  RunFolder, one per run (Hydra's override string)
           .hydra/overrides.yaml            Hydra's record of the job (config.yaml, hydra.yaml too)
-          .lock                            the process that writes (`lora_jax.folder_lock`)
+          .lock                            the process that writes (`lora_jax.runs.lock`)
           config.yaml                      the resolved config
           run_identity.json                the hash of the config the results come from
           metrics.json                     final and best metrics; the run is done once it exists

@@ -4,8 +4,8 @@ switch). Bugs still raise.
 
 `experiments.train` and `.sweep` run `check_job` on every job from `CheckCallback`
 (`conf/hydra/default.yaml`), which Hydra calls before it creates a run or sweep folder, so a
-bad value leaves existing folders untouched; `hydra_main` makes Hydra's own composition errors
-(`rank=abc`, `model=foo`, `trainer.stepz=3`) exit 2 too. `experiments.analyze` and `.report`
+bad value leaves existing folders untouched; `lora_jax.cli.hydra_main` makes Hydra's own
+composition errors (`rank=abc`, `model=foo`, `trainer.stepz=3`) exit 2 too. `experiments.analyze` and `.report`
 wrap their work in `lora_jax.user_errors` (light: the audit starts in a fraction of a second).
 """
 
@@ -16,20 +16,16 @@ import functools
 import importlib.util
 import logging
 import os
-import sys
-import traceback
-from collections.abc import Callable
-from dataclasses import fields, is_dataclass
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lora_jax.config import Config, check_config, run_config
+from lora_jax.config import check_config, run_config
 from lora_jax.config_rules import check_batch_size, value_error
-from lora_jax.folder_lock import lock_folder, unlock_folder
+from lora_jax.runs.lock import lock_folder, unlock_folder
 from lora_jax.train.run_identity import check_jobs
-from lora_jax.user_errors import EXIT_USER_ERROR, USER_ERRORS, check_output_dir, user_errors
+from lora_jax.user_errors import USER_ERRORS, check_output_dir, user_errors
 
 # What validation raises for bad input; raised there, never a bug's symptom.
 OPTIONAL_GROUPS = ("experiment", "debug")  # Hydra ignores unknown names of optional defaults
@@ -165,47 +161,3 @@ def _locks_for_the_run(trainer: DictConfig) -> bool:
         return True
     index = trainer.process_id if trainer.process_id is not None else os.environ.get("SLURM_PROCID")
     return index is not None and int(index) == 0
-
-
-def hydra_main(task_function: Callable[[DictConfig], Any], conf: str, name: str) -> Callable:
-    """`hydra.main(...)(task_function)`, with Hydra's composition errors (printed by Hydra as
-    one message, exit status 1) exiting 2 like every other user error, plus the allowed keys
-    when a key is unknown."""
-    import hydra
-    from hydra.errors import CompactHydraException
-
-    hydra_entry = hydra.main(config_path=conf, config_name=name, version_base="1.3")(task_function)
-
-    @functools.wraps(task_function)
-    def main() -> None:
-        try:
-            hydra_entry()
-        except CompactHydraException:  # HYDRA_FULL_ERROR=1: Hydra raised it; show it all
-            traceback.print_exc()
-            raise SystemExit(EXIT_USER_ERROR) from None
-        except SystemExit as exit_:
-            # Hydra printed the message and called sys.exit(1) while handling the error.
-            err = exit_.__context__
-            if exit_.code != 1 or not isinstance(err, CompactHydraException):
-                raise
-            hint = _allowed_keys(err)
-            if hint:
-                print(hint, file=sys.stderr)
-            raise SystemExit(EXIT_USER_ERROR) from None
-
-    return main
-
-
-def _allowed_keys(err: BaseException) -> str | None:
-    """`Allowed keys in trainer: steps, ...` for an unknown key in a typed section."""
-    full_key = getattr(err.__cause__, "full_key", None)
-    if not full_key or "Key" not in str(err.__cause__):
-        return None
-    schema: Any = Config()
-    parts = str(full_key).split(".")
-    for part in parts[:-1]:
-        schema = getattr(schema, part, None)
-        if not is_dataclass(schema):
-            return None
-    where = " in " + ".".join(parts[:-1]) if len(parts) > 1 else ""
-    return f"Allowed keys{where}: {', '.join(f.name for f in fields(schema))}."

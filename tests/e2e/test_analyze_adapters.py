@@ -122,7 +122,7 @@ def test_a_second_analysis_on_the_same_base_reads_ws_svds_back(minilm_pair, tmp_
     """W's decompositions, saved by the pair's analysis, serve one adapter alone on the same
     base: none computed again, the same numbers (the same bits: the saved float32 SVD)."""
     from lora_jax.analysis.updates import analyze_adapters
-    from lora_jax.sweep.finish import adapter_base
+    from lora_jax.stages import adapter_base
 
     out, _ = minilm_pair
     first = json.loads((out / "analysis.json").read_text())

@@ -12,8 +12,8 @@ import sys
 import pytest
 from conftest import FAST, run_module, start_module, wait_until
 
-from lora_jax.folder_lock import FolderBusyError, lock_folder
 from lora_jax.runs.layout import LOCK_FILE
+from lora_jax.runs.lock import FolderBusyError, lock_folder
 
 
 def _dead_pid() -> int:

@@ -82,9 +82,9 @@ def test_decoder_sweep_reports_lm_loss_forgetting(decoder_sweep):
 def test_pretrained_lm_loss_is_numpy_cross_entropy(decoder_sweep, monkeypatch):
     from lora_jax import data as data_lib
     from lora_jax import models
+    from lora_jax.evals.kernel_eval import load_run_model
     from lora_jax.lora import LoRAConfig
     from lora_jax.runs.record import read_runs
-    from lora_jax.train.kernel_eval import load_run_model
     from lora_jax.train.setup import model_rng
 
     sweep, cache = decoder_sweep
@@ -122,8 +122,8 @@ def test_a_large_random_update_makes_smollm2_forget(decoder_sweep, monkeypatch, 
     """A tiny random-init decoder knows nothing, so only a real pretrained LM can lose
     something: SmolLM2's loss on the MR sentences is far below uniform (log 49152 = 10.8),
     dW = 0 keeps it exactly, and a large random dW in its adapted matrices raises it a lot."""
+    from lora_jax.evals.kernel_eval import load_run_model
     from lora_jax.runs.record import read_run
-    from lora_jax.train.kernel_eval import load_run_model
     from lora_jax.weights.gguf import smollm2_path
 
     try:

@@ -101,8 +101,8 @@ def test_model_evals_reproduce_the_run_at_full_rank_and_the_base_at_zero(full_an
 @pytest.mark.slow  # two more model builds: about a minute on the shared 2-core CPU
 def test_run_model_with_w0_is_the_pretrained_encoder(full_and_lora):
     from lora_jax.analysis.truncation import similarity_kept
+    from lora_jax.evals.kernel_eval import load_run_model
     from lora_jax.runs.record import read_runs
-    from lora_jax.train.kernel_eval import load_run_model
     from lora_jax.weights.base_kernels import load_kernels
 
     for run in read_runs(full_and_lora):
@@ -120,7 +120,7 @@ def test_run_model_with_w0_is_the_pretrained_encoder(full_and_lora):
 
 
 def test_model_eval_rows_flatten_every_evaluated_model(full_and_lora):
-    from lora_jax.sweep.model_evals import model_eval_rows
+    from lora_jax.evals.model_evals import model_eval_rows
 
     analysis = load_analysis(full_and_lora)
     rows = model_eval_rows(analysis)
@@ -132,9 +132,9 @@ def test_model_eval_rows_flatten_every_evaluated_model(full_and_lora):
 
 
 def test_a_new_analysis_keeps_the_model_evals_of_unchanged_runs(full_and_lora, monkeypatch):
+    from lora_jax.evals import model_evals
     from lora_jax.runs.record import read_runs
-    from lora_jax.sweep import model_evals
-    from lora_jax.sweep.finish import finish_sweep
+    from lora_jax.stages import finish_sweep
 
     def before():
         return load_analysis(full_and_lora)["versus_full"][0]

@@ -38,7 +38,7 @@ from lora_jax.report.document import Table
 from lora_jax.report.over_training import dynamics_section
 from lora_jax.runs import RunFolder
 from lora_jax.runs.record import read_run, read_runs
-from lora_jax.sweep.finish import run_base
+from lora_jax.stages import run_base
 from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.weights.base_kernels import save_kernels
 

@@ -1,11 +1,12 @@
 """The import layering of DESIGN.md, stated as a test.
 
 Every module sits in a room (its first name under `lora_jax`), and the rooms in layers:
-experiments -> sweep, report -> train -> models, data, partition, config, config_rules ->
+experiments -> sweep, report -> evals -> train -> models, data, partition, config, config_rules ->
 adapter_io, analysis -> weights, peft_adapter -> lora, lazy, scaling, runs. A module imports
 only its own layer and those below; no private name (`_x`) crosses modules; no two files share
 a name. `runs` (the run-folder contract) sits in the lowest layer: it imports nothing of ours
-but `lazy`, and `user_errors` and `folder_lock` name run-folder files through its layout.
+but `lazy`, holds the lock of the process that writes a folder (`runs.lock`), and `user_errors`
+names run-folder files through its layout.
 
 The analysis reads files: it may import the LoRA math, the checkpoint and adapter readers and
 the run record, never training, models, data, planted tasks, sweeps or reports. The readers
@@ -40,12 +41,13 @@ READERS = {
 }
 # Lowest first; the package face (`lora_jax/__init__.py`) re-exports from every layer.
 LAYERS = (
-    ("lora", "lazy", "scaling", "user_errors", "folder_lock", "runs"),
+    ("lora", "lazy", "scaling", "user_errors", "runs"),
     ("weights", "peft_adapter"),
     ("adapter_io", "analysis", "audit"),
     ("models", "data", "assets", "partition", "config", "config_rules", "budget"),
     ("train",),
-    ("report", "sweep"),
+    ("evals",),
+    ("report", "sweep", "cli", "stages"),
 )
 LAYER_OF = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
 

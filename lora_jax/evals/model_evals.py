@@ -42,15 +42,15 @@ from lora_jax.analysis.truncation import (
     truncated_kernels,
     truncation_ranks,
 )
-from lora_jax.runs.layout import EVALS_FILE, SweepFolder
-from lora_jax.runs.record import RunRecord, write_atomic
-from lora_jax.train.kernel_eval import (
+from lora_jax.evals.kernel_eval import (
     FORGET_SENTENCES,
     FORGET_SPLIT,
     FORGET_TASK,
     RunModel,
     load_run_model,
 )
+from lora_jax.runs.layout import EVALS_FILE, SweepFolder
+from lora_jax.runs.record import RunRecord, write_atomic
 
 # Part of every record's key: bump it when the records change, so older ones are recomputed.
 RECORD_VERSION = 2

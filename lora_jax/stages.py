@@ -1,0 +1,156 @@
+"""The stages after training, run in order by `finish_sweep`, each writing its own files once
+and never rewriting another's:
+
+    runs (run folders) -> summary  sweep_summary.json
+                       -> analysis analysis.json, figures/     (lora_jax.analysis, pure)
+                       -> evals    evals.json                  (lora_jax.evals, beside full FT)
+                       -> audit    audit.json/.csv, rank_advice.json, advice/ (lora_jax.audit)
+                       -> report   report.md, report.html, W&B (lora_jax.report)
+
+The file names are `lora_jax.runs.layout`'s. The sweep's end (`lora_jax.sweep.finish`'s Hydra
+callback) and `python -m experiments.analyze <sweep>` both run this one function.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import OmegaConf
+
+from lora_jax.runs.layout import BASE_KERNELS_FILE, RunFolder, SweepFolder
+from lora_jax.runs.record import RunRecord, read_runs, write_atomic
+
+if TYPE_CHECKING:
+    from lora_jax.analysis.lora_update import Update
+
+
+def _saved_or_checkpoint(folder: Path, name: str, fix: str, use_saved: bool = True) -> Path:
+    """W_0's file for an update in `folder`: the kernels a random-init run saved beside it, else
+    the checkpoint of model `name` (registry name, hub id or path: `models.checkpoint_path`)."""
+    from lora_jax import models
+
+    saved = RunFolder(folder).base_kernels
+    if use_saved and saved.is_file():
+        return saved
+    path = models.checkpoint_path(name)
+    if path is None:
+        raise FileNotFoundError(
+            f"{folder}: base {name!r} is a random-init model and no {BASE_KERNELS_FILE} lies "
+            f"there (runs made before it existed have none); {fix}."
+        )
+    return path
+
+
+def run_base(run: RunRecord) -> Path:
+    """`base_of` for the runs of a sweep: the checkpoint holding their W_0."""
+    return _saved_or_checkpoint(run.run_dir, run.model, "rerun that run")
+
+
+def adapter_base(base: str | None = None) -> Callable[[Update], Path]:
+    """`base_of` for adapter folders: the checkpoint of `base` if given, else of the base the
+    adapter names (ours: the model it was trained from; a random-init one's saved kernels)."""
+
+    def base_of(update: Update) -> Path:
+        adapter = update.adapter
+        name = base or adapter.model or adapter.base
+        fix = "pass --base <checkpoint>"
+        return _saved_or_checkpoint(adapter.folder.parent, name, fix, use_saved=base is None)
+
+    return base_of
+
+
+def _log_to_wandb(sweep_dir: Path, runs: list[RunRecord], analysis: dict[str, Any]) -> None:
+    """An `analysis` run in the sweep's W&B group: the results table, the model evaluations
+    against full fine-tuning (truncation curves, forgetting) and every figure."""
+    from lora_jax.analysis.dynamics import DYNAMICS_STEP, dynamics_rows
+    from lora_jax.evals.model_evals import model_eval_rows
+    from lora_jax.train.tracking import Tracker
+
+    logger = OmegaConf.create(runs[0].config.get("logger") or {"backend": "none"})
+    if logger.backend == "none":
+        return
+    columns = ["run", "rank", "targets", "seed", "final", "best", "trainable_params"]
+    rows = [
+        [
+            r.name,
+            r.rank,
+            ",".join(r.targets),
+            r.seed,
+            r.value("final"),
+            r.value("best"),
+            r.metrics["trainable_params"],
+        ]
+        for r in runs
+    ]
+    with Tracker(
+        SweepFolder(sweep_dir).analysis_run,
+        "wandb",
+        name=f"{sweep_dir.name}/analysis",
+        group=logger.group or sweep_dir.name,
+        project=logger.project,
+        entity=logger.entity,
+        mode=logger.mode,
+        job_type="analysis",
+        config={"sweep_dir": str(sweep_dir)},
+    ) as tracker:
+        # The rank measurements over training, against the training step of each checkpoint.
+        dynamics = analysis.get("dynamics")
+        if dynamics:
+            tracker.log_curves(dynamics_rows(dynamics), DYNAMICS_STEP)
+        tracker.log_table("results", columns, rows)
+        evals = model_eval_rows(analysis)
+        if evals:
+            tracker.log_table(
+                "versus_full_model_evals", list(evals[0]), [list(r.values()) for r in evals]
+            )
+        tracker.log_images(
+            {p.stem: p for p in sorted(SweepFolder(sweep_dir).figures.glob("*.png"))}
+        )
+
+
+def finish_sweep(
+    sweep_dir: str | Path,
+    analyze: bool = True,
+    use_wandb: bool = True,
+    model_evals: bool = True,
+    eval_limit: int | None = None,
+) -> Path:
+    """Summarise, analyse and report a sweep folder; return the path of `report.html`.
+
+    Writes `sweep_summary.json` first, so a failing analysis loses nothing, then
+    `analysis.json` + `figures/` (`lora_jax.analysis.updates.analyze_runs`), then, where a full
+    fine-tuning run is beside LoRA runs, `evals.json`, the model evaluations
+    (`sweep.model_evals`: truncation curves, forgetting, intruder intervention;
+    `model_evals=False` computes none and keeps those of unchanged runs, `eval_limit` caps
+    their eval examples), each run's audit and rank advice (`audit.json`, `rank_advice.json`,
+    `advice/`), then the one report (`report.md`, `report.html`, the W&B report when online)
+    through `make_report`. Each stage writes its own files once.
+    """
+    from lora_jax.report import make_report
+
+    sweep_dir = Path(sweep_dir)
+    runs = read_runs(sweep_dir)
+    summary = json.dumps([r.summary() for r in runs], indent=2)
+    write_atomic(SweepFolder(sweep_dir).summary, summary)
+    if analyze:
+        from lora_jax.analysis.updates import analyze_runs
+        from lora_jax.evals.model_evals import write_model_evals
+        from lora_jax.report.rank_analysis import load_analysis
+
+        analysis = analyze_runs(sweep_dir, runs, run_base)
+        if analysis.get("versus_full"):
+            write_model_evals(sweep_dir, analysis, runs, eval_limit, evaluate=model_evals)
+            analysis = load_analysis(sweep_dir)  # with the evaluations, as the report reads it
+        adapters = [r.adapter_dir for r in runs if r.adapter_dir]
+        if adapters:  # each run's audit and rank advice (the task's truncation curve: above)
+            from lora_jax.audit.measure import write_audit
+
+            write_audit(adapters, sweep_dir, energy=0.9, pairs=False)
+        _log_to_wandb(sweep_dir, runs, analysis)
+    result = make_report(sweep_dir, use_wandb=use_wandb, runs=runs)  # each folder read once
+    print(result.wandb_message)
+    print(result.markdown.absolute())
+    return result.html
