@@ -35,13 +35,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(ASSETS): $(STAMP)
-	$(PY) -m lora_jax.assets
+	$(PY) -m lora_jax.data.assets
 	touch $@
 
 install: $(STAMP) $(ASSETS) ## Create .venv, install the project and the offline assets (idempotent)
 
 assets-e2e: $(STAMP) ## Optional: fetch and prepare the E2E NLG data (from the bigbench archive on PyPI; keeps ~1 MB)
-	$(PY) -m lora_jax.assets e2e
+	$(PY) -m lora_jax.data.assets e2e
 
 test: install ## Run the fast tests (no torch: the PEFT interop tests have their own target)
 	$(PY) -m pytest -m "not slow and not interop" -n 2 --dist worksteal $(ARGS)

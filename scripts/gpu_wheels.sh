@@ -70,8 +70,8 @@ json.dump({"source": "all-MiniLM-L6-v2 model.safetensors header (names, dtypes, 
           open(sys.argv[2], "w"), indent=0)
 EOF
 
-# The prepared MR data (`python -m lora_jax.assets` made it).
-CACHE=$($PY -c "from lora_jax import assets; print(assets.cache_dir())" 2>/dev/null \
+# The prepared MR data (`python -m lora_jax.data.assets` made it).
+CACHE=$($PY -c "from lora_jax.data import assets; print(assets.cache_dir())" 2>/dev/null \
         || echo "${LORA_JAX_CACHE:-$HOME/.cache/lora_jax}")
 test -d "$CACHE/tensorflow_datasets/mr_polarity" || { echo "no MR data in $CACHE: run make install"; exit 1; }
 rm -rf "$W/lora_jax_cache" && mkdir -p "$W/lora_jax_cache/tensorflow_datasets"

@@ -1,5 +1,5 @@
 """Writes tests/fixtures/local_mr/: the first MR sentences of each split (prepared by
-`python -m lora_jax.assets`), in split order, as JSONL, CSV and Parquet, for the test that
+`python -m lora_jax.data.assets`), in split order, as JSONL, CSV and Parquet, for the test that
 `data=local` gives the same examples, batches and metrics as `data=mr` / `data=mr_rating`
 (tests/unit/test_data_local.py).
 

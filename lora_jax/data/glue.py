@@ -3,7 +3,7 @@
 Preparing needs a network (TFDS downloads the GLUE zips from dl.fbaipublicfiles.com and
 MRPC from the original Microsoft URLs); reading afterwards is offline::
 
-    python -m lora_jax.data.glue mnli sst2     # prepare into lora_jax.assets.data_dir()
+    python -m lora_jax.data.glue mnli sst2     # prepare into lora_jax.data.assets.data_dir()
     python -m lora_jax.data.glue all
 
 GLUE test splits carry no labels (label = -1); evaluate on the validation splits
@@ -25,7 +25,7 @@ GLUE_CONFIGS = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
 
 def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
     if data_dir is None:
-        from lora_jax import assets
+        from lora_jax.data import assets
 
         data_dir = assets.data_dir()
     return os.fspath(data_dir)
@@ -48,7 +48,7 @@ def prepare_tfds(name: str, data_dir: str | os.PathLike | None = None, **downloa
 
     Args:
         name: ``"<builder>/<config>"``.
-        data_dir: TFDS data dir; default ``lora_jax.assets.data_dir()``.
+        data_dir: TFDS data dir; default ``lora_jax.data.assets.data_dir()``.
         **download_config: fields of ``tfds.download.DownloadConfig`` (e.g. manual_dir).
     """
     import tensorflow_datasets as tfds

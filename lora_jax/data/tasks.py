@@ -77,7 +77,7 @@ _ALL: Sequence[TaskSpec] = (
         kind="planted",
     ),
     # Table-to-text (lora_jax.train.lm): meaning representation -> reference sentence. `e2e` is the
-    # offline BIG-bench copy (`python -m lora_jax.assets e2e`), `e2e_gem` TFDS's gem/e2e_nlg.
+    # offline BIG-bench copy (`python -m lora_jax.data.assets e2e`), `e2e_gem` TFDS's gem/e2e_nlg.
     TaskSpec(
         name="e2e",
         tfds_name="e2e_nlg_bigbench",
@@ -165,7 +165,7 @@ def load_split(
         task: a task name or spec.
         split: a role (``train``, ``validation``, ``test``, or an extra eval split such
             as ``validation_mismatched``) or any TFDS split name/slice (``train[:10%]``).
-        data_dir: TFDS data dir; default ``lora_jax.assets.data_dir()``.
+        data_dir: TFDS data dir; default ``lora_jax.data.assets.data_dir()``.
 
     MR (and E2E, once its task file is fetched) is prepared on first use from the cached
     source file (offline). GLUE must be
@@ -174,7 +174,7 @@ def load_split(
     Raises:
         FileNotFoundError: the data is not there; the message names the command.
     """
-    from lora_jax import assets
+    from lora_jax.data import assets
     from lora_jax.data.glue import load_tfds_source
 
     task = get_task(task)
@@ -203,7 +203,7 @@ def load_split(
 
 
 def _mr_source(config: str, split: str, data_dir: str | os.PathLike) -> Any:
-    from lora_jax import assets
+    from lora_jax.data import assets
     from lora_jax.data.mr import MrPolarity
 
     builder = MrPolarity(config=config, data_dir=os.fspath(data_dir), file_format="array_record")

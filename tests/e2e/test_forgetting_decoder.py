@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def decoder_sweep(tmp_path_factory):
-    from lora_jax import assets
+    from lora_jax.data import assets
 
     assets.ensure_mr(fetch=False)  # MR from the usual cache; E2E synthetic beside it
     cwd = tmp_path_factory.mktemp("forget_decoder")

@@ -233,10 +233,10 @@ def test_parser_errors_name_the_file(tmp_path, mutate, message):
 
 
 def test_real_e2e_asset_if_fetched():
-    from lora_jax import assets
+    from lora_jax.data import assets
 
     if not assets.e2e_source_path().is_file():
-        pytest.skip("E2E asset not fetched (python -m lora_jax.assets e2e)")
+        pytest.skip("E2E asset not fetched (python -m lora_jax.data.assets e2e)")
     assets.ensure_e2e(fetch=False)
     from lora_jax.data import load_split
 

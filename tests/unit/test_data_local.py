@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 
-from lora_jax import assets
 from lora_jax.config import ColumnsConfig, DataConfig
-from lora_jax.data import compute_metrics, get_task, load_split, make_loader
+from lora_jax.data import assets, compute_metrics, get_task, load_split, make_loader
 from lora_jax.data.local import (
     VALIDATION_PERCENT,
     canonical,

@@ -7,8 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from lora_jax import assets
-from lora_jax.data import get_task, load_split
+from lora_jax.data import assets, get_task, load_split
 from lora_jax.data.mr import (
     NUM_EXAMPLES,
     NUM_POSITIVE,
@@ -25,7 +24,7 @@ def mr_ready():
     try:
         return assets.ensure_mr(fetch=False)
     except FileNotFoundError as e:
-        pytest.skip(f"{e} (run `python -m lora_jax.assets`)")
+        pytest.skip(f"{e} (run `python -m lora_jax.data.assets`)")
 
 
 def _write(tmp_path, lines, name="gt.txt", newline="\r\n"):
@@ -178,5 +177,5 @@ def test_prepared_example_fields(mr_ready):
 
 def test_missing_data_error_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("LORA_JAX_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(FileNotFoundError, match=r"python -m lora_jax\.assets"):
+    with pytest.raises(FileNotFoundError, match=r"python -m lora_jax\.data\.assets"):
         load_split("mr", "train")

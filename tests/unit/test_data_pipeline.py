@@ -11,8 +11,8 @@ import pytest
 import tokenizers
 from tokenizers import models, pre_tokenizers, processors
 
-from lora_jax import assets
 from lora_jax.data import (
+    assets,
     bucket_length,
     get_task,
     load_split,

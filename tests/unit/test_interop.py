@@ -64,13 +64,12 @@ LIBRARY_DEPRECATIONS = ("`is_gradient_checkpointing` is deprecated",)
 
 @pytest.fixture(scope="module")
 def sentences() -> list[str]:
-    from lora_jax import assets
-    from lora_jax.data import load_split
+    from lora_jax.data import assets, load_split
 
     try:
         assets.ensure_mr(fetch=False)
     except FileNotFoundError as e:
-        pytest.skip(f"{e} (run `python -m lora_jax.assets`)")
+        pytest.skip(f"{e} (run `python -m lora_jax.data.assets`)")
     source = load_split("mr", "validation")
     return [source[i]["sentence"].decode() for i in range(12)]
 

@@ -44,7 +44,7 @@ LAYERS = (
     ("lora", "lazy", "scaling", "user_errors", "runs"),
     ("weights", "peft_adapter"),
     ("adapter_io", "analysis", "audit"),
-    ("models", "data", "assets", "partition", "config", "config_rules", "budget"),
+    ("models", "data", "partition", "config", "config_rules", "budget"),
     ("train",),
     ("evals",),
     ("report", "sweep", "cli", "stages"),

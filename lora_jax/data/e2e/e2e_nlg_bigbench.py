@@ -4,7 +4,7 @@ The source is ``bigbench/benchmark_tasks/gem/e2e_nlg/task.json`` from the bigben
 source archive on PyPI (Apache-2.0; the E2E data is CC BY-SA 4.0, Novikova et al. 2017). It
 holds 1,000 examples ``{"input": <meaning representation>, "target": <reference>,
 "comment": "e2e_nlg-test-<n>"}`` over 213 distinct meaning representations (MRs) of the
-E2E test set; an MR has 1 to 35 references. ``python -m lora_jax.assets e2e`` fetches it.
+E2E test set; an MR has 1 to 35 references. ``python -m lora_jax.data.assets e2e`` fetches it.
 
 Features: ``meaning_representation`` (Text, e.g. ``"name: Blue Spice, eatType: coffee shop,
 area: city centre"``), ``target`` (Text, one reference) and ``id`` (int32, the ``<n>`` of the
@@ -99,7 +99,7 @@ def parse_task_json(
     if expected_count is not None and len(out) != expected_count:
         raise E2EFormatError(
             f"{path}: {len(out)} examples, expected {expected_count} (truncated or wrong file; "
-            "re-fetch with `python -m lora_jax.assets e2e --force`)"
+            "re-fetch with `python -m lora_jax.data.assets e2e --force`)"
         )
     return out
 
@@ -136,7 +136,7 @@ class E2eNlgBigbench(tfds.core.GeneratorBasedBuilder):
         return epath.Path(__file__)
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        f"Place {SOURCE_SUBDIR}/{SOURCE_FILENAME} in the manual dir. `python -m lora_jax.assets "
+        f"Place {SOURCE_SUBDIR}/{SOURCE_FILENAME} in the manual dir. `python -m lora_jax.data.assets "
         "e2e` fetches it from the bigbench 1.0.0 source archive and prepares this dataset."
     )
 
@@ -162,7 +162,7 @@ class E2eNlgBigbench(tfds.core.GeneratorBasedBuilder):
         path = os.path.join(os.fspath(dl_manager.manual_dir), SOURCE_SUBDIR, SOURCE_FILENAME)
         if not os.path.exists(path):
             raise FileNotFoundError(
-                f"{path} not found. Fetch it with `python -m lora_jax.assets e2e`."
+                f"{path} not found. Fetch it with `python -m lora_jax.data.assets e2e`."
             )
         examples = parse_task_json(path)
         splits = assign_splits([e.meaning_representation for e in examples])

@@ -56,7 +56,7 @@ def options_of(data: Any) -> LocalOptions:
 
 def local_task(data: Any, data_dir: str | os.PathLike | None = None) -> TaskSpec:
     """The TaskSpec of ``data=local`` (prepared first if needed; see the module doc)."""
-    from lora_jax import assets
+    from lora_jax.data import assets
 
     options = options_of(data)
     stamps = tuple(

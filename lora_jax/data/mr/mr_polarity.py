@@ -28,7 +28,7 @@ order, or a file with other than 10,605 lines raises ``MRFormatError`` naming th
 and the line number. A silently shorter dataset is never produced.
 
 The builder reads the text file from the TFDS manual dir: prepare it with
-``lora_jax.assets.ensure_mr()`` (``python -m lora_jax.assets``), which passes
+``lora_jax.data.assets.ensure_mr()`` (``python -m lora_jax.data.assets``), which passes
 ``DownloadConfig(manual_dir=<cache>)`` and ``file_format="array_record"``.
 """
 
@@ -129,7 +129,7 @@ def parse_source(path: str | os.PathLike, *, expected_count: int = NUM_EXAMPLES)
         raise MRFormatError(
             f"{path}:{len(lines)}: file ends after {len(examples)} lines, expected "
             f"{expected_count} (truncated or wrong file; re-fetch with "
-            "`python -m lora_jax.assets --force`)"
+            "`python -m lora_jax.data.assets --force`)"
         )
     return examples
 
@@ -192,7 +192,7 @@ class MrPolarity(tfds.core.GeneratorBasedBuilder):
         return epath.Path(__file__)
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        f"Place {SOURCE_FILENAME} in the manual dir. `python -m lora_jax.assets` "
+        f"Place {SOURCE_FILENAME} in the manual dir. `python -m lora_jax.data.assets` "
         "(or `make install`) fetches it from the vaderSentiment 3.3.2 source archive and "
         "prepares this dataset."
     )
@@ -223,7 +223,7 @@ class MrPolarity(tfds.core.GeneratorBasedBuilder):
         path = os.path.join(os.fspath(dl_manager.manual_dir), SOURCE_FILENAME)
         if not os.path.exists(path):
             raise FileNotFoundError(
-                f"{path} not found. Fetch it with `make install` or `python -m lora_jax.assets`."
+                f"{path} not found. Fetch it with `make install` or `python -m lora_jax.data.assets`."
             )
         examples = parse_source(path)
         splits = assign_splits([e.id for e in examples])

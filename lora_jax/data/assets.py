@@ -1,4 +1,4 @@
-"""Fetches and prepares the data that runs offline: ``python -m lora_jax.assets``.
+"""Fetches and prepares the data that runs offline: ``python -m lora_jax.data.assets``.
 
 What it does (idempotent; a second run only checks files and returns in ~1 s):
 
@@ -11,11 +11,11 @@ What it does (idempotent; a second run only checks files and returns in ~1 s):
 
 The cache is ``$LORA_JAX_CACHE`` or ``~/.cache/lora_jax``.
 
-``python -m lora_jax.assets e2e`` (optional, ``make assets-e2e``) prepares the E2E NLG
+``python -m lora_jax.data.assets e2e`` (optional, ``make assets-e2e``) prepares the E2E NLG
 references instead (``e2e_nlg_bigbench``, see ``ensure_e2e``).
 
 Example:
-    >>> from lora_jax import assets
+    >>> from lora_jax.data import assets
     >>> assets.ensure_mr()  # doctest: +SKIP
     PosixPath('/root/.cache/lora_jax/tensorflow_datasets')
 """
@@ -34,7 +34,7 @@ VADER_VERSION = "3.3.2"
 VADER_ARCHIVE = f"vaderSentiment-{VADER_VERSION}.tar.gz"
 _INNER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
 MR_FILENAME = "movieReviewSnippets_GroundTruth.txt"
-FETCH_COMMAND = "`make install` or `python -m lora_jax.assets`"
+FETCH_COMMAND = "`make install` or `python -m lora_jax.data.assets`"
 MR_CONFIGS = ("binary", "rating")
 
 
@@ -165,7 +165,7 @@ def ensure_mr(*, fetch: bool = True, force: bool = False) -> pathlib.Path:
     return data_dir()
 
 
-# ---- E2E NLG (optional: `python -m lora_jax.assets e2e`) ------------------------------------
+# ---- E2E NLG (optional: `python -m lora_jax.data.assets e2e`) ------------------------------------
 #
 # bigbench 1.0.0 is published on PyPI as a source archive only, and `pip download` cannot fetch
 # it: after downloading, pip prepares its metadata, which declares a direct-URL dependency
@@ -178,7 +178,7 @@ BIGBENCH_ARCHIVE = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
 BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 BIGBENCH_INDEX = "https://pypi.org/simple/bigbench/"
 E2E_MEMBER = f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks/gem/e2e_nlg/task.json"
-E2E_FETCH_COMMAND = "`make assets-e2e` or `python -m lora_jax.assets e2e`"
+E2E_FETCH_COMMAND = "`make assets-e2e` or `python -m lora_jax.data.assets e2e`"
 
 
 def e2e_source_path() -> pathlib.Path:
