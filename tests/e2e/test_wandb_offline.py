@@ -61,4 +61,6 @@ def test_offline_run_looks_up_no_name_and_does_not_wait(tmp_path):
     normal = _tracked_run(tmp_path / "normal", str(ROOT), tmp_path / "unused.txt")
     hung = _tracked_run(tmp_path / "blackhole_run", f"{site}{os.pathsep}{ROOT}", log)
     assert not log.exists(), f"names looked up: {log.read_text()}"
-    assert hung < normal + 3.0, f"{hung:.1f} s with a resolver that never answers, {normal:.1f} s"
+    # A wait on the resolver costs its 15 s: 10 s of margin still catches one, while the noise
+    # between two runs on a loaded 2-core machine (3.2 s seen) does not fail the test.
+    assert hung < normal + 10.0, f"{hung:.1f} s with a resolver that never answers, {normal:.1f} s"
