@@ -216,3 +216,24 @@ def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path):
     ours, theirs = _adapter(two), _adapter(one)
     for name, value in theirs.items():
         np.testing.assert_allclose(ours[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_two_processes_on_local_files_train_like_one(tmp_path, monkeypatch):
+    """`data=local` under several processes, each starting with an empty asset cache: every
+    process computes the same content key, one prepares the files under the cache's lock, and
+    the run is the one-process run."""
+    from conftest import FIXTURES
+
+    monkeypatch.setenv("LORA_JAX_CACHE", str(tmp_path / "cache"))
+    local = ["data=local", f"data.path={FIXTURES / 'local_mr' / 'jsonl'}"]
+    local.append("data.columns.text=sentence")
+    two, one = tmp_path / "two", tmp_path / "one"
+    outs = _finish(_two_processes(two, tmp_path, *local))
+    assert "process 0 of 2" in outs[0] and "process 1 of 2" in outs[1]
+    monkeypatch.setenv("LORA_JAX_CACHE", str(tmp_path / "cache_one"))
+    _finish([_start([*RUN, *local, "data.batch_size=16", f"hydra.run.dir={one}"], tmp_path)])
+    assert len(list((tmp_path / "cache").rglob("local_files/*/1.0.0"))) == 1
+    losses, _ = _history(two)
+    assert losses == pytest.approx(_history(one)[0], rel=1e-5)
+    _assert_same_run(two, one)

@@ -48,9 +48,11 @@ def test_classification_from_jsonl(tmp_path):
 
 
 def test_regression_from_parquet(tmp_path):
+    # Through the fused launcher: the members of one group read the same local task.
     _, summary = _sweep(
         tmp_path,
         *FAST,
+        "hydra/launcher=fused",
         f"data.path={MR_FILES / 'parquet' / 'train.parquet'}",  # validation by the hash rule
         "data.kind=regression",
         "data.columns.text=sentence",
