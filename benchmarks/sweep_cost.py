@@ -44,21 +44,23 @@ COMPILE_EVENTS = {
 def _configs(workdir: Path, ranks: list[int], steps: int, extra: list[str]) -> list:
     from hydra import compose, initialize_config_dir
 
-    from lora_jax.config import register_configs
+    from lora_jax.config import register_configs, run_config
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return [
-            compose(
-                "config",
-                [
-                    f"rank={r}",
-                    f"trainer.steps={steps}",
-                    "trainer.progress=false",
-                    "logger=none",
-                    *extra,
-                    f"workdir={workdir / f'r{r}'}",
-                ],
+            run_config(
+                compose(
+                    "config",
+                    [
+                        f"rank={r}",
+                        f"trainer.steps={steps}",
+                        "trainer.progress=false",
+                        "logger=none",
+                        *extra,
+                        f"workdir={workdir / f'r{r}'}",
+                    ],
+                )
             )
             for r in ranks
         ]

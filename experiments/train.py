@@ -19,6 +19,7 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: `job` is r
 
 def job(cfg: DictConfig) -> float:
     """One run into `cfg.workdir`; returns its final main metric (for Hydra sweepers)."""
+    from lora_jax.config import run_config
     from lora_jax.report.console import print_summary
     from lora_jax.train import NonFiniteLossError, run
     from lora_jax.train.compile_cache import enable_compilation_cache
@@ -28,7 +29,8 @@ def job(cfg: DictConfig) -> float:
 
     # A diverged run or a full disk is a user situation: one message, exit status 2.
     with user_errors(errors=(NonFiniteLossError,)), out_of_space(cfg.workdir):
-        result = run(cfg, cfg.workdir, on_result=print_summary)
+        config = run_config(cfg)  # Hydra's DictConfig, typed once: the library takes this
+        result = run(config, config.workdir, on_result=print_summary)
     return result["final"][result["main_metric"]]
 
 

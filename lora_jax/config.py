@@ -16,7 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, SI, DictConfig, OmegaConf, open_dict
 
-from lora_jax.config_rules import check_values
+from lora_jax.config_rules import CHECKED_KEYS, check_values
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,22 @@ def check_config(cfg: DictConfig | Config) -> None:
     if isinstance(cfg, Config):
         cfg = OmegaConf.structured(cfg)
     _check_keys(cfg, Config(), "")
-    check_values(cfg)
+    check_values(_checked_values(cfg))
+
+
+def _checked_values(cfg: DictConfig) -> dict[str, Any]:
+    """{dotted key: plain value} of the keys `check_values` reads that `cfg` has: the rules
+    run on Hydra's node before it is typed (`run_config`), so a bad value is named by its key
+    before `OmegaConf.to_object` builds the frozen dataclasses."""
+    absent = object()
+    values = {}
+    for key in CHECKED_KEYS:
+        value = OmegaConf.select(cfg, key, default=absent)
+        if value is not absent:
+            values[key] = (
+                OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            )
+    return values
 
 
 def _check_keys(cfg: DictConfig, schema: Any, prefix: str) -> None:

@@ -8,10 +8,8 @@ need the model, the data or the devices.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
 
 # The compute dtypes `model.dtype` may pick (= lora_jax.lora.COMPUTE_DTYPES; not imported:
 # this module loads no JAX).
@@ -189,24 +187,35 @@ def value_error(key: str, value: Any, allowed: str, example: str) -> ValueError:
     return ValueError(f"{key}={value!r} is not valid; allowed: {allowed}. Use e.g. `{example}`.")
 
 
-_ABSENT = object()  # a key `cfg` lacks (a partial config: checked as far as it goes)
+_ABSENT = object()  # a key the config lacks (a partial config: checked as far as it goes)
+# Every key `check_values` reads (`config.check_config` takes them from the config to check).
+CHECKED_KEYS = (
+    *(rule[0] for rule in RULES),
+    "rank",
+    "lora.rank",
+    "trainer.process_id",
+    "trainer.num_processes",
+    "lora.rank_pattern",
+    "optim.lr_multipliers",
+)
 
 
-def check_values(cfg: DictConfig) -> None:
+def check_values(values: Mapping[str, Any]) -> None:
     """Raise `ValueError` for the first config value out of range (`RULES`), or a `lora.rank`,
     `trainer.process_id`, `lora.rank_pattern` or `optim.lr_multipliers` value the other keys
-    rule out. Reads no files; keys absent from `cfg` are skipped."""
+    rule out. `values` maps dotted keys (`CHECKED_KEYS`) to plain values; absent keys are
+    skipped. Reads no files."""
     for key, test, allowed, example in RULES:
-        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        value = values.get(key, _ABSENT)
         if value is not _ABSENT and not test(value):
             raise value_error(key, value, allowed, example)
-    rank, lora_rank = (OmegaConf.select(cfg, k, default=_ABSENT) for k in ("rank", "lora.rank"))
+    rank, lora_rank = (values.get(k, _ABSENT) for k in ("rank", "lora.rank"))
     if _ABSENT not in (rank, lora_rank) and lora_rank != rank:
         # One source: the sweep axis `rank`; `lora.rank` interpolates it.
         raise value_error(
             "lora.rank", lora_rank, f"the top-level rank ({rank})", f"rank={lora_rank}"
         )
-    pid, count = (OmegaConf.select(cfg, f"trainer.{k}") for k in ("process_id", "num_processes"))
+    pid, count = (values.get(f"trainer.{k}") for k in ("process_id", "num_processes"))
     if None not in (pid, count) and pid >= count:
         raise value_error(
             "trainer.process_id",
@@ -214,12 +223,12 @@ def check_values(cfg: DictConfig) -> None:
             f"0..{count - 1} (trainer.num_processes={count})",
             "trainer.process_id=0",
         )
-    for name, rank in (OmegaConf.select(cfg, "lora.rank_pattern") or {}).items():
+    for name, rank in (values.get("lora.rank_pattern") or {}).items():
         if rank < 0:  # the names are checked against `targets` in `train.plan`
             raise value_error(
                 f"lora.rank_pattern.{name}", rank, _INT, "lora.rank_pattern={q:8,v:2}"
             )
-    for name, factor in (OmegaConf.select(cfg, "optim.lr_multipliers") or {}).items():
+    for name, factor in (values.get("optim.lr_multipliers") or {}).items():
         if name not in LR_GROUPS:
             allowed = ", ".join(LR_GROUPS)
             raise value_error(

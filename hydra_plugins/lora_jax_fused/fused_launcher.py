@@ -47,6 +47,7 @@ class FusedLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         """Fuse what can be fused, run the rest as the basic launcher does; one `JobReturn`
         per job, in job order."""
+        from lora_jax.config import run_config
         from lora_jax.report.console import print_summary
         from lora_jax.train.compile_cache import enable_compilation_cache
         from lora_jax.train.fused import plan_groups, train_fused
@@ -64,7 +65,7 @@ class FusedLauncher(Launcher):
                 job.hydra.job.id = idx
                 job.hydra.job.num = idx
             jobs.append(job)
-        tasks = [_resolved(job, context) for job in jobs]
+        tasks = [run_config(_resolved(job, context)) for job in jobs]  # typed once
         # The jobs' logging (conf/hydra: WARNING) while groups are planned and trained, as
         # run_job sets it for a job.
         configure_log(jobs[0].hydra.job_logging, config.hydra.verbose)

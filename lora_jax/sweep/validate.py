@@ -16,15 +16,18 @@ import functools
 import importlib.util
 import logging
 import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lora_jax.config import check_config, run_config
+from lora_jax.config import TrainerConfig, check_config, run_config
 from lora_jax.config_rules import check_batch_size, value_error
 from lora_jax.runs.lock import lock_folder, unlock_folder
-from lora_jax.train.run_identity import check_jobs
+from lora_jax.train.run_identity import RunIdentityError, message
+from lora_jax.train.run_identity import check as check_identity
 from lora_jax.user_errors import USER_ERRORS, check_output_dir, user_errors
 
 # What validation raises for bad input; raised there, never a bug's symptom.
@@ -57,24 +60,47 @@ def check_job(cfg: DictConfig) -> None:
     from lora_jax.train.distributed import initialize
     from lora_jax.train.parallel import check_mesh
 
+    config = run_config(cfg)  # Hydra's job config, typed once: the library takes this
     # One of several processes: JAX's multi-process runtime first, before the device count.
-    initialize(run_config(cfg).trainer)
-    check_mesh(cfg.trainer.mesh.fsdp)  # divides the device count (fsdp=1 starts no backend)
+    initialize(config.trainer)
+    check_mesh(config.trainer.mesh.fsdp)  # divides the device count (fsdp=1 starts no backend)
 
-    task = plan(cfg).task
-    check_batch_size(cfg.data.batch_size, _split_size(task, "train"), task.name)
-    split = task.splits.get(cfg.data.eval_split, cfg.data.eval_split)
+    task = plan(config).task
+    check_batch_size(config.data.batch_size, _split_size(task, "train"), task.name)
+    split = task.splits.get(config.data.eval_split, config.data.eval_split)
     try:
         _split_size(task, split)
     except (ValueError, KeyError):
         allowed = ", ".join(task.splits)
         raise value_error(
-            "data.eval_split", cfg.data.eval_split, allowed, "data.eval_split=validation"
+            "data.eval_split", config.data.eval_split, allowed, "data.eval_split=validation"
         ) from None
     if task.is_generation and task.name == "local":  # a researcher's prompts: do they fit?
-        _check_prompts(task, cfg.model.name, cfg.data.max_len, cfg.data.prompt, split)
-    if cfg.logger.backend == "wandb" and importlib.util.find_spec("wandb") is None:
+        _check_prompts(task, config.model.name, config.data.max_len, config.data.prompt, split)
+    if config.logger.backend == "wandb" and importlib.util.find_spec("wandb") is None:
         raise value_error("logger.backend", "wandb", "none (wandb is not installed)", "logger=none")
+
+
+def check_jobs(jobs: Sequence[DictConfig], multirun: bool) -> None:
+    """`run_identity.check` for job configs composed by Hydra (with their `hydra` node) before
+    Hydra makes or touches their folders (`hydra.run.dir`, or `hydra.sweep.dir`/`subdir` of
+    sweep jobs): for the validation pass before any job (`CheckCallback`). Each job checks
+    again when it starts (`run_identity.claim`).
+
+    Raises:
+        RunIdentityError: folders hold results of another config (every one is listed) and
+            `trainer.restart` is not set.
+    """
+    refused = []
+    for job in jobs:
+        h = job.hydra
+        folder = Path(h.sweep.dir) / str(h.sweep.subdir) if multirun else Path(h.run.dir)
+        config = run_config(job)  # typed once; `workdir` is None before Hydra starts the job
+        diffs = check_identity(config, folder)
+        if diffs and not config.trainer.restart:
+            refused.append((folder, diffs))
+    if refused:
+        raise RunIdentityError(message(refused))
 
 
 @functools.cache  # a sweep's jobs share their task: open each split once
@@ -115,7 +141,7 @@ class CheckCallback(Callback):
             check_output_dir(config.hydra.run.dir, "hydra.run.dir", "hydra.run.dir=outputs/runs/a")
             check_job(config)
             check_jobs([config], multirun=False)  # the folder's results, same config?
-            if _locks_for_the_run(config.trainer):
+            if _locks_for_the_run(run_config(config).trainer):
                 lock_folder(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -150,7 +176,7 @@ class CheckCallback(Callback):
         unlock_folder(config.hydra.sweep.dir)
 
 
-def _locks_for_the_run(trainer: DictConfig) -> bool:
+def _locks_for_the_run(trainer: TrainerConfig) -> bool:
     """A lone process locks its run folder; of several, process 0 (by `trainer.process_id` or
     SLURM's task id) locks for all. Where only JAX knows the index (a TPU pod), none locks."""
     from lora_jax.train.distributed import several_processes

@@ -23,9 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import DictConfig
 
-from lora_jax.config import Config, run_config, to_dict
+from lora_jax.config import Config, to_dict
 from lora_jax.runs.layout import RunFolder
 from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.train.members import (
@@ -46,7 +45,7 @@ from lora_jax.train.setup import plan, prepare_run, step_rng
 VARYING = ("rank", "seed", "lora.rank", "workdir", "logger", "trainer.progress")
 
 
-def fuse_blocker(cfg: Config | DictConfig) -> str | None:
+def fuse_blocker(cfg: Config) -> str | None:
     """Why the run of `cfg` cannot join a fused group (None if it can)."""
     if completed(cfg.workdir) is not None:
         return "complete"
@@ -60,10 +59,9 @@ def fuse_blocker(cfg: Config | DictConfig) -> str | None:
     return next((why for why, hit in reasons.items() if hit), None)
 
 
-def group_key(cfg: Config | DictConfig) -> str:
+def group_key(cfg: Config) -> str:
     """What members of one group share: the resolved config without the `VARYING` keys, plus
     the checkpoint step the run resumes from (members advance in lockstep)."""
-    cfg = run_config(cfg)
     plain = to_dict(cfg)
     for key in VARYING:
         *parents, leaf = key.split(".")
@@ -81,14 +79,12 @@ def group_key(cfg: Config | DictConfig) -> str:
     return json.dumps(plain, sort_keys=True, default=str)
 
 
-def plan_groups(
-    cfgs: Sequence[Config | DictConfig], max_members: int | None = None
-) -> list[list[int]]:
+def plan_groups(cfgs: Sequence[Config], max_members: int | None = None) -> list[list[int]]:
     """Indices of `cfgs` in groups, in order of first appearance; a group of one runs alone.
     Stops (exit 2) first if a run folder holds results of another config (`run_identity`).
 
     Args:
-        cfgs: resolved run configs (with `workdir`).
+        cfgs: typed run configs (`config.run_config`), with `workdir`.
         max_members: split larger groups into chunks of at most this many (memory).
     """
     claim_or_exit([(cfg, cfg.workdir) for cfg in cfgs])  # every job's folder, before any trains
@@ -111,16 +107,15 @@ class FusedGroup:
     the `loop.Engine` of a group, its members on a leading axis.
 
     Example:
-        >>> group = FusedGroup([cfg_r1, cfg_r4])  # resolved configs with `workdir`
+        >>> group = FusedGroup([cfg_r1, cfg_r4])  # typed (`run_config`), with `workdir`
         >>> results = group.run()  # each a metrics.json dict, or the member's exception
         >>> group.trainable["encoder"]["layer_0"]["attention"]["q"]["lora_a"].shape  # (2, in, 4)
     """
 
-    def __init__(self, cfgs: Sequence[Config | DictConfig], chunk: int | None = None) -> None:
+    def __init__(self, cfgs: Sequence[Config], chunk: int | None = None) -> None:
         self.started = time.perf_counter()
         # Before `prepare_run` writes config.yaml (the launcher checked in plan_groups).
         claim_or_exit([(cfg, cfg.workdir) for cfg in cfgs])
-        cfgs = [run_config(cfg) for cfg in cfgs]  # Hydra's configs, typed once
         self.plans = [plan(cfg) for cfg in cfgs]
         self.workdirs = [Path(cfg.workdir) for cfg in cfgs]
         self.setups = []
@@ -231,15 +226,15 @@ class FusedGroup:
 
 
 def train_fused(
-    cfgs: Sequence[Config | DictConfig],
+    cfgs: Sequence[Config],
     chunk: int | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any] | Exception]:
     """Train runs that differ only in rank and seed as one program (see the module docstring).
 
     Args:
-        cfgs: resolved run configs, each with its `workdir`; `plan_groups` decides which
-            may be fused.
+        cfgs: typed run configs (`config.run_config`), each with its `workdir`; `plan_groups`
+            decides which may be fused.
         chunk: members vmapped together (None: `default_chunk()`); see `over_members`.
         on_result: sees each member's record once its `metrics.json` is written.
 

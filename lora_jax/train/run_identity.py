@@ -9,7 +9,8 @@ A folder holds results once it has `metrics.json`, a checkpoint or a logged row.
 `check` compares; a difference is refused (`RunIdentityError`) unless `trainer.restart=true`,
 which clears the folder's results and starts the run afresh. A folder made before run
 identity existed is compared with its `config.yaml`. The entry points' validation pass checks
-every job before Hydra touches a folder (`check_jobs`); each run checks again as it starts
+every job before Hydra touches a folder (`lora_jax.sweep.validate.check_jobs`, which finds each
+job's folder in its `hydra` node and calls `check`); each run checks again as it starts
 (`claim`, in `train.run` and the fused engine). By then Hydra has rewritten the job's
 `.hydra/*.yaml`, so `run_identity.json` keeps a copy of them from the last accepted start,
 and a refused start puts them back: the folder still describes its own results.
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lora_jax.config import Config, to_dict
 from lora_jax.data.tasks import LOCAL_TASK
@@ -51,18 +51,12 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def identity(config: Config | DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+def identity(config: Config | Mapping[str, Any]) -> dict[str, Any]:
     """The result-changing part of a run config, as {dotted key: value}; for `data=local` also
     `data.content`, the files' content key: a file edited in place is another config."""
     content = _local_content(config)
     if isinstance(config, Config):
         config = to_dict(config)
-    if isinstance(config, DictConfig):
-        config = config.copy()
-        with open_dict(config):  # unresolvable before Hydra starts the job (`workdir`)
-            for key in {"workdir", *NOT_RESULT_GROUPS} & set(config.keys()):
-                del config[key]  # not `pop`: it resolves the value it returns
-        config = OmegaConf.to_container(config, resolve=True)
     flat = _flatten({k: v for k, v in config.items() if k not in NOT_RESULT_GROUPS})
     if content is not None:
         flat["data.content"] = content
@@ -70,7 +64,7 @@ def identity(config: Config | DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _local_content(config: Any) -> str | None:
-    # A Config or DictConfig; a plain mapping is an older folder's config.yaml (no local data).
+    # A Config; a plain mapping is an older folder's config.yaml (no local data).
     data = getattr(config, "data", None)
     if getattr(data, "task", None) != LOCAL_TASK or not getattr(data, "path", None):
         return None
@@ -135,7 +129,7 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any], exact: bool) -> 
     ]
 
 
-def check(cfg: DictConfig, workdir: str | Path) -> list[str]:
+def check(cfg: Config, workdir: str | Path) -> list[str]:
     """The keys (`key: old -> new`) in which `cfg` differs from the config that made the
     results in `workdir`; [] when they agree or the folder holds no results."""
     workdir = Path(workdir)
@@ -148,28 +142,7 @@ def check(cfg: DictConfig, workdir: str | Path) -> list[str]:
     return differences(old, identity(cfg), exact)
 
 
-def check_jobs(jobs: Sequence[DictConfig], multirun: bool) -> None:
-    """`check` for job configs composed by Hydra (with their `hydra` node) before Hydra makes
-    or touches their folders (`hydra.run.dir`, or `hydra.sweep.dir`/`subdir` of sweep jobs):
-    for the validation pass before any job (`lora_jax.sweep.validate.CheckCallback`). Each job checks
-    again when it starts (`claim`).
-
-    Raises:
-        RunIdentityError: folders hold results of another config (every one is listed) and
-            `trainer.restart` is not set.
-    """
-    refused = []
-    for job in jobs:
-        h = job.hydra
-        folder = Path(h.sweep.dir) / str(h.sweep.subdir) if multirun else Path(h.run.dir)
-        diffs = check(job, folder)
-        if diffs and not job.trainer.get("restart"):
-            refused.append((folder, diffs))
-    if refused:
-        raise RunIdentityError(_message(refused))
-
-
-def record(cfg: DictConfig, workdir: str | Path) -> None:
+def record(cfg: Config, workdir: str | Path) -> None:
     """Write `run_identity.json` for `cfg` (with a copy of `.hydra/*.yaml`), atomically."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +175,7 @@ def clear(workdir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _message(refused: Sequence[tuple[Path, list[str]]]) -> str:
+def message(refused: Sequence[tuple[Path, list[str]]]) -> str:
     lines = []
     for workdir, diffs in refused:
         lines.append(f"{workdir} holds results of another config (recorded -> now):")
@@ -217,7 +190,7 @@ def _message(refused: Sequence[tuple[Path, list[str]]]) -> str:
     return "\n".join(lines)
 
 
-def claim(runs: Sequence[tuple[DictConfig, str | Path]]) -> None:
+def claim(runs: Sequence[tuple[Config, str | Path]]) -> None:
     """Check every (config, run folder) before any work; record the identities of the runs
     that may start. With `trainer.restart=true` a differing folder is cleared first.
 
@@ -229,14 +202,14 @@ def claim(runs: Sequence[tuple[DictConfig, str | Path]]) -> None:
     for cfg, workdir in runs:
         workdir = Path(workdir)
         diffs = check(cfg, workdir)
-        if diffs and cfg.trainer.get("restart"):
+        if diffs and cfg.trainer.restart:
             print(f"[lora_jax] trainer.restart=true: clearing {workdir} ({len(diffs)} keys differ)")
             clear(workdir)
         elif diffs:
             restore_hydra(workdir)
             refused.append((workdir, diffs))
     if refused:
-        raise RunIdentityError(_message(refused))
+        raise RunIdentityError(message(refused))
     for cfg, workdir in runs:
         record(cfg, workdir)
 

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
-from omegaconf import DictConfig
 
 from lora_jax import models
 from lora_jax.adapter_io import export_adapter, family_of
-from lora_jax.config import Config, run_config, to_dict
+from lora_jax.config import Config, to_dict
 from lora_jax.partition import combine
 from lora_jax.runs.layout import METRICS_FILE, RunFolder
 from lora_jax.runs.record import read_metrics, write_atomic
@@ -38,7 +37,7 @@ def completed(workdir: str | Path) -> dict[str, Any] | None:
     return metrics if metrics.get("status") == "complete" else None
 
 
-def claim_or_exit(runs: Sequence[tuple[Config | DictConfig, str | Path]]) -> None:
+def claim_or_exit(runs: Sequence[tuple[Config, str | Path]]) -> None:
     """Stop (exit 2) before anything is written if a run folder holds another config's
     results (`run_identity`), else mark each folder as its config's."""
     try:
@@ -178,20 +177,19 @@ def train_members(
 
 
 def run(
-    cfg: Config | DictConfig,
+    cfg: Config,
     workdir: str | Path,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train one run into `workdir` and return its metrics (see the module docstring);
     `on_result(metrics)` once `metrics.json` is written."""
     workdir = Path(workdir)
-    distributed.initialize(run_config(cfg).trainer)  # before any other JAX call
+    distributed.initialize(cfg.trainer)  # before any other JAX call
     claim_or_exit([(cfg, workdir)])  # before anything is written
     done = completed(workdir)
     if done is not None:
         print(f"[lora_jax] {workdir} is complete; skipping (delete {METRICS_FILE} to rerun).")
         return done
-    cfg = run_config(cfg)  # Hydra's config, typed once
     p = plan(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

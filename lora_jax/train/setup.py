@@ -11,13 +11,13 @@ from typing import Any
 
 import jax
 import optax
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from lora_jax import data as data_lib
 from lora_jax import models
 from lora_jax.adapter_io import family_of, init_adapters
 from lora_jax.budget import budget_rank
-from lora_jax.config import Config, run_config, to_dict
+from lora_jax.config import Config, to_dict
 from lora_jax.config_rules import value_error
 from lora_jax.lora import LoRAConfig, adapters
 from lora_jax.partition import count_params, label_params, split
@@ -43,10 +43,9 @@ class Plan:
     init_from: Path | None = None  # the exported adapter the run starts from
 
 
-def plan(cfg: Config | DictConfig) -> Plan:
+def plan(cfg: Config) -> Plan:
     """Validate the config's names and values (every range: `config.check_config`; rank,
     targets, model, task) without training or reading data."""
-    cfg = run_config(cfg)
     section = cfg.lora
     lora = LoRAConfig(
         rank=_rank(cfg),
@@ -92,10 +91,9 @@ def _rank(cfg: Config) -> int:
     return budget_rank(known, section.targets, section.budget_rank, section.budget_targets)
 
 
-def epochs_to_steps(cfg: Config | DictConfig, train_size: int) -> Config:
+def epochs_to_steps(cfg: Config, train_size: int) -> Config:
     """`cfg` with `trainer.epochs` turned into steps, evaluating and checkpointing once per epoch
     (the paper reports the best epoch); unchanged when `epochs` is not set."""
-    cfg = run_config(cfg)
     t = cfg.trainer
     if t.epochs is None:
         return cfg

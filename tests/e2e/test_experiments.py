@@ -9,6 +9,7 @@ import pytest
 from conftest import CONF, compose_jobs
 from omegaconf import OmegaConf
 
+from lora_jax.config import run_config
 from lora_jax.train import plan
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -55,9 +56,9 @@ def test_experiment_composes_and_validates(name: str) -> None:
         assert cfg["paper"] or name.startswith(("lora_vs_full", *POST_PAPER_CPU_ONLY))
         if cfg["lora"]["init_from"]:  # MRPC/RTE/STS-B: stops before training without MNLI
             with pytest.raises(FileNotFoundError, match="glue_mnli"):
-                plan(job)
+                plan(run_config(job))
         else:
-            plan(job)
+            plan(run_config(job))
 
 
 def test_table2_takes_each_tasks_settings_from_table9() -> None:
@@ -99,7 +100,7 @@ def test_from_mnli_starts_from_the_same_seeds_mnli_run() -> None:
 def test_table5_shares_one_budget() -> None:
     ranks = {}
     for job in _jobs("table5_cpu"):
-        ranks[_resolved(job)["targets"]] = plan(job).lora.rank
+        ranks[_resolved(job)["targets"]] = plan(run_config(job)).lora.rank
     # The paper's Table 5: rank 8 on one type = rank 4 on two = rank 2 on four.
     assert ranks == {"q": 8, "k": 8, "v": 8, "o": 8, "qk": 4, "qv": 4, "qkvo": 2}
 
@@ -114,7 +115,7 @@ def test_long_experiments_keep_one_checkpoint_per_epoch_for_the_dynamics(name: s
 
     for job in _jobs(name):
         epochs = job.trainer.epochs
-        t = epochs_to_steps(job, train_size=8_484).trainer  # any train split size
+        t = epochs_to_steps(run_config(job), train_size=8_484).trainer  # any train split size
         per_epoch = 8_484 // job.data.batch_size
         assert (t.checkpoint_every, t.steps) == (per_epoch, epochs * per_epoch)
         saved: list[int] = []

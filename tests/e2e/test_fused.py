@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.numpy import load_file
 
 from lora_jax import train
-from lora_jax.config import register_configs
+from lora_jax.config import register_configs, run_config
 from lora_jax.peft_adapter import HEAD_FILE, read_adapter
 from lora_jax.train import fused
 
@@ -38,7 +38,7 @@ def _cfg(workdir: Path, rank: int, seed: int, *extra: str, base: list[str] = FAS
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         overrides = [*base, "logger=none", f"rank={rank}", f"seed={seed}", *extra]
-        return compose("config", [*overrides, f"workdir={workdir}"])
+        return run_config(compose("config", [*overrides, f"workdir={workdir}"]))
 
 
 def _name(rank: int, seed: int) -> str:

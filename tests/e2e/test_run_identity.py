@@ -12,14 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import FAST, FINISHED_RUN, call_main, compose_config
 
+from lora_jax.config import run_config
 from lora_jax.runs.layout import IDENTITY_FILE
-from lora_jax.train.run_identity import (
-    RunIdentityError,
-    check_jobs,
-    claim,
-    differences,
-    identity,
-)
+from lora_jax.sweep.validate import check_jobs
+from lora_jax.train.run_identity import RunIdentityError, claim, differences, identity
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -174,7 +170,7 @@ def test_a_job_refused_after_hydra_rewrote_its_folder_puts_hydra_files_back(run_
     """Launchers that start jobs without the validation pass: Hydra has rewritten `.hydra/`
     when the job's own check refuses; the files come back from `run_identity.json`."""
     before = _hashes(run_copy)
-    cfg = compose_config(*FINISHED_RUN, "rank=2", f"workdir={run_copy}")
+    cfg = run_config(compose_config(*FINISHED_RUN, "rank=2", f"workdir={run_copy}"))
     (run_copy / ".hydra" / "overrides.yaml").write_text("- rank=2\n")  # as Hydra's run_job does
     with pytest.raises(RunIdentityError, match=r"lora\.rank: 4 -> 2"):
         claim([(cfg, run_copy)])

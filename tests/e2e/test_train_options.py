@@ -17,7 +17,7 @@ from lora_jax import models
 from lora_jax.adapter_io import export_adapter, init_adapters
 from lora_jax.analysis.adapter_spectra import find_adapters
 from lora_jax.budget import budget_rank, lora_param_count, solve_rank
-from lora_jax.config import check_config, register_configs
+from lora_jax.config import check_config, register_configs, run_config
 from lora_jax.lora import LoRAConfig
 from lora_jax.partition import label_params, split
 from lora_jax.train import epochs_to_steps, lr_schedule, plan
@@ -25,9 +25,13 @@ from lora_jax.train import epochs_to_steps, lr_schedule, plan
 register_configs()
 
 
-def _config(*overrides: str):
+def _composed(*overrides: str):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", list(overrides))
+
+
+def _config(*overrides: str):
+    return run_config(_composed(*overrides))
 
 
 def test_epochs_become_steps_with_an_evaluation_per_epoch() -> None:
@@ -142,4 +146,4 @@ def test_sgd_with_momentum_trains_a_tiny_run(tmp_path: Path) -> None:
     assert state == pytest.approx(4 * metrics["trainable_params"], abs=64)
     assert "name: sgd" in (run / "config.yaml").read_text()
     with pytest.raises(ValueError, match=re.escape("optim.name='lion' is not valid")):
-        check_config(_config("optim.name=lion"))
+        check_config(_composed("optim.name=lion"))

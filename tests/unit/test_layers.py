@@ -137,3 +137,33 @@ def test_no_two_files_share_a_name():
         if path.name != "__init__.py":
             stems.setdefault(path.stem, []).append(_module(path))
     assert not {k: v for k, v in stems.items() if len(v) > 1}
+
+
+# The entry layer: it gets Hydra's DictConfig (the validation needs its `hydra` node) and turns
+# it into the typed config once (`config.run_config`, defined in `config.py`).
+DICTCONFIG_ROOMS = ("lora_jax/cli.py", "lora_jax/config.py", "lora_jax/sweep/")
+
+
+def _names_dictconfig(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.alias) and node.name.split(".")[-1] == "DictConfig":
+            return True
+        if isinstance(node, ast.Name) and node.id == "DictConfig":
+            return True
+        if isinstance(node, ast.Attribute) and node.attr == "DictConfig":
+            return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _files() if not str(p.relative_to(PACKAGE.parent)).startswith(DICTCONFIG_ROOMS)],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_library_code_takes_the_typed_config_only(path):
+    """DESIGN.md: Hydra's DictConfig is typed once at the boundary; library code never sees one
+    (no `DictConfig` imported, annotated or tested with `isinstance` outside the entry layer)."""
+    assert not _names_dictconfig(path), (
+        f"{path.relative_to(PACKAGE.parent)} names DictConfig: take `lora_jax.config.Config` "
+        "and let the entry point (cli.py, sweep/, experiments/) call `run_config` once."
+    )
