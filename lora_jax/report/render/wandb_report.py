@@ -25,8 +25,8 @@ import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
 
 from lora_jax.analysis.dynamics import DYNAMICS_STEP, dynamics_rows
-from lora_jax.report.document import Document, Figure, table_markdown
-from lora_jax.report.document import Table as DocTable
+from lora_jax.report.render.document import Document, Figure, table_markdown
+from lora_jax.report.render.document import Table as DocTable
 from lora_jax.runs.layout import ANALYSIS_RUN_DIR, WANDB_DIR, SweepFolder
 from lora_jax.runs.record import RunRecord, read_jsonl
 from lora_jax.train.tracking import wandb_mode
