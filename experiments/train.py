@@ -20,7 +20,7 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: `job` is r
 def job(cfg: DictConfig) -> float:
     """One run into `cfg.workdir`; returns its final main metric (for Hydra sweepers)."""
     from lora_jax.config import run_config
-    from lora_jax.report.console import print_summary
+    from lora_jax.report.render.console import print_summary
     from lora_jax.train import NonFiniteLossError, run
     from lora_jax.train.compile_cache import enable_compilation_cache
     from lora_jax.user_errors import out_of_space, user_errors

@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from omegaconf import OmegaConf
+from typing import TYPE_CHECKING
 
 from lora_jax.runs.layout import BASE_KERNELS_FILE, RunFolder, SweepFolder
 from lora_jax.runs.record import RunRecord, read_runs, write_atomic
@@ -62,55 +60,6 @@ def adapter_base(base: str | None = None) -> Callable[[Update], Path]:
     return base_of
 
 
-def _log_to_wandb(sweep_dir: Path, runs: list[RunRecord], analysis: dict[str, Any]) -> None:
-    """An `analysis` run in the sweep's W&B group: the results table, the model evaluations
-    against full fine-tuning (truncation curves, forgetting) and every figure."""
-    from lora_jax.analysis.dynamics import DYNAMICS_STEP, dynamics_rows
-    from lora_jax.evals.model_evals import model_eval_rows
-    from lora_jax.train.tracking import Tracker
-
-    logger = OmegaConf.create(runs[0].config.get("logger") or {"backend": "none"})
-    if logger.backend == "none":
-        return
-    columns = ["run", "rank", "targets", "seed", "final", "best", "trainable_params"]
-    rows = [
-        [
-            r.name,
-            r.rank,
-            ",".join(r.targets),
-            r.seed,
-            r.value("final"),
-            r.value("best"),
-            r.metrics["trainable_params"],
-        ]
-        for r in runs
-    ]
-    with Tracker(
-        SweepFolder(sweep_dir).analysis_run,
-        "wandb",
-        name=f"{sweep_dir.name}/analysis",
-        group=logger.group or sweep_dir.name,
-        project=logger.project,
-        entity=logger.entity,
-        mode=logger.mode,
-        job_type="analysis",
-        config={"sweep_dir": str(sweep_dir)},
-    ) as tracker:
-        # The rank measurements over training, against the training step of each checkpoint.
-        dynamics = analysis.get("dynamics")
-        if dynamics:
-            tracker.log_curves(dynamics_rows(dynamics), DYNAMICS_STEP)
-        tracker.log_table("results", columns, rows)
-        evals = model_eval_rows(analysis)
-        if evals:
-            tracker.log_table(
-                "versus_full_model_evals", list(evals[0]), [list(r.values()) for r in evals]
-            )
-        tracker.log_images(
-            {p.stem: p for p in sorted(SweepFolder(sweep_dir).figures.glob("*.png"))}
-        )
-
-
 def finish_sweep(
     sweep_dir: str | Path,
     analyze: bool = True,
@@ -138,7 +87,8 @@ def finish_sweep(
     if analyze:
         from lora_jax.analysis.updates import analyze_runs
         from lora_jax.evals.model_evals import write_model_evals
-        from lora_jax.report.rank_analysis import load_analysis
+        from lora_jax.report.render.wandb_run import log_analysis_run
+        from lora_jax.report.sections.rank_analysis import load_analysis
 
         analysis = analyze_runs(sweep_dir, runs, run_base)
         if analysis.get("versus_full"):
@@ -149,7 +99,7 @@ def finish_sweep(
             from lora_jax.audit.measure import write_audit
 
             write_audit(adapters, sweep_dir, energy=0.9, pairs=False)
-        _log_to_wandb(sweep_dir, runs, analysis)
+        log_analysis_run(sweep_dir, runs, analysis)
     result = make_report(sweep_dir, use_wandb=use_wandb, runs=runs)  # each folder read once
     print(result.wandb_message)
     print(result.markdown.absolute())

@@ -350,7 +350,7 @@ export TESTS
 
 # Without wandb (it does not travel: ~25 MB with its deps) every `experiments.sweep` fails at
 # its end: lora_jax.sweep.finish.finish_sweep calls make_report(use_wandb=True), which imports
-# lora_jax.report.wandb_report, which imports wandb_workspaces at module level, even for
+# lora_jax.report.render.wandb_report, which imports wandb_workspaces at module level, even for
 # logger=none runs; test_hydra_fused_sweep_end_to_end also logs to W&B (offline). Those tests
 # are deselected then, and listed in the JSON.
 NEED_WANDB_FILES="tests/e2e/test_versus_full.py"
@@ -395,7 +395,7 @@ if d.exists() and d.read_text().split():
     out["deselected_without_wandb"] = d.read_text().split()
     out["deselected_why"] = ("wandb/wandb_workspaces do not travel; every experiments.sweep imports "
                              "wandb_workspaces at its end (lora_jax.report.build.make_report(use_wandb=True) "
-                             "-> lora_jax.report.wandb_report), even with logger=none")
+                             "-> lora_jax.report.render.wandb_report), even with logger=none")
 x = work / "junit.xml"
 if not x.exists():
     out["junit"] = "missing (pytest cut short?)"

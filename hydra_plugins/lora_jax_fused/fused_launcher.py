@@ -49,6 +49,7 @@ class FusedLauncher(Launcher):
         per job, in job order."""
         from lora_jax.config import run_config
         from lora_jax.report.console import print_summary
+
         from lora_jax.train.compile_cache import enable_compilation_cache
         from lora_jax.train.fused import plan_groups, train_fused
 

@@ -1,7 +1,7 @@
 """LoRA against full fine-tuning, the measurements that evaluate models, for each full
 fine-tuning run of `analysis.json`'s `versus_full` and its LoRA peers. A stage of its own: it
 reads the analysis and writes `evals.json` (`{"versus_full": {full run: model_evals}}`), never
-`analysis.json`; the report joins the two (`lora_jax.report.rank_analysis.load_analysis`).
+`analysis.json`; the report joins the two (`lora_jax.report.sections.rank_analysis.load_analysis`).
 
 - **truncation curve** (full fine-tuning and the highest-rank LoRA): the task metric with
   W_0 + SVD_k(dW) in every adapted matrix, k = 0, 1, 2, 4, ... up to the update's full rank,

@@ -2,18 +2,36 @@
 
     python -m experiments.report outputs/sweeps/<id> [--paper table6 ...] [--out DIR] [--no-wandb]
 
-One module per job:
+One module per job. At the top, the data the report reads and the two builders:
 
+- `build`: `make_report`, the one report pipeline (the sweep's end and `experiments.report`);
+- `adapters`: `make_adapters_report`, the page of `experiments.analyze --adapters`;
 - `items`: the paper items to compare with (runs: `lora_jax.runs.record`);
 - `cells`: runs grouped by every axis but the seed, summarised over seeds;
-- `setup`: our setup against the paper's (what compares: values or only trends);
-- `rank_analysis`, `full_finetuning`: the rank analysis and LoRA vs full fine-tuning
-  (`analysis.json`) as tables and figures;
-- `compare`, `analysis_tables`: the paper's tables and figures beside ours (`lora_jax.report.paper`);
-- `metric_figure`: metric vs rank; `document`: the report as data, rendered as Markdown and HTML;
-- `wandb_report`: the same as a W&B Report (built offline, saved only online);
-- `build`: `make_report`, which ties them together; `adapters`: `make_adapters_report`, the
-  page of `experiments.analyze --adapters` (`audit_section`: the audit and the rank advice).
+- `paper`: the numbers of the LoRA paper, with where each comes from;
+- `seed_stats`: mean, spread, confidence interval and tests over seeds.
+
+`sections/`: runs and `analysis.json` turned into report blocks (paragraphs, tables, figures):
+
+- `sections.our_setup`: our setup against the paper's, and the choices every comparison shares;
+- `sections.compare`: the paper's Tables 2, 3, 5, 6 and 18 beside our cells;
+- `sections.analysis_tables`: the paper's Table 7 and Figures 3 and 4 beside our rank analysis;
+- `sections.metric_figure`: the main metric against the rank (figure);
+- `sections.seed_section`: the seed statistics section;
+- `sections.rank_analysis`: the rank analysis (phi heatmaps, dW against W, spectra);
+- `sections.full_finetuning`: LoRA against full fine-tuning (ranks, intruders, model evals);
+- `sections.versus_full_seeds`: LoRA against full fine-tuning over seeds;
+- `sections.over_training`: the rank measurements over training (`dynamics`);
+- `sections.training_curves`: learning rate against rank, and rsLoRA's scaling;
+- `sections.audit_section`: the rank audit of adapter folders and the rank advice.
+
+`render/`: what turns blocks and numbers into what a person reads:
+
+- `render.document`: the report as data, rendered as Markdown and one self-contained HTML file;
+- `render.format`: how numbers are written ("median [min–max] (n=…)", the paper's units);
+- `render.console`: the one-screen summary in the terminal after a run;
+- `render.wandb_report`: the report as a W&B Report (built offline, saved only online);
+- `render.wandb_run`: the sweep's `analysis` run in W&B (tables, figures, curves).
 """
 
 from __future__ import annotations
@@ -24,7 +42,7 @@ from lora_jax.lazy import lazy_getattr
 _EXPORTS = {
     "Cell": "cells",
     "ReportInputError": "items",
-    "ReportResult": "document",
+    "ReportResult": "render.document",
     "Stats": "cells",
     "group_cells": "cells",
     "make_adapters_report": "adapters",

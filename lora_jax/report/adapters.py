@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from lora_jax.audit.measure import by_type
-from lora_jax.report.audit_section import audit_sections, ordered, stats_range
-from lora_jax.report.document import Document, ReportResult, Section, Table, write_document
+from lora_jax.report.render.document import Document, ReportResult, Section, Table, write_document
+from lora_jax.report.sections.audit_section import audit_sections, ordered, stats_range
 from lora_jax.runs.layout import ANALYSIS_FILE, AUDIT_FILE
 
 # per matrix: what the by-type table shows, from analysis.json's entry of the matrix

@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import lora_jax.report.paper as paper
-from lora_jax.report import analysis_tables, compare, our_setup
-from lora_jax.report.audit_section import audit_sections
 from lora_jax.report.cells import Cell, group_cells, varying_axes
-from lora_jax.report.document import (
+from lora_jax.report.items import check_paper_items, paper_items
+from lora_jax.report.render.document import (
     Document,
     Figure,
     ReportResult,
@@ -23,20 +22,21 @@ from lora_jax.report.document import (
     Table,
     write_document,
 )
-from lora_jax.report.format import fmt_stats, num, scale, unit
-from lora_jax.report.full_finetuning import versus_full
-from lora_jax.report.items import check_paper_items, paper_items
-from lora_jax.report.metric_figure import ERROR_BARS, metric_vs_rank
-from lora_jax.report.over_training import dynamics_section
-from lora_jax.report.rank_analysis import load_analysis, rank_analysis
-from lora_jax.report.seed_section import seed_section
-from lora_jax.report.training_curves import (
+from lora_jax.report.render.format import fmt_stats, num, scale, unit
+from lora_jax.report.sections import analysis_tables, compare, our_setup
+from lora_jax.report.sections.audit_section import audit_sections
+from lora_jax.report.sections.full_finetuning import versus_full
+from lora_jax.report.sections.metric_figure import ERROR_BARS, metric_vs_rank
+from lora_jax.report.sections.over_training import dynamics_section
+from lora_jax.report.sections.rank_analysis import load_analysis, rank_analysis
+from lora_jax.report.sections.seed_section import seed_section
+from lora_jax.report.sections.training_curves import (
     LR,
     learning_rate_section,
     scaling_section,
     varies_within_a_method,
 )
-from lora_jax.report.versus_full_seeds import versus_full_over_seeds
+from lora_jax.report.sections.versus_full_seeds import versus_full_over_seeds
 from lora_jax.runs.layout import SweepFolder
 from lora_jax.runs.record import RunRecord, read_runs
 
@@ -189,7 +189,7 @@ def make_report(
     doc = build_document(sweep_dir, runs, cells, items, out, source)
     result = ReportResult(*write_document(doc, out), items)
     if use_wandb:
-        from lora_jax.report import wandb_report as wb
+        from lora_jax.report.render import wandb_report as wb
 
         target = wb.wandb_target(runs, sweep_dir)
         metric_key = f"{our_setup.value_point(cells)}/{cells[0].main_metric}"

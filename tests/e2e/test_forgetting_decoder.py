@@ -13,7 +13,7 @@ import pytest
 from conftest import run_module
 from test_lm import write_synthetic_e2e
 
-from lora_jax.report.rank_analysis import load_analysis
+from lora_jax.report.sections.rank_analysis import load_analysis
 
 # Two tiny-Llama runs and their model evaluations (about 80 s) before the first test.
 pytestmark = pytest.mark.slow

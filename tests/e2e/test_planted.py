@@ -13,7 +13,7 @@ from lora_jax.analysis.adapter_spectra import find_adapters
 from lora_jax.analysis.updates import planted_recovery
 from lora_jax.lora import LoRAConfig, lora_scale
 from lora_jax.partition import combine, label_params, split
-from lora_jax.report.rank_analysis import load_analysis
+from lora_jax.report.sections.rank_analysis import load_analysis
 from lora_jax.train import planted
 
 

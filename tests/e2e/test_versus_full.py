@@ -11,7 +11,7 @@ import pytest
 from conftest import FAST, call_main
 from safetensors.numpy import load_file
 
-from lora_jax.report.rank_analysis import load_analysis
+from lora_jax.report.sections.rank_analysis import load_analysis
 
 
 @pytest.fixture(scope="module")

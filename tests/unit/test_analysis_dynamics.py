@@ -34,8 +34,8 @@ from lora_jax.lora import LoRAConfig, lora_scale
 from lora_jax.models import Pretrained
 from lora_jax.models.bert import HEAD_RULES
 from lora_jax.models.bert_config import BertConfig
-from lora_jax.report.document import Table
-from lora_jax.report.over_training import dynamics_section
+from lora_jax.report.render.document import Table
+from lora_jax.report.sections.over_training import dynamics_section
 from lora_jax.runs import RunFolder
 from lora_jax.runs.record import read_run, read_runs
 from lora_jax.stages import run_base

@@ -20,9 +20,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from experiments import report as report_cli
-from lora_jax.report import ReportInputError, compare, group_cells, make_report, paper
-from lora_jax.report.document import Table
-from lora_jax.report.format import fmt_stats
+from lora_jax.report import ReportInputError, group_cells, make_report, paper
+from lora_jax.report.render.document import Table
+from lora_jax.report.render.format import fmt_stats
+from lora_jax.report.sections import compare
 from lora_jax.runs.record import RunFolderError, read_runs
 
 RANKS = (1, 2, 4, 8)
@@ -235,7 +236,7 @@ def test_analysis_tables_read_analysis_json(tmp_path):
     write_grid(tmp_path)
     (tmp_path / "analysis.json").write_text(json.dumps(_analysis(tmp_path)))
     cells = group_cells(read_runs(tmp_path))
-    from lora_jax.report import analysis_tables
+    from lora_jax.report.sections import analysis_tables
 
     (t7,) = [b for b in analysis_tables.table7(cells, tmp_path) if isinstance(b, Table)]
     assert t7.columns[:4] == ["quantity", "paper r=4", "paper r=64", "ours Wq r=1"]

@@ -14,7 +14,7 @@ from conftest import write_run
 
 from lora_jax.report import group_cells, make_report
 from lora_jax.report.cells import Stats
-from lora_jax.report.document import Table
+from lora_jax.report.render.document import Table
 from lora_jax.report.seed_stats import compare, summarize
 from lora_jax.runs.record import read_runs
 
@@ -116,7 +116,7 @@ def test_one_seed_sweeps_say_that_nothing_can_be_told(tmp_path):
 
 def test_phi_across_seeds_beside_the_random_spread(tmp_path):
     """Fig. 4's spread table: mean phi over seed pairs x layers against the random draws."""
-    from lora_jax.report import analysis_tables
+    from lora_jax.report.sections import analysis_tables
 
     for seed in (0, 1, 2):
         write_run(tmp_path, f"seed={seed}", rank=2, seed=seed)
@@ -143,7 +143,7 @@ def test_phi_across_seeds_beside_the_random_spread(tmp_path):
 def test_wq_against_wv_is_counted_over_every_seed_pair(tmp_path):
     """Fig. 4's Wq-above-Wv verdict over seed pairs: a count, the mean and range of the
     differences of the per-pair medians, and no test (the pairs share seeds)."""
-    from lora_jax.report import analysis_tables
+    from lora_jax.report.sections import analysis_tables
 
     for seed in (0, 1, 2):
         write_run(tmp_path, f"seed={seed}", rank=64, seed=seed)

@@ -9,7 +9,7 @@ import scipy.stats
 from conftest import write_run
 
 from lora_jax.report import make_report
-from lora_jax.report.training_curves import best_rate, fitted_optimum, smoothed, tail_mean
+from lora_jax.report.sections.training_curves import best_rate, fitted_optimum, smoothed, tail_mean
 
 
 def _train_rows(loss0: float, grad0: float) -> list[dict]:

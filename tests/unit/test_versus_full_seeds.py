@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from lora_jax.report.document import Table
-from lora_jax.report.versus_full_seeds import per_method, versus_full_over_seeds
+from lora_jax.report.render.document import Table
+from lora_jax.report.sections.versus_full_seeds import per_method, versus_full_over_seeds
 
 FULL_ACC = {0: 0.80, 1: 0.82, 2: 0.81}
 LORA_ACC = {0: 0.78, 1: 0.80, 2: 0.79}  # 2 points below full FT on every seed

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from lora_jax.report.document import Figure, Section, Table
+from lora_jax.report.render.document import Figure, Section, Table
 from lora_jax.runs.layout import AUDIT_FILE, SweepFolder
 
 _TYPE_ORDER = ("q", "k", "v", "o", "ffn_gate", "ffn_in", "ffn_out")

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import lora_jax.report.paper as paper
 from lora_jax.report.cells import Cell
-from lora_jax.report.document import Block, Table
-from lora_jax.report.format import MISSING, fmt_stats, num, paper_num, scale, unit
-from lora_jax.report.our_setup import lora_cells, setup_lines, value_point, variant_label
+from lora_jax.report.render.document import Block, Table
+from lora_jax.report.render.format import MISSING, fmt_stats, num, paper_num, scale, unit
+from lora_jax.report.sections.our_setup import lora_cells, setup_lines, value_point, variant_label
 
 W = paper.weight_label
 

@@ -16,9 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from lora_jax.report.cells import Cell, Stats
-from lora_jax.report.format import scale, unit
-from lora_jax.report.our_setup import lora_cells, value_point, variant_label
 from lora_jax.report.paper import weight_label
+from lora_jax.report.render.format import scale, unit
+from lora_jax.report.sections.our_setup import lora_cells, value_point, variant_label
 from lora_jax.report.seed_stats import CONFIDENCE, MIN_SEEDS, summarize
 
 ERROR_BARS = (

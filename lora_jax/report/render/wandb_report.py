@@ -10,9 +10,9 @@ report's own project is used). `publish_wandb_report` saves only when W&B is onl
 
 The report shows, for the sweep's W&B group: the main metric of every training run against
 its rank (scatter, median bars with the seed range, run comparer), the tables of the local
-report as Markdown, the phi heatmaps and spectra the sweep's `analysis` run logged (media
-browsers), its curves of the rank measurements at each kept checkpoint (line plots against
-the training step) and the dW spectrum summaries logged during training (line plots).
+report as Markdown, the phi heatmaps and spectra the sweep's `analysis` run (`wandb_run`)
+logged (media browsers), its curves of the rank measurements at each kept checkpoint (line plots
+against the training step) and the dW spectrum summaries logged during training (line plots).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
 
 from lora_jax.analysis.dynamics import DYNAMICS_STEP, dynamics_rows
-from lora_jax.report.document import Document, Figure, table_markdown
-from lora_jax.report.document import Table as DocTable
+from lora_jax.report.render.document import Document, Figure, table_markdown
+from lora_jax.report.render.document import Table as DocTable
 from lora_jax.runs.layout import ANALYSIS_RUN_DIR, WANDB_DIR, SweepFolder
 from lora_jax.runs.record import RunRecord, read_jsonl
 from lora_jax.train.tracking import wandb_mode

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from lora_jax.report.cells import Stats
-from lora_jax.report.document import Block, Table
-from lora_jax.report.format import diff_unit, num, scale, unit
-from lora_jax.report.full_finetuning import intruder_column
+from lora_jax.report.render.document import Block, Table
+from lora_jax.report.render.format import diff_unit, num, scale, unit
+from lora_jax.report.sections.full_finetuning import intruder_column
 from lora_jax.report.seed_stats import MIN_SEEDS, compare, verdict
 
 FULL = "full FT"

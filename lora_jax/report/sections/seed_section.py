@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 
 from lora_jax.report.cells import Cell, cell_label, varying_axes
-from lora_jax.report.document import Block, Table
-from lora_jax.report.format import diff_unit, fmt_stats, num, scale, unit
-from lora_jax.report.our_setup import value_point
+from lora_jax.report.render.document import Block, Table
+from lora_jax.report.render.format import diff_unit, fmt_stats, num, scale, unit
+from lora_jax.report.sections.our_setup import value_point
 from lora_jax.report.seed_stats import (
     CONFIDENCE,
     MIN_SEEDS,

@@ -13,10 +13,10 @@ import numpy as np
 
 import lora_jax.report.paper as paper
 from lora_jax.report.cells import Cell
-from lora_jax.report.document import Block, Table
-from lora_jax.report.format import MISSING, fmt_values, paper_num
-from lora_jax.report.our_setup import lora_cells, setup_lines, variant_label
-from lora_jax.report.rank_analysis import figure, input_dim, load_analysis, mean_phi
+from lora_jax.report.render.document import Block, Table
+from lora_jax.report.render.format import MISSING, fmt_values, paper_num
+from lora_jax.report.sections.our_setup import lora_cells, setup_lines, variant_label
+from lora_jax.report.sections.rank_analysis import figure, input_dim, load_analysis, mean_phi
 from lora_jax.runs.layout import ADAPTER_DIR, ANALYSIS_FILE, SweepFolder
 
 W = paper.weight_label

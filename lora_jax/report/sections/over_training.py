@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from lora_jax.analysis.curves import run_labels, target_means
-from lora_jax.report.document import Block, Table
-from lora_jax.report.rank_analysis import figure
+from lora_jax.report.render.document import Block, Table
+from lora_jax.report.sections.rank_analysis import figure
 
 
 def _moved(curve, fmt: str) -> str:

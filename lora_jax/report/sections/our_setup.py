@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import lora_jax.report.paper as paper
 from lora_jax.report.cells import Cell, cell_label, varying_axes
-from lora_jax.report.format import unit
+from lora_jax.report.render.format import unit
 
 
 def lora_cells(cells: list[Cell]) -> list[Cell]:

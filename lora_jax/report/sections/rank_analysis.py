@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lora_jax.report.document import Block, Figure, Table
+from lora_jax.report.render.document import Block, Figure, Table
 from lora_jax.runs.layout import ADAPTER_DIR, ANALYSIS_FILE, SweepFolder
 
 

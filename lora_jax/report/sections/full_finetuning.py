@@ -25,8 +25,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from lora_jax.analysis.intruders import EPSILON
-from lora_jax.report.document import Block, Figure, Table
 from lora_jax.report.paper import weight_label
+from lora_jax.report.render.document import Block, Figure, Table
 
 
 def intruder_column(epsilons: list[float]) -> int:

@@ -20,9 +20,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from lora_jax.report.cells import Cell
-from lora_jax.report.document import Block, Figure, Table
-from lora_jax.report.format import MISSING, diff_unit, num, scale, unit
-from lora_jax.report.our_setup import value_point
+from lora_jax.report.render.document import Block, Figure, Table
+from lora_jax.report.render.format import MISSING, diff_unit, num, scale, unit
+from lora_jax.report.sections.our_setup import value_point
 from lora_jax.report.seed_stats import LOWER_IS_BETTER, compare, verdict
 from lora_jax.runs.record import read_jsonl
 
