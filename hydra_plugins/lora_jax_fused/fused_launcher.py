@@ -48,8 +48,7 @@ class FusedLauncher(Launcher):
         """Fuse what can be fused, run the rest as the basic launcher does; one `JobReturn`
         per job, in job order."""
         from lora_jax.config import run_config
-        from lora_jax.report.console import print_summary
-
+        from lora_jax.report.render.console import print_summary
         from lora_jax.train.compile_cache import enable_compilation_cache
         from lora_jax.train.fused import plan_groups, train_fused
 
