@@ -60,7 +60,14 @@ def identity(config: Config | Mapping[str, Any]) -> dict[str, Any]:
     flat = _flatten({k: v for k, v in config.items() if k not in NOT_RESULT_GROUPS})
     if content is not None:
         flat["data.content"] = content
+    elif flat.get("data.task") != LOCAL_TASK:  # how local files are read: not used here
+        flat = {k: v for k, v in flat.items() if not k.startswith(LOCAL_ONLY)}
     return {k: v for k, v in sorted(flat.items()) if k not in NOT_RESULTS}
+
+
+# The data keys only `data=local` reads: left out of other runs' identity, so the hashes of
+# run folders made before they existed stay what they were.
+LOCAL_ONLY = ("data.path", "data.validation_path", "data.test_path", "data.kind", "data.columns.")
 
 
 def _local_content(config: Any) -> str | None:
