@@ -210,10 +210,12 @@ def checkpoint_path(name_or_path: str) -> Path | None:
     return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
 
 
+@functools.cache  # a GGUF's metadata takes ~7 s to parse; every job of a sweep asks
 def chat_template(name: str) -> tuple[str | None, dict[str, str]]:
     """(the chat template, its bos_token / eos_token strings) of a model's tokenizer: a GGUF
     file's `tokenizer.chat_template`, or a HF folder's `tokenizer_config.json`
-    (`chat_template.jinja` beside it); (None, {}) for a model without one (the tiny ones)."""
+    (`chat_template.jinja` beside it); (None, {}) for a model without one (the tiny ones).
+    The dict is shared between callers: read it, do not change it."""
     location = checkpoint_path(name)
     if location is None:
         return None, {}
