@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lora_jax.models import generate
 from lora_jax.runs.layout import RunFolder
-from lora_jax.train import generate
 from lora_jax.train.steps import Objective
 
 # ---- loss --------------------------------------------------------------------------------------

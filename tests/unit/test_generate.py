@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from lora_jax.lora import LoRAConfig
+from lora_jax.models.generate import ban_repeated_ngrams, beam_search, greedy_search
 from lora_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from lora_jax.models.llama import LlamaForCausalLM
 from lora_jax.models.llama_config import LlamaConfig
-from lora_jax.train.generate import ban_repeated_ngrams, beam_search, greedy_search
 
 EOS = 3
 # Left-padded prompts (pad = 0).
