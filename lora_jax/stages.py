@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lora_jax.runs.files import write_atomic
 from lora_jax.runs.layout import BASE_KERNELS_FILE, RunFolder, SweepFolder
-from lora_jax.runs.record import RunRecord, read_runs, write_atomic
+from lora_jax.runs.record import RunRecord, read_runs
 
 if TYPE_CHECKING:
     from lora_jax.analysis.lora_update import Update

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lora_jax.analysis.projection import KernelSVD, kernel_svd
-from lora_jax.runs.record import replacing
+from lora_jax.runs.files import replacing
 
 Key = tuple[int, str]  # (layer, target)
 CACHE_ENV = "LORA_JAX_CACHE"  # the cache's root; default ~/.cache/lora_jax

@@ -46,8 +46,9 @@ from lora_jax.analysis.svd_cache import SVDCache
 from lora_jax.analysis.versus_full import versus_full
 from lora_jax.audit.measure import adapter_names, open_adapters
 from lora_jax.peft_adapter import matrix_name, read_adapter
+from lora_jax.runs.files import write_atomic
 from lora_jax.runs.layout import SweepFolder
-from lora_jax.runs.record import RunRecord, pairs_differing_in, write_atomic
+from lora_jax.runs.record import RunRecord, pairs_differing_in
 from lora_jax.weights.base_kernels import read_kernels
 
 Key = tuple[int, str]  # (layer, target)

@@ -33,8 +33,8 @@ from lora_jax.audit.cores import (
 )
 from lora_jax.audit.cores import summarize as summarize_core
 from lora_jax.peft_adapter import CONFIG_FILE, Adapter, AdapterFile, Key, matrix_name, open_adapter
+from lora_jax.runs.files import write_atomic
 from lora_jax.runs.layout import ADAPTER_DIR, SweepFolder
-from lora_jax.runs.record import write_atomic
 
 # What a matrix type's summary reports (median and range over its layers).
 BY_TYPE = ("stable_rank", "utilization", "energy_rank_90", "energy_utilization", "frobenius")

@@ -49,8 +49,9 @@ from lora_jax.evals.kernel_eval import (
     RunModel,
     load_run_model,
 )
+from lora_jax.runs.files import write_atomic
 from lora_jax.runs.layout import EVALS_FILE, SweepFolder
-from lora_jax.runs.record import RunRecord, write_atomic
+from lora_jax.runs.record import RunRecord
 
 # Part of every record's key: bump it when the records change, so older ones are recomputed.
 RECORD_VERSION = 2

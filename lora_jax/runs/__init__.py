@@ -1,5 +1,7 @@
 """The run-folder contract: what a run folder and a sweep folder hold (`layout`: every file
-name, once) and the record of a finished run read once from it (`record`).
+name, once), the record of a finished run read once from it (`record`), how its files are
+written and read (`files`: never half written) and the lock of the process that writes
+(`lock`).
 
     >>> from lora_jax.runs import RunFolder, read_runs
     >>> RunFolder(run_dir).metrics  # run_dir / "metrics.json"  # doctest: +SKIP
@@ -17,13 +19,13 @@ _EXPORTS = {
     "RunFolderError": "record",
     "RunRecord": "record",
     "pairs_differing_in": "record",
-    "read_jsonl": "record",
+    "read_jsonl": "files",
     "read_metrics": "record",
     "read_run": "record",
     "read_runs": "record",
-    "replacing": "record",
+    "replacing": "files",
     "shared_axes": "record",
-    "write_atomic": "record",
+    "write_atomic": "files",
 }
 
 __all__ = [

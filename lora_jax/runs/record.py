@@ -18,11 +18,7 @@ import functools
 import itertools
 import json
 import logging
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +27,7 @@ import numpy as np
 import yaml
 from safetensors.numpy import load_file
 
+from lora_jax.runs.files import read_jsonl
 from lora_jax.runs.layout import METRICS_FILE, RunFolder
 
 # Config keys that do not change a run's results: paths, logging, progress, checkpoint cadence,
@@ -79,44 +76,6 @@ _NOT_AXES = {
 
 class RunFolderError(ValueError):
     """A folder that should hold finished runs does not (missing, empty, unreadable)."""
-
-
-@contextmanager
-def replacing(path: str | Path) -> Iterator[Path]:
-    """A temporary file in `path`'s folder (same file system) for the block to write; moved
-    onto `path` (`os.replace`) when the block ends, removed if it fails. Readers see the old
-    file or the new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one (`replacing`)."""
-    with replacing(path) as tmp:
-        tmp.write_text(text)
-
-
-def read_jsonl(path: str | Path, contains: str | None = None) -> Iterator[dict[str, Any]]:
-    """The rows of a JSON-lines file such as `history.jsonl`, skipping lines that do not parse
-    (a process killed mid-write leaves a cut last line). `contains`: parse only lines holding
-    this text (a cheap filter)."""
-    with open(path) as f:
-        for line in f:
-            if contains is not None and contains not in line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                yield row
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:

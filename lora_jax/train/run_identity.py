@@ -32,8 +32,9 @@ import yaml
 
 from lora_jax.config import Config, to_dict
 from lora_jax.data.tasks import LOCAL_TASK
+from lora_jax.runs.files import write_atomic
 from lora_jax.runs.layout import RUN_FILES, RunFolder
-from lora_jax.runs.record import NOT_RESULT_GROUPS, NOT_RESULTS, write_atomic
+from lora_jax.runs.record import NOT_RESULT_GROUPS, NOT_RESULTS
 
 _SHOWN = 12  # differing keys listed per run
 

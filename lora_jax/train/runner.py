@@ -17,8 +17,9 @@ from lora_jax import models
 from lora_jax.adapter_io import export_adapter, family_of
 from lora_jax.config import Config, to_dict
 from lora_jax.partition import combine
+from lora_jax.runs.files import write_atomic
 from lora_jax.runs.layout import METRICS_FILE, RunFolder
-from lora_jax.runs.record import read_metrics, write_atomic
+from lora_jax.runs.record import read_metrics
 from lora_jax.train import distributed, parallel
 from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.train.loop import Engine, RunLog, train_loop

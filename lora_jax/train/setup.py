@@ -22,8 +22,8 @@ from lora_jax.config_rules import value_error
 from lora_jax.lora import LoRAConfig, adapters
 from lora_jax.partition import count_params, label_params, split
 from lora_jax.peft_adapter import adapter_folder
+from lora_jax.runs.files import write_atomic
 from lora_jax.runs.layout import RunFolder
-from lora_jax.runs.record import write_atomic
 from lora_jax.train import distributed, parallel
 from lora_jax.train.loaders import Data, make_data
 from lora_jax.train.objectives import Objective, make_objective, objective_spec

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from lora_jax.runs.files import write_atomic
 from lora_jax.runs.layout import RunFolder
-from lora_jax.runs.record import write_atomic
 
 WANDB_MODES = ("offline", "online", "disabled")
 

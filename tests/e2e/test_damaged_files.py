@@ -14,7 +14,8 @@ import pytest
 from conftest import FINISHED_RUN, call_main
 
 from lora_jax.report.render.wandb_report import spectrum_keys
-from lora_jax.runs.record import read_jsonl, read_run, write_atomic
+from lora_jax.runs.files import read_jsonl, write_atomic
+from lora_jax.runs.record import read_run
 from lora_jax.train.tracking import Tracker
 
 

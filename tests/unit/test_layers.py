@@ -36,6 +36,7 @@ READERS = {
     "lora_jax.adapter_io",
     "lora_jax.runs.layout",
     "lora_jax.runs.record",
+    "lora_jax.runs.files",
     "lora_jax.weights.gguf",
     "lora_jax.weights.safetensors",
 }

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_jax.runs.files import write_atomic
 from lora_jax.runs.layout import SweepFolder
-from lora_jax.runs.record import write_atomic
 
 
 @dataclass

@@ -27,8 +27,9 @@ from wandb_workspaces import expr
 from lora_jax.analysis.dynamics import DYNAMICS_STEP, dynamics_rows
 from lora_jax.report.render.document import Document, Figure, table_markdown
 from lora_jax.report.render.document import Table as DocTable
+from lora_jax.runs.files import read_jsonl
 from lora_jax.runs.layout import ANALYSIS_RUN_DIR, WANDB_DIR, SweepFolder
-from lora_jax.runs.record import RunRecord, read_jsonl
+from lora_jax.runs.record import RunRecord
 from lora_jax.train.tracking import wandb_mode
 
 SPECTRUM_SUMMARIES = ("effective_rank", "stable_rank", "energy_rank_90")

@@ -24,7 +24,7 @@ from lora_jax.report.render.document import Block, Figure, Table
 from lora_jax.report.render.format import MISSING, diff_unit, num, scale, unit
 from lora_jax.report.sections.our_setup import value_point
 from lora_jax.report.seed_stats import LOWER_IS_BETTER, compare, verdict
-from lora_jax.runs.record import read_jsonl
+from lora_jax.runs.files import read_jsonl
 
 LR = "optim.lr"
 # Adapter-only gradient norm when the run logged it, else the norm of every trainable leaf.
