@@ -10,7 +10,6 @@ sides; MiniLM's hidden states reach |h| ~ 6), except where noted.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 from safetensors.numpy import load_file
+from tolerance import float32_forward_tolerance
 
 from lora_jax.adapter_io import export_adapter, init_adapters
 from lora_jax.lora import LoRAConfig
@@ -45,15 +45,6 @@ def _libraries():
 
 
 ATOL = 1e-4
-
-
-def float32_forward_tolerance(logits: np.ndarray, depth: int, width: int) -> float:
-    """How far two float32 forwards of one model may drift when they sum in different orders
-    (torch's and XLA's kernels): sqrt(n) * eps per n-term dot product (Higham's probabilistic
-    round-off bound), over `depth` layers in sequence with dot products of at most `width` terms,
-    relative to the logits' scale. On SmolLM2 (30 layers, FFN 1536, |logits| ~ 30): ~8e-4,
-    4x the 1.5e-4 and 2.1e-4 measured on a Xeon and an AMD EPYC."""
-    return math.sqrt(depth * width) * float(np.finfo(np.float32).eps) * float(np.abs(logits).max())
 
 
 PARITY = FIXTURES / "parity"

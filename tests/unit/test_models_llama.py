@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from tolerance import reordered_atol
+from tolerance import float32_forward_tolerance, reordered_atol
 
 from lora_jax.lora import LoRAConfig
 from lora_jax.models.llama import LlamaForCausalLM, lora_shapes, rope
@@ -203,7 +203,8 @@ def smollm2():
 @needs_smollm2
 def test_smollm2_matches_transformers_gguf_loader(smollm2):
     """transformers' own GGUF loader (its dequantization and q/k un-permutation): same tokens,
-    log-probs within 2e-4, same argmax at every position."""
+    log-probs within the float32 forward's round-off (`float32_forward_tolerance`: torch and
+    XLA sum in other orders), same argmax at every position."""
     ref = np.load(PARITY / "smollm2.npz")
     assert smollm2.config.num_heads == 9 and smollm2.config.num_kv_heads == 3
     fwd = jax.jit(lambda p, ids: jax.nn.log_softmax(smollm2.module.apply({"params": p}, ids)))
@@ -213,7 +214,9 @@ def test_smollm2_matches_transformers_gguf_loader(smollm2):
         ids = np.asarray(ids)[None]
         logp = np.asarray(fwd(smollm2.params, np.pad(ids, ((0, 0), (0, 24 - ids.shape[1])))))
         logp = logp[0, : ids.shape[1]]
-        np.testing.assert_allclose(logp[:, ref["probe"]], ref[f"logp_{i}"], atol=2e-4)
+        cfg = smollm2.config
+        tol = float32_forward_tolerance(logp, cfg.num_layers, cfg.intermediate_size)
+        np.testing.assert_allclose(logp[:, ref["probe"]], ref[f"logp_{i}"], atol=tol)
         np.testing.assert_array_equal(logp.argmax(-1), ref[f"argmax_{i}"])
 
 
