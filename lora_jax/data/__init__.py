@@ -20,7 +20,7 @@ tfds_compat.install()
 # benchmark) does not load Grain, SciPy and scikit-learn (~110 MB of RSS).
 _EXPORTS = {
     # Tasks and loading.
-    "LOCAL_TASK": "tasks",
+    "LOCAL_TASK": "task_spec",
     "TASKS": "tasks",
     "TaskSpec": "task_spec",
     "get_task": "tasks",

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
+# `data.task` of a researcher's own files (`conf/data/local.yaml`, `lora_jax.data.local`): its
+# spec is made from the data config, so it is not in `tasks.TASKS`.
+LOCAL_TASK = "local"
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:

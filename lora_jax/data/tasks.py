@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from lora_jax.data.task_spec import TaskSpec
+from lora_jax.data.task_spec import LOCAL_TASK, TaskSpec
 
 
 def _glue(
@@ -126,9 +126,6 @@ _ALL: Sequence[TaskSpec] = (
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in _ALL}
 DEFAULT_TASK = "mr"
-# `data.task` of a researcher's own files (`conf/data/local.yaml`, `lora_jax.data.local`): its
-# spec is made from the data config, so it is not in TASKS.
-LOCAL_TASK = "local"
 
 
 def get_task(name: str | TaskSpec | Any) -> TaskSpec:
@@ -179,7 +176,7 @@ def load_split(
 
     task = get_task(task)
     tfds_split = task.splits.get(split, split)
-    if task.tfds_name == "local_files":  # tfds_config is the prepared folder
+    if task.name == LOCAL_TASK:  # tfds_config is the prepared folder
         from lora_jax.data.local import load_source
 
         return load_source(task.tfds_config, tfds_split)

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_jax.config import TrainerConfig, check_config, run_config
 from lora_jax.config_rules import check_batch_size, value_error
+from lora_jax.data.task_spec import LOCAL_TASK
 from lora_jax.runs.lock import lock_folder, unlock_folder
 from lora_jax.train.run_identity import RunIdentityError, message
 from lora_jax.train.run_identity import check as check_identity
@@ -75,7 +76,7 @@ def check_job(cfg: DictConfig) -> None:
         raise value_error(
             "data.eval_split", config.data.eval_split, allowed, "data.eval_split=validation"
         ) from None
-    if task.is_generation and task.name == "local":  # a researcher's prompts: do they fit?
+    if task.is_generation and task.name == LOCAL_TASK:  # a researcher's prompts: do they fit?
         _check_prompts(task, config.model.name, config.data.max_len, config.data.prompt, split)
     if config.logger.backend == "wandb" and importlib.util.find_spec("wandb") is None:
         raise value_error("logger.backend", "wandb", "none (wandb is not installed)", "logger=none")
@@ -117,12 +118,10 @@ def _split_size(task: Any, split: str) -> int:
 @functools.cache  # a sweep's jobs share their data and model
 def _check_prompts(task: Any, model: str, max_len: int, prompt: str | None, split: str) -> None:
     from lora_jax import data, models
-    from lora_jax.data.prompts import ChatTemplate, check_prompt_lengths
+    from lora_jax.data.prompts import check_prompt_lengths
+    from lora_jax.train.lm import chat_template_of
 
-    chat = None
-    if task.chat:
-        template, special = models.chat_template(model)
-        chat = ChatTemplate(template, tuple(sorted(special.items())))
+    chat = chat_template_of(model) if task.chat else None
     sources = {s: data.load_split(task, s) for s in dict.fromkeys(("train", split))}
     tokenizer = models.tokenizer_of(model)
     check_prompt_lengths(task, sources, tokenizer, max_len, prompt or task.prompt, chat)

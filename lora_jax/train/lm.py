@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lora_jax.data.task_spec import LOCAL_TASK
 from lora_jax.models import generate
 from lora_jax.runs.layout import RunFolder
 from lora_jax.train.steps import Objective
@@ -203,12 +204,17 @@ def loader_kwargs(pre: Any, prompt: str | None, chat: Any = None) -> dict[str, A
 
 def chat_of(cfg: Any) -> Any:
     """The model's `ChatTemplate` for a chat task (`data=local data.kind=chat`), else None."""
+    if cfg.data.task != LOCAL_TASK or cfg.data.kind != "chat":
+        return None
+    return chat_template_of(cfg.model.name)
+
+
+def chat_template_of(model: str) -> Any:
+    """The `ChatTemplate` of a model's tokenizer (`models.chat_template`); None without one."""
     from lora_jax import models
     from lora_jax.data.prompts import ChatTemplate
 
-    if cfg.data.task != "local" or cfg.data.kind != "chat":
-        return None
-    template, special = models.chat_template(cfg.model.name)
+    template, special = models.chat_template(model)
     return ChatTemplate(template, tuple(sorted(special.items()))) if template else None
 
 
@@ -284,6 +290,7 @@ def objective(
 __all__: list[str] = [
     "causal_lm_loss",
     "chat_of",
+    "chat_template_of",
     "decode_texts",
     "generation_metrics",
     "loader_kwargs",

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from lora_jax.config import Config, to_dict
-from lora_jax.data.tasks import LOCAL_TASK
+from lora_jax.data.task_spec import LOCAL_TASK
 from lora_jax.runs.files import write_atomic
 from lora_jax.runs.layout import RUN_FILES, RunFolder
 from lora_jax.runs.record import NOT_RESULT_GROUPS, NOT_RESULTS

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from lora_jax.config_rules import value_error
-from lora_jax.data.local.builder import NAME, content_key, ensure_prepared, features_of, load_source
+from lora_jax.data.local.builder import (
+    NAME,
+    content_key,
+    ensure_prepared,
+    features_of,
+    file_stamps,
+    load_source,
+)
 from lora_jax.data.local.examples import (
     KIND_ROLES,
     VALIDATION_PERCENT,
@@ -30,7 +37,7 @@ from lora_jax.data.local.examples import (
     read_examples,
 )
 from lora_jax.data.local.read import FORMATS, split_files
-from lora_jax.data.task_spec import TaskSpec
+from lora_jax.data.task_spec import LOCAL_TASK, TaskSpec
 
 GENERATION_METRICS = ("bleu", "rouge_l", "loss", "perplexity", "token_accuracy")
 
@@ -59,10 +66,7 @@ def local_task(data: Any, data_dir: str | os.PathLike | None = None) -> TaskSpec
     from lora_jax.data import assets
 
     options = options_of(data)
-    stamps = tuple(
-        (f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for _, fs in options.splits for f in fs
-    )
-    return _task(options, stamps, Path(data_dir or assets.data_dir()))
+    return _task(options, file_stamps(options), Path(data_dir or assets.data_dir()))
 
 
 @functools.cache  # a sweep checks every job: read and hash unchanged files once per process
@@ -71,7 +75,7 @@ def _task(options: LocalOptions, stamps: tuple, data_dir: Path) -> TaskSpec:
     sizes, labels = features_of(prepared)
     text_keys = tuple(r for r in ("text", "text_pair") if r in options.roles)
     common = dict(
-        name="local",
+        name=LOCAL_TASK,
         tfds_name=NAME,
         tfds_config=str(prepared),
         test_split="test" if "test" in sizes else "",

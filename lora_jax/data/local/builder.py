@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import io
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from lora_jax.data.local.examples import (
     label_names,
     read_examples,
 )
+from lora_jax.runs.files import write_atomic
 
 NAME = "local_files"
 VERSION = "1.0.0"
@@ -74,8 +77,19 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder):
         yield from enumerate(examples)
 
 
+def file_stamps(options: LocalOptions) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime, size) of every file: what tells an unchanged file without reading it."""
+    stats = ((f, os.stat(f)) for _, files in options.splits for f in files)
+    return tuple((f, st.st_mtime_ns, st.st_size) for f, st in stats)
+
+
 def content_key(options: LocalOptions) -> str:
     """16 hex digits of sha256 over the kind, the columns, the split rule and every file's bytes."""
+    return _content_key(options, file_stamps(options))
+
+
+@functools.cache  # the run identity and the preparation both ask, for every job of a sweep
+def _content_key(options: LocalOptions, stamps: tuple) -> str:
     digest = hashlib.sha256(
         canonical(
             {"kind": options.kind, "columns": options.columns, "v": VALIDATION_PERCENT}
@@ -168,9 +182,7 @@ def _say_if_changed(options: LocalOptions, key: str, data_dir: Path) -> None:
             flush=True,
         )
     memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_suffix(".tmp")
-    tmp.write_text(key + "\n")
-    tmp.replace(memo)
+    write_atomic(memo, key + "\n")
 
 
 def load_source(prepared: Path, split: str) -> Any:
