@@ -32,12 +32,9 @@ BATCHES = {16: 128, 1024: 8}  # batch size: batches timed
 
 
 def _seconds(source, tokenizer, batch_size: int, batches: int, options) -> float:
-    saved = pipeline.READ_OPTIONS
-    pipeline.READ_OPTIONS = options  # make_loader reads the module's setting
-    try:
-        loader = pipeline.make_loader(source, tokenizer, "mr", batch_size=batch_size, max_len=32)
-    finally:
-        pipeline.READ_OPTIONS = saved
+    loader = pipeline.make_loader(
+        source, tokenizer, "mr", batch_size=batch_size, max_len=32, read_options=options
+    )
     it = iter(loader)
     next(it)
     start = time.perf_counter()

@@ -73,7 +73,7 @@ def finish_sweep(
     Writes `sweep_summary.json` first, so a failing analysis loses nothing, then
     `analysis.json` + `figures/` (`lora_jax.analysis.updates.analyze_runs`), then, where a full
     fine-tuning run is beside LoRA runs, `evals.json`, the model evaluations
-    (`sweep.model_evals`: truncation curves, forgetting, intruder intervention;
+    (`evals.model_evals`: truncation curves, forgetting, intruder intervention;
     `model_evals=False` computes none and keeps those of unchanged runs, `eval_limit` caps
     their eval examples), each run's audit and rank advice (`audit.json`, `rank_advice.json`,
     `advice/`), then the one report (`report.md`, `report.html`, the W&B report when online)

@@ -349,7 +349,7 @@ TESTS="
 export TESTS
 
 # Without wandb (it does not travel: ~25 MB with its deps) every `experiments.sweep` fails at
-# its end: lora_jax.sweep.finish.finish_sweep calls make_report(use_wandb=True), which imports
+# its end: lora_jax.stages.finish_sweep calls make_report(use_wandb=True), which imports
 # lora_jax.report.render.wandb_report, which imports wandb_workspaces at module level, even for
 # logger=none runs; test_hydra_fused_sweep_end_to_end also logs to W&B (offline). Those tests
 # are deselected then, and listed in the JSON.

@@ -7,7 +7,7 @@
 - `similarity_kept`: how well the pairwise cosine similarities of sentence embeddings keep
   their order under a fine-tuned model (Spearman against the pretrained model's), the
   forgetting measure of a sentence encoder: 1 keeps everything, 1 - it is what was lost
-  (a decoder's is its LM loss increase on held-out text: `sweep.model_evals`).
+  (a decoder's is its LM loss increase on held-out text: `evals.model_evals`).
 
 The models themselves are evaluated above this layer (`lora_jax.evals.kernel_eval`).
 

@@ -172,6 +172,7 @@ def make_loader(
     shard_index: int | None = None,
     shard_count: int | None = None,
     worker_count: int = 0,
+    read_options: grain.ReadOptions = READ_OPTIONS,
     pad: PadMode = "bucket",
     pad_multiple: int = 16,
     pad_id: int | None = None,
@@ -201,6 +202,7 @@ def make_loader(
             shard reads the same number of whole batches; the first ``len(source)`` rows of
             the gathered batches are the split in order.
         worker_count: Grain worker processes (0 = in-process).
+        read_options: Grain's read-ahead (``READ_OPTIONS``: see its comment).
         pad: ``"bucket"`` (default), ``"max_len"`` or ``"longest"``; see the module doc.
         pad_multiple: bucket size for ``pad="bucket"``.
         pad_id: padding id; default from the tokenizer (``[PAD]``, ``<pad>``, ...).
@@ -259,7 +261,7 @@ def make_loader(
         operations=operations,
         worker_count=worker_count,
         shard_options=shard_options,
-        read_options=READ_OPTIONS,
+        read_options=read_options,
     )
 
 
