@@ -22,7 +22,7 @@ sweep experiments-cpu bench: export GLIBC_TUNABLES ?= $(FAST_MALLOC)
 CPU_EXPERIMENTS ?= table2_cpu table5_cpu table6_cpu fig3_fig4_cpu table7_cpu table3_cpu table18_cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install assets-e2e test test-unit test-all test-interop lint format sweep experiments-cpu bench docs clean
+.PHONY: help install assets-e2e test test-unit test-slow test-all test-interop lint format sweep experiments-cpu bench docs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test: install ## Run the fast tests (no torch: the PEFT interop tests have their
 
 test-unit: install ## Run tests/unit alone: in process, no training run (about a minute)
 	$(PY) -m pytest tests/unit -m "not slow and not interop" -n 2 --dist worksteal $(ARGS)
+
+test-slow: install ## Run the long tests alone (each over ~20 s on 2 cores; CI runs them after make test)
+	$(PY) -m pytest -m "slow and not interop" -n 2 --dist worksteal $(ARGS)
 
 # torch==2.13.0 (pinned in the extra) is the CPU wheel on local disk; ~30 s, ~1 GB, once.
 $(INTEROP): $(STAMP)

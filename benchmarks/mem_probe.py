@@ -137,7 +137,8 @@ def main() -> None:
         heavy=sorted(m for m in HEAVY if m in sys.modules),
         n_modules=len(sys.modules),
     )
-    from benchmarks.step import MODES, load_minilm, step_inputs, trim_malloc
+    from benchmarks.step import MODES, load_minilm, step_inputs
+    from lora_jax.train.heap import give_back_heap
 
     spec = MODES[args.mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")
@@ -162,7 +163,7 @@ def main() -> None:
     }
     mark("compile", memory_analysis_mb=mem)
     if args.trim:
-        trim_malloc()
+        give_back_heap()
         mark("malloc_trim")
     del lowered
     state = {"t": parts.trainable, "o": opt_state}

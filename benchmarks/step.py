@@ -72,16 +72,6 @@ def rss_mb() -> float:
     return 0.0
 
 
-def trim_malloc() -> None:
-    """Return glibc malloc's free heap pages to the system (`malloc_trim(0)`); no-op elsewhere."""
-    import contextlib
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-
-
 def _batch():
     import numpy as np
 
@@ -145,6 +135,7 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
 
     from lora_jax.lora import LoRAConfig
     from lora_jax.partition import count_params
+    from lora_jax.train.heap import give_back_heap
     from lora_jax.train.steps import tree_bytes
 
     spec = MODES[mode]
@@ -161,7 +152,7 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
     rss_after_compile = rss_mb()
     # The compiler's own scratch is freed but stays in malloc's heap: hand it back before the
     # steps, as a long run's loaders and evaluation would reuse it (glibc only; ~90 MB).
-    trim_malloc()
+    give_back_heap()
     rss_before_steps = rss_mb()
     state = {"t": parts.trainable, "o": opt_state}
     losses = []

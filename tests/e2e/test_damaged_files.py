@@ -122,6 +122,7 @@ def test_read_run_of_a_garbled_metrics_json_warns(tmp_path):
     assert any("is damaged" in str(w.message) for w in caught)
 
 
+@pytest.mark.slow
 def test_fused_group_goes_back_to_the_step_every_member_has(tmp_path):
     """A killed fused sweep whose member rank=2 has a damaged newest checkpoint: the group
     resumes fused from step 10 and every member ends as its uninterrupted run."""
@@ -143,6 +144,7 @@ def test_fused_group_goes_back_to_the_step_every_member_has(tmp_path):
         assert got["final"] == ref[r]["final"] and got["best"] == ref[r]["best"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_mid_run_is_one_message_and_the_rerun_resumes(tmp_path):
     """A write that fails for lack of space (here a file-size limit, `ulimit -f`, which fails
     writes with EFBIG as a full disk fails them with ENOSPC): one message naming the file, the

@@ -182,6 +182,7 @@ def test_auto_starts_jax_distributed_only_for_several_processes():
     assert several_processes(TrainerConfig(num_processes=1), {}) == ""
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path):
     """SIGTERM to process 1 alone: both agree on the step, save it together (one Orbax
     checkpoint, each its Grain position), say so and exit 143; both rerun and finish as one

@@ -38,6 +38,7 @@ def test_a_live_owner_is_refused_and_a_dead_one_taken_over(tmp_path):
         lock_folder(tmp_path, "hydra.sweep.dir")
 
 
+@pytest.mark.slow
 def test_a_second_sweep_into_a_busy_folder_is_refused(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = [*FAST, "rank=1,2", "logger=none", f"hydra.sweep.dir={sweep_dir}"]

@@ -88,6 +88,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
                 assert ra[key] == pytest.approx(rb[key], rel=RTOL), (ra["step"], key)
 
 
+@pytest.mark.slow
 def test_each_member_equals_its_separate_run(runs):
     root, separate, _, results = runs
     for member in MEMBERS:
@@ -98,6 +99,7 @@ def test_each_member_equals_its_separate_run(runs):
         _assert_same_run(root / "separate" / _name(*member), root / "fused" / _name(*member))
 
 
+@pytest.mark.slow
 def test_vmapped_members_equal_separate_runs(runs, tmp_path):
     """All members vmapped at once (the accelerator default; `runs` maps them on CPU)."""
     root, *_ = runs
@@ -109,6 +111,7 @@ def test_vmapped_members_equal_separate_runs(runs, tmp_path):
         _assert_same_run(root / "separate" / _name(*member), tmp_path / _name(*member))
 
 
+@pytest.mark.slow
 def test_run_folders_look_like_separate_runs(runs):
     root, *_ = runs
     for member in MEMBERS:
@@ -119,6 +122,7 @@ def test_run_folders_look_like_separate_runs(runs):
         assert config == (a / "config.yaml").read_text().replace(str(a), str(b))
 
 
+@pytest.mark.slow
 def test_padded_entries_stay_exactly_zero(runs):
     _, _, group, _ = runs
     ranks = [rank for rank, _ in MEMBERS]
@@ -137,6 +141,7 @@ def test_padded_entries_stay_exactly_zero(runs):
     assert checked > 0
 
 
+@pytest.mark.slow
 def test_resume_fused_or_separately_from_fused_checkpoints(runs, tmp_path):
     """A fused group killed after its step-10 checkpoint resumes, fused or as separate runs,
     to the uninterrupted result (the checkpoints are each member's own, unpadded)."""
@@ -186,6 +191,7 @@ def test_plan_groups(tmp_path):
     assert fused.plan_groups(cfgs[:2]) == [[0], [1]]
 
 
+@pytest.mark.slow
 def test_hydra_fused_sweep_end_to_end(runs, tmp_path):
     """`hydra/launcher=fused` through the real entry point: run folders, analysis and report
     as with the basic launcher, the numbers of the separate runs, one W&B run per member."""

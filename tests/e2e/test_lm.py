@@ -312,6 +312,7 @@ def lm_sweep(tmp_path_factory):
     return sweep_dir, proc
 
 
+@pytest.mark.slow
 def test_generation_sweep_writes_bleu_adapters_and_analysis(lm_sweep):
     sweep_dir, proc = lm_sweep
     assert proc.stdout.strip().splitlines()[-1] == str((sweep_dir / "report.html").absolute())

@@ -154,6 +154,7 @@ print("RESULT " + json.dumps(runs))
 """
 
 
+@pytest.mark.slow
 def test_fsdp_meshes_train_like_one_device(tmp_path):
     """(8, 1), (2, 4) and (1, 8) give one device's losses; each device holds ~1/fsdp of the base."""
     args = ["-c", MESH_RUNS, str(ROOT), str(tmp_path / "run"), json.dumps(MESHES)]

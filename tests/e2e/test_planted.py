@@ -93,6 +93,7 @@ def test_plant_rejects_targets_that_match_nothing(tiny):
         planted.plant(parts.frozen, 64, "v", None, 0.5, seed=1)
 
 
+@pytest.mark.slow
 def test_sweep_recovers_the_planted_rank(tmp_path):
     """Ranks 1, 2, 4 against a planted rank 2 in Wffn_out, through the real sweep entry point.
 

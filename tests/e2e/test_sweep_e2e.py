@@ -293,7 +293,11 @@ def _assert_stopped_with_a_checkpoint(status: int, err: str, signum: int, folder
     assert (folder / "checkpoints" / stopped[1]).is_dir()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    "signum",
+    # SIGINT takes SIGTERM's path (the same handler): the long suite checks it.
+    [signal.SIGKILL, signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+)
 def test_resume_after_a_signal_matches_uninterrupted(tmp_path, uninterrupted, signum):
     """SIGKILL loses the steps since the last checkpoint (20); SIGTERM and SIGINT finish the
     step, save it, say so and exit 128 + signal. Either way the rerun ends where an
@@ -420,6 +424,7 @@ def test_slurm_launcher_writes_a_job_script(tmp_path):
     assert "submitit.core._submit" in script
 
 
+@pytest.mark.slow
 def test_later_jobs_reuse_the_persistent_compilation_cache(tmp_path):
     cache = tmp_path / "jax_cache"
     args = ["model=tiny_bert", "debug=fast", "logger=none", "rank=2"]
@@ -440,6 +445,7 @@ def test_later_jobs_reuse_the_persistent_compilation_cache(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_joblib_launcher_and_seed_pairs(tmp_path):
     """Two seeds in parallel processes (joblib); the analysis pairs them next to a random baseline."""
     sweep_dir = tmp_path / "jl"

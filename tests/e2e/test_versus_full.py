@@ -13,6 +13,9 @@ from safetensors.numpy import load_file
 
 from lora_jax.report.sections.rank_analysis import load_analysis
 
+# A LoRA and a full fine-tuning sweep into one folder, then its model evaluations: ~1 min.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def full_and_lora(tmp_path_factory):
@@ -98,7 +101,6 @@ def test_model_evals_reproduce_the_run_at_full_rank_and_the_base_at_zero(full_an
         assert (full_and_lora / "figures" / f"versus_full_{kind}_{full_dir.name[:40]}.png").exists()
 
 
-@pytest.mark.slow  # two more model builds: about a minute on the shared 2-core CPU
 def test_run_model_with_w0_is_the_pretrained_encoder(full_and_lora):
     from lora_jax.analysis.truncation import similarity_kept
     from lora_jax.evals.kernel_eval import load_run_model

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import FAST, ROOT
 
 BLACKHOLE = """
@@ -53,6 +54,7 @@ def _tracked_run(run_dir: Path, pythonpath: str, log: Path) -> float:
     return elapsed
 
 
+@pytest.mark.slow
 def test_offline_run_looks_up_no_name_and_does_not_wait(tmp_path):
     site = tmp_path / "blackhole"
     site.mkdir()
