@@ -203,33 +203,49 @@ def _mixed_dot(x: jax.Array, w: jax.Array, dtypes: tuple) -> jax.Array:
 def _mixed_dot_fwd(x, w, dtypes):
     x16, w16 = x.astype(dtypes[0]), w.astype(dtypes[0])
     # The residuals are the low-precision copies: half the bytes of float32 activations.
-    return jnp.dot(x16, w16, preferred_element_type=jnp.float32), (x16, w16)
+    if dtypes[3]:  # w is (out, in)
+        y = jnp.einsum("...i,oi->...o", x16, w16, preferred_element_type=jnp.float32)
+    else:
+        y = jnp.dot(x16, w16, preferred_element_type=jnp.float32)
+    return y, (x16, w16)
 
 
 def _mixed_dot_bwd(dtypes, res, g):
-    (x16, w16), (low, x_dtype, w_dtype) = res, dtypes
+    (x16, w16), (low, x_dtype, w_dtype, w_out_in) = res, dtypes
     # Autodiff of the forward would multiply the float32 cotangent with the low-precision
     # operand, which XLA:CPU computes as a float32 GEMM; rounding g first keeps the backward's
     # two GEMMs on the fast bf16 x bf16 -> f32 kernels too (AMX, AVX512-BF16).
     g16, lead = g.astype(low), tuple(range(x16.ndim - 1))
-    dx = jnp.dot(g16, w16.T, preferred_element_type=jnp.float32)
-    dw = jnp.tensordot(x16, g16, axes=(lead, lead), preferred_element_type=jnp.float32)
+    f32 = jnp.float32
+    if w_out_in:
+        dx = jnp.dot(g16, w16, preferred_element_type=f32)
+        dw = jnp.tensordot(g16, x16, axes=(lead, lead), preferred_element_type=f32)
+    else:
+        dx = jnp.dot(g16, w16.T, preferred_element_type=f32)
+        dw = jnp.tensordot(x16, g16, axes=(lead, lead), preferred_element_type=f32)
     return dx.astype(x_dtype), dw.astype(w_dtype)  # dw of a frozen kernel is unused: XLA drops it
 
 
 _mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
 
 
-def mixed_dot(x: jax.Array, w: jax.Array, dtype: Any = jnp.bfloat16) -> jax.Array:
+def mixed_dot(
+    x: jax.Array, w: jax.Array, dtype: Any = jnp.bfloat16, w_out_in: bool = False
+) -> jax.Array:
     """x (..., in) @ w (in, out) with both operands rounded to `dtype` and the products
     accumulated and returned in float32, in the forward and in both backward products.
+
+    `w_out_in`: w is stored (out, in), e.g. a tied LM head's embedding table (x @ w.T). Pass
+    the table itself, not `table.T`: the gradient of `table.T`, reduced (a
+    gradient norm), fails on XLA:CPU ("Unsupported element type for DotThunk::Execute: BF16 x
+    BF16 = F32"); computed in the table's own layout it does not.
 
     Example:
         >>> x, w = jnp.ones((2, 3)), jnp.ones((3, 4))
         >>> mixed_dot(x, w).dtype
         dtype('float32')
     """
-    return _mixed_dot(x, w, (jnp.dtype(dtype), x.dtype, w.dtype))
+    return _mixed_dot(x, w, (jnp.dtype(dtype), x.dtype, w.dtype, w_out_in))
 
 
 def layer_index(path: Iterable[str]) -> int | None:

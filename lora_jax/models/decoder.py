@@ -135,7 +135,7 @@ def tied_logits(embed: nn.Embed, x: jax.Array, dtype: str) -> jax.Array:
     (the table may be stored in bfloat16: `attend` would cast all of it to float32)."""
     if check_dtype(dtype) == "float32":
         return embed.attend(x)
-    return mixed_dot(x, embed.embedding.T, dtype)
+    return mixed_dot(x, embed.embedding, dtype, w_out_in=True)
 
 
 def write_cache(cache_arr: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
