@@ -49,7 +49,7 @@ test: install ## Run the fast tests (no torch: the PEFT interop tests have their
 test-unit: install ## Run tests/unit alone: in process, no training run (about a minute)
 	$(PY) -m pytest tests/unit -m "not slow and not interop" -n 2 --dist worksteal $(ARGS)
 
-test-slow: install ## Run the long tests alone (each over ~20 s on 2 cores; CI runs them after make test)
+test-slow: install ## Run the long tests alone (each over ~15 s on 2 cores; CI runs them after make test)
 	$(PY) -m pytest -m "slow and not interop" -n 2 --dist worksteal $(ARGS)
 
 # torch==2.13.0 (pinned in the extra) is the CPU wheel on local disk; ~30 s, ~1 GB, once.

@@ -135,6 +135,7 @@ def _assert_same_run(run: Path, reference: Path) -> None:
         np.testing.assert_allclose(ours[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     reference = _start([*RUN, "data.batch_size=16", f"hydra.run.dir={one}"], tmp_path)

@@ -61,6 +61,7 @@ def test_experiment_composes_and_validates(name: str) -> None:
             plan(run_config(job))
 
 
+@pytest.mark.slow
 def test_table2_takes_each_tasks_settings_from_table9() -> None:
     cells = {}
     for job in _jobs("table2_glue"):

@@ -37,6 +37,7 @@ def _sweep(tmp_path: Path, *overrides: str) -> tuple[Path, list[dict]]:
     return sweep, summary
 
 
+@pytest.mark.slow
 def test_classification_from_jsonl(tmp_path):
     _, summary = _sweep(
         tmp_path, *FAST, f"data.path={MR_FILES / 'jsonl'}", "data.columns.text=sentence"
@@ -61,6 +62,7 @@ def test_regression_from_parquet(tmp_path):
     assert all(set(e["metrics"]["final"]) >= {"pearson", "spearman"} for e in summary)
 
 
+@pytest.mark.slow
 def test_prompt_completion_from_csv(tmp_path):
     rows = [json.loads(line) for line in (MR_FILES / "completion.jsonl").read_text().splitlines()]
     path = tmp_path / "data" / "reviews.csv"

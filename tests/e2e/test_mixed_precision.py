@@ -141,8 +141,8 @@ def _dtypes(tree) -> set[str]:
     # tiny_gpt2 full FT: the tied LM head's table trains (its bf16 gradient once failed on
     # XLA:CPU, `mixed_dot(w_out_in=True)`).
     [
-        ("tiny_bert", False, 3e-3),
-        ("tiny_bert", True, 3e-4),
+        pytest.param("tiny_bert", False, 3e-3, marks=pytest.mark.slow),
+        pytest.param("tiny_bert", True, 3e-4, marks=pytest.mark.slow),
         ("tiny_llama", False, 3e-3),
         ("tiny_gpt2", True, 3e-4),
     ],

@@ -179,6 +179,7 @@ def test_fsdp_meshes_train_like_one_device(tmp_path):
     print(json.dumps({k: (v["frozen_total"], v["frozen_per_device"][0]) for k, v in runs.items()}))
 
 
+@pytest.mark.slow
 def test_fsdp_run_trains_like_one_device(tmp_path):
     """The entry point with `trainer.mesh.fsdp=4` on 8 devices: the same losses and metrics."""
     common = [

@@ -315,6 +315,7 @@ def test_resume_after_a_signal_matches_uninterrupted(tmp_path, uninterrupted, si
     assert got["final"] == pytest.approx(uninterrupted["final"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_fused_group_stops_on_sigterm_and_resumes(tmp_path, uninterrupted):
     """`hydra/launcher=fused`: the group finishes its step, every member saves it; the rerun
     resumes fused and the rank-2 member ends as the separate uninterrupted run (within the
@@ -475,6 +476,7 @@ def test_joblib_launcher_and_seed_pairs(tmp_path):
     assert "seed 0 vs 1 (r=2)" in (sweep_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_analysis_of_runs_that_adapt_different_matrices(tmp_path):
     """dW vs W needs each run's own base kernels (q in one run, v in the other)."""
     sweep_dir = tmp_path / "targets"

@@ -99,6 +99,7 @@ def test_init_adapters_loads_an_exported_adapter(tmp_path: Path) -> None:
         plan(_config("model=tiny_bert", f"lora.init_from={tmp_path / 'missing'}"))
 
 
+@pytest.mark.slow
 def test_epochs_and_init_from_through_the_entry_point(tmp_path: Path) -> None:
     first = tmp_path / "first"
     # The MR sentences kept as local files: 96 training rows, batch 16 gives 6 steps per epoch.
