@@ -20,7 +20,9 @@ from lora_jax.analysis import (
     subspace_similarity,
 )
 
-SETTINGS = settings(max_examples=15, deadline=None)
+# derandomize: the same examples every run, so their compiled programs come from the compile
+# cache (random shapes compiled anew each run) and a failure on CI repeats on a laptop.
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
 
 
 def _orthogonal(rng, n, k=None):

@@ -13,7 +13,9 @@ from tolerance import FLOAT32_U
 
 from lora_jax.analysis import SUMMARY_KEYS, dw_svd, spectrum, spectrum_summary, summarize_spectrum
 
-SETTINGS = settings(max_examples=15, deadline=None)
+# derandomize: the same examples every run, so their compiled programs come from the compile
+# cache (random shapes compiled anew each run) and a failure on CI repeats on a laptop.
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
 
 
 @SETTINGS
