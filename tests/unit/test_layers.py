@@ -25,6 +25,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "lora_jax"
 # The readers and the math the analysis may use; they import only among themselves.
 READERS = {
+    "lora_jax.cache",
     "lora_jax.lora",
     "lora_jax.lazy",
     "lora_jax.scaling",
@@ -42,7 +43,7 @@ READERS = {
 }
 # Lowest first; the package face (`lora_jax/__init__.py`) re-exports from every layer.
 LAYERS = (
-    ("lora", "lazy", "scaling", "user_errors", "runs"),
+    ("cache", "lora", "lazy", "scaling", "user_errors", "runs"),
     ("weights", "peft_adapter"),
     ("adapter_io", "analysis", "audit"),
     ("models", "data", "partition", "config", "config_rules", "budget"),
