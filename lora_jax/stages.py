@@ -14,6 +14,7 @@ callback) and `python -m experiments.analyze <sweep>` both run this one function
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -102,6 +103,26 @@ def finish_sweep(
             write_audit(adapters, sweep_dir, energy=0.9, pairs=False)
         log_analysis_run(sweep_dir, runs, analysis)
     result = make_report(sweep_dir, use_wandb=use_wandb, runs=runs)  # each folder read once
+    split = time_split_line([r.metrics for r in runs])
+    if split:
+        print(split)
     print(result.wandb_message)
     print(result.markdown.absolute())
     return result.html
+
+
+def time_split_line(metrics: list[dict]) -> str | None:
+    """Where a run's wall time went, each phase's median over the runs' `metrics.json`
+    (`time_split_s`, `lora_jax.train.time_split`), and what lies beyond the steps as a
+    fraction of the step time; None when no run has a split (runs from before it existed)."""
+    splits = [m["time_split_s"] for m in metrics if m.get("time_split_s")]
+    if not splits:
+        return None
+    phases = sorted({phase for split in splits for phase in split})
+    median = {p: statistics.median(split.get(p, 0.0) for split in splits) for p in phases}
+    parts = ", ".join(f"{p} {s:.1f} s" for p, s in median.items())
+    line = f"[lora_jax] time per run (median of {len(splits)}): {parts}"
+    if median.get("steps"):
+        beyond = sum(s for p, s in median.items() if p != "steps") / median["steps"]
+        line += f"; beyond the steps: {beyond:.0%} of the step time"
+    return line

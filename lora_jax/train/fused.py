@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from lora_jax.train.members import (
 from lora_jax.train.objectives import classification, evaluate, objective_spec
 from lora_jax.train.runner import claim_or_exit, completed, train_members
 from lora_jax.train.setup import plan, prepare_run, step_rng
+from lora_jax.train.time_split import TimeSplit
 
 # Config keys that may differ inside a group (the rest must be equal). `lora.rank` is the
 # interpolated `rank`; logger settings and the progress bar do not change the numbers.
@@ -113,7 +113,7 @@ class FusedGroup:
     """
 
     def __init__(self, cfgs: Sequence[Config], chunk: int | None = None) -> None:
-        self.started = time.perf_counter()
+        self.clock = TimeSplit()
         # Before `prepare_run` writes config.yaml (the launcher checked in plan_groups).
         claim_or_exit([(cfg, cfg.workdir) for cfg in cfgs])
         self.plans = [plan(cfg) for cfg in cfgs]
@@ -121,7 +121,8 @@ class FusedGroup:
         self.setups = []
         for cfg, p, workdir in zip(cfgs, self.plans, self.workdirs, strict=True):
             workdir.mkdir(parents=True, exist_ok=True)
-            self.setups.append(prepare_run(cfg, p, workdir))
+            with self.clock.phase("setup"):
+                self.setups.append(prepare_run(cfg, p, workdir))
         first = self.setups[0]
         self.cfg, self.objective_base = first.cfg, first.objective
         steps = {s.cfg.trainer.steps for s in self.setups}
@@ -222,7 +223,7 @@ class FusedGroup:
         `metrics.json` record or the exception that stopped it (e.g. `NonFiniteLossError`)."""
         extra = {"engine": "fused", "fused_members": len(self)}
         desc = f"fused x{len(self)}"
-        return train_members(self, self.setups, self.workdirs, self.started, desc, extra, on_result)
+        return train_members(self, self.setups, self.workdirs, self.clock, desc, extra, on_result)
 
 
 def train_fused(

@@ -17,7 +17,7 @@ import functools
 
 # jax._src.dispatch.BACKEND_COMPILE_EVENT: recorded when XLA has compiled a program (not when
 # the persistent cache had it).
-_COMPILED = "/jax/core/compile/backend_compile_duration"
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _MIN_SECONDS = 0.05  # a trim walks the heap (~ms): not after each of the tiny op-by-op programs
 
 
@@ -35,7 +35,7 @@ def give_back_heap_after_compiles() -> None:
     import jax
 
     def listener(event: str, seconds: float, **_: object) -> None:
-        if event == _COMPILED and seconds >= _MIN_SECONDS:
+        if event == COMPILE_EVENT and seconds >= _MIN_SECONDS:
             give_back_heap()
 
     jax.monitoring.register_event_duration_secs_listener(listener)

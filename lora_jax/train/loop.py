@@ -20,6 +20,7 @@ from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.train.distributed import agreed_signal, is_primary
 from lora_jax.train.optim import schedule
 from lora_jax.train.signals import Interrupted, stop_requests
+from lora_jax.train.time_split import TimeSplit
 from lora_jax.train.tracking import Tracker
 
 
@@ -191,24 +192,30 @@ def resume(engine: Engine, logs: list[RunLog]) -> int:
     return steps.pop()
 
 
-def train_loop(engine: Engine, logs: list[RunLog], desc: str) -> tuple[int, dict[int, Exception]]:
+def train_loop(
+    engine: Engine, logs: list[RunLog], desc: str, clock: TimeSplit
+) -> tuple[int, dict[int, Exception]]:
     """Resume, then step until `trainer.steps` (or every member failed), with the periodic
-    hooks: spectra, evaluation, checkpoint. Returns the last step and the members stopped by a
-    `NonFiniteLossError` (the others train on)."""
+    hooks: spectra, evaluation, checkpoint, each timed on `clock`. Returns the last step and
+    the members stopped by a `NonFiniteLossError` (the others train on)."""
     t, n = logs[0].trainer, engine.members
-    step = resume(engine, logs)
-    engine.ready()
+    with clock.phase("setup"):
+        step = resume(engine, logs)
+        engine.ready()
     errors: dict[int, Exception] = {}
     live = lambda: [i for i in range(n) if i not in errors]  # noqa: E731
     bar = progress_bar(t.steps, initial=step, enabled=t.progress and is_primary(), desc=desc)
     postfix: dict[str, str] = {}  # the last logged loss and evaluation, per member
 
     def spectra(step: int) -> None:
-        for i in live():
-            logs[i].log_spectra(step, engine.member_trainable(i))
+        with clock.phase("spectra"):
+            for i in live():
+                logs[i].log_spectra(step, engine.member_trainable(i))
 
     def evaluation(step: int) -> None:
-        for i, metrics in enumerate(engine.evaluate()):
+        with clock.phase("eval"):
+            evaluated = engine.evaluate()
+        for i, metrics in enumerate(evaluated):
             if i in live():
                 logs[i].evaluated(step, metrics)
         main = logs[0].main
@@ -217,8 +224,9 @@ def train_loop(engine: Engine, logs: list[RunLog], desc: str) -> tuple[int, dict
     saved = [step]  # the step of the newest checkpoint (or the one resumed from)
 
     def checkpoint(step: int) -> None:
-        for i in live():
-            logs[i].checkpoint(step, engine.member_state(i), engine.member_iter(i))
+        with clock.phase("save"):
+            for i in live():
+                logs[i].checkpoint(step, engine.member_state(i), engine.member_iter(i))
         saved[0] = step
 
     hooks = [
@@ -228,20 +236,21 @@ def train_loop(engine: Engine, logs: list[RunLog], desc: str) -> tuple[int, dict
     ]
     with stop_requests() as stop:
         while step < t.steps and len(errors) < n:
-            own, batch = engine.next_batch()
-            outs = engine.train(batch, step)
-            step += 1
-            losses = []
-            for i in live():  # NaN/inf stops a member here, before its hooks
-                try:
-                    row = logs[i].after_step(step, outs[i], own[i])
-                except NonFiniteLossError as err:
-                    if n > 1:  # the others train on
-                        print(f"[lora_jax] {err}")
-                    errors[i] = err
-                    continue
-                if row is not None:
-                    losses.append(f"{row['train/loss']:.4f}")
+            with clock.phase("steps"):
+                own, batch = engine.next_batch()
+                outs = engine.train(batch, step)
+                step += 1
+                losses = []
+                for i in live():  # NaN/inf stops a member here, before its hooks
+                    try:
+                        row = logs[i].after_step(step, outs[i], own[i])
+                    except NonFiniteLossError as err:
+                        if n > 1:  # the others train on
+                            print(f"[lora_jax] {err}")
+                        errors[i] = err
+                        continue
+                    if row is not None:
+                        losses.append(f"{row['train/loss']:.4f}")
             if losses:
                 postfix["loss"] = ",".join(losses)
             if live():

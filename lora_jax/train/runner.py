@@ -5,7 +5,6 @@ and refuses a folder holding another config's results (`run_identity`)."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,6 +26,7 @@ from lora_jax.train.objectives import evaluate
 from lora_jax.train.run_identity import RunIdentityError, claim, exit_on_error
 from lora_jax.train.setup import RunSetup, plan, prepare_run, step_rng
 from lora_jax.train.steps import make_eval_step, make_train_step, step_compiler_options
+from lora_jax.train.time_split import TimeSplit
 from lora_jax.train.tracking import Tracker
 from lora_jax.weights.base_kernels import layer_kernels, save_kernels
 
@@ -130,7 +130,7 @@ def train_members(
     engine: Engine,
     setups: Sequence[RunSetup],
     workdirs: Sequence[Path],
-    start: float,
+    clock: TimeSplit,
     desc: str,
     extra: dict[str, Any] | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
@@ -145,12 +145,15 @@ def train_members(
             ckpt = stack.enter_context(Checkpointer(RunFolder(workdir).checkpoints, keep=keep))
             tracker = stack.enter_context(open_tracker(s.cfg, workdir, s.sizes))
             logs.append(RunLog(s.cfg, s.plan, tracker, ckpt))
-        steps, errors = train_loop(engine, logs, desc)
+        steps, errors = train_loop(engine, logs, desc, clock)
         if len(errors) == len(setups) == 1:
             raise errors[0]
         live = [i for i in range(len(setups)) if i not in errors]
         # Members resumed at their last step have not evaluated in this process.
-        finals = None if all(logs[i].metrics for i in live) else engine.evaluate()
+        finals = None
+        if not all(logs[i].metrics for i in live):
+            with clock.phase("eval"):
+                finals = engine.evaluate()
         results: list[dict[str, Any] | Exception] = []
         for i, (s, log) in enumerate(zip(setups, logs, strict=True)):
             if i in errors:
@@ -158,7 +161,8 @@ def train_members(
                 continue
             final, best = log.metrics or finals[i], log.best
             if s.objective.final is not None:  # once, at the end (e.g. BLEU of decoded text)
-                once = s.objective.final(engine.member_params(i))
+                with clock.phase("eval"):
+                    once = s.objective.final(engine.member_params(i))
                 log.tracker.log({f"eval/{k}": v for k, v in once.items()}, steps)
                 final = {**final, **once}
                 # The best step's own values are known only if it is the last step.
@@ -166,7 +170,7 @@ def train_members(
             trainable = engine.member_trainable(i)
             if jax.process_count() > 1:  # whole on every process (FSDP shards a full FT's)
                 trainable = jax.tree.map(distributed.gather, trainable)
-            result = finish_run(workdirs[i], log.tracker, trainable, s, final, best, steps, start)
+            result = finish_run(workdirs[i], log.tracker, trainable, s, final, best, steps, clock)
             results.append({**result, **(extra or {})})
     for workdir, result in zip(workdirs, results, strict=True):
         if isinstance(result, dict):
@@ -193,10 +197,11 @@ def run(
         return done
     p = plan(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    s = prepare_run(cfg, p, workdir)
+    clock = TimeSplit()
+    with clock.phase("setup"):
+        s = prepare_run(cfg, p, workdir)
     engine = OneRun(s)
-    (result,) = train_members(engine, [s], [workdir], start, workdir.name, on_result=on_result)
+    (result,) = train_members(engine, [s], [workdir], clock, workdir.name, on_result=on_result)
     return result
 
 
@@ -208,19 +213,20 @@ def finish_run(
     final: dict[str, Any],
     best: dict[str, Any],
     steps: int,
-    start: float,
+    clock: TimeSplit,
 ) -> dict[str, Any]:
     """Export the adapter, log the summary and return the run's `metrics.json` record."""
     cfg, sizes, p = s.cfg, s.sizes, s.plan
     primary = distributed.is_primary()  # process 0 writes the run folder
-    if primary:
-        hub = models.hub_id(cfg.model.name)
-        export_adapter(RunFolder(workdir).adapter, trainable, p.lora, s.pre, hub)
-    if primary and p.full_finetune:
-        # The full update W_ft - W_0 of every matrix a LoRA could adapt, for the rank analysis.
-        w_ft = layer_kernels(trainable)
-        update = {k: w_ft[k] - w0 for k, w0 in s.initial_kernels.items()}
-        save_kernels(RunFolder(workdir).full_update, update, family_of(s.pre))
+    with clock.phase("save"):
+        if primary:
+            hub = models.hub_id(cfg.model.name)
+            export_adapter(RunFolder(workdir).adapter, trainable, p.lora, s.pre, hub)
+        if primary and p.full_finetune:
+            # The full update W_ft - W_0 of every matrix a LoRA could adapt (rank analysis).
+            w_ft = layer_kernels(trainable)
+            update = {k: w_ft[k] - w0 for k, w0 in s.initial_kernels.items()}
+            save_kernels(RunFolder(workdir).full_update, update, family_of(s.pre))
     result = {
         "status": "complete",
         "final": final,
@@ -229,7 +235,8 @@ def finish_run(
         "steps": steps,
         "devices": jax.device_count(),
         "processes": jax.process_count(),
-        "wall_time_s": time.perf_counter() - start,
+        "wall_time_s": clock.wall(),
+        "time_split_s": clock.seconds(),
         "rank": p.lora.rank,
         "targets": list(p.lora.targets),
         "alpha": p.lora.alpha,

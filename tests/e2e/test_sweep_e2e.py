@@ -38,6 +38,10 @@ def test_sweep_writes_runs_summary_and_report(fast_sweep):
         m = entry["metrics"]
         assert m["status"] == "complete" and m["steps"] == 20
         assert 0.0 <= m["final"]["accuracy"] <= 1.0
+        split = m["time_split_s"]  # where the run's time went: the phases sum to its wall time
+        assert {"setup", "steps", "eval", "save", "spectra", "compile", "other"} <= set(split)
+        assert sum(split.values()) == pytest.approx(m["wall_time_s"], abs=0.05)
+        assert min(split.values()) >= -0.01
         assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
         assert (
             json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["r"] == m["rank"]
@@ -45,6 +49,7 @@ def test_sweep_writes_runs_summary_and_report(fast_sweep):
         assert (run_dir / "checkpoints").is_dir()
         assert (run_dir / "config.yaml").exists()
         assert f"rank={m['rank']}" in entry["overrides"]
+    assert "[lora_jax] time per run (median of 2): compile" in proc.stdout
     report = (sweep_dir / "report.md").read_text()
     assert "| rank | metric |" in report and "\n| 1 | accuracy (%) |" in report
     assert not (sweep_dir / "report").exists()  # one report per sweep, at its root
