@@ -138,7 +138,7 @@ def main() -> None:
         n_modules=len(sys.modules),
     )
     from benchmarks.step import MODES, load_minilm, step_inputs
-    from lora_jax.train.heap import give_back_heap
+    from lora_jax.train.compiles import give_back_heap
 
     spec = MODES[args.mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")

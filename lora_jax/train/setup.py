@@ -25,7 +25,6 @@ from lora_jax.peft_adapter import adapter_folder
 from lora_jax.runs.files import write_atomic
 from lora_jax.runs.layout import RunFolder
 from lora_jax.train import distributed, parallel
-from lora_jax.train.heap import give_back_heap_after_compiles
 from lora_jax.train.loaders import Data, make_data
 from lora_jax.train.objectives import Objective, make_objective, objective_spec
 from lora_jax.train.optim import make_tx
@@ -161,7 +160,6 @@ def prepare_run(cfg: Config, p: Plan, workdir: Path) -> RunSetup:
     # `OneRun.ready` spreads it. Several processes keep that path: `distributed.put` and the
     # full-FT copy of W_0 below read every leaf back whole, which a leaf spread over other
     # processes' devices does not allow.
-    give_back_heap_after_compiles()
     place = None
     if jax.device_count() > 1 and jax.process_count() == 1:
         place = parallel.placer(parallel.data_mesh(fsdp=cfg.trainer.mesh.fsdp))

@@ -11,42 +11,28 @@ A fused group's members share one clock: each member's split is the group's.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 
-from lora_jax.train.heap import COMPILE_EVENT
-
-_compiled = [0.0]  # seconds XLA has spent compiling in this process
-
-
-@functools.cache
-def _count_compiles() -> None:
-    import jax
-
-    def listener(event: str, seconds: float, **_: object) -> None:
-        if event == COMPILE_EVENT:
-            _compiled[0] += seconds
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
+from lora_jax.train.compiles import compiled_seconds, watch_compiles
 
 
 class TimeSplit:
     """A run's clock: `with split.phase("eval"): ...`, then `split.seconds()`."""
 
     def __init__(self) -> None:
-        _count_compiles()
+        watch_compiles()  # also hands each compile's scratch back (train.compiles)
         self.start = time.perf_counter()
         self._seconds: dict[str, float] = defaultdict(float)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        began, compiled = time.perf_counter(), _compiled[0]
+        began, compiled = time.perf_counter(), compiled_seconds()
         try:
             yield
         finally:
-            compiling = _compiled[0] - compiled
+            compiling = compiled_seconds() - compiled
             self._seconds["compile"] += compiling
             self._seconds[name] += time.perf_counter() - began - compiling
 
