@@ -17,6 +17,8 @@ ARGS ?=
 # step, 2-8% faster). glibc.malloc.hugetlb=1 alone bounds the peak RSS more tightly, ~4% slower
 # (docs/benchmarks.md, "Against PEFT").
 FAST_MALLOC := glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295:glibc.malloc.hugetlb=1
+# Where memory is short: `GLIBC_TUNABLES=$(LEAN_MALLOC) make sweep` (benchmarks/real_run.py measures both).
+LEAN_MALLOC := glibc.malloc.hugetlb=1
 sweep experiments-cpu bench: export GLIBC_TUNABLES ?= $(FAST_MALLOC)
 # The paper's tables at CPU scale (conf/experiment/*_cpu.yaml); table3/table18 need assets-e2e.
 CPU_EXPERIMENTS ?= table2_cpu table5_cpu table6_cpu fig3_fig4_cpu table7_cpu table3_cpu table18_cpu

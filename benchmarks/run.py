@@ -18,7 +18,9 @@ back, and XLA's per-step scratch, `xla_temp_mb`); each round also
 measures both sides' matmul peak (4096², float32 and bfloat16) in fresh processes. The JSON
 (`benchmarks/results/versus_peft-<time>.json`) holds every job, the medians over rounds, the
 ratios ours/peer (step time, peak RSS; of the medians and paired per round), the CPU model and
-flags, thread counts, GLIBC_TUNABLES, XLA_FLAGS and the load average before and after.
+flags, thread counts, GLIBC_TUNABLES, XLA_FLAGS and the load average before and after. Then
+`real_run`: the peak RSS of a whole training run on each side, evaluations and checkpoints
+included (`benchmarks/real_run.py`, `--real-run-steps`, the same rounds).
 
 **`--suite ours`.** For each mode (LoRA r = 1, 8, 64 on Wq,Wv; head only; full fine-tuning) a
 fresh process loads MiniLM, compiles the real train step (`lora_jax.train.steps.make_train_step`) and
@@ -85,6 +87,13 @@ def main() -> None:
         default=None,
         help="GLIBC_TUNABLES for the timed processes, e.g. glibc.malloc.arena_max=1:"
         "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295 (reuse freed memory)",
+    )
+    parser.add_argument(
+        "--real-run-steps",
+        type=int,
+        default=20,
+        help="versus: also a real training run of this many steps on each side, evaluated at "
+        "the middle and the end, for peak RSS (benchmarks/real_run.py); 0 skips it",
     )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one job in this process
     args = parser.parse_args()

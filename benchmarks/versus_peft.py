@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.real_run import print_real_run, real_run
 from benchmarks.step import BATCH, CPU_FLAGS, DTYPES, LENGTH, VERSUS_MODES
 
 
@@ -222,9 +223,14 @@ def run_versus(args, env: dict) -> Path:
     """`versus`, its JSON written to `benchmarks/results/versus_peft-<time>.json`, the table
     printed; returns the JSON's path."""
     result = versus(args, env)
+    if args.real_run_steps:
+        print("real runs (benchmarks/real_run.py)", flush=True)
+        result["real_run"] = real_run(args.real_run_steps, args.real_run_steps // 2, args.rounds)
     out = Path(__file__).parent / "results" / f"versus_peft-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print_versus(result)
+    if "real_run" in result:
+        print_real_run(result["real_run"])
     print(out)
     return out

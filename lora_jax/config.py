@@ -111,7 +111,7 @@ class TrainerConfig:
     # Paper-style training: `epochs` passes over the train split (steps = epochs x batches per
     # epoch, overriding `steps`), evaluated and checkpointed at the end of every epoch.
     epochs: int | None = None
-    eval_every: int = 100
+    eval_every: int = 200  # = steps: one evaluation, at the end
     log_every: int = 10
     checkpoint_every: int = 100
     spectrum_every: int = 50  # rank summaries of every adapter to the logger (0 = off)

@@ -29,6 +29,7 @@ from lora_jax.report.sections.full_finetuning import versus_full
 from lora_jax.report.sections.metric_figure import ERROR_BARS, metric_vs_rank
 from lora_jax.report.sections.over_training import dynamics_section
 from lora_jax.report.sections.rank_analysis import load_analysis, rank_analysis
+from lora_jax.report.sections.rank_growth import rank_growth_section
 from lora_jax.report.sections.seed_section import seed_section
 from lora_jax.report.sections.training_curves import (
     LR,
@@ -141,6 +142,8 @@ def build_document(
     if SweepFolder(sweep_dir).audit_json.is_file():  # sweeps analysed before the audit: none
         sections.extend(audit_sections(sweep_dir, figures))
     analysis = load_analysis(sweep_dir) or {}
+    if blocks := rank_growth_section(cells, analysis):
+        sections.append(Section("The rank a LoRA uses", blocks))
     if analysis.get("dynamics"):
         blocks = dynamics_section(analysis, sweep_dir)
         sections.append(Section("Rank measurements over training", blocks))

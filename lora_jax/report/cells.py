@@ -122,6 +122,17 @@ def varying_axes(cells: list[Cell]) -> list[str]:
     return [k for k in keys if len({json.dumps(c.axes.get(k), default=str) for c in cells}) > 1]
 
 
+def groups_along(cells: list[Cell], axis: str) -> list[list[Cell]]:
+    """Cells that agree on every axis but `axis` (groups of two or more), in report order."""
+    groups: dict[str, list[Cell]] = {}
+    for c in cells:
+        key = json.dumps(
+            {k: v for k, v in c.axes.items() if k != axis}, sort_keys=True, default=str
+        )
+        groups.setdefault(key, []).append(c)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 def cell_label(cell: Cell, axes: list[str]) -> str:
     """`k=v` for the given axes (e.g. the varying ones), targets in the paper's notation."""
     from lora_jax.report.paper import weight_label

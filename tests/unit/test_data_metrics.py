@@ -92,3 +92,26 @@ def test_custom_taskspec_passes_through():
     )  # fmt: skip
     assert get_task(spec) is spec
     assert compute_metrics(spec, np.eye(2), np.array([0, 1])) == {"accuracy": 1.0}
+
+
+@pytest.mark.parametrize("task", ["glue_mrpc", "glue_cola", "glue_stsb", "glue_mnli"])
+def test_every_metric_ignores_the_order_of_the_pairs(task):
+    """Evaluation reads its split shortest first (`train.loaders.shortest_first`): a metric must
+    be a function of the (prediction, label) pairs alone."""
+    rng = np.random.default_rng(0)
+    n, spec = 50, get_task(task)
+    preds = rng.normal(size=n) if spec.is_regression else rng.normal(size=(n, spec.num_labels))
+    labels = rng.normal(size=n) if spec.is_regression else rng.integers(0, spec.num_labels, n)
+    order = rng.permutation(n)
+    shuffled = compute_metrics(task, preds[order], labels[order])
+    assert shuffled == pytest.approx(compute_metrics(task, preds, labels), abs=1e-12)
+
+
+def test_evaluation_reads_the_split_shortest_text_first():
+    from lora_jax.train.loaders import shortest_first
+
+    rows = [{"id": i, "s": "x" * n, "p": b"y" * (i % 3)} for i, n in enumerate([5, 1, 3, 1, 9])]
+    out = shortest_first(rows)
+    # lengths by id: 5+0, 1+1, 3+2, 1+0, 9+1; the tie of ids 0 and 2 keeps their order
+    assert [r["id"] for r in out] == [3, 1, 0, 2, 4]
+    assert sorted(map(id, out)) == sorted(map(id, rows))  # the same records, reordered

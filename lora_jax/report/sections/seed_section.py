@@ -8,9 +8,7 @@ with the group's best (`seed_stats.compare`).
 
 from __future__ import annotations
 
-import json
-
-from lora_jax.report.cells import Cell, cell_label, varying_axes
+from lora_jax.report.cells import Cell, cell_label, groups_along, varying_axes
 from lora_jax.report.render.document import Block, Table
 from lora_jax.report.render.format import diff_unit, fmt_stats, num, scale, unit
 from lora_jax.report.sections.our_setup import value_point
@@ -26,17 +24,6 @@ from lora_jax.report.seed_stats import (
 )
 
 
-def _groups(cells: list[Cell], axis: str) -> list[list[Cell]]:
-    """Cells that agree on every axis but `axis`, each group in report order."""
-    groups: dict[str, list[Cell]] = {}
-    for c in cells:
-        key = json.dumps(
-            {k: v for k, v in c.axes.items() if k != axis}, sort_keys=True, default=str
-        )
-        groups.setdefault(key, []).append(c)
-    return [g for g in groups.values() if len(g) > 1]
-
-
 def comparisons(cells: list[Cell], at: str, summaries: dict[int, SeedSummary]) -> list[list[str]]:
     """Rows (axis, the other axes' values, verdict): each cell against the best cell of its
     group, along each varying axis. `summaries`: id(cell) -> its summary, for the cells with
@@ -45,7 +32,7 @@ def comparisons(cells: list[Cell], at: str, summaries: dict[int, SeedSummary]) -
     axes = varying_axes(cells)
     for axis in axes:
         others = [k for k in axes if k != axis]
-        for group in _groups(cells, axis):
+        for group in groups_along(cells, axis):
             group = [c for c in group if id(c) in summaries]
             if len(group) < 2:
                 continue
