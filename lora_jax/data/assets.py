@@ -30,6 +30,7 @@ import sys
 import tarfile
 
 from lora_jax.cache import cache_root
+from lora_jax.user_errors import user_errors
 
 VADER_VERSION = "3.3.2"
 VADER_ARCHIVE = f"vaderSentiment-{VADER_VERSION}.tar.gz"
@@ -200,8 +201,15 @@ def fetch_bigbench_archive(dest: pathlib.Path) -> pathlib.Path:
     with urllib.request.urlopen(request, timeout=60) as r:
         files = json.load(r)["files"]
     entry = next((f for f in files if f["filename"] == BIGBENCH_ARCHIVE), None)
-    if entry is None:
-        raise RuntimeError(f"{BIGBENCH_INDEX} lists no {BIGBENCH_ARCHIVE}")
+    if entry is None:  # seen 2026-12-07: the index keeps only bigbench 0.0.1 (no task files)
+        listed = ", ".join(f["filename"] for f in files) or "nothing"
+        raise FileNotFoundError(
+            f"{BIGBENCH_INDEX} no longer lists {BIGBENCH_ARCHIVE} (it lists {listed}), the "
+            "only offline source of E2E this project knows. To use E2E, put its task file at "
+            f"{e2e_source_path()}: `{E2E_MEMBER.split('/', 1)[1]}` from a copy of that archive "
+            "or of github.com/google/BIG-bench, then run the same command again. Or train on "
+            "your own files: data=local (docs/data.md)."
+        )
     dest.mkdir(parents=True, exist_ok=True)
     archive, digest = dest / BIGBENCH_ARCHIVE, hashlib.sha256()
     with urllib.request.urlopen(entry["url"], timeout=60) as r, open(archive, "wb") as f:
@@ -284,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="re-fetch and re-prepare")
     args = parser.parse_args(argv)
     if args.what == "e2e":
-        path = ensure_e2e(force=args.force)
+        with user_errors():
+            path = ensure_e2e(force=args.force)
         print(f"e2e_nlg_bigbench ready in {path} (source {e2e_source_path()})")
         return 0
     path = ensure_mr(force=args.force)

@@ -19,6 +19,7 @@ One module per job. At the top, the data the report reads and the two builders:
 - `sections.metric_figure`: the main metric against the rank (figure);
 - `sections.seed_section`: the seed statistics section;
 - `sections.rank_analysis`: the rank analysis (phi heatmaps, dW against W, spectra);
+- `sections.rank_used`: how the rank dW uses grows with r (the exponent β over seeds);
 - `sections.full_finetuning`: LoRA against full fine-tuning (ranks, intruders, model evals);
 - `sections.versus_full_seeds`: LoRA against full fine-tuning over seeds;
 - `sections.over_training`: the rank measurements over training (`dynamics`);

@@ -29,7 +29,7 @@ from lora_jax.report.sections.full_finetuning import versus_full
 from lora_jax.report.sections.metric_figure import ERROR_BARS, metric_vs_rank
 from lora_jax.report.sections.over_training import dynamics_section
 from lora_jax.report.sections.rank_analysis import load_analysis, rank_analysis
-from lora_jax.report.sections.rank_growth import rank_growth_section
+from lora_jax.report.sections.rank_used import rank_growth_section
 from lora_jax.report.sections.seed_section import seed_section
 from lora_jax.report.sections.training_curves import (
     LR,

@@ -16,7 +16,11 @@ def test_real_run_measures_both_sides_under_the_makefile_settings():
     fast = makefile_setting("FAST_MALLOC")
     assert result["allocators"]["FAST_MALLOC"] == fast and "arena_max=1" in fast
     jobs = {(j["side"], j["allocator"]): j for j in result["jobs"]}
-    assert set(jobs) == {("ours", "FAST_MALLOC"), ("ours", "LEAN_MALLOC"), ("peft", "glibc default")}
+    assert set(jobs) == {
+        ("ours", "FAST_MALLOC"),
+        ("ours", "LEAN_MALLOC"),
+        ("peft", "glibc default"),
+    }
     peft = jobs[("peft", "glibc default")]
     assert len(peft["accuracies"]) == 2 and all(0.3 < a < 0.8 for a in peft["accuracies"])
     for job in jobs.values():  # a real process: a model, a runtime and data are hundreds of MB

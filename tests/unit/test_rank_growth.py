@@ -11,7 +11,7 @@ from conftest import write_run
 
 from lora_jax.analysis.rank_growth import growth_exponent, slope
 from lora_jax.report.cells import group_cells
-from lora_jax.report.sections.rank_growth import rank_growth_fits
+from lora_jax.report.sections.rank_used import rank_growth_fits
 from lora_jax.runs.record import read_runs
 
 RANKS = (1, 4, 16, 64)
