@@ -72,3 +72,19 @@ def test_table_and_verdicts_over_three_seeds():
 @pytest.mark.parametrize("seeds", [(0,), (0, 1)])
 def test_nothing_below_three_seeds(seeds):
     assert versus_full_over_seeds({"versus_full": [_entry(s) for s in seeds]}) == []
+
+
+def test_norm_ratio_is_the_median_over_shared_matrices():
+    """LoRA's ||B·A||_F over the full update's, matrix by matrix: 0.1, 0.2 and 0.6 (a matrix
+    only LoRA adapts is left out), median 0.2; in the table as that over seeds."""
+    entry = _entry(0)
+    for i, full_norm in enumerate((10.0, 5.0, 2.0)):
+        entry["matrices"][f"layer_{i}/q"]["frobenius"] = full_norm
+    lora = {f"layer_{i}/q": {"frobenius": x} for i, x in enumerate((1.0, 1.0, 1.2))}
+    lora["layer_9/v"] = {"frobenius": 50.0}
+    analysis = {"versus_full": [entry], "runs": {"r4,seed=0": {"adapters": lora}}}
+    from lora_jax.report.sections.versus_full_seeds import norm_ratio
+
+    assert norm_ratio(analysis, entry, "r4,seed=0") == pytest.approx(0.2)
+    assert norm_ratio(analysis, entry, "not analysed") is None
+    assert per_method(analysis)["LoRA r=4"]["norm_ratio"] == {0: pytest.approx(0.2)}

@@ -4,8 +4,9 @@ fine-tuning" section when at least `MIN_SEEDS` full fine-tuning runs were evalua
 Per method (full fine-tuning, LoRA at each rank), over the seeds: the task metric, the
 forgetting, the smallest truncation rank keeping 90% of the gain (full fine-tuning and the
 highest LoRA rank) and the intruder dimensions (median over matrices) as mean ± standard
-deviation; then each LoRA rank against full fine-tuning on the task metric and the forgetting,
-paired over seeds (`seed_stats.compare`).
+deviation, and each LoRA update's norm against the full update's of the same seed; then each
+LoRA rank against full fine-tuning on the task metric and the forgetting, paired over seeds
+(`seed_stats.compare`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ def _intruders(entry: dict[str, Any], matrices: dict[str, Any]) -> float:
     return float(np.median([m["intruders"][at] for m in matrices.values()]))
 
 
+def norm_ratio(analysis: dict[str, Any], entry: dict[str, Any], name: str) -> float | None:
+    """||B·A||_F / ||dW_full||_F of LoRA run `name` against the entry's full update, the median
+    over the matrices both adapt (tinker-feedback#67 asks it beside the best-rate ratio); None
+    when the LoRA run's spectra are not in the analysis."""
+    adapters = (analysis.get("runs") or {}).get(name, {}).get("adapters", {})
+    ratios = [
+        adapters[key]["frobenius"] / m["frobenius"]
+        for key, m in entry["matrices"].items()
+        if key in adapters and m.get("frobenius")
+    ]
+    return float(np.median(ratios)) if ratios else None
+
+
 def per_method(analysis: dict[str, Any]) -> dict[str, dict[str, dict[int, float]]]:
     """{method: {quantity: {seed: value}}} over the `versus_full` entries with model
     evaluations; methods in order: full FT, then LoRA by rank."""
@@ -48,6 +62,8 @@ def per_method(analysis: dict[str, Any]) -> dict[str, dict[str, dict[int, float]
             }
             if e.get("truncation"):
                 values["rank_for_90"] = e["truncation"]["rank_for_90"]
+            if not full:
+                values["norm_ratio"] = norm_ratio(analysis, entry, name)
             for quantity, x in values.items():
                 if x is not None:
                     out.setdefault(method, {}).setdefault(quantity, {})[seed] = float(x)
@@ -87,6 +103,7 @@ def versus_full_over_seeds(analysis: dict[str, Any]) -> list[Block]:
             _mean_sd(q["forgetting"]),
             _mean_sd(q.get("rank_for_90")),
             _mean_sd(q["intruders"]),
+            _mean_sd(q.get("norm_ratio")),
         ]
         for method, q in methods.items()
     ]
@@ -98,6 +115,7 @@ def versus_full_over_seeds(analysis: dict[str, Any]) -> list[Block]:
             "forgetting",
             "truncation rank for 90% of the gain",
             f"intruders at epsilon {epsilon} (median over matrices)",
+            "||B·A||_F / ||dW_full||_F (median over matrices)",
         ],
         rows,
         caption=f"Over seeds (mean ± sample sd). Forgetting: {measure}, higher = more lost.",
@@ -123,4 +141,4 @@ def versus_full_over_seeds(analysis: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-__all__ = ["per_method", "versus_full_over_seeds"]
+__all__ = ["norm_ratio", "per_method", "versus_full_over_seeds"]
