@@ -14,7 +14,9 @@ from lora_jax.train import plan
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # Post-paper experiments that exist at CPU scale only (their point is the small-scale answer).
-POST_PAPER_CPU_ONLY = {"rslora", "lr_vs_rank", "rank_advice"}
+POST_PAPER_CPU_ONLY = {
+    *("rslora", "lr_vs_rank", "rank_advice", "rank_growth", "attention_vs_all", "decoder_findings"),
+}
 PAPER_ITEMS = {"table2", "table3", "table5", "table6", "table7", "table18", "fig3", "fig4"}
 
 
@@ -34,6 +36,7 @@ def test_there_is_a_cpu_and_a_full_scale_file_for_each_table() -> None:
         *("table2", "table3", "table5", "table6", "table7", "table18", "fig3_fig4"),
         # Not paper items: the questions that came after the paper.
         *("lora_vs_full", "rslora", "lr_vs_rank", "rank_advice"),
+        *("rank_growth", "attention_vs_all", "decoder_findings"),
     }
     for item in cpu - POST_PAPER_CPU_ONLY:
         assert any(n.startswith(item) and not n.endswith("_cpu") for n in EXPERIMENTS), item
@@ -104,6 +107,16 @@ def test_table5_shares_one_budget() -> None:
         ranks[_resolved(job)["targets"]] = plan(run_config(job)).lora.rank
     # The paper's Table 5: rank 8 on one type = rank 4 on two = rank 2 on four.
     assert ranks == {"q": 8, "k": 8, "v": 8, "o": 8, "qk": 4, "qv": 4, "qkvo": 2}
+
+
+def test_attention_only_gets_the_parameters_of_every_matrix_at_rank_4() -> None:
+    ranks = {
+        _resolved(j)["targets"]: plan(run_config(j)).lora.rank
+        for j in _jobs("attention_vs_all_cpu")
+    }
+    # MiniLM per layer and rank: 4 x (384 + 384) on attention, 2 x (384 + 1536) more on the
+    # FFN; 9 x 3,072 = 4 x 6,912 = 27,648 parameters per layer.
+    assert ranks == {"qkvo": 9, "qkvo+ffn_in+ffn_out": 4}
 
 
 @pytest.mark.parametrize("name", ["table7_cpu_long", "fig3_fig4_cpu_long"])
