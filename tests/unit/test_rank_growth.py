@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import scipy.stats
 from conftest import write_run
 
-from lora_jax.analysis.rank_growth import growth_exponent, slope
+from lora_jax.analysis.rank_growth import fit_line, growth_exponent, slope
 from lora_jax.report.cells import group_cells
 from lora_jax.report.sections.rank_used import rank_growth_fits
 from lora_jax.runs.record import read_runs
@@ -21,6 +22,14 @@ def test_slope_of_a_power_law_is_its_exponent():
     assert slope({r: 3.0 * r**0.27 for r in RANKS}) == pytest.approx(0.27)
     assert slope({r: 2.0 for r in RANKS}) == pytest.approx(0.0, abs=1e-12)  # no growth
     assert slope({r: float(r) for r in RANKS}) == pytest.approx(1.0)  # every rank used
+
+
+def test_r_squared_says_when_one_power_law_does_not_fit():
+    assert fit_line({r: 3.0 * r**0.27 for r in RANKS})[1] == pytest.approx(1.0)
+    peaked = {1: 1.0, 4: 1.9, 16: 2.0, 64: 1.6, 256: 1.4}  # rises, then falls (MiniLM's shape)
+    ref = scipy.stats.linregress(np.log(list(peaked)), np.log(list(peaked.values())))
+    assert fit_line(peaked) == pytest.approx((ref.slope, ref.rvalue**2))
+    assert fit_line(peaked)[1] < 0.5
 
 
 def test_slope_needs_two_usable_ranks():
@@ -38,7 +47,7 @@ def test_exponent_over_seeds_is_the_mean_slope_with_a_t_interval():
         0.95, 2, loc=fit["beta"], scale=scipy.stats.sem(list(betas.values()))
     )
     assert fit["ci"] == pytest.approx(list(expected))
-    assert (fit["seeds"], fit["ranks"]) == (3, list(RANKS))
+    assert (fit["seeds"], fit["ranks"], fit["r_squared"]) == (3, list(RANKS), pytest.approx(1.0))
 
 
 def test_one_seed_has_no_interval_and_no_usable_seed_no_fit():

@@ -61,6 +61,7 @@ def rank_growth_section(cells: list[Cell], analysis: dict[str, Any]) -> list[Blo
             MEASURES[f["measure"]],
             f"{f['beta']:.3f}",
             "n/a (1 seed)" if f["ci"] is None else f"[{f['ci'][0]:.3f}, {f['ci'][1]:.3f}]",
+            f"{f['r_squared']:.2f}",
             str(f["seeds"]),
             ",".join(map(str, f["ranks"])),
         ]
@@ -70,9 +71,10 @@ def rank_growth_section(cells: list[Cell], analysis: dict[str, Any]) -> list[Blo
     caption = (
         "How the rank dW uses grows with r: measure ∝ r^β, β the least-squares slope of "
         "log(measure) on log(r) for each seed (the median over a matrix type's layers, or over "
-        f"every matrix), its mean over seeds with a {CONFIDENCE:.0%} t interval. β = 1: every "
-        "added rank is used; β = 0: none is. Published (SSRN 6580122, stable rank on 1-3B "
-        f"decoders): β ≈ {lo}-{hi}."
+        f"every matrix), its mean over seeds with a {CONFIDENCE:.0%} t interval; R², the median "
+        "over seeds, says how well one power law fits (low: the measure peaks and falls, or "
+        "jumps). β = 1: every added rank is used; β = 0: none is. Published (SSRN 6580122, stable rank on 1-3B "
+        f"decoders): β ≈ {lo:.2f}-{hi:.2f}."
     )
-    columns = ["runs", "matrix", "measure", "β", f"{CONFIDENCE:.0%} CI", "seeds", "ranks"]
+    columns = ["runs", "matrix", "measure", "β", f"{CONFIDENCE:.0%} CI", "R²", "seeds", "ranks"]
     return [Table(columns, rows, caption=caption)]
