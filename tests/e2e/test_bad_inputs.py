@@ -38,7 +38,10 @@ slow = pytest.mark.slow
 # (entry point, arguments, what the message must contain: the key and the allowed values)
 TRAIN_CASES = [
     # A typo in an optional group used to start the default job (exit 0).
-    (["experiment=table99"], ["experiment='table99'", "allowed: fig3_fig4_cpu", "table6_cpu"]),
+    (
+        ["experiment=table99"],
+        ["experiment='table99'", "allowed: attention_vs_all_cpu", "fig3_fig4_cpu", "table6_cpu"],
+    ),
     (["debug=fst"], ["debug='fst'", "allowed: fast", "`debug=fast`"]),
     # Nonsense numbers used to run to completion.
     (["optim.lr=0"], ["optim.lr=0", "allowed: a number > 0", "`optim.lr=1e-3`"]),
