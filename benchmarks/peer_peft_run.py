@@ -22,9 +22,9 @@ import resource
 import time
 from pathlib import Path
 
-from benchmarks.peer_peft import minilm_folder
+from benchmarks.peer_peft import BATCH, LENGTH, minilm_folder
 
-BATCH, MAX_LEN, EVAL_BATCH, LR = 32, 64, 128, 1e-3  # = conf/data/mr.yaml, conf/optim/adamw.yaml
+EVAL_BATCH, LR = 128, 1e-3  # = conf/data/mr.yaml's eval_batch_size, conf/optim/adamw.yaml's lr
 
 
 def mr_splits() -> dict[str, list[tuple[str, int]]]:
@@ -68,7 +68,7 @@ def train(steps: int, eval_every: int, out: Path) -> dict:
     def encode(rows):
         texts, labels = zip(*rows, strict=True)
         batch = tokenizer(
-            list(texts), padding=True, truncation=True, max_length=MAX_LEN, return_tensors="pt"
+            list(texts), padding=True, truncation=True, max_length=LENGTH, return_tensors="pt"
         )
         return batch, torch.tensor(labels)
 

@@ -38,12 +38,6 @@ def fit_line(by_rank: Mapping[int, float]) -> tuple[float, float] | None:
     return float(b), r2
 
 
-def slope(by_rank: Mapping[int, float]) -> float | None:
-    """The slope of `fit_line` (the exponent of one seed)."""
-    line = fit_line(by_rank)
-    return None if line is None else line[0]
-
-
 def growth_exponent(
     values: Mapping[int, Mapping[int, float]], confidence: float = CONFIDENCE
 ) -> dict | None:

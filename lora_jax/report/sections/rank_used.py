@@ -31,9 +31,9 @@ def rank_growth_fits(cells: list[Cell], analysis: dict[str, Any]) -> list[dict]:
     `growth_exponent` result with "group", "measure" and "matrix" added."""
     entries = updates(analysis)
     lora = [c for c in cells if not c.full_finetune and c.rank > 0]
+    others = [k for k in varying_axes(lora) if k != "rank"]  # what tells the groups apart
     fits = []
     for group in groups_along(lora, "rank"):
-        others = [k for k in varying_axes(lora) if k != "rank"]
         label = cell_label(group[0], others) or "all runs"
         for measure in MEASURES:
             values: dict[str, dict[int, dict[int, float]]] = {}  # matrix -> seed -> rank -> v
@@ -73,8 +73,8 @@ def rank_growth_section(cells: list[Cell], analysis: dict[str, Any]) -> list[Blo
         "log(measure) on log(r) for each seed (the median over a matrix type's layers, or over "
         f"every matrix), its mean over seeds with a {CONFIDENCE:.0%} t interval; R², the median "
         "over seeds, says how well one power law fits (low: the measure peaks and falls, or "
-        "jumps). β = 1: every added rank is used; β = 0: none is. Published (SSRN 6580122, stable rank on 1-3B "
-        f"decoders): β ≈ {lo:.2f}-{hi:.2f}."
+        "jumps). β = 1: every added rank is used; β = 0: none is. Published (SSRN 6580122, "
+        f"stable rank on 1-3B decoders): β ≈ {lo:.2f}-{hi:.2f}."
     )
     columns = ["runs", "matrix", "measure", "β", f"{CONFIDENCE:.0%} CI", "R²", "seeds", "ranks"]
     return [Table(columns, rows, caption=caption)]
