@@ -18,7 +18,7 @@ A step is forward, backward and `optimizer.step()`; dtypes `float32`, and `bfloa
 `torch.autocast("cpu", dtype=torch.bfloat16)` (weights and optimizer stay float32, as AMP).
 Median of `--steps` steps after 3 warm-up steps. Each (mode, dtype) runs in its own process,
 so `peak_rss_mb` is that step's process alone (read before any matmul timing). The torch
-matmul peak (4096², float32 and bfloat16) comes from `--one matmul`.
+matmul peak (4096², each of `--dtypes`) comes from `--one matmul`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import resource
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.timing import step_summary, timed
@@ -139,13 +140,13 @@ def bench_step(mode: str, dtype: str, steps: int) -> dict:
     }
 
 
-def matmul_peak(n: int = 4096, steps: int = 3) -> dict:
-    """torch's GFLOP/s on an n x n matmul, float32 and bfloat16 (oneDNN; AMX where present)."""
+def matmul_peak(dtypes: Sequence[str] = DTYPES, n: int = 4096, steps: int = 3) -> dict:
+    """torch's GFLOP/s on an n x n matmul in each of `dtypes` (oneDNN; AMX where present)."""
     import torch
 
     out = {}
-    for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        a = torch.randn(n, n).to(dt)
+    for name in dtypes:
+        a = torch.randn(n, n).to(getattr(torch, name))
         s = statistics.median(timed(lambda a=a: torch.mm(a, a), steps, warmup=1))
         out[name] = 2 * n**3 / s / 1e9
     return {
@@ -168,13 +169,13 @@ def versions() -> dict:
     }
 
 
-def child(job: str, steps: int, env: dict | None = None) -> dict:
+def child(job: str, steps: int, dtypes: Sequence[str] = DTYPES) -> dict:
     """Run `--one job` in a fresh process; its JSON line."""
+    cmd = ["--one", job, "--steps", str(steps), "--dtypes", ",".join(dtypes)]
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.peer_peft", "--one", job, "--steps", str(steps)],
+        [sys.executable, "-m", "benchmarks.peer_peft", *cmd],
         capture_output=True,
         text=True,
-        env=env,
     )
     if proc.returncode:
         raise RuntimeError(f"peer_peft --one {job} failed:\n{proc.stderr[-3000:]}")
@@ -192,13 +193,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         if args.one == "matmul":
-            row = matmul_peak()
+            row = matmul_peak(args.dtypes.split(","))
         else:
             mode, _, dtype = args.one.partition(":")
             row = bench_step(mode, dtype or "float32", args.steps)
         print(json.dumps(row))
         return
-    peak = child("matmul", args.steps)
+    peak = child("matmul", args.steps, args.dtypes.split(","))
     print(
         "torch matmul 4096²: "
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak["matmul_gflops"].items())

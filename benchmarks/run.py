@@ -6,7 +6,7 @@
 **Versus PEFT (the default).** lora_jax's train step and PEFT's (`benchmarks/peer_peft.py`,
 torch CPU) on the same MiniLM from the same local files, the same batch, dropout 0 everywhere,
 AdamW, HF's head (pooler + classifier: `pooling="cls"` on our side): LoRA r=8 on Wq,Wv and full
-fine-tuning, float32 and bfloat16 (PEFT: `torch.autocast("cpu", dtype=torch.bfloat16)`, weights
+fine-tuning, float32, and bfloat16 where the CPU has AVX512-BF16 or AMX (`--dtypes`; PEFT: `torch.autocast("cpu", dtype=torch.bfloat16)`, weights
 and optimizer float32; ours: `model.dtype=bfloat16`, the projections as bf16 x bf16 -> float32
 dots, the frozen base stored in bfloat16, what trains and the optimizer float32; under full
 fine-tuning float32 master weights). `--rounds` rounds; in each, every
@@ -15,7 +15,7 @@ that goes first alternating, so drift in machine load hits both alike. Each proc
 the median of `--steps` steps after 3 warm-up steps and its own peak RSS (ours also where it
 goes: RSS before and after compiling, after `malloc_trim` hands the compiler's freed heap
 back, and XLA's per-step scratch, `xla_temp_mb`); each round also
-measures both sides' matmul peak (4096², float32 and bfloat16) in fresh processes. The JSON
+measures both sides' matmul peak (4096², in the same dtypes) in fresh processes. The JSON
 (`benchmarks/results/versus_peft-<time>.json`) holds every job, the medians over rounds, the
 ratios ours/peer (step time, peak RSS; of the medians and paired per round), the CPU model and
 flags, thread counts, GLIBC_TUNABLES, XLA_FLAGS and the load average before and after. Then
@@ -43,7 +43,6 @@ from pathlib import Path
 
 from benchmarks.step import (
     BATCH,
-    DTYPES,
     LENGTH,
     MODES,
     VERSUS_MODES,
@@ -52,7 +51,7 @@ from benchmarks.step import (
     matmul_peak,
     matmul_peaks,
 )
-from benchmarks.versus_peft import run_versus
+from benchmarks.versus_peft import cpu_info, run_versus, versus_dtypes
 
 
 def main() -> None:
@@ -76,8 +75,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--dtypes",
-        default=",".join(DTYPES),
-        help="versus: float32,bfloat16 (ours: model.dtype; PEFT: torch.autocast bfloat16)",
+        default="auto",
+        help="versus: comma list of float32,bfloat16 (ours: model.dtype; PEFT: torch.autocast "
+        "bfloat16); auto: float32, and bfloat16 where the CPU has AVX512-BF16 or AMX",
     )
     parser.add_argument(
         "--cpus", default=None, help="versus: pin both sides' processes to these cores, e.g. 0"
@@ -99,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         if args.one == "matmul":
-            row = matmul_peaks()
+            row = matmul_peaks(versus_dtypes(args.dtypes, cpu_info()["flags"]))
         elif args.one == "inference":
             row = bench_inference(args.steps or 20)
         elif ":" in args.one:  # versus: MODE:DTYPE

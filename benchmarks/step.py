@@ -11,6 +11,7 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.timing import step_summary, timed
@@ -38,21 +39,23 @@ def matmul_peak(n: int = 4096, steps: int = 5) -> float:
     return 2 * n**3 / statistics.median(timed(lambda: f(a).block_until_ready(), steps)) / 1e9
 
 
-def matmul_peaks(n: int = 4096, steps: int = 3) -> dict:
-    """XLA's GFLOP/s on an n x n matmul, float32 and bfloat16 (as `peer_peft.matmul_peak`)."""
+def matmul_peaks(dtypes: Sequence[str] = DTYPES, n: int = 4096, steps: int = 3) -> dict:
+    """XLA's GFLOP/s on an n x n matmul in each of `dtypes` (as `peer_peft.matmul_peak`), and
+    with bfloat16 operands accumulated in float32 when bfloat16 is asked for."""
     import jax
     import jax.numpy as jnp
 
+    def gflops(f: Callable, a: jax.Array) -> float:
+        s = statistics.median(timed(lambda: f(a).block_until_ready(), steps, warmup=1))
+        return 2 * n**3 / s / 1e9
+
     out = {}
-    for name, dt in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
-        a = jax.random.normal(jax.random.key(0), (n, n), dt)
-        f = jax.jit(lambda x: x @ x)
-        s = statistics.median(timed(lambda f=f, a=a: f(a).block_until_ready(), steps, warmup=1))
-        out[name] = 2 * n**3 / s / 1e9
-    # bf16 operands, float32 accumulation and result: the dot XLA:CPU sends to AMX kernels
-    f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
-    s = statistics.median(timed(lambda: f(a).block_until_ready(), steps, warmup=1))
-    out["bfloat16_f32acc"] = 2 * n**3 / s / 1e9
+    for name in dtypes:
+        a = jax.random.normal(jax.random.key(0), (n, n), getattr(jnp, name))
+        out[name] = gflops(jax.jit(lambda x: x @ x), a)
+        if name == "bfloat16":  # bf16 operands, float32 result: the dot XLA:CPU sends to AMX
+            f32acc = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+            out["bfloat16_f32acc"] = gflops(f32acc, a)
     return {
         "side": "ours",
         "matmul_gflops": out,

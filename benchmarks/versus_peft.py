@@ -41,6 +41,16 @@ def cpu_info() -> dict:
     }
 
 
+def versus_dtypes(asked: str, flags: dict[str, bool]) -> list[str]:
+    """The dtypes to compare: `asked` (comma list), or for `auto` float32, and bfloat16 where
+    the CPU multiplies it in hardware (AVX512-BF16 or AMX). Without it torch's bfloat16 4096²
+    matmul alone takes minutes (AMD EPYC Zen 3, AVX2) and measures an emulation."""
+    if asked != "auto":
+        return asked.split(",")
+    native = flags.get("avx512_bf16") or flags.get("amx_bf16")
+    return ["float32", "bfloat16"] if native else ["float32"]
+
+
 def _median_row(rows: list[dict]) -> dict:
     times = [r["step_s_median"] for r in rows]
     return {
@@ -56,7 +66,7 @@ def _median_row(rows: list[dict]) -> dict:
 def versus(args, env: dict) -> dict:
     """lora_jax vs PEFT, interleaved rounds of fresh processes (see benchmarks/run.py's
     docstring)."""
-    modes, dtypes = args.modes.split(","), args.dtypes.split(",")
+    modes, dtypes = args.modes.split(","), versus_dtypes(args.dtypes, cpu_info()["flags"])
     bad = set(modes) - set(VERSUS_MODES) or set(dtypes) - set(DTYPES)
     if bad:
         raise SystemExit(
@@ -72,6 +82,7 @@ def versus(args, env: dict) -> dict:
         load = os.getloadavg()[0]
         start = time.perf_counter()
         cmd = [sys.executable, "-m", module[side], "--one", job, "--steps", str(args.steps)]
+        cmd += ["--dtypes", ",".join(dtypes)] if job == "matmul" else []
         proc = subprocess.run(
             cmd,
             capture_output=True,
@@ -140,16 +151,10 @@ def versus(args, env: dict) -> dict:
                 steps[f"{mode}:float32"]["ours"]["step_s_median"]
                 / steps[f"{mode}:bfloat16"]["peer"]["step_s_median"]
             )
-    matmul = {
-        side: {
-            dt: statistics.median(
-                j["matmul_gflops"][dt] for j in jobs if j["side"] == side and "matmul_gflops" in j
-            )
-            for dt in (*DTYPES, "bfloat16_f32acc")
-            if side == "ours" or dt in DTYPES
-        }
-        for side in ("ours", "peer")
-    }
+    matmul = {}
+    for side in ("ours", "peer"):
+        rows = [j["matmul_gflops"] for j in jobs if j["side"] == side and "matmul_gflops" in j]
+        matmul[side] = {dt: statistics.median(row[dt] for row in rows) for dt in rows[0]}
     peer_matmul = next(j for j in jobs if j["side"] == "peer" and "matmul_gflops" in j)
     import jax  # only for its version; the timed processes are the children
 
@@ -158,6 +163,7 @@ def versus(args, env: dict) -> dict:
         "cpu": cpu_info(),
         "batch": BATCH,
         "length": LENGTH,
+        "dtypes": dtypes,
         "steps_per_job": args.steps,
         "rounds": args.rounds,
         "load_average_before": load_before,
@@ -173,7 +179,7 @@ def versus(args, env: dict) -> dict:
         "versions": {"jax": jax.__version__, **peer_matmul["versions"]},
         "matmul_gflops_4096": {
             **matmul,
-            "ratio_ours_over_peer": {dt: matmul["ours"][dt] / matmul["peer"][dt] for dt in DTYPES},
+            "ratio_ours_over_peer": {dt: matmul["ours"][dt] / matmul["peer"][dt] for dt in dtypes},
         },
         "train_step": steps,
         "jobs": jobs,
@@ -193,12 +199,13 @@ def print_versus(result: dict) -> None:
         f"; XLA_FLAGS={result['xla_flags']}"
     )
     print(f"{'matmul 4096² GFLOP/s':<22} {'ours (XLA)':>10} {'PEFT (torch)':>12} {'ours/PEFT':>9}")
-    for dt in DTYPES:
+    for dt in result["dtypes"]:
         print(
             f"  {dt:<20} {m['ours'][dt]:10.0f} {m['peer'][dt]:12.0f} "
             f"{m['ratio_ours_over_peer'][dt]:9.2f}"
         )
-    print(f"  {'bf16 -> f32 (XLA)':<20} {m['ours']['bfloat16_f32acc']:10.0f}")
+    if "bfloat16_f32acc" in m["ours"]:
+        print(f"  {'bf16 -> f32 (XLA)':<20} {m['ours']['bfloat16_f32acc']:10.0f}")
     print(
         f"{'train step':<22} {'ours ms':>10} {'PEFT ms':>12} {'ours/PEFT':>9} {'paired':>13}"
         f" {'ours MB':>8} {'PEFT MB':>8} {'RSS ratio':>9} {'CPU-s ratio':>11}"
