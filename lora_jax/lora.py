@@ -156,6 +156,10 @@ class LoRAConfig:
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
 
+    def __hash__(self) -> int:  # a module holding it can be a static jit argument
+        fields = dataclasses.astuple(self)[:-1]
+        return hash((*fields, tuple(sorted(self.rank_pattern.items()))))
+
     def rank_for(self, target: str, layer: int) -> int:
         """The rank of the adapter on `target` in `layer` (0 if it gets none)."""
         if target not in self.targets or (self.layers is not None and layer not in self.layers):

@@ -32,6 +32,7 @@ _EXPORTS = {
     "make_loader": "pipeline",
     "pad_id_of": "pipeline",
     "steps_per_epoch": "pipeline",
+    "tokenizer_map": "pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

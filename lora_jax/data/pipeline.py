@@ -158,6 +158,30 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def tokenizer_map(
+    tokenizer: tokenizers.Tokenizer,
+    task: str | TaskSpec,
+    max_len: int,
+    prompt: str | None = None,
+    eos_id: int | None = None,
+    chat: Any = None,
+) -> grain.transforms.Map:
+    """The Grain transform that turns one example of `task` into its ids (``make_loader``'s
+    first operation; the arguments as there)."""
+    task = get_task(task)
+    if task.chat:
+        from lora_jax.data.prompts import ChatTokenize
+
+        if chat is None:
+            raise ValueError(f"task {task.name!r} is a chat task: pass chat=ChatTemplate(...)")
+        return ChatTokenize(tokenizer, task, max_len, chat)
+    if task.is_generation:
+        if eos_id is None:
+            raise ValueError(f"task {task.name!r} is a generation task: pass eos_id=...")
+        return CausalLMTokenize(tokenizer, task, max_len, prompt or task.prompt, eos_id)
+    return Tokenize(tokenizer, task, max_len)
+
+
 def make_loader(
     source: Any,
     tokenizer: tokenizers.Tokenizer,
@@ -234,21 +258,12 @@ def make_loader(
         sampler = BlockSampler(
             sampler, batch_size, shard_options.shard_count, fill=not drop_remainder
         )
-    if task.chat:
-        from lora_jax.data.prompts import ChatTokenize
-
-        if chat is None:
-            raise ValueError(f"task {task.name!r} is a chat task: pass chat=ChatTemplate(...)")
-        tokenize = ChatTokenize(tokenizer, task, max_len, chat)
-        collate = CausalLMCollate(pad_id_of(tokenizer, pad_id), max_len, pad, pad_multiple)
-    elif task.is_generation:
-        if eos_id is None:
-            raise ValueError(f"task {task.name!r} is a generation task: pass eos_id=...")
-        tokenize = CausalLMTokenize(tokenizer, task, max_len, prompt or task.prompt, eos_id)
-        collate = CausalLMCollate(pad_id_of(tokenizer, pad_id), max_len, pad, pad_multiple)
+    tokenize = tokenizer_map(tokenizer, task, max_len, prompt, eos_id, chat)
+    pad_id = pad_id_of(tokenizer, pad_id)
+    if task.is_generation:  # chat tasks too
+        collate = CausalLMCollate(pad_id, max_len, pad, pad_multiple)
     else:
-        tokenize = Tokenize(tokenizer, task, max_len)
-        collate = Collate(pad_id_of(tokenizer, pad_id), max_len, pad, pad_multiple)
+        collate = Collate(pad_id, max_len, pad, pad_multiple)
     operations = [
         tokenize,
         grain.transforms.Batch(

@@ -4,6 +4,7 @@ parameters besides the adapters train, what the loaders add and how the `Objecti
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -14,7 +15,7 @@ from flax import traverse_util
 
 from lora_jax import data as data_lib
 from lora_jax import models
-from lora_jax.lora import LORA_LEAVES
+from lora_jax.lora import LORA_LEAVES, LoRAConfig
 from lora_jax.partition import combine
 from lora_jax.train import distributed, lm, planted
 from lora_jax.train.steps import Objective, classification_loss
@@ -38,17 +39,28 @@ def _logits(
 
 def classification(module: Any, task: data_lib.TaskSpec) -> Objective:
     """Cross-entropy (MSE when `task.num_labels == 1`) on the head's logits."""
+    regression = task.num_labels == 1
 
     def loss_fn(params, batch, rng):
         return classification_loss(_logits(module, params, batch, False, rng), batch["labels"]), {}
 
-    def predict_fn(params, batch):
-        logits = _logits(module, params, batch, True)
-        return logits[..., 0] if task.num_labels == 1 else logits
-
     return Objective(
-        loss_fn, predict_fn, lambda preds, labels: data_lib.compute_metrics(task, preds, labels)
+        loss_fn,
+        functools.partial(_predict, module, regression),
+        lambda preds, labels: data_lib.compute_metrics(task, preds, labels),
+        # The same model without adapters: every rank of a sweep evaluates with one program.
+        merged_predict=functools.partial(_predict_jit, module.clone(lora=LoRAConfig()), regression),
     )
+
+
+def _predict(module: Any, regression: bool, params: dict, batch: dict) -> jax.Array:
+    logits = _logits(module, params, batch, True)
+    return logits[..., 0] if regression else logits
+
+
+# Keyed by the module's value, not its identity: runs with equal models share the compiled
+# programs (a sweep's basic launcher runs its jobs in one process).
+_predict_jit = jax.jit(_predict, static_argnums=(0, 1))
 
 
 def evaluate(

@@ -30,6 +30,9 @@ class Objective(NamedTuple):
         prepare: host-side batch transform applied before both steps (e.g. teacher targets).
         final: optional params -> dict of metrics measured once, at the end of a run (e.g.
             BLEU of decoded text); merged into the run's final metrics.
+        merged_predict: optional, jitted (params, batch) -> what `predict_fn` gives, for params
+            whose adapters are folded into their kernels (`lora.merge`): a model without
+            adapters, so one compiled program serves every rank.
     """
 
     loss_fn: LossFn
@@ -37,6 +40,7 @@ class Objective(NamedTuple):
     metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]]
     prepare: Callable[[dict], dict] = lambda batch: batch
     final: Callable[[Any], dict[str, float]] | None = None
+    merged_predict: Callable[[dict, dict], jax.Array] | None = None
 
 
 def _lora_norm(grads: dict) -> jax.Array:

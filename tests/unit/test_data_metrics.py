@@ -107,11 +107,27 @@ def test_every_metric_ignores_the_order_of_the_pairs(task):
     assert shuffled == pytest.approx(compute_metrics(task, preds, labels), abs=1e-12)
 
 
-def test_evaluation_reads_the_split_shortest_text_first():
+def test_evaluation_reads_the_split_fewest_tokens_first():
     from lora_jax.train.loaders import shortest_first
 
-    rows = [{"id": i, "s": "x" * n, "p": b"y" * (i % 3)} for i, n in enumerate([5, 1, 3, 1, 9])]
-    out = shortest_first(rows)
-    # lengths by id: 5+0, 1+1, 3+2, 1+0, 9+1; the tie of ids 0 and 2 keeps their order
-    assert [r["id"] for r in out] == [3, 1, 0, 2, 4]
+    rows = [{"id": i, "n": n} for i, n in enumerate([5, 1, 3, 1, 9, 3])]
+    out = shortest_first(rows, lambda r: r["n"])
+    # ties (ids 1 and 3; 2 and 5) keep their order
+    assert [r["id"] for r in out] == [1, 3, 2, 5, 0, 4]
     assert sorted(map(id, out)) == sorted(map(id, rows))  # the same records, reordered
+
+
+def test_the_eval_split_is_sorted_by_its_tokens(tmp_path):
+    """`make_data` sorts by the tokenizer's count, not by characters: MR's eval batches then
+    pad to fewer tokens."""
+    from conftest import compose_config
+
+    from lora_jax.config import run_config
+    from lora_jax.train.loaders import make_data
+    from lora_jax.train.setup import initial_model, plan
+
+    cfg = run_config(compose_config("model=tiny_bert", f"workdir={tmp_path}"))
+    p = plan(cfg)
+    data = make_data(cfg, p.task, initial_model(cfg, p).tokenizer)
+    lengths = [int(n) for b in data.eval_batches() for n in b["attention_mask"].sum(1)]
+    assert len(lengths) == data.eval_size and lengths == sorted(lengths)
