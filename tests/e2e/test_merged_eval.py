@@ -24,9 +24,11 @@ def _engine(tmp_path, rank: int, *overrides: str) -> OneRun:
     # A trained-looking B (it starts at 0, where merging changes nothing)
     rng = np.random.default_rng(rank)
     engine.trainable = jax.tree_util.tree_map_with_path(
-        lambda path, x: x + 0.3 * rng.standard_normal(x.shape).astype(x.dtype)
-        if path[-1].key == "lora_b"
-        else x,
+        lambda path, x: (
+            x + 0.3 * rng.standard_normal(x.shape).astype(x.dtype)
+            if path[-1].key == "lora_b"
+            else x
+        ),
         engine.trainable,
     )
     return engine
