@@ -202,6 +202,7 @@ def write_run(
     scaling: str = "alpha_over_r",
     full_finetune: bool = False,
     train_rows: list[dict] | None = None,
+    budget_rank: int | None = None,
 ) -> Path:
     """One run folder as `lora_jax.train.run` leaves it (no checkpoints, no adapter)."""
     folder = RunFolder(sweep / name)
@@ -233,7 +234,13 @@ def write_run(
         "scaling": scaling,
         "model": {"name": model},
         "data": {"task": task, "eval_split": "validation", "batch_size": 32, "max_len": 64},
-        "lora": {"rank": rank, "alpha": alpha, "targets": "".join(targets), "rank_pattern": {}},
+        "lora": {
+            "rank": rank,
+            "alpha": alpha,
+            "targets": "".join(targets),
+            "rank_pattern": {},
+            "budget_rank": budget_rank,
+        },
         "optim": {"lr": lr},
         "trainer": {"steps": 200, "eval_every": 100, "progress": False},
         "logger": {"backend": "wandb", "project": "lora_jax", "entity": None, "mode": None}

@@ -122,15 +122,27 @@ def varying_axes(cells: list[Cell]) -> list[str]:
     return [k for k in keys if len({json.dumps(c.axes.get(k), default=str) for c in cells}) > 1]
 
 
-def groups_along(cells: list[Cell], axis: str) -> list[list[Cell]]:
-    """Cells that agree on every axis but `axis` (groups of two or more), in report order."""
+def groups_along(cells: list[Cell], axis: str, moving: tuple[str, ...] = ()) -> list[list[Cell]]:
+    """Cells that agree on every axis but `axis` and the `moving` ones (groups of two or more),
+    in report order."""
     groups: dict[str, list[Cell]] = {}
     for c in cells:
-        key = json.dumps(
-            {k: v for k, v in c.axes.items() if k != axis}, sort_keys=True, default=str
-        )
-        groups.setdefault(key, []).append(c)
+        kept = {k: v for k, v in c.axes.items() if k != axis and k not in moving}
+        groups.setdefault(json.dumps(kept, sort_keys=True, default=str), []).append(c)
     return [g for g in groups.values() if len(g) > 1]
+
+
+def comparable_groups(cells: list[Cell], axis: str) -> list[tuple[list[Cell], tuple[str, ...]]]:
+    """The groups to compare along `axis`, each with the axes that move with it. Under a
+    parameter budget (`lora.budget_rank`) the rank is what the targets buy: target sets are
+    compared at equal parameters, whatever rank each got ("LoRA Without Regret")."""
+    budgeted = [c for c in cells if c.axes.get("lora.budget_rank") is not None]
+    if axis != "targets" or not budgeted:
+        return [(g, ()) for g in groups_along(cells, axis)]
+    free = [c for c in cells if c.axes.get("lora.budget_rank") is None]
+    return [(g, ()) for g in groups_along(free, axis)] + [
+        (g, ("rank",)) for g in groups_along(budgeted, axis, moving=("rank",))
+    ]
 
 
 def cell_label(cell: Cell, axes: list[str]) -> str:

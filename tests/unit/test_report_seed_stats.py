@@ -106,6 +106,40 @@ def test_report_states_means_intervals_and_verdicts(tmp_path):
     assert "mean and 95% bootstrap CI" in md  # the figure's caption says what the bars are
 
 
+def test_target_sets_at_one_parameter_budget_are_compared_whatever_rank_each_bought(tmp_path):
+    """`lora.budget_rank`: attention only at r=9 against every matrix at r=4 (equal parameters)
+    differ in rank and targets, and are still one comparison; without a budget they are not."""
+    attention, every = ("q", "k", "v", "o"), ("q", "k", "v", "o", "ffn_in", "ffn_out")
+    for root, budget in ((tmp_path / "budget", 4), (tmp_path / "free", None)):
+        for targets, rank, values in (
+            (attention, 9, [0.77, 0.78, 0.76]),
+            (every, 4, [0.79, 0.80, 0.79]),
+        ):
+            for seed, v in enumerate(values):
+                name = f"targets={''.join(targets)},seed={seed}"
+                write_run(
+                    root,
+                    name,
+                    rank=rank,
+                    targets=targets,
+                    seed=seed,
+                    best=v,
+                    final=v,
+                    budget_rank=budget,
+                )
+        make_report(root, use_wandb=False)
+    budgeted = (tmp_path / "budget" / "report.md").read_text().split("## Seed statistics")[1]
+    # differences -0.02, -0.02, -0.03: mean -0.02333, sd 0.005774
+    p = 2 * _t_sf_df2((0.07 / 3) / (0.005774 / math.sqrt(3)))
+    assert (
+        f"| targets (at equal parameters) | - | Wq,Wk,Wv,Wo, rank=9 is lower than "
+        f"Wq,Wk,Wv,Wo,Wffn_in,Wffn_out, rank=4 (best) by 2.33 points (paired t-test over 3 "
+        f"seeds, p = {p:.2g}) |" in budgeted
+    )
+    free = (tmp_path / "free" / "report.md").read_text().split("## Seed statistics")[1]
+    assert "at equal parameters" not in free and "(best)" not in free.split("\n## ")[0]
+
+
 def test_one_seed_sweeps_say_that_nothing_can_be_told(tmp_path):
     sweep = _sweep(tmp_path, {1: [0.70], 8: [0.76]})
     assert len(group_cells(read_runs(sweep))) == 2

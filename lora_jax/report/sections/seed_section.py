@@ -3,12 +3,13 @@ over seeds, and which differences between cells a reader may believe.
 
 Comparisons are drawn along one axis at a time (rank, target set, or any other that varies):
 cells that agree on every other axis form a group, and each cell of the group is compared
-with the group's best (`seed_stats.compare`).
+with the group's best (`seed_stats.compare`). Under a parameter budget (`lora.budget_rank`)
+target sets are compared at equal parameters, each at the rank it bought.
 """
 
 from __future__ import annotations
 
-from lora_jax.report.cells import Cell, cell_label, groups_along, varying_axes
+from lora_jax.report.cells import Cell, cell_label, comparable_groups, varying_axes
 from lora_jax.report.render.document import Block, Table
 from lora_jax.report.render.format import diff_unit, fmt_stats, num, scale, unit
 from lora_jax.report.sections.our_setup import value_point
@@ -31,11 +32,11 @@ def comparisons(cells: list[Cell], at: str, summaries: dict[int, SeedSummary]) -
     rows = []
     axes = varying_axes(cells)
     for axis in axes:
-        others = [k for k in axes if k != axis]
-        for group in groups_along(cells, axis):
+        for group, moving in comparable_groups(cells, axis):
             group = [c for c in group if id(c) in summaries]
             if len(group) < 2:
                 continue
+            shown, others = [axis, *moving], [k for k in axes if k != axis and k not in moving]
             metric = group[0].main_metric
             best = group[best_cell_index([summaries[id(c)] for c in group], metric)]
             for c in group:
@@ -43,13 +44,14 @@ def comparisons(cells: list[Cell], at: str, summaries: dict[int, SeedSummary]) -
                 if result is None:
                     continue
                 text = verdict(
-                    f"{cell_label(best, [axis])} (best)",
-                    cell_label(c, [axis]),
+                    f"{cell_label(best, shown)} (best)",
+                    cell_label(c, shown),
                     result,
                     scale(metric),
                     diff_unit(metric),
                 )
-                rows.append([axis, cell_label(best, others) or "-", text])
+                along = f"{axis} (at equal parameters)" if moving else axis
+                rows.append([along, cell_label(best, others) or "-", text])
     return rows
 
 
