@@ -78,15 +78,16 @@ def _prompt(input_ids, attention_mask):
     return ids, mask
 
 
-# Compiled decoders, keyed by the module object (kept alive here) and the static options.
-_COMPILED: dict[tuple, tuple[Any, Any]] = {}
+# Compiled decoders, keyed by the module's value and the static options: runs with equal
+# models (e.g. a sweep's ranks decoding with their adapters merged) share one program.
+_COMPILED: dict[tuple, Any] = {}
 
 
 def _compiled(kind: str, fn, module, **static):
-    key = (kind, id(module), tuple(sorted(static.items())))
-    if key not in _COMPILED or _COMPILED[key][0] is not module:
-        _COMPILED[key] = (module, jax.jit(functools.partial(fn, module, **static)))
-    return _COMPILED[key][1]
+    key = (kind, module, tuple(sorted(static.items())))
+    if key not in _COMPILED:
+        _COMPILED[key] = jax.jit(functools.partial(fn, module, **static))
+    return _COMPILED[key]
 
 
 def greedy_search(

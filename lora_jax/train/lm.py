@@ -22,10 +22,11 @@ every model: no chat template; ``data.prompt=...`` changes it, e.g. to SmolLM2-I
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lora_jax.data.task_spec import LOCAL_TASK
+from lora_jax.lora import LoRAConfig
 from lora_jax.models import generate
 from lora_jax.runs.layout import RunFolder
 from lora_jax.train.steps import Objective
@@ -232,6 +234,7 @@ def objective(
     eval_limit: int | None = None,
     out_dir: str | Path | None = None,
     chat: Any = None,
+    merge_adapters: Callable[[dict], dict] | None = None,
 ) -> Objective:
     """The causal-LM objective (see the module docstring).
 
@@ -242,26 +245,16 @@ def objective(
         eval_limit: decode the first N distinct prompts only (None: all).
         out_dir: where `generations.jsonl` goes (None: not written).
         chat: a chat task's `ChatTemplate` (its prompts and references come from it).
+        merge_adapters: params -> the same with the adapters folded into their kernels
+            (`lora.merge`). Given, the evaluation (`Objective.merged_predict`) and the decoding
+            run the model without adapters, so every rank of a sweep shares their programs;
+            None (a bfloat16 base, which would round dW away) keeps the adapted model.
     """
-
-    def logits_of(params, batch, deterministic, rng=None):
-        return module.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch["attention_mask"],
-            deterministic=deterministic,
-            rngs={"dropout": rng} if rng is not None else None,
-        )
+    plain = module.clone(lora=LoRAConfig()) if merge_adapters is not None else None
 
     def loss_fn(params, batch, rng):
-        logits = logits_of(params, batch, False, rng)
+        logits = _logits(module, params, batch, False, rng)
         return causal_lm_loss(logits, batch["input_ids"], batch["loss_mask"], label_smoothing), {}
-
-    def predict_fn(params, batch):
-        logits = logits_of(params, batch, True)
-        _, nll, mask = token_losses(logits, batch["input_ids"], batch["loss_mask"])
-        correct = (logits[:, :-1].argmax(-1) == batch["input_ids"][:, 1:]) * mask
-        return jnp.stack([(nll * mask).sum(1), mask.sum(1), correct.sum(1)], axis=1)
 
     def metrics(preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         nll, n, correct = preds.astype(np.float64).sum(0)
@@ -275,8 +268,11 @@ def objective(
     def final(params) -> dict[str, float]:
         items = references_by_prompt(eval_source, task, prompt, eval_limit, chat)
         prompts = [p for p, _ in items]
+        decoder = module if plain is None else plain
+        if plain is not None:
+            params = merge_adapters(params)
         hyps = decode_texts(
-            module, params, tokenizer, prompts, eos_id=eos_id, pad_id=pad_id, **(decode or {})
+            decoder, params, tokenizer, prompts, eos_id=eos_id, pad_id=pad_id, **(decode or {})
         )
         if out_dir is not None:
             with open(RunFolder(out_dir).generations, "w") as f:
@@ -284,7 +280,35 @@ def objective(
                     f.write(json.dumps({"prompt": p, "generated": h, "references": refs}) + "\n")
         return {**generation_metrics(hyps, [r for _, r in items]), "decoded": len(hyps)}
 
-    return Objective(loss_fn, predict_fn, metrics, final=final)
+    return Objective(
+        loss_fn,
+        functools.partial(_predict, module),
+        metrics,
+        final=final,
+        merged_predict=None if plain is None else functools.partial(_predict_jit, plain),
+    )
+
+
+def _logits(module: Any, params: dict, batch: dict, deterministic: bool, rng: Any = None):
+    return module.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        deterministic=deterministic,
+        rngs={"dropout": rng} if rng is not None else None,
+    )
+
+
+def _predict(module: Any, params: dict, batch: dict) -> jax.Array:
+    """Per example: summed NLL of its scored tokens, their count, and how many argmax got right."""
+    logits = _logits(module, params, batch, True)
+    _, nll, mask = token_losses(logits, batch["input_ids"], batch["loss_mask"])
+    correct = (logits[:, :-1].argmax(-1) == batch["input_ids"][:, 1:]) * mask
+    return jnp.stack([(nll * mask).sum(1), mask.sum(1), correct.sum(1)], axis=1)
+
+
+# Keyed by the module's value: runs with equal models share the compiled programs.
+_predict_jit = jax.jit(_predict, static_argnums=0)
 
 
 __all__: list[str] = [

@@ -15,7 +15,7 @@ from flax import traverse_util
 
 from lora_jax import data as data_lib
 from lora_jax import models
-from lora_jax.lora import LORA_LEAVES, LoRAConfig
+from lora_jax.lora import LORA_LEAVES, LoRAConfig, check_dtype, merge
 from lora_jax.partition import combine
 from lora_jax.train import distributed, lm, planted
 from lora_jax.train.steps import Objective, classification_loss
@@ -104,6 +104,9 @@ def _generation(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objecti
         eval_limit=g.eval_limit,
         out_dir=cfg.workdir if distributed.is_primary() else None,  # process 0 writes
         chat=lm.chat_of(cfg),
+        merge_adapters=None
+        if check_dtype(cfg.model.dtype) != "float32"
+        else functools.partial(merge, alpha=p.lora.alpha, scaling=p.lora.scaling),
     )
 
 
