@@ -24,7 +24,7 @@ from pathlib import Path
 
 from benchmarks.peer_peft import BATCH, LENGTH, minilm_folder
 
-EVAL_BATCH, LR = 128, 1e-3  # = conf/data/mr.yaml's eval_batch_size, conf/optim/adamw.yaml's lr
+EVAL_BATCH, LR = 32, 1e-3  # = conf/data/mr.yaml's eval_batch_size, conf/optim/adamw.yaml's lr
 
 
 def mr_splits() -> dict[str, list[tuple[str, int]]]:

@@ -66,7 +66,8 @@ def _median_row(rows: list[dict]) -> dict:
 def versus(args, env: dict) -> dict:
     """lora_jax vs PEFT, interleaved rounds of fresh processes (see benchmarks/run.py's
     docstring)."""
-    modes, dtypes = args.modes.split(","), versus_dtypes(args.dtypes, cpu_info()["flags"])
+    cpu = cpu_info()
+    modes, dtypes = args.modes.split(","), versus_dtypes(args.dtypes, cpu["flags"])
     bad = set(modes) - set(VERSUS_MODES) or set(dtypes) - set(DTYPES)
     if bad:
         raise SystemExit(
@@ -160,7 +161,7 @@ def versus(args, env: dict) -> dict:
 
     return {
         "benchmark": "versus_peft",
-        "cpu": cpu_info(),
+        "cpu": cpu,
         "batch": BATCH,
         "length": LENGTH,
         "dtypes": dtypes,

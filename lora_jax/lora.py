@@ -157,8 +157,10 @@ class LoRAConfig:
             object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
 
     def __hash__(self) -> int:  # a module holding it can be a static jit argument
-        fields = dataclasses.astuple(self)[:-1]
-        return hash((*fields, tuple(sorted(self.rank_pattern.items()))))
+        values = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return hash(
+            tuple(tuple(sorted(v.items())) if isinstance(v, Mapping) else v for v in values)
+        )
 
     def rank_for(self, target: str, layer: int) -> int:
         """The rank of the adapter on `target` in `layer` (0 if it gets none)."""

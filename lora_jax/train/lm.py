@@ -268,9 +268,9 @@ def objective(
     def final(params) -> dict[str, float]:
         items = references_by_prompt(eval_source, task, prompt, eval_limit, chat)
         prompts = [p for p, _ in items]
-        decoder = module if plain is None else plain
-        if plain is not None:
-            params = merge_adapters(params)
+        decoder = module
+        if merge_adapters is not None:
+            decoder, params = plain, merge_adapters(params)
         hyps = decode_texts(
             decoder, params, tokenizer, prompts, eos_id=eos_id, pad_id=pad_id, **(decode or {})
         )
@@ -285,6 +285,7 @@ def objective(
         functools.partial(_predict, module),
         metrics,
         final=final,
+        merge_adapters=merge_adapters,
         merged_predict=None if plain is None else functools.partial(_predict_jit, plain),
     )
 

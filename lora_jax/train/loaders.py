@@ -53,9 +53,8 @@ def make_data(cfg: Config, task: Any, tokenizer: Any, **extra: Any) -> Data:
     source = data_lib.load_split(task, split_name)
     if d.eval_limit and d.eval_limit < len(source):  # TFDS rejects slices past the end
         source = data_lib.load_split(task, f"{split_name}[:{d.eval_limit}]")
-    loader_only = ("pad_id",)  # the rest of `extra` says how an example is tokenized
     tokenize = data_lib.tokenizer_map(
-        tokenizer, task, d.max_len, **{k: v for k, v in extra.items() if k not in loader_only}
+        tokenizer, task, d.max_len, extra.get("prompt"), extra.get("eos_id"), extra.get("chat")
     )
     source = shortest_first(source, lambda record: len(tokenize.map(record)["input_ids"]))
 

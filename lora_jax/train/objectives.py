@@ -37,9 +37,21 @@ def _logits(
     )
 
 
-def classification(module: Any, task: data_lib.TaskSpec) -> Objective:
-    """Cross-entropy (MSE when `task.num_labels == 1`) on the head's logits."""
+def merge_adapters(cfg: Config, p: Any) -> Callable[[dict], dict] | None:
+    """params -> the same with the adapters folded into their kernels (`lora.merge`), for a
+    float32 run; None for a bfloat16 base, which would round most of dW away."""
+    if check_dtype(cfg.model.dtype) != "float32":
+        return None
+    return functools.partial(merge, alpha=p.lora.alpha, scaling=p.lora.scaling)
+
+
+def classification(
+    module: Any, task: data_lib.TaskSpec, merge_adapters: Callable[[dict], dict] | None = None
+) -> Objective:
+    """Cross-entropy (MSE when `task.num_labels == 1`) on the head's logits; with `merge_adapters`
+    (what `merge_adapters(cfg, p)` gives), evaluated on the merged model without adapters."""
     regression = task.num_labels == 1
+    plain = module.clone(lora=LoRAConfig()) if merge_adapters is not None else None
 
     def loss_fn(params, batch, rng):
         return classification_loss(_logits(module, params, batch, False, rng), batch["labels"]), {}
@@ -48,8 +60,11 @@ def classification(module: Any, task: data_lib.TaskSpec) -> Objective:
         loss_fn,
         functools.partial(_predict, module, regression),
         lambda preds, labels: data_lib.compute_metrics(task, preds, labels),
+        merge_adapters=merge_adapters,
         # The same model without adapters: every rank of a sweep evaluates with one program.
-        merged_predict=functools.partial(_predict_jit, module.clone(lora=LoRAConfig()), regression),
+        merged_predict=None
+        if plain is None
+        else functools.partial(_predict_jit, plain, regression),
     )
 
 
@@ -104,9 +119,7 @@ def _generation(cfg: Config, p: Any, pre: Any, parts: Any, data: Any) -> Objecti
         eval_limit=g.eval_limit,
         out_dir=cfg.workdir if distributed.is_primary() else None,  # process 0 writes
         chat=lm.chat_of(cfg),
-        merge_adapters=None
-        if check_dtype(cfg.model.dtype) != "float32"
-        else functools.partial(merge, alpha=p.lora.alpha, scaling=p.lora.scaling),
+        merge_adapters=merge_adapters(cfg, p),
     )
 
 
@@ -148,7 +161,8 @@ class ObjectiveSpec(NamedTuple):
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "classification": ObjectiveSpec(
-        lambda cfg, p, pre, parts, data: classification(pre.module, p.task), fusable=True
+        lambda cfg, p, pre, parts, data: classification(pre.module, p.task, merge_adapters(cfg, p)),
+        fusable=True,
     ),
     "generation": ObjectiveSpec(
         _generation,

@@ -15,7 +15,6 @@ import jax
 from lora_jax import models
 from lora_jax.adapter_io import export_adapter, family_of
 from lora_jax.config import Config, to_dict
-from lora_jax.lora import check_dtype, merge
 from lora_jax.partition import combine
 from lora_jax.runs.files import write_atomic
 from lora_jax.runs.layout import METRICS_FILE, RunFolder
@@ -79,13 +78,9 @@ class OneRun:
         self.eval_step = make_eval_step(s.objective.predict_fn)
         self.key = step_rng(s.cfg.seed)
         # Evaluate on W + s·BA through a model without adapters, one program for every rank
-        # (`Objective.merged_predict`); a bfloat16 base would round the update away, and
-        # several devices evaluate through `parallel`'s sharded step.
-        self.merged_eval = (
-            s.objective.merged_predict is not None
-            and check_dtype(s.cfg.model.dtype) == "float32"
-            and jax.device_count() == 1
-        )
+        # (`Objective.merged_predict`, float32 runs); several devices evaluate through
+        # `parallel`'s sharded step.
+        self.merged_eval = s.objective.merged_predict is not None and jax.device_count() == 1
 
     def load(self, states: list[dict[str, Any]]) -> None:
         self.trainable, self.opt_state = states[0]["trainable"], states[0]["opt_state"]
@@ -124,8 +119,7 @@ class OneRun:
             self.s.objective,
         )
         if self.merged_eval:
-            lora = self.s.plan.lora
-            merged = merge(combine(self.trainable, self.parts.frozen), lora.alpha, lora.scaling)
+            merged = objective.merge_adapters(combine(self.trainable, self.parts.frozen))
             return [evaluate(objective.merged_predict, objective, batches, merged, size=size)]
         params = (self.trainable, self.parts.frozen)
         return [evaluate(self.eval_step, objective, batches, *params, size=size)]

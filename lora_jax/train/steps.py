@@ -30,9 +30,10 @@ class Objective(NamedTuple):
         prepare: host-side batch transform applied before both steps (e.g. teacher targets).
         final: optional params -> dict of metrics measured once, at the end of a run (e.g.
             BLEU of decoded text); merged into the run's final metrics.
-        merged_predict: optional, jitted (params, batch) -> what `predict_fn` gives, for params
-            whose adapters are folded into their kernels (`lora.merge`): a model without
-            adapters, so one compiled program serves every rank.
+        merge_adapters: optional params -> the same with the adapters folded into their
+            kernels (`lora.merge`); given, so is `merged_predict`.
+        merged_predict: jitted (merged params, batch) -> what `predict_fn` gives: a model
+            without adapters, so one compiled program serves every rank.
     """
 
     loss_fn: LossFn
@@ -40,6 +41,7 @@ class Objective(NamedTuple):
     metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]]
     prepare: Callable[[dict], dict] = lambda batch: batch
     final: Callable[[Any], dict[str, float]] | None = None
+    merge_adapters: Callable[[dict], dict] | None = None
     merged_predict: Callable[[dict, dict], jax.Array] | None = None
 
 
