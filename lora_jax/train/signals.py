@@ -11,6 +11,7 @@ the new, and the message names the command that redoes it."""
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import sys
@@ -60,21 +61,57 @@ def stop_requests() -> Iterator[list[int]]:
         yield received
 
 
+class _StopAtOnce:
+    """The handler of `stop_at_once`: the first signal raises `Interrupted` where the work is,
+    a second one exits at once. Python swallows what a handler raises when it runs inside a gc
+    callback or a `__del__` ("Exception ignored in"; JAX registers a gc callback), so the
+    unraisable hook re-delivers such an `Interrupted` from a timer thread once the finalizer
+    has returned; a re-delivery is not a second signal."""
+
+    REDELIVER_AFTER_S = 0.01
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.redelivery: threading.Timer | None = None
+        self.previous_hook = sys.unraisablehook
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.signum is not None and self.redelivery is None:
+            os._exit(128 + signum)  # a second signal while unwinding
+        self.signum, self.redelivery = signum, None
+        raise Interrupted(signum)
+
+    def unraisable(self, unraisable) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            return self.previous_hook(unraisable)
+        self.redelivery = threading.Timer(
+            self.REDELIVER_AFTER_S, _thread.interrupt_main, (unraisable.exc_value.signum,)
+        )
+        self.redelivery.start()
+
+    def close(self) -> None:
+        """Back to the previous hook; a swallowed signal whose re-delivery found no work left to
+        stop still ends the process with its status."""
+        sys.unraisablehook = self.previous_hook
+        if self.redelivery is not None:
+            self.redelivery.cancel()
+            raise Interrupted(self.signum)
+
+
 @contextmanager
 def stop_at_once(
     what: str, redo: str = "the files it had written are whole; run the same command again"
 ) -> Iterator[None]:
     """SIGTERM/SIGINT inside: stop where the work is, print `<SIGNAL>: <what> stopped; <redo>`
     and exit 128 + signal (`Interrupted`, no traceback); a second signal exits at once."""
-
-    def handler(signum: int, frame: object) -> None:
-        for s in SIGNALS:  # while unwinding, a second signal ends the process
-            signal.signal(s, lambda n, f: os._exit(128 + n))
-        raise Interrupted(signum)
-
+    handler = _StopAtOnce()
+    sys.unraisablehook = handler.unraisable
     try:
         with _signals_to(handler):
-            yield
+            try:
+                yield
+            finally:
+                handler.close()
     except Interrupted as stop:
         name = signal.Signals(stop.signum).name
         print(f"[lora_jax] {name}: {what} stopped; {redo}", file=sys.stderr, flush=True)
