@@ -10,7 +10,9 @@ faults, and a digest of the trained leaves (to check that a change keeps the num
 JSON line on stdout, the phases on stderr as they happen. Run it under the allocator setting
 (GLIBC_TUNABLES) and XLA_FLAGS you want to study; `--trim` hands malloc's free heap back after
 compiling, as `benchmarks.step.bench_mode` does; `--remat-gelu` recomputes the FFN's GELU in
-the backward pass (an experiment: 144 MB less XLA scratch, not bit-identical).
+the backward pass (an experiment: 144 MB less XLA scratch, not bit-identical); `--as-trained`
+takes MiniLM as a real run trains it (its dropout 0.1, mean pooling, the head's dropout) instead
+of the versus setting (dropout 0, HF's head), to see what dropout's random bits cost.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--trim", action="store_true", help="malloc_trim(0) after compile")
     p.add_argument("--remat-gelu", action="store_true", help="experiment: jax.checkpoint(gelu)")
+    p.add_argument(
+        "--as-trained", action="store_true", help="MiniLM's own dropout and pooling, as a run"
+    )
     args = p.parse_args()
     mark("start")
     import jax
@@ -142,7 +147,7 @@ def main() -> None:
 
     spec = MODES[args.mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")
-    pre = load_minilm(lora, versus=True, dtype=args.dtype)
+    pre = load_minilm(lora, versus=not args.as_trained, dtype=args.dtype)
     mark("load model", heavy=sorted(m for m in HEAVY if m in sys.modules))
     parts, opt_state, step, batch, key = step_inputs(pre, spec, args.dtype)
     mark("params, optimizer, batch", heavy=sorted(m for m in HEAVY if m in sys.modules))
@@ -196,6 +201,7 @@ def main() -> None:
                 "minor_faults_per_step": faults,
                 "mode": args.mode,
                 "dtype": args.dtype,
+                "as_trained": args.as_trained,
                 "phases": PHASES,
                 "losses": losses,
                 "trainable_sha256": digest.hexdigest()[:16],

@@ -15,6 +15,7 @@ import optax
 
 from lora_jax.lora import LORA_LEAVES
 from lora_jax.partition import combine
+from lora_jax.train.threefry_cpu import unroll_threefry_on_cpu
 
 # loss_fn(params, batch, rng) -> (scalar loss, dict of scalar aux metrics)
 LossFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
@@ -69,6 +70,7 @@ def make_train_step(
     `step_compiler_options()`); leave them out for a step that another jit wraps (the fused
     engine, the data-parallel re-jit): XLA accepts them only at the top level.
     """
+    unroll_threefry_on_cpu()  # dropout's bits fused into the step: the same bits, less memory
 
     def train_step(trainable, frozen, opt_state, batch, rng):
         def loss_of_trainable(t):
