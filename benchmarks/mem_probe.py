@@ -12,7 +12,9 @@ JSON line on stdout, the phases on stderr as they happen. Run it under the alloc
 compiling, as `benchmarks.step.bench_mode` does; `--remat-gelu` recomputes the FFN's GELU in
 the backward pass (an experiment: 144 MB less XLA scratch, not bit-identical); `--as-trained`
 takes MiniLM as a real run trains it (its dropout 0.1, mean pooling, the head's dropout) instead
-of the versus setting (dropout 0, HF's head), to see what dropout's random bits cost.
+of the versus setting (dropout 0, HF's head), to see what dropout's random bits cost;
+`--rolled-threefry` lowers Threefry on CPU as JAX does (a loop) instead of unrolled as
+`lora_jax.train.threefry_cpu` does, to compare the two.
 """
 
 from __future__ import annotations
@@ -115,6 +117,9 @@ def main() -> None:
     p.add_argument(
         "--as-trained", action="store_true", help="MiniLM's own dropout and pooling, as a run"
     )
+    p.add_argument(
+        "--rolled-threefry", action="store_true", help="JAX's own CPU lowering of Threefry"
+    )
     args = p.parse_args()
     mark("start")
     import jax
@@ -128,6 +133,16 @@ def main() -> None:
             return jax.checkpoint(functools.partial(_gelu, approximate=approximate))(x)
 
         nn.gelu = gelu
+
+    if args.rolled_threefry:
+        from jax._src.interpreters import mlir
+        from jax._src.random import threefry2x32
+
+        from lora_jax.train.threefry_cpu import unroll_threefry_on_cpu
+
+        unroll_threefry_on_cpu()  # once per process: the step's own call is then a no-op
+        rolled = threefry2x32._threefry2x32_cpu_lowering_rule
+        mlir.register_lowering(threefry2x32.threefry2x32_p, rolled, platform="cpu")
 
     mark("import jax")
     import importlib
@@ -202,6 +217,7 @@ def main() -> None:
                 "mode": args.mode,
                 "dtype": args.dtype,
                 "as_trained": args.as_trained,
+                "rolled_threefry": args.rolled_threefry,
                 "phases": PHASES,
                 "losses": losses,
                 "trainable_sha256": digest.hexdigest()[:16],

@@ -5,9 +5,9 @@ compile faster), and unrolled everywhere else. A rolled loop carries two uint32 
 mask's shape through a `while`, which XLA must hold in memory and cannot fuse into the
 dropout's `select`; the unrolled hash fuses into it. On MiniLM's LoRA r=8 train step (batch
 32 x 64, its own dropout 0.1: `python -m benchmarks.mem_probe --as-trained`) the unrolled
-lowering cut XLA's step scratch from 599 to 461 MB (what the step needs without dropout),
-the process's peak RSS by ~100 MB and the step time by ~12%, with the trained parameters
-bit for bit the same: both lowerings compute the same integer hash, which the Random123 known
+lowering cut XLA's step scratch from 599 to 461 MB (what the step needs without dropout) and
+the process's peak RSS by ~100 MB, steps and compiling no slower, the trained parameters bit
+for bit the same: both lowerings compute the same integer hash, which the Random123 known
 answers and a NumPy Threefry check (tests/unit/test_threefry_cpu.py).
 
 It reaches into `jax._src` (the lowering JAX registers for every other platform); pyproject
