@@ -54,7 +54,12 @@ def make_data(cfg: Config, task: Any, tokenizer: Any, **extra: Any) -> Data:
     if d.eval_limit and d.eval_limit < len(source):  # TFDS rejects slices past the end
         source = data_lib.load_split(task, f"{split_name}[:{d.eval_limit}]")
     tokenize = data_lib.tokenizer_map(
-        tokenizer, task, d.max_len, extra.get("prompt"), extra.get("eos_id"), extra.get("chat")
+        tokenizer,
+        task,
+        d.max_len,
+        prompt=extra.get("prompt"),
+        eos_id=extra.get("eos_id"),
+        chat=extra.get("chat"),
     )
     source = shortest_first(source, lambda record: len(tokenize.map(record)["input_ids"]))
 

@@ -1,4 +1,4 @@
-"""Dropout's random bits on CPU without a loop: the same bits, less memory, faster steps.
+"""Dropout's random bits on CPU without a loop: the same bits, in less memory.
 
 JAX lowers its Threefry hash for CPU as a rolled loop (five iterations of four rounds, to
 compile faster), and unrolled everywhere else. A rolled loop carries two uint32 arrays of the
