@@ -20,13 +20,14 @@ of the versus setting (dropout 0, HF's head), to see what dropout's random bits 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import resource
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.heap_trace import heap_mb
 
 HEAVY = (
     "tensorflow",
@@ -65,44 +66,13 @@ def status() -> dict:
     return out
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (n, ctypes.c_size_t)
-        for n in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-_libc = ctypes.CDLL("libc.so.6")
-_libc.mallinfo2.restype = _Mallinfo2
-
-
-def heap() -> dict:
-    m = _libc.mallinfo2()
-    return {
-        "heap_mb": (m.arena + m.hblkhd) >> 20,
-        "in_use_mb": (m.uordblks + m.hblkhd) >> 20,
-        "free_mb": m.fordblks >> 20,
-    }
-
-
 PHASES: list[dict] = []
 T0 = time.perf_counter()
 
 
 def mark(name: str, **extra) -> None:
     PHASES.append(
-        {"phase": name, "t_s": round(time.perf_counter() - T0, 2), **status(), **heap(), **extra}
+        {"phase": name, "t_s": round(time.perf_counter() - T0, 2), **status(), **heap_mb(), **extra}
     )
     print(PHASES[-1], file=sys.stderr, flush=True)
 
@@ -158,7 +128,7 @@ def main() -> None:
         n_modules=len(sys.modules),
     )
     from benchmarks.step import MODES, load_minilm, step_inputs
-    from lora_jax.train.compiles import give_back_heap
+    from lora_jax.train.memory import give_back_heap
 
     spec = MODES[args.mode]
     lora = LoRAConfig(rank=spec["rank"], targets="qv")

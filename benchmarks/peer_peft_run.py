@@ -22,7 +22,8 @@ import resource
 import time
 from pathlib import Path
 
-from benchmarks.peer_peft import BATCH, LENGTH, minilm_folder
+from benchmarks.peer_peft import minilm_folder
+from benchmarks.step import BATCH, LENGTH
 
 EVAL_BATCH, LR = 32, 1e-3  # = conf/data/mr.yaml's eval_batch_size, conf/optim/adamw.yaml's lr
 

@@ -138,7 +138,7 @@ def bench_mode(mode: str, steps: int, versus: bool = False, dtype: str = "float3
 
     from lora_jax.lora import LoRAConfig
     from lora_jax.partition import count_params
-    from lora_jax.train.compiles import give_back_heap
+    from lora_jax.train.memory import give_back_heap
     from lora_jax.train.steps import tree_bytes
 
     spec = MODES[mode]

@@ -114,7 +114,8 @@ def finish_sweep(
 def time_split_line(metrics: list[dict]) -> str | None:
     """Where a run's wall time went, each phase's median over the runs' `metrics.json`
     (`time_split_s`, `lora_jax.train.time_split`), and what lies beyond the steps as a
-    fraction of the step time; None when no run has a split (runs from before it existed)."""
+    fraction of the step time, and the largest peak resident memory (`peak_rss_mb`); None when
+    no run has a split (runs from before it existed)."""
     splits = [m["time_split_s"] for m in metrics if m.get("time_split_s")]
     if not splits:
         return None
@@ -125,4 +126,7 @@ def time_split_line(metrics: list[dict]) -> str | None:
     if median.get("steps"):
         beyond = sum(s for p, s in median.items() if p != "steps") / median["steps"]
         line += f"; beyond the steps: {beyond:.0%} of the step time"
+    peaks = [m["peak_rss_mb"] for m in metrics if m.get("peak_rss_mb")]
+    if peaks:
+        line += f"; peak resident memory {max(peaks):,.0f} MB"
     return line

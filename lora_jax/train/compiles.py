@@ -15,10 +15,9 @@ A program the persistent compilation cache had is not compiled: it costs neither
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import functools
+
+from lora_jax.train.memory import give_back_heap
 
 # jax._src.dispatch.BACKEND_COMPILE_EVENT: recorded when XLA has compiled a program.
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -44,15 +43,3 @@ def watch_compiles() -> None:
 def compiled_seconds() -> float:
     """Seconds XLA has spent compiling in this process since `watch_compiles`."""
     return _compiled[0]
-
-
-def give_back_heap() -> None:
-    """Return glibc malloc's free heap pages to the system (`malloc_trim(0)`); a no-op where
-    there is no glibc (macOS, musl)."""
-    with contextlib.suppress(OSError, AttributeError):
-        _libc().malloc_trim(0)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

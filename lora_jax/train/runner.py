@@ -22,6 +22,7 @@ from lora_jax.runs.record import read_metrics
 from lora_jax.train import distributed, parallel
 from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.train.loop import Engine, RunLog, train_loop
+from lora_jax.train.memory import peak_rss_mb
 from lora_jax.train.objectives import evaluate
 from lora_jax.train.run_identity import RunIdentityError, claim, exit_on_error
 from lora_jax.train.setup import RunSetup, plan, prepare_run, step_rng
@@ -248,6 +249,7 @@ def finish_run(
         "processes": jax.process_count(),
         "wall_time_s": clock.wall(),
         "time_split_s": clock.seconds(),
+        "peak_rss_mb": round(peak_rss_mb()),
         "rank": p.lora.rank,
         "targets": list(p.lora.targets),
         "alpha": p.lora.alpha,

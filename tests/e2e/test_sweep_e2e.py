@@ -42,6 +42,7 @@ def test_sweep_writes_runs_summary_and_report(fast_sweep):
         assert {"setup", "steps", "eval", "save", "spectra", "compile", "other"} <= set(split)
         assert sum(split.values()) == pytest.approx(m["wall_time_s"], abs=0.05)
         assert min(split.values()) >= -0.01
+        assert m["peak_rss_mb"] > 200  # the process's peak: JAX and MiniLM's weights at least
         assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
         assert (
             json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["r"] == m["rank"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lora_jax.stages import time_split_line
+from lora_jax.train.memory import peak_rss_mb
 from lora_jax.train.time_split import TimeSplit
 
 
@@ -41,4 +42,18 @@ def test_the_sweep_line_gives_each_phase_median_and_the_overhead_over_the_steps(
     assert "(median of 3)" in line
     assert "compile 2.0 s, eval 2.0 s, other 1.0 s, steps 20.0 s" in line
     assert "beyond the steps: 25% of the step time" in line  # (2 + 2 + 1) / 20
+    assert "peak" not in line  # runs from before `peak_rss_mb`
     assert time_split_line([{"status": "complete"}]) is None
+
+
+def test_the_sweep_line_gives_the_largest_peak_memory_of_its_runs():
+    runs = [{"time_split_s": {"steps": 10.0}, "peak_rss_mb": mb} for mb in (1100, 1585, 1200)]
+    assert time_split_line(runs).endswith("; peak resident memory 1,585 MB")
+
+
+def test_peak_rss_is_the_kernels_figure_and_sees_memory_this_process_touches():
+    before = peak_rss_mb()
+    block = np.ones(64 * 2**20 // 8)  # 64 MB, every page written
+    after = peak_rss_mb()
+    assert after >= before
+    assert after >= block.nbytes / 2**20  # the process holds at least this block
