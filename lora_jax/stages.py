@@ -113,10 +113,15 @@ def finish_sweep(
 
 def time_split_line(metrics: list[dict]) -> str | None:
     """Where a run's wall time went, each phase's median over the runs' `metrics.json`
-    (`time_split_s`, `lora_jax.train.time_split`), and what lies beyond the steps as a
-    fraction of the step time, and the largest peak resident memory (`peak_rss_mb`); None when
-    no run has a split (runs from before it existed)."""
-    splits = [m["time_split_s"] for m in metrics if m.get("time_split_s")]
+    (`time_split_s`, `lora_jax.train.time_split`; a fused run counts its share of its group's,
+    `fused_members` runs sharing one clock), what lies beyond the steps as a fraction of the
+    step time, and the largest peak resident memory (`peak_rss_mb`); None when no run has a
+    split (runs from before it existed)."""
+    splits = [
+        {p: s / m.get("fused_members", 1) for p, s in m["time_split_s"].items()}
+        for m in metrics
+        if m.get("time_split_s")
+    ]
     if not splits:
         return None
     phases = sorted({phase for split in splits for phase in split})

@@ -14,7 +14,8 @@ import sys
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MB (the kernel's `ru_maxrss`). Jobs that
-    share a process (a sweep's basic launcher) share it: each sees the largest so far."""
+    share a process (a sweep's, under the fused or the basic launcher) share it: each sees the
+    largest so far."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes there, KB here
 

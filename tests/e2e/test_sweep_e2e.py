@@ -532,3 +532,22 @@ def test_the_sweep_report_options_are_overridable_from_the_command_line():
             compose("sweep", return_hydra_config=True).hydra.callbacks.sweep_report
         )
     assert (default.model_evals, default.eval_limit) == (True, None)
+
+
+@pytest.mark.parametrize(
+    "overrides, launcher",
+    [
+        ([], "FusedLauncher"),  # the default sweep: its ranks as one program
+        (["hydra/launcher=basic"], "BasicLauncher"),
+        (["experiment=rank_growth_cpu"], "BasicLauncher"),  # r up to 256: padding costs more
+        (["experiment=table5_cpu"], "FusedLauncher"),
+    ],
+)
+def test_the_sweeps_launcher_is_fused_unless_the_command_or_the_experiment_says_basic(
+    overrides, launcher
+):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("sweep", overrides, return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(f".{launcher}")

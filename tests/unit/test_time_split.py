@@ -46,6 +46,14 @@ def test_the_sweep_line_gives_each_phase_median_and_the_overhead_over_the_steps(
     assert time_split_line([{"status": "complete"}]) is None
 
 
+def test_a_fused_run_counts_its_share_of_its_groups_time():
+    group = {"steps": 80.0, "compile": 8.0, "eval": 4.0}  # one clock for the four members
+    runs = [{"time_split_s": group, "engine": "fused", "fused_members": 4} for _ in range(4)]
+    line = time_split_line(runs)
+    assert "compile 2.0 s, eval 1.0 s, steps 20.0 s" in line
+    assert "beyond the steps: 15% of the step time" in line  # (2 + 1) / 20, as for the group
+
+
 def test_the_sweep_line_gives_the_largest_peak_memory_of_its_runs():
     runs = [{"time_split_s": {"steps": 10.0}, "peak_rss_mb": mb} for mb in (1100, 1585, 1200)]
     assert time_split_line(runs).endswith("; peak resident memory 1,585 MB")
