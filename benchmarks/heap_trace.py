@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import itertools
 import json
 import os
@@ -26,9 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.real_run import ROOT, makefile_setting
+from benchmarks.real_run import ROOT, job_overrides, makefile_setting
 
 _FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd")
 _FIELDS += ("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
@@ -38,12 +40,17 @@ class _Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in _FIELDS]
 
 
+@functools.cache
+def _mallinfo2() -> Callable[[], _Mallinfo2]:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _Mallinfo2
+    return libc.mallinfo2
+
+
 def heap_mb() -> dict:
     """glibc's heap now (`mallinfo2`), in MB: its size (sbrk'd and mmapped), in use, free, and
     the free chunk at its top (what a trim could give back without moving anything)."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _Mallinfo2
-    m = libc.mallinfo2()
+    m = _mallinfo2()()
     return {
         "heap_mb": (m.arena + m.hblkhd) >> 20,
         "in_use_mb": (m.uordblks + m.hblkhd) >> 20,
@@ -52,10 +59,15 @@ def heap_mb() -> dict:
     }
 
 
-def rss_mb() -> tuple[int, int]:
-    """(resident now, peak so far) in MB, from /proc/self/status."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    return int(fields["VmRSS"].split()[0]) >> 10, int(fields["VmHWM"].split()[0]) >> 10
+def proc_status_mb() -> dict:
+    """This process's memory from /proc/self/status, in MB: resident now (VmRSS), peak so far
+    (VmHWM), and the resident split into anonymous, file-backed and shared pages."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+            out[key] = int(value.split()[0]) // 1024
+    return out
 
 
 def child(out_path: str, overrides: list[str]) -> None:
@@ -67,9 +79,9 @@ def child(out_path: str, overrides: list[str]) -> None:
     out, step = Path(out_path), [0]
 
     def record(event: str, **extra) -> None:
-        rss, peak = rss_mb()
+        status = proc_status_mb()
         row = {"t_s": round(time.perf_counter(), 3), "step": step[0], "event": event}
-        row |= {"rss_mb": rss, "peak_mb": peak, **heap_mb(), **extra}
+        row |= {"rss_mb": status["VmRSS"], "peak_mb": status["VmHWM"], **heap_mb(), **extra}
         with out.open("a") as f:  # appended as it happens: a crashed run keeps its trace
             f.write(json.dumps(row) + "\n")
 
@@ -87,11 +99,11 @@ def child(out_path: str, overrides: list[str]) -> None:
         return call
 
     def train_loop(engine, logs, desc, clock):
-        train = engine.train
+        train = watched("step", engine.train)
 
         def train_step(batch, at):
             step[0] = at + 1
-            return watched("step", train)(batch, at)
+            return train(batch, at)
 
         engine.train = train_step
         engine.evaluate = watched("eval", engine.evaluate)
@@ -119,11 +131,9 @@ def trace(tunables: str, steps: int, growth_mb: int) -> dict:
     env = {**os.environ, "GLIBC_TUNABLES": tunables}
     with tempfile.TemporaryDirectory() as tmp:
         events = Path(tmp) / "events.jsonl"
-        overrides = ["model=minilm", "rank=8", f"trainer.steps={steps}"]
-        overrides += [f"trainer.eval_every={steps}", f"trainer.checkpoint_every={steps}"]
-        overrides += ["trainer.progress=false", f"hydra.run.dir={tmp}/run"]
         cmd = [sys.executable, "-m", "benchmarks.heap_trace", "--child", str(events), "--"]
-        done = subprocess.run([*cmd, *overrides], env=env, cwd=ROOT, capture_output=True, text=True)
+        cmd += job_overrides(steps, eval_every=steps, run_dir=f"{tmp}/run")
+        done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"the traced run failed ({done.returncode}):\n{done.stderr[-3000:]}")
         records = [json.loads(line) for line in events.read_text().splitlines()]

@@ -25,9 +25,8 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from benchmarks.heap_trace import heap_mb
+from benchmarks.heap_trace import heap_mb, proc_status_mb
 
 HEAVY = (
     "tensorflow",
@@ -57,22 +56,19 @@ STEP_MODULES = (
 )
 
 
-def status() -> dict:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
-            out[key] = int(value.split()[0]) // 1024
-    return out
-
-
 PHASES: list[dict] = []
 T0 = time.perf_counter()
 
 
 def mark(name: str, **extra) -> None:
     PHASES.append(
-        {"phase": name, "t_s": round(time.perf_counter() - T0, 2), **status(), **heap_mb(), **extra}
+        {
+            "phase": name,
+            "t_s": round(time.perf_counter() - T0, 2),
+            **proc_status_mb(),
+            **heap_mb(),
+            **extra,
+        }
     )
     print(PHASES[-1], file=sys.stderr, flush=True)
 

@@ -53,19 +53,26 @@ def _measured(cmd: list[str], env: dict) -> tuple[float, float, str]:
         return usage.ru_maxrss / 1024, wall, out.read()
 
 
+def job_overrides(steps: int, eval_every: int, run_dir: str) -> list[str]:
+    """`experiments.train`'s overrides for our side's job (also `benchmarks.heap_trace`'s)."""
+    return [
+        "model=minilm",
+        "rank=8",
+        f"trainer.steps={steps}",
+        f"trainer.eval_every={eval_every}",
+        f"trainer.checkpoint_every={eval_every}",
+        "trainer.progress=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
 def ours(steps: int, eval_every: int, env: dict) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         cmd = [
             sys.executable,
             "-m",
             "experiments.train",
-            "model=minilm",
-            "rank=8",
-            f"trainer.steps={steps}",
-            f"trainer.eval_every={eval_every}",
-            f"trainer.checkpoint_every={eval_every}",
-            "trainer.progress=false",
-            f"hydra.run.dir={run_dir}",
+            *job_overrides(steps, eval_every, run_dir),
         ]
         rss, wall, _ = _measured(cmd, env)
         metrics = json.loads(next(Path(run_dir).rglob("metrics.json")).read_text())
